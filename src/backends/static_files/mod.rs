@@ -1,0 +1,427 @@
+//! The static backend: files from the document root with full HTTP caching semantics
+//! (RFC 9110 preconditions and ranges), the seed's Cache-Control policy, and
+//! precompressed `.br` / `.gz` sidecars. Files never leave the root: every open goes
+//! through `openat2(RESOLVE_BENEATH)`, so `..` and symlinks pointing outside are refused
+//! by the kernel.
+
+mod validators;
+
+use crate::http::{Body, Request, Response};
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
+use std::ffi::CString;
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+pub use validators::{parse_range, ByteRange, RangeOutcome};
+use validators::*;
+
+/// Multipart range responses are built in memory up to this size; larger ones get
+/// the whole file (a server may ignore Range).
+const MAX_MULTIPART_BYTES: u64 = 16 << 20;
+
+/// Characters escaped when a decoded path goes back into a `Location` header.
+const PATH_ESCAPE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'<').add(b'>').add(b'?').add(b'`').add(b'{').add(b'}');
+
+/// A document root and its settings.
+#[derive(Debug)]
+pub struct StaticFiles {
+    root: PathBuf,
+    root_fd: OwnedFd,
+    index_files: Vec<String>,
+}
+
+/// A file opened for serving, with what the headers need.
+struct Opened {
+    file: File,
+    meta: Metadata,
+    /// File name used for the content type and cache policy.
+    name: String,
+}
+
+impl StaticFiles {
+    /// Opens the root directory. Fails with a message naming the root.
+    pub fn new(root: &Path, index_files: &[String]) -> io::Result<StaticFiles> {
+        let dir = File::open(root).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot open static root {}: {e}", root.display()))
+        })?;
+        if !dir.metadata()?.is_dir() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("static root {} is not a directory", root.display())));
+        }
+        Ok(StaticFiles { root: root.to_owned(), root_fd: dir.into(), index_files: index_files.to_vec() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether the root is still a readable directory (for `/_health`).
+    pub fn check(&self) -> Result<(), String> {
+        match std::fs::metadata(&self.root) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(format!("static root {} is not a directory", self.root.display())),
+            Err(e) => Err(format!("static root {}: {e}", self.root.display())),
+        }
+    }
+
+    /// Opens a file below the root for a PHP backend deciding what a path names.
+    /// `rel` is a normalized path (leading '/' allowed).
+    pub fn open(&self, rel: &str) -> io::Result<File> {
+        self.open_beneath(rel)
+    }
+
+    /// Serves a normalized `path`. `query` is the raw query, kept on redirects.
+    pub fn serve(&self, req: &Request<'_>, path: &str, query: Option<&str>) -> Response {
+        if req.method != "GET" && req.method != "HEAD" {
+            return Response::error(405, None).header("Allow", "GET, HEAD");
+        }
+        if is_hidden(path) || is_php_source(path) {
+            return Response::error(404, None);
+        }
+        let mut opened = match self.open_for_serving(path) {
+            Ok(o) => o,
+            Err(resp) => return resp,
+        };
+        if opened.meta.is_dir() {
+            if !path.ends_with('/') {
+                let mut location = utf8_percent_encode(path, PATH_ESCAPE).to_string();
+                location.push('/');
+                if let Some(q) = query {
+                    location.push('?');
+                    location.push_str(q);
+                }
+                return Response::error(301, None).header("Location", location);
+            }
+            opened = match self.open_index(path) {
+                Some(o) => o,
+                None => return Response::error(403, None),
+            };
+        }
+        if !opened.meta.is_file() {
+            return Response::error(404, None);
+        }
+        self.respond(req, opened, path)
+    }
+
+    /// Opens `path` or maps the failure to a response.
+    fn open_for_serving(&self, path: &str) -> Result<Opened, Response> {
+        let file = self.open_beneath(path).map_err(|e| error_for(&e, path))?;
+        let meta = file.metadata().map_err(|e| error_for(&e, path))?;
+        let name = path.rsplit('/').next().unwrap_or("").to_owned();
+        Ok(Opened { file, meta, name })
+    }
+
+    fn open_index(&self, dir: &str) -> Option<Opened> {
+        for index in &self.index_files {
+            let candidate = format!("{dir}{index}");
+            if let Ok(o) = self.open_for_serving(&candidate) {
+                if o.meta.is_file() {
+                    return Some(o);
+                }
+            }
+        }
+        None
+    }
+
+    fn respond(&self, req: &Request<'_>, opened: Opened, path: &str) -> Response {
+        let content_type = content_type_for(&opened.name);
+        let cache_control = cache_control_for(&opened.name);
+
+        // Choose the representation: a precompressed sidecar when the client takes it.
+        let mut file = opened.file;
+        let mut meta = opened.meta;
+        let mut encoding = None;
+        let mut has_sidecar = false;
+        if is_compressible(content_type) {
+            let accept = req.header_str("accept-encoding").unwrap_or("");
+            for (coding, ext) in [("br", "br"), ("gzip", "gz")] {
+                let sidecar = format!("{path}.{ext}");
+                if let Ok(f) = self.open_beneath(&sidecar) {
+                    let Ok(m) = f.metadata() else { continue };
+                    if !m.is_file() {
+                        continue;
+                    }
+                    has_sidecar = true;
+                    if encoding.is_none() && accepts_encoding(accept, coding) {
+                        file = f;
+                        meta = m;
+                        encoding = Some(coding);
+                    }
+                }
+            }
+        }
+
+        let size = meta.len();
+        let mtime = whole_seconds(meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+        let etag = match encoding {
+            Some(c) => format!("\"{:x}-{:x}-{c}\"", meta.mtime(), size),
+            None => format!("\"{:x}-{:x}\"", meta.mtime(), size),
+        };
+        let last_modified = httpdate::fmt_http_date(mtime);
+
+        // Headers every answer for this representation carries (200, 206, 304).
+        let mut validators: Vec<(&str, String)> = vec![("ETag", etag.clone()), ("Last-Modified", last_modified.clone())];
+        if let Some(cc) = cache_control {
+            validators.push(("Cache-Control", cc.to_owned()));
+        }
+        if has_sidecar {
+            validators.push(("Vary", "Accept-Encoding".to_owned()));
+        }
+        let with_validators = |mut resp: Response| {
+            for (n, v) in &validators {
+                resp.push_header(n, v.as_str());
+            }
+            resp
+        };
+
+        // RFC 9110 §13.2.2: If-Match, If-Unmodified-Since, If-None-Match, If-Modified-Since.
+        if let Some(im) = req.header_str("if-match") {
+            if !strong_match(&parse_etag_list(im), &etag) {
+                return Response::error(412, None);
+            }
+        } else if let Some(t) = req.header_str("if-unmodified-since").and_then(parse_date) {
+            if mtime > t {
+                return Response::error(412, None);
+            }
+        }
+        if let Some(inm) = req.header_str("if-none-match") {
+            if weak_match(&parse_etag_list(inm), &etag) {
+                return with_validators(Response::new(304));
+            }
+        } else if let Some(t) = req.header_str("if-modified-since").and_then(parse_date) {
+            if mtime <= t {
+                return with_validators(Response::new(304));
+            }
+        }
+
+        let mut ranges = None;
+        if let Some(range) = req.header_str("range") {
+            let if_range_ok = match req.header_str("if-range") {
+                None => true,
+                Some(v) => match parse_etag(v) {
+                    Some(tag) => !tag.weak && format!("\"{}\"", tag.opaque) == etag,
+                    None => parse_date(v) == Some(mtime),
+                },
+            };
+            if if_range_ok {
+                match parse_range(range, size) {
+                    RangeOutcome::Ignore => {}
+                    RangeOutcome::Unsatisfiable => {
+                        return Response::error(416, None).header("Content-Range", format!("bytes */{size}"));
+                    }
+                    RangeOutcome::Ranges(r) => ranges = Some(r),
+                }
+            }
+        }
+
+        let mut resp = Response::new(200);
+        let body = match ranges.as_deref() {
+            Some([one]) => {
+                resp.status = 206;
+                resp.push_header("Content-Type", content_type);
+                resp.push_header("Content-Range", format!("bytes {}-{}/{size}", one.first, one.last));
+                Body::File { file, offset: one.first, len: one.len() }
+            }
+            Some(many) if many.iter().map(|r| r.len()).sum::<u64>() <= MAX_MULTIPART_BYTES => {
+                match multipart(&file, many, size, content_type) {
+                    Ok((boundary, bytes)) => {
+                        resp.status = 206;
+                        resp.push_header("Content-Type", format!("multipart/byteranges; boundary={boundary}"));
+                        Body::Bytes(bytes)
+                    }
+                    Err(e) => return error_for(&e, path),
+                }
+            }
+            _ => {
+                resp.push_header("Content-Type", content_type);
+                Body::File { file, offset: 0, len: size }
+            }
+        };
+        resp.push_header("Content-Length", body.len().unwrap_or(0).to_string());
+        resp.push_header("Accept-Ranges", "bytes");
+        if let Some(c) = encoding {
+            resp.push_header("Content-Encoding", c);
+        }
+        let resp = with_validators(resp).with_body(body);
+        if req.is_head() {
+            resp.for_head()
+        } else {
+            resp
+        }
+    }
+
+    /// Opens `rel` (a normalized path) without ever leaving the root.
+    fn open_beneath(&self, rel: &str) -> io::Result<File> {
+        let rel = rel.trim_start_matches('/');
+        let rel = if rel.is_empty() { "." } else { rel };
+        let c_rel = CString::new(rel).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: open_how is plain data; all-zero is a valid value.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        // O_NONBLOCK: opening a FIFO planted in the root must not hang the worker.
+        how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
+        how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+        // SAFETY: `c_rel` is a valid NUL-terminated string and `how` a valid open_how
+        // for the duration of the call; the kernel copies both. A non-negative result
+        // is a new file descriptor that nothing else owns.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                self.root_fd.as_raw_fd(),
+                c_rel.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: see above; the descriptor is fresh and owned by the File from here.
+            return Ok(unsafe { File::from_raw_fd(fd as i32) });
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ENOSYS) {
+            return self.open_beneath_fallback(rel);
+        }
+        Err(err)
+    }
+
+    /// For kernels before 5.6: resolve, then check the result is still under the root.
+    fn open_beneath_fallback(&self, rel: &str) -> io::Result<File> {
+        let root = self.root.canonicalize()?;
+        let full = root.join(rel).canonicalize()?;
+        if !full.starts_with(&root) {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
+        File::open(full)
+    }
+}
+
+/// Maps an open/stat failure to a response, logging what the operator should know.
+fn error_for(e: &io::Error, path: &str) -> Response {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ENAMETOOLONG) => Response::error(404, None),
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            tracing::warn!(path, "static: permission denied; check the file's permissions (chmod 644, directories 755)");
+            Response::error(403, None)
+        }
+        Some(libc::EXDEV) | Some(libc::ELOOP) => {
+            tracing::warn!(path, "static: refused a path that resolves outside the document root (symlink)");
+            Response::error(404, None)
+        }
+        _ => {
+            tracing::error!(path, error = %e, "static: cannot open file");
+            Response::error(500, None)
+        }
+    }
+}
+
+/// Dotfiles and dot-directories are never served, except `/.well-known/`.
+fn is_hidden(path: &str) -> bool {
+    path.split('/')
+        .enumerate()
+        .any(|(i, seg)| seg.starts_with('.') && !(i == 1 && seg == ".well-known"))
+}
+
+/// PHP source never leaves as a static file: `.php`, `.PHP`, `.php.`, `.phtml`, `.phar`, …
+pub fn is_php_source(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or("");
+    let name = name.trim_end_matches(['.', ' ']);
+    let Some((_, ext)) = name.rsplit_once('.') else { return false };
+    let ext = ext.to_ascii_lowercase();
+    matches!(ext.as_str(), "php" | "phtml" | "phar" | "phps" | "pht" | "php3" | "php4" | "php5" | "php7" | "php8")
+}
+
+fn extension(name: &str) -> String {
+    name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default()
+}
+
+fn content_type_for(name: &str) -> &'static str {
+    match extension(name).as_str() {
+        "html" | "htm" => "text/html; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "txt" => "text/plain; charset=utf-8",
+        "json" => "application/json",
+        "wasm" => "application/wasm",
+        _ => mime_guess::from_path(name).first_raw().unwrap_or("application/octet-stream"),
+    }
+}
+
+/// The seed's policy: fonts 1 year immutable, images 1 day, CSS/JS 1 hour, HTML no-cache.
+pub fn cache_control_for(name: &str) -> Option<&'static str> {
+    match extension(name).as_str() {
+        "woff" | "woff2" | "ttf" | "otf" | "eot" => Some("public, max-age=31536000, immutable"),
+        "jpg" | "jpeg" | "png" | "gif" | "webp" | "avif" | "svg" | "ico" | "bmp" | "apng" | "tif" | "tiff" => {
+            Some("public, max-age=86400")
+        }
+        "css" | "js" | "mjs" => Some("public, max-age=3600"),
+        "html" | "htm" => Some("no-cache"),
+        _ => None,
+    }
+}
+
+fn is_compressible(content_type: &str) -> bool {
+    content_type.starts_with("text/")
+        || ["application/json", "application/javascript", "image/svg+xml", "application/xml", "application/wasm"]
+            .iter()
+            .any(|t| content_type.starts_with(t))
+}
+
+/// Builds a multipart/byteranges body (RFC 9110 §14.6).
+fn multipart(file: &File, ranges: &[ByteRange], size: u64, content_type: &str) -> io::Result<(String, Vec<u8>)> {
+    let boundary = format!(
+        "fephp{:016x}",
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+            ^ (std::process::id() as u64).rotate_left(32)
+    );
+    let mut out = Vec::new();
+    for r in ranges {
+        out.extend_from_slice(
+            format!("\r\n--{boundary}\r\nContent-Type: {content_type}\r\nContent-Range: bytes {}-{}/{size}\r\n\r\n", r.first, r.last)
+                .as_bytes(),
+        );
+        let start = out.len();
+        out.resize(start + r.len() as usize, 0);
+        file.read_exact_at(&mut out[start..], r.first)?;
+    }
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    Ok((boundary, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hidden_and_source() {
+        assert!(is_hidden("/.env"));
+        assert!(is_hidden("/a/.git/config"));
+        assert!(!is_hidden("/.well-known/acme-challenge/x"));
+        assert!(is_hidden("/a/.well-known/x"));
+        assert!(!is_hidden("/a/b.c"));
+        for p in ["/index.php", "/x.PHP", "/x.php.", "/x.php..", "/x.phtml", "/a/b.Phar", "/x.php "] {
+            assert!(is_php_source(p), "{p}");
+        }
+        for p in ["/x.php.txt", "/php", "/x.html", "/phpinfo"] {
+            assert!(!is_php_source(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn cache_policy() {
+        assert_eq!(cache_control_for("a.woff2"), Some("public, max-age=31536000, immutable"));
+        assert_eq!(cache_control_for("a.JPG"), Some("public, max-age=86400"));
+        assert_eq!(cache_control_for("a.css"), Some("public, max-age=3600"));
+        assert_eq!(cache_control_for("a.js"), Some("public, max-age=3600"));
+        assert_eq!(cache_control_for("index.html"), Some("no-cache"));
+        assert_eq!(cache_control_for("a.bin"), None);
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(content_type_for("a.html"), "text/html; charset=utf-8");
+        assert_eq!(content_type_for("a.png"), "image/png");
+        assert_eq!(content_type_for("a.woff2"), "font/woff2");
+        assert_eq!(content_type_for("noext"), "application/octet-stream");
+    }
+}

@@ -1,0 +1,689 @@
+//! Settings: the TOML file as typed structs (serde), and the validation that decides
+//! which backends are available. Runtime state lives elsewhere (`engine`).
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Default `[php] libphp_path`.
+pub const DEFAULT_LIBPHP_PATH: &str = "/usr/lib/libphp.so";
+/// Default `[server] listen`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub backend: BackendConfig,
+    pub php: PhpConfig,
+}
+
+/// `[server]`: settings for hosts that own the socket (`fe-php-host`); an embedding
+/// server such as nginx ignores them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Worker processes; 0 means one per CPU core.
+    pub workers: usize,
+    pub listen: String,
+    /// Access log in combined log format: "-" (stdout), "off", or a file path.
+    pub access_log: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { workers: 0, listen: DEFAULT_LISTEN.to_owned(), access_log: "-".to_owned() }
+    }
+}
+
+/// `[backend]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    pub enable_hybrid: bool,
+    /// Backend for requests no rule matches. Unset: "embedded" in hybrid mode, the
+    /// selected PHP backend otherwise.
+    pub default_backend: Option<String>,
+    pub static_files: StaticFilesConfig,
+    pub routing_rules: Vec<RoutingRule>,
+    /// Path answered by the engine with the health JSON; "" disables it.
+    pub health_path: String,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            enable_hybrid: true,
+            default_backend: None,
+            static_files: StaticFilesConfig::default(),
+            routing_rules: Vec::new(),
+            health_path: "/_health".to_owned(),
+        }
+    }
+}
+
+/// `[backend.static_files]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StaticFilesConfig {
+    pub enable: bool,
+    pub root: PathBuf,
+    pub index_files: Vec<String>,
+}
+
+impl Default for StaticFilesConfig {
+    fn default() -> Self {
+        StaticFilesConfig {
+            enable: false,
+            root: PathBuf::new(),
+            index_files: vec!["index.html".to_owned(), "index.htm".to_owned()],
+        }
+    }
+}
+
+/// `[[backend.routing_rules]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingRule {
+    pub pattern: Pattern,
+    pub backend: String,
+    #[serde(default)]
+    pub priority: i32,
+}
+
+/// `pattern = { type = "prefix", value = "/api/" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pattern {
+    #[serde(rename = "type")]
+    pub kind: PatternKind,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PatternKind {
+    Exact,
+    Prefix,
+    Suffix,
+    Regex,
+}
+
+impl fmt::Display for PatternKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PatternKind::Exact => "exact",
+            PatternKind::Prefix => "prefix",
+            PatternKind::Suffix => "suffix",
+            PatternKind::Regex => "regex",
+        })
+    }
+}
+
+/// `[php]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PhpConfig {
+    pub libphp_path: PathBuf,
+    /// "host:port", "[v6]:port", "/path.sock" or "unix:/path.sock"; "" = not configured.
+    pub fpm_socket: String,
+    /// Non-hybrid mode only: true selects FastCGI, false embedded.
+    pub use_fpm: bool,
+    /// Where PHP scripts live; defaults to the static root.
+    pub document_root: Option<PathBuf>,
+    /// Script that receives requests matching no file (e.g. "index.php").
+    pub front_controller: Option<String>,
+    /// php.ini overrides.
+    pub ini: BTreeMap<String, IniValue>,
+}
+
+impl Default for PhpConfig {
+    fn default() -> Self {
+        PhpConfig {
+            libphp_path: PathBuf::from(DEFAULT_LIBPHP_PATH),
+            fpm_socket: String::new(),
+            use_fpm: false,
+            document_root: None,
+            front_controller: None,
+            ini: BTreeMap::new(),
+        }
+    }
+}
+
+/// A php.ini value as TOML writes it: `memory_limit = "256M"`, `display_errors = false`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum IniValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    String(String),
+}
+
+impl fmt::Display for IniValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IniValue::Bool(b) => f.write_str(if *b { "1" } else { "0" }),
+            IniValue::Int(i) => write!(f, "{i}"),
+            IniValue::Float(x) => write!(f, "{x}"),
+            IniValue::String(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The three backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    Embedded,
+    FastCgi,
+    Static,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 3] = [BackendKind::Embedded, BackendKind::FastCgi, BackendKind::Static];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Embedded => "embedded",
+            BackendKind::FastCgi => "fastcgi",
+            BackendKind::Static => "static",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<BackendKind> {
+        match name {
+            "embedded" => Some(BackendKind::Embedded),
+            "fastcgi" => Some(BackendKind::FastCgi),
+            "static" => Some(BackendKind::Static),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A configuration that cannot be used. `Display` gives every problem, one per
+/// paragraph, each naming the cause and the fix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.problems.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn one(msg: String) -> Self {
+        ConfigError { problems: vec![msg] }
+    }
+}
+
+/// Which backends this build of the library contains. The engine passes the real
+/// answer; tests pass whatever they need.
+#[derive(Debug, Clone, Copy)]
+pub struct Built {
+    pub embedded: bool,
+    pub fastcgi: bool,
+}
+
+/// Why a backend is not available (shown in `/_health` and in errors).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Availability {
+    Available,
+    Unavailable(String),
+}
+
+impl Availability {
+    pub fn is_available(&self) -> bool {
+        matches!(self, Availability::Available)
+    }
+}
+
+/// The outcome of validation: which backends serve, and the `[i]` lines to show.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub config: Config,
+    pub embedded: Availability,
+    pub fastcgi: Availability,
+    pub static_files: Availability,
+    pub default_backend: BackendKind,
+    /// Informational lines in the seed's format (`[i] …`), in order.
+    pub messages: Vec<String>,
+}
+
+impl Validated {
+    pub fn availability(&self, kind: BackendKind) -> &Availability {
+        match kind {
+            BackendKind::Embedded => &self.embedded,
+            BackendKind::FastCgi => &self.fastcgi,
+            BackendKind::Static => &self.static_files,
+        }
+    }
+
+    /// The directory PHP scripts are resolved in.
+    pub fn php_document_root(&self) -> Option<&Path> {
+        self.config.php.document_root.as_deref().or_else(|| {
+            let s = &self.config.backend.static_files;
+            (!s.root.as_os_str().is_empty()).then_some(s.root.as_path())
+        })
+    }
+}
+
+impl Config {
+    /// Parses TOML text. Unknown keys and wrong types are errors naming the key and line.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::one(format!("invalid configuration: {e}")))
+    }
+
+    /// Reads and parses a file; errors name the file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::one(format!(
+                "cannot read configuration file {}: {e}\n    Check the path given to --config (or fephp_init) and its permissions.",
+                path.display()
+            ))
+        })?;
+        toml::from_str(&text).map_err(|e| {
+            ConfigError::one(format!("invalid configuration file {}: {e}", path.display()))
+        })
+    }
+
+    /// Decides which backends are available and checks every rule against them.
+    pub fn validate(self, built: Built) -> Result<Validated, ConfigError> {
+        let mut messages = Vec::new();
+        let mut problems = Vec::new();
+        let php = &self.php;
+        let libphp_found = php.libphp_path.is_file();
+        let fpm_configured = !php.fpm_socket.trim().is_empty();
+        let libphp_missing = format!(
+            "[i] libphp.so not found at: {}.\n    Embedded backend will not be available (FastCGI/Static only mode)",
+            php.libphp_path.display()
+        );
+        let fpm_missing = "[i] fpm_socket not configured.\n    FastCGI backend will not be available (Embedded/Static only mode)".to_owned();
+
+        let (embedded, fastcgi) = if self.backend.enable_hybrid {
+            let embedded = if !libphp_found {
+                messages.push(libphp_missing);
+                Availability::Unavailable(format!("libphp.so not found at: {}", php.libphp_path.display()))
+            } else if !built.embedded {
+                messages.push("[i] Embedded backend is not built yet in this version of fe-php.\n    Embedded backend will not be available (FastCGI/Static only mode)".to_owned());
+                Availability::Unavailable("embedded backend is not built yet".to_owned())
+            } else {
+                Availability::Available
+            };
+            let fastcgi = if !fpm_configured {
+                messages.push(fpm_missing);
+                Availability::Unavailable("fpm_socket not configured".to_owned())
+            } else if !built.fastcgi {
+                messages.push("[i] FastCGI backend is not built yet in this version of fe-php.\n    FastCGI backend will not be available (Embedded/Static only mode)".to_owned());
+                Availability::Unavailable("FastCGI backend is not built yet".to_owned())
+            } else {
+                Availability::Available
+            };
+            (embedded, fastcgi)
+        } else if php.use_fpm {
+            let fastcgi = if !fpm_configured {
+                problems.push("[php] fpm_socket is required when enable_hybrid = false and use_fpm = true.\n    Set fpm_socket = \"127.0.0.1:9000\" (or the php-fpm socket path), or set use_fpm = false to use the embedded backend.".to_owned());
+                Availability::Unavailable("fpm_socket not configured".to_owned())
+            } else if !built.fastcgi {
+                problems.push("FastCGI backend is not built yet in this version of fe-php (use_fpm = true).\n    Use enable_hybrid = true with the static backend until it is.".to_owned());
+                Availability::Unavailable("FastCGI backend is not built yet".to_owned())
+            } else {
+                Availability::Available
+            };
+            (Availability::Unavailable("not selected: enable_hybrid = false and use_fpm = true".to_owned()), fastcgi)
+        } else {
+            let embedded = if !libphp_found {
+                problems.push(format!(
+                    "libphp.so not found at: {} (required when enable_hybrid = false and use_fpm = false).\n    Install it (apt-get install libphp8.2-embed), set [php] libphp_path, or set use_fpm = true with fpm_socket.",
+                    php.libphp_path.display()
+                ));
+                Availability::Unavailable(format!("libphp.so not found at: {}", php.libphp_path.display()))
+            } else if !built.embedded {
+                problems.push("Embedded backend is not built yet in this version of fe-php (use_fpm = false).\n    Use enable_hybrid = true with the static backend until it is.".to_owned());
+                Availability::Unavailable("embedded backend is not built yet".to_owned())
+            } else {
+                Availability::Available
+            };
+            (embedded, Availability::Unavailable("not selected: enable_hybrid = false and use_fpm = false".to_owned()))
+        };
+
+        let sf = &self.backend.static_files;
+        let static_files = if !sf.enable {
+            Availability::Unavailable("static backend disabled ([backend.static_files] enable = false)".to_owned())
+        } else if sf.root.as_os_str().is_empty() {
+            problems.push("[backend.static_files] root is required when enable = true.\n    Set root = \"/absolute/path/to/public\".".to_owned());
+            Availability::Unavailable("no root".to_owned())
+        } else if !sf.root.is_dir() {
+            problems.push(format!(
+                "[backend.static_files] root {} is not a readable directory.\n    Use an absolute path to an existing directory (chmod 755 it if needed).",
+                sf.root.display()
+            ));
+            Availability::Unavailable(format!("root {} is not a directory", sf.root.display()))
+        } else {
+            Availability::Available
+        };
+
+        let availability = |k: BackendKind| match k {
+            BackendKind::Embedded => &embedded,
+            BackendKind::FastCgi => &fastcgi,
+            BackendKind::Static => &static_files,
+        };
+        let how_to_enable = |k: BackendKind| match k {
+            BackendKind::Embedded => "install libphp (apt-get install libphp8.2-embed) and set [php] libphp_path",
+            BackendKind::FastCgi => "set [php] fpm_socket = \"127.0.0.1:9000\" (or the php-fpm socket path)",
+            BackendKind::Static => "set [backend.static_files] enable = true and root = \"/var/www/public\"",
+        };
+
+        let default_name = self.backend.default_backend.clone().unwrap_or_else(|| {
+            if !self.backend.enable_hybrid && php.use_fpm { "fastcgi" } else { "embedded" }.to_owned()
+        });
+        let default_backend = match BackendKind::from_name(&default_name) {
+            Some(k) if availability(k).is_available() => k,
+            known => {
+                let fix = match known {
+                    Some(k) => format!("To use it, {}; or choose another default_backend.", how_to_enable(k)),
+                    None => "Use default_backend = \"embedded\", \"fastcgi\" or \"static\".".to_owned(),
+                };
+                problems.push(format!("Default backend '{default_name}' is not registered\n    {fix}"));
+                known.unwrap_or(BackendKind::Static)
+            }
+        };
+
+        for (i, rule) in self.backend.routing_rules.iter().enumerate() {
+            let n = i + 1;
+            let what = format!("Routing rule #{n} ({} \"{}\")", rule.pattern.kind, rule.pattern.value);
+            match BackendKind::from_name(&rule.backend) {
+                None => problems.push(format!(
+                    "{what} uses backend '{}', which is unknown.\n    Use backend = \"embedded\", \"fastcgi\" or \"static\".",
+                    rule.backend
+                )),
+                Some(k) if !availability(k).is_available() => problems.push(format!(
+                    "{what} uses backend '{}', which is not registered.\n    To use it, {}; or route this rule to another backend.",
+                    rule.backend,
+                    how_to_enable(k)
+                )),
+                Some(_) => {}
+            }
+            match rule.pattern.kind {
+                PatternKind::Regex => {
+                    if let Err(e) = regex::Regex::new(&rule.pattern.value) {
+                        problems.push(format!(
+                            "Routing rule #{n}: invalid regex '{}': {e}",
+                            rule.pattern.value
+                        ));
+                    }
+                }
+                PatternKind::Exact | PatternKind::Prefix => {
+                    if !rule.pattern.value.starts_with('/') {
+                        problems.push(format!(
+                            "{what}: the value must start with '/'; rules match the normalized request path."
+                        ));
+                    }
+                }
+                PatternKind::Suffix => {
+                    if rule.pattern.value.is_empty() {
+                        problems.push(format!("{what}: the value must not be empty."));
+                    }
+                }
+            }
+        }
+
+        if let Some(fc) = &php.front_controller {
+            if fc.is_empty() || fc.contains("..") || fc.as_bytes().contains(&0) {
+                problems.push(format!(
+                    "[php] front_controller '{fc}' is not a script path inside the document root.\n    Use e.g. front_controller = \"index.php\"."
+                ));
+            }
+        }
+        if !self.backend.health_path.is_empty() && !self.backend.health_path.starts_with('/') {
+            problems.push(format!(
+                "[backend] health_path '{}' must start with '/' (or be \"\" to disable it).",
+                self.backend.health_path
+            ));
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        Ok(Validated { config: self, embedded, fastcgi, static_files, default_backend, messages })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BUILT: Built = Built { embedded: true, fastcgi: true };
+
+    fn static_root() -> String {
+        env!("CARGO_MANIFEST_DIR").to_owned() + "/examples/public"
+    }
+
+    fn parse(text: &str) -> Config {
+        Config::from_toml(text).unwrap()
+    }
+
+    fn libphp_present() -> String {
+        // Any existing file stands in for libphp: validation only checks presence.
+        env!("CARGO_MANIFEST_DIR").to_owned() + "/Cargo.toml"
+    }
+
+    fn err(text: &str, built: Built) -> String {
+        parse(text).validate(built).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_every_seed_key() {
+        let c = parse(&format!(
+            r#"
+            [server]
+            workers = 16
+            listen = "0.0.0.0:9090"
+            [backend]
+            enable_hybrid = true
+            default_backend = "static"
+            [backend.static_files]
+            enable = true
+            root = "{root}"
+            index_files = ["index.html"]
+            [[backend.routing_rules]]
+            pattern = {{ type = "exact", value = "/_health" }}
+            backend = "embedded"
+            priority = 100
+            [[backend.routing_rules]]
+            pattern = {{ type = "regex", value = "^/api/v\\d+/" }}
+            backend = "static"
+            [php]
+            libphp_path = "/nonexistent/libphp.so"
+            fpm_socket = "127.0.0.1:9000"
+            use_fpm = false
+            front_controller = "index.php"
+            [php.ini]
+            memory_limit = "256M"
+            display_errors = false
+            max_execution_time = 30
+            "#,
+            root = static_root()
+        ));
+        assert_eq!(c.server.workers, 16);
+        assert_eq!(c.server.listen, "0.0.0.0:9090");
+        assert_eq!(c.backend.default_backend.as_deref(), Some("static"));
+        assert_eq!(c.backend.static_files.index_files, ["index.html"]);
+        assert_eq!(c.backend.routing_rules.len(), 2);
+        assert_eq!(c.backend.routing_rules[0].priority, 100);
+        assert_eq!(c.backend.routing_rules[1].priority, 0);
+        assert_eq!(c.backend.routing_rules[1].pattern.kind, PatternKind::Regex);
+        assert_eq!(c.backend.routing_rules[1].pattern.value, "^/api/v\\d+/");
+        assert_eq!(c.php.ini["memory_limit"].to_string(), "256M");
+        assert_eq!(c.php.ini["display_errors"].to_string(), "0");
+        assert_eq!(c.php.ini["max_execution_time"].to_string(), "30");
+        assert_eq!(c.php.front_controller.as_deref(), Some("index.php"));
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("");
+        assert!(c.backend.enable_hybrid);
+        assert_eq!(c.server.listen, DEFAULT_LISTEN);
+        assert_eq!(c.php.libphp_path, PathBuf::from(DEFAULT_LIBPHP_PATH));
+        assert_eq!(c.static_index(), ["index.html", "index.htm"]);
+        assert_eq!(c.backend.health_path, "/_health");
+    }
+
+    impl Config {
+        fn static_index(&self) -> &[String] {
+            &self.backend.static_files.index_files
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_key_and_line() {
+        let e = Config::from_toml("[server]\nworkers = 2\nlistn = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("unknown field `listn`"), "{e}");
+        let e = Config::from_toml("[server]\n\nworkers = \"two\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("invalid type"), "{e}");
+        let e = Config::from_toml("[[backend.routing_rules]]\npattern = { type = \"glob\", value = \"/\" }\nbackend = \"static\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("unknown variant `glob`"), "{e}");
+    }
+
+    #[test]
+    fn full_hybrid_has_no_message() {
+        let v = parse(&format!(
+            "[php]\nlibphp_path = \"{}\"\nfpm_socket = \"127.0.0.1:9000\"\n",
+            libphp_present()
+        ))
+        .validate(BUILT)
+        .unwrap();
+        assert!(v.messages.is_empty(), "{:?}", v.messages);
+        assert!(v.embedded.is_available() && v.fastcgi.is_available());
+        assert_eq!(v.default_backend, BackendKind::Embedded);
+    }
+
+    #[test]
+    fn fastcgi_static_only_mode_message() {
+        let v = parse(
+            "[backend]\ndefault_backend = \"fastcgi\"\n[php]\nlibphp_path = \"/usr/lib/nope/libphp.so\"\nfpm_socket = \"127.0.0.1:9000\"\n",
+        )
+        .validate(BUILT)
+        .unwrap();
+        assert_eq!(
+            v.messages,
+            ["[i] libphp.so not found at: /usr/lib/nope/libphp.so.\n    Embedded backend will not be available (FastCGI/Static only mode)"]
+        );
+        assert!(!v.embedded.is_available());
+        assert_eq!(v.default_backend, BackendKind::FastCgi);
+    }
+
+    #[test]
+    fn embedded_static_only_mode_message() {
+        let v = parse(&format!("[php]\nlibphp_path = \"{}\"\nfpm_socket = \"\"\n", libphp_present()))
+            .validate(BUILT)
+            .unwrap();
+        assert_eq!(
+            v.messages,
+            ["[i] fpm_socket not configured.\n    FastCGI backend will not be available (Embedded/Static only mode)"]
+        );
+        assert!(!v.fastcgi.is_available());
+    }
+
+    #[test]
+    fn backends_not_built_yet_say_so() {
+        let v = parse(&format!(
+            "[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{}\"\n[php]\nlibphp_path = \"{}\"\nfpm_socket = \"127.0.0.1:9000\"\n",
+            static_root(),
+            libphp_present()
+        ))
+        .validate(Built { embedded: false, fastcgi: false })
+        .unwrap();
+        assert_eq!(v.messages.len(), 2);
+        assert!(v.messages[0].starts_with("[i] Embedded backend is not built yet"));
+        assert!(v.messages[0].ends_with("Embedded backend will not be available (FastCGI/Static only mode)"));
+        assert!(v.messages[1].starts_with("[i] FastCGI backend is not built yet"));
+    }
+
+    #[test]
+    fn default_backend_not_registered() {
+        let e = err("[backend]\ndefault_backend = \"xxx\"\n", BUILT);
+        assert!(e.starts_with("Default backend 'xxx' is not registered\n"), "{e}");
+        let e = err("[php]\nfpm_socket = \"\"\n[backend]\ndefault_backend = \"fastcgi\"\n", BUILT);
+        assert!(e.contains("Default backend 'fastcgi' is not registered\n"), "{e}");
+        assert!(e.contains("fpm_socket = \"127.0.0.1:9000\""), "{e}");
+        let e = err("[backend]\ndefault_backend = \"static\"\n", BUILT);
+        assert!(e.contains("Default backend 'static' is not registered\n"), "{e}");
+    }
+
+    #[test]
+    fn non_hybrid_exclusivity() {
+        // use_fpm = true needs fpm_socket.
+        let e = err("[backend]\nenable_hybrid = false\n[php]\nuse_fpm = true\n", BUILT);
+        assert!(e.contains("[php] fpm_socket is required when enable_hybrid = false and use_fpm = true."), "{e}");
+        // use_fpm = true with a socket: FastCGI only, default follows it.
+        let v = parse(&format!(
+            "[backend]\nenable_hybrid = false\n[php]\nuse_fpm = true\nfpm_socket = \"127.0.0.1:9000\"\nlibphp_path = \"{}\"\n",
+            libphp_present()
+        ))
+        .validate(BUILT)
+        .unwrap();
+        assert!(v.fastcgi.is_available() && !v.embedded.is_available());
+        assert_eq!(v.default_backend, BackendKind::FastCgi);
+        // use_fpm = false needs libphp.
+        let e = err("[backend]\nenable_hybrid = false\n[php]\nlibphp_path = \"/nope/libphp.so\"\n", BUILT);
+        assert!(e.contains("libphp.so not found at: /nope/libphp.so (required when enable_hybrid = false and use_fpm = false)"), "{e}");
+        // use_fpm = false with libphp: embedded only, a fastcgi rule is refused.
+        let e = err(
+            &format!(
+                "[backend]\nenable_hybrid = false\n[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"/admin/\" }}\nbackend = \"fastcgi\"\n[php]\nlibphp_path = \"{}\"\nfpm_socket = \"127.0.0.1:9000\"\n",
+                libphp_present()
+            ),
+            BUILT,
+        );
+        assert!(e.contains("Routing rule #1 (prefix \"/admin/\") uses backend 'fastcgi', which is not registered."), "{e}");
+    }
+
+    #[test]
+    fn rule_problems() {
+        let base = format!(
+            "[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{}\"\n",
+            static_root()
+        );
+        let e = err(&format!("{base}[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"/api/\" }}\nbackend = \"php\"\n"), BUILT);
+        assert!(e.contains("Routing rule #1 (prefix \"/api/\") uses backend 'php', which is unknown."), "{e}");
+        let e = err(&format!("{base}[[backend.routing_rules]]\npattern = {{ type = \"regex\", value = \"^/api/(v\\\\d+\" }}\nbackend = \"static\"\n"), BUILT);
+        assert!(e.starts_with("Routing rule #1: invalid regex '^/api/(v\\d+': "), "{e}");
+        assert!(e.contains("unclosed group"), "{e}");
+        let e = err(&format!("{base}[[backend.routing_rules]]\npattern = {{ type = \"exact\", value = \"api\" }}\nbackend = \"static\"\n"), BUILT);
+        assert!(e.contains("must start with '/'"), "{e}");
+    }
+
+    #[test]
+    fn static_root_problems() {
+        let e = err("[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\n", BUILT);
+        assert!(e.contains("[backend.static_files] root is required when enable = true."), "{e}");
+        let e = err("[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"/no/such/dir\"\n", BUILT);
+        assert!(e.contains("root /no/such/dir is not a readable directory"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let e = parse("[backend]\ndefault_backend = \"xxx\"\n[[backend.routing_rules]]\npattern = { type = \"regex\", value = \"(\" }\nbackend = \"nope\"\n")
+            .validate(BUILT)
+            .unwrap_err();
+        assert_eq!(e.problems.len(), 3, "{e}");
+    }
+}

@@ -1,0 +1,851 @@
+//! The C ABI: the only surface hosts see. `include/fe_php.h` is generated from this
+//! file by cbindgen.
+//!
+//! Conventions (also in the README, "C API conventions"):
+//! - Every function returns a `fephp_result` (or a plain value where it cannot fail),
+//!   runs inside a panic boundary, and checks its pointers: NULL gives
+//!   `FEPHP_RESULT_NULL_PARAMETER`, never a crash.
+//! - Outputs go through `*_out` parameters written only on success (buffer functions
+//!   also write the needed length on `FEPHP_RESULT_BUFFER_TOO_SMALL`).
+//! - `fephp_engine` is shared (reference-counted, thread-safe); `fephp_response` is
+//!   owned by one thread at a time. Each has exactly one `_free`; `_free(NULL)` is fine.
+//! - Strings passed in are `fephp_str` (pointer + length, not NUL-terminated) or
+//!   NUL-terminated `const char *` where noted; they are borrowed for the call only.
+//!
+//! Process model for NTS PHP: `fephp_init` in the master, fork, then
+//! `fephp_worker_start` in each worker before its first request.
+
+#![allow(non_camel_case_types)]
+
+use crate::body::ReadOutcome;
+use crate::config::{BackendKind, Config};
+use crate::engine::{Decision, Engine};
+use crate::http::{Body, Request, Response};
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Result codes. 0 is success; errors have their own range (7000…).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum fephp_result {
+    Ok = 0,
+    /// A required pointer argument was NULL.
+    NullParameter = 7001,
+    /// An argument is malformed (e.g. both or neither config source given, bad UTF-8).
+    InvalidArgument = 7002,
+    /// The configuration could not be read, parsed or validated; see `fephp_last_error`.
+    ConfigError = 7003,
+    /// The request target cannot be routed (traversal, NUL, not origin-form): answer 400.
+    BadRequest = 7004,
+    /// The caller's buffer is too small; `*len_out` holds the length needed.
+    BufferTooSmall = 7005,
+    /// A non-blocking read found no data yet; wait for the body notify callback.
+    Again = 7006,
+    /// The response body is of another kind than the accessor expects.
+    WrongBodyKind = 7007,
+    /// The body length is not known in advance (streamed body).
+    UnknownLength = 7008,
+    /// An index is out of range.
+    OutOfRange = 7009,
+    /// An I/O error; see `fephp_last_error`.
+    IoError = 7010,
+    /// The backend failed while producing a streamed body; the body is truncated.
+    BodyFailed = 7011,
+    /// An internal error (a caught panic); see `fephp_last_error`.
+    Panic = 7099,
+}
+
+/// Where `fephp_route` sends a request.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum fephp_backend {
+    /// Answered by the engine itself (`/_health`).
+    Internal = 0,
+    Embedded = 1,
+    Fastcgi = 2,
+    Static = 3,
+}
+
+/// How a response body is delivered.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum fephp_body_kind {
+    /// No body (HEAD, 204, 304).
+    Empty = 0,
+    /// In memory: `fephp_response_body_bytes`.
+    Bytes = 1,
+    /// A file range: `fephp_response_body_file` (sendfile it).
+    File = 2,
+    /// Produced while read: `fephp_response_body_read` / `_try_read`.
+    Stream = 3,
+}
+
+/// A borrowed string: `len` bytes at `ptr`, not NUL-terminated. `ptr` may be NULL
+/// when `len` is 0.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct fephp_str {
+    pub ptr: *const c_char,
+    pub len: usize,
+}
+
+/// One request header.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct fephp_header {
+    pub name: fephp_str,
+    pub value: fephp_str,
+}
+
+/// Reads up to `cap` bytes of the request body into `buf`. Returns the number of
+/// bytes read, 0 at the end of the body, or -1 on error.
+pub type fephp_body_read_cb = Option<unsafe extern "C" fn(ctx: *mut c_void, buf: *mut u8, cap: usize) -> isize>;
+
+/// Receives the response of `fephp_handle_request_async`. Owns `response` (free it
+/// with `fephp_response_free`); `response` is NULL when `result` is not OK.
+pub type fephp_response_cb =
+    Option<unsafe extern "C" fn(userdata: *mut c_void, result: fephp_result, response: *mut fephp_response)>;
+
+/// Called, from any thread, when a streamed body may have more data or has ended.
+pub type fephp_notify_cb = Option<unsafe extern "C" fn(userdata: *mut c_void)>;
+
+/// A request as the host parsed it. Everything is borrowed for the duration of the
+/// call that receives it (the engine copies what it keeps).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct fephp_request {
+    /// "GET", "POST", …
+    pub method: fephp_str,
+    /// The raw request-target as received: "/path%20x?query".
+    pub target: fephp_str,
+    /// "HTTP/1.1".
+    pub protocol: fephp_str,
+    pub headers: *const fephp_header,
+    pub header_count: usize,
+    /// The request body when it is in memory (may be NULL with `body_len` 0).
+    pub body: *const u8,
+    pub body_len: usize,
+    /// Alternatively, a body read on demand by backends that consume it. Must stay
+    /// callable until the response (or async callback) has been delivered.
+    pub body_read: fephp_body_read_cb,
+    pub body_read_ctx: *mut c_void,
+    /// Client address ("203.0.113.7") and port.
+    pub remote_addr: fephp_str,
+    pub remote_port: u16,
+    /// Address and port the request arrived on.
+    pub local_addr: fephp_str,
+    pub local_port: u16,
+    /// True when the connection is TLS (sets HTTPS=on for PHP).
+    pub tls: bool,
+}
+
+/// The engine: configuration, router and backends. Opaque.
+pub struct fephp_engine {
+    _private: [u8; 0],
+}
+
+/// A response. Opaque.
+pub struct fephp_response {
+    _private: [u8; 0],
+}
+
+/// A response plus the read position of its body.
+struct ResponseHandle {
+    resp: Response,
+    pos: u64,
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+fn set_last_error(msg: impl Into<String>) {
+    let msg = msg.into();
+    LAST_ERROR.with(|e| *e.borrow_mut() = msg);
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    let what = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    format!("internal error in fe-php (please report it): {what}")
+}
+
+/// Runs `f` inside the panic boundary.
+fn guard(f: impl FnOnce() -> fephp_result) -> fephp_result {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            set_last_error(panic_message(&*p));
+            fephp_result::Panic
+        }
+    }
+}
+
+/// Runs `f` inside the panic boundary, returning `fallback` on panic.
+fn guard_value<T>(fallback: T, f: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        set_last_error(panic_message(&*p));
+        fallback
+    })
+}
+
+macro_rules! non_null {
+    ($($p:expr),+) => {
+        $(if $p.is_null() {
+            set_last_error(concat!("NULL passed for ", stringify!($p)));
+            return fephp_result::NullParameter;
+        })+
+    };
+}
+
+/// # Safety
+/// `s.ptr` must point to `s.len` readable bytes (or be NULL with len 0).
+unsafe fn str_bytes<'a>(s: fephp_str) -> &'a [u8] {
+    if s.ptr.is_null() || s.len == 0 {
+        &[]
+    } else {
+        std::slice::from_raw_parts(s.ptr as *const u8, s.len)
+    }
+}
+
+/// # Safety
+/// As `str_bytes`.
+unsafe fn str_utf8<'a>(s: fephp_str, what: &str) -> Result<&'a str, fephp_result> {
+    std::str::from_utf8(str_bytes(s)).map_err(|_| {
+        set_last_error(format!("{what} is not valid UTF-8"));
+        fephp_result::InvalidArgument
+    })
+}
+
+/// Copies `data` plus a NUL into `buf`; `*len_out` gets `data.len()`.
+///
+/// # Safety
+/// `buf` must be writable for `cap` bytes and `len_out` writable.
+unsafe fn write_out(data: &[u8], buf: *mut c_char, cap: usize, len_out: *mut usize) -> fephp_result {
+    *len_out = data.len();
+    if buf.is_null() || cap < data.len() + 1 {
+        return fephp_result::BufferTooSmall;
+    }
+    std::ptr::copy_nonoverlapping(data.as_ptr(), buf as *mut u8, data.len());
+    *buf.add(data.len()) = 0;
+    fephp_result::Ok
+}
+
+/// # Safety
+/// `engine` must come from `fephp_init` and not be freed.
+unsafe fn engine_ref<'a>(engine: *const fephp_engine) -> &'a Engine {
+    &*(engine as *const Engine)
+}
+
+/// Builds the engine's view of a request.
+///
+/// # Safety
+/// Every pointer in `req` must be valid as `fephp_request` documents.
+unsafe fn request_view<'a>(req: &'a fephp_request) -> Result<Request<'a>, fephp_result> {
+    let mut headers = Vec::with_capacity(req.header_count);
+    if req.header_count > 0 {
+        if req.headers.is_null() {
+            set_last_error("fephp_request.headers is NULL but header_count > 0");
+            return Err(fephp_result::NullParameter);
+        }
+        for h in std::slice::from_raw_parts(req.headers, req.header_count) {
+            headers.push((str_bytes(h.name), str_bytes(h.value)));
+        }
+    }
+    let body = if req.body.is_null() || req.body_len == 0 { &[][..] } else { std::slice::from_raw_parts(req.body, req.body_len) };
+    Ok(Request {
+        method: str_utf8(req.method, "method")?,
+        target: str_utf8(req.target, "target")?,
+        protocol: str_utf8(req.protocol, "protocol")?,
+        headers,
+        body,
+        remote_addr: str_utf8(req.remote_addr, "remote_addr")?,
+        remote_port: req.remote_port,
+        local_addr: str_utf8(req.local_addr, "local_addr")?,
+        local_port: req.local_port,
+        tls: req.tls,
+    })
+}
+
+/// The library version, e.g. "0.1.0". Static storage; never free it.
+#[no_mangle]
+pub extern "C" fn fephp_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
+}
+
+/// Creates an engine from exactly one of `config_path` (a TOML file) or
+/// `config_toml` (TOML text); the other must be NULL. Both are NUL-terminated and
+/// borrowed for the call.
+///
+/// On success `*engine_out` receives a new engine, owned by the caller until
+/// `fephp_engine_free`. On `FEPHP_RESULT_CONFIG_ERROR`, `fephp_last_error` gives every
+/// problem with its fix. Informational lines (the seed's `[i] …`) are available from
+/// `fephp_engine_messages`.
+///
+/// Call it in the master process, before forking workers.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_init(
+    config_path: *const c_char,
+    config_toml: *const c_char,
+    engine_out: *mut *const fephp_engine,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine_out);
+        let config = match (config_path.is_null(), config_toml.is_null()) {
+            (false, true) => {
+                let Ok(p) = CStr::from_ptr(config_path).to_str() else {
+                    set_last_error("config_path is not valid UTF-8");
+                    return fephp_result::InvalidArgument;
+                };
+                Config::from_file(Path::new(p))
+            }
+            (true, false) => {
+                let Ok(t) = CStr::from_ptr(config_toml).to_str() else {
+                    set_last_error("config_toml is not valid UTF-8");
+                    return fephp_result::InvalidArgument;
+                };
+                Config::from_toml(t)
+            }
+            _ => {
+                set_last_error("fephp_init: pass exactly one of config_path and config_toml");
+                return fephp_result::InvalidArgument;
+            }
+        };
+        match config.and_then(Engine::new) {
+            Ok(engine) => {
+                *engine_out = Arc::into_raw(Arc::new(engine)) as *const fephp_engine;
+                fephp_result::Ok
+            }
+            Err(e) => {
+                set_last_error(e.to_string());
+                fephp_result::ConfigError
+            }
+        }
+    })
+}
+
+/// Releases the caller's reference to the engine. Responses already handed out
+/// stay valid. NULL is ignored.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_engine_free(engine: *const fephp_engine) {
+    if engine.is_null() {
+        return;
+    }
+    guard_value((), || drop(Arc::from_raw(engine as *const Engine)));
+}
+
+/// Per-worker start: call once in each worker process after fork and before its
+/// first request. Starts what must not exist before a fork (threads, runtimes).
+/// A host that does not fork may skip it.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_worker_start(engine: *const fephp_engine) -> fephp_result {
+    guard(|| {
+        non_null!(engine);
+        engine_ref(engine).worker_start();
+        fephp_result::Ok
+    })
+}
+
+/// Writes the configuration's informational lines (the seed's `[i] …` messages,
+/// separated by newlines; empty when there are none) into `buf`.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_engine_messages(
+    engine: *const fephp_engine,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine, len_out);
+        write_out(engine_ref(engine).messages().join("\n").as_bytes(), buf, cap, len_out)
+    })
+}
+
+/// Writes `[server] listen` (e.g. "127.0.0.1:8080") into `buf`: for hosts that own
+/// the listening socket.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_engine_listen(
+    engine: *const fephp_engine,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine, len_out);
+        write_out(engine_ref(engine).config().server.listen.as_bytes(), buf, cap, len_out)
+    })
+}
+
+/// Writes `[server] access_log` ("-" for stdout, "off", or a path) into `buf`.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_engine_access_log(
+    engine: *const fephp_engine,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine, len_out);
+        write_out(engine_ref(engine).config().server.access_log.as_bytes(), buf, cap, len_out)
+    })
+}
+
+/// Number of worker processes the host should run (`[server] workers`; 0 in the
+/// file means one per CPU core).
+#[no_mangle]
+pub unsafe extern "C" fn fephp_engine_workers(engine: *const fephp_engine, workers_out: *mut u32) -> fephp_result {
+    guard(|| {
+        non_null!(engine, workers_out);
+        *workers_out = engine_ref(engine).workers() as u32;
+        fephp_result::Ok
+    })
+}
+
+/// Whether a backend is available in this configuration. For an unavailable one,
+/// `fephp_last_error` explains why.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_engine_backend_available(
+    engine: *const fephp_engine,
+    backend: fephp_backend,
+    available_out: *mut bool,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine, available_out);
+        let kind = match backend {
+            fephp_backend::Internal => {
+                *available_out = true;
+                return fephp_result::Ok;
+            }
+            fephp_backend::Embedded => BackendKind::Embedded,
+            fephp_backend::Fastcgi => BackendKind::FastCgi,
+            fephp_backend::Static => BackendKind::Static,
+        };
+        let a = engine_ref(engine).availability(kind);
+        if let crate::config::Availability::Unavailable(why) = a {
+            set_last_error(why.clone());
+        }
+        *available_out = a.is_available();
+        fephp_result::Ok
+    })
+}
+
+/// Decides which backend serves `method` + `target` (the raw request-target)
+/// without running the request. `FEPHP_RESULT_BAD_REQUEST` means the host should
+/// answer 400 (`fephp_last_error` says why).
+#[no_mangle]
+pub unsafe extern "C" fn fephp_route(
+    engine: *const fephp_engine,
+    method: fephp_str,
+    target: fephp_str,
+    backend_out: *mut fephp_backend,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine, backend_out);
+        if let Err(e) = str_utf8(method, "method") {
+            return e;
+        }
+        let target = match str_utf8(target, "target") {
+            Ok(t) => t,
+            Err(_) => {
+                set_last_error("request path is not valid UTF-8");
+                return fephp_result::BadRequest;
+            }
+        };
+        match engine_ref(engine).route(target) {
+            Ok(Decision::Internal) => *backend_out = fephp_backend::Internal,
+            Ok(Decision::Backend(route)) => {
+                *backend_out = match route.backend {
+                    BackendKind::Embedded => fephp_backend::Embedded,
+                    BackendKind::FastCgi => fephp_backend::Fastcgi,
+                    BackendKind::Static => fephp_backend::Static,
+                }
+            }
+            Err(e) => {
+                set_last_error(e.to_string());
+                return fephp_result::BadRequest;
+            }
+        }
+        fephp_result::Ok
+    })
+}
+
+/// Runs a request and waits until its status and headers are ready. The body may
+/// still be streaming (see `fephp_response_body_kind`). Errors of the request
+/// itself (400, 404, 502, …) are responses, not error codes.
+///
+/// `*response_out` receives a response owned by the caller (`fephp_response_free`).
+/// Blocks the calling thread: event-loop hosts use `fephp_handle_request_async`.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_handle_request(
+    engine: *const fephp_engine,
+    request: *const fephp_request,
+    response_out: *mut *mut fephp_response,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine, request, response_out);
+        let req = match request_view(&*request) {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
+        let resp = engine_ref(engine).handle(&req);
+        *response_out = Box::into_raw(Box::new(ResponseHandle { resp, pos: 0 })) as *mut fephp_response;
+        fephp_result::Ok
+    })
+}
+
+/// Starts a request and returns without waiting for it. `callback` is called
+/// exactly once with the response (or an error): either on the calling thread
+/// before this function returns (static files, health, errors), or later on an
+/// engine thread. `request` is copied before this returns, except `body_read`,
+/// which must stay callable until the callback has run.
+///
+/// Returns an error (and does not call `callback`) only for invalid arguments.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_handle_request_async(
+    engine: *const fephp_engine,
+    request: *const fephp_request,
+    callback: fephp_response_cb,
+    userdata: *mut c_void,
+) -> fephp_result {
+    let Some(cb) = callback else {
+        set_last_error("NULL passed for callback");
+        return fephp_result::NullParameter;
+    };
+    let mut response: *mut fephp_response = std::ptr::null_mut();
+    let r = fephp_handle_request(engine, request, &mut response);
+    if r == fephp_result::NullParameter || r == fephp_result::InvalidArgument {
+        return r;
+    }
+    cb(userdata, r, response);
+    fephp_result::Ok
+}
+
+/// Writes the health document (the seed's JSON) into `buf` and the HTTP status
+/// the host should answer with (200 healthy, 503 not) into `*status_out`.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_health(
+    engine: *const fephp_engine,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+    status_out: *mut u16,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine, len_out, status_out);
+        let health = engine_ref(engine).health();
+        let r = write_out(health.to_json().as_bytes(), buf, cap, len_out);
+        if r == fephp_result::Ok {
+            *status_out = health.http_status();
+        }
+        r
+    })
+}
+
+/// Writes the message of the last failed call on this thread into `buf`.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_last_error(buf: *mut c_char, cap: usize, len_out: *mut usize) -> fephp_result {
+    guard(|| {
+        non_null!(len_out);
+        LAST_ERROR.with(|e| write_out(e.borrow().as_bytes(), buf, cap, len_out))
+    })
+}
+
+/// Writes a short description of a result code into `buf`.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_result_message(
+    result: fephp_result,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> fephp_result {
+    guard(|| {
+        non_null!(len_out);
+        let text = match result {
+            fephp_result::Ok => "success",
+            fephp_result::NullParameter => "a required pointer argument was NULL",
+            fephp_result::InvalidArgument => "invalid argument",
+            fephp_result::ConfigError => "invalid configuration",
+            fephp_result::BadRequest => "bad request target",
+            fephp_result::BufferTooSmall => "buffer too small",
+            fephp_result::Again => "no data available yet",
+            fephp_result::WrongBodyKind => "the response body is of another kind",
+            fephp_result::UnknownLength => "the body length is not known in advance",
+            fephp_result::OutOfRange => "index out of range",
+            fephp_result::IoError => "I/O error",
+            fephp_result::BodyFailed => "the backend failed while producing the body",
+            fephp_result::Panic => "internal error",
+        };
+        write_out(text.as_bytes(), buf, cap, len_out)
+    })
+}
+
+/// # Safety
+/// `resp` must come from this library and not be freed.
+unsafe fn handle_ref<'a>(resp: *const fephp_response) -> &'a ResponseHandle {
+    &*(resp as *const ResponseHandle)
+}
+
+/// # Safety
+/// As `handle_ref`, with no other reference alive.
+unsafe fn handle_mut<'a>(resp: *mut fephp_response) -> &'a mut ResponseHandle {
+    &mut *(resp as *mut ResponseHandle)
+}
+
+/// The HTTP status code (0 for NULL).
+#[no_mangle]
+pub unsafe extern "C" fn fephp_response_status(response: *const fephp_response) -> u16 {
+    if response.is_null() {
+        return 0;
+    }
+    guard_value(0, || handle_ref(response).resp.status)
+}
+
+/// Number of response headers (0 for NULL).
+#[no_mangle]
+pub unsafe extern "C" fn fephp_response_header_count(response: *const fephp_response) -> usize {
+    if response.is_null() {
+        return 0;
+    }
+    guard_value(0, || handle_ref(response).resp.headers.len())
+}
+
+/// Header `index` (0-based, in order; repeated names such as Set-Cookie are
+/// separate entries). The strings point into the response and stay valid until
+/// `fephp_response_free`.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_response_header(
+    response: *const fephp_response,
+    index: usize,
+    name_out: *mut fephp_str,
+    value_out: *mut fephp_str,
+) -> fephp_result {
+    guard(|| {
+        non_null!(response, name_out, value_out);
+        let Some((n, v)) = handle_ref(response).resp.headers.get(index) else {
+            return fephp_result::OutOfRange;
+        };
+        *name_out = fephp_str { ptr: n.as_ptr() as *const c_char, len: n.len() };
+        *value_out = fephp_str { ptr: v.as_ptr() as *const c_char, len: v.len() };
+        fephp_result::Ok
+    })
+}
+
+/// How the body is delivered (EMPTY for NULL).
+#[no_mangle]
+pub unsafe extern "C" fn fephp_response_body_kind(response: *const fephp_response) -> fephp_body_kind {
+    if response.is_null() {
+        return fephp_body_kind::Empty;
+    }
+    guard_value(fephp_body_kind::Empty, || match handle_ref(response).resp.body {
+        Body::Empty => fephp_body_kind::Empty,
+        Body::Bytes(_) => fephp_body_kind::Bytes,
+        Body::File { .. } => fephp_body_kind::File,
+        Body::Stream(_) => fephp_body_kind::Stream,
+    })
+}
+
+/// The body length when known in advance; `FEPHP_RESULT_UNKNOWN_LENGTH` for streams.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_response_body_length(response: *const fephp_response, len_out: *mut u64) -> fephp_result {
+    guard(|| {
+        non_null!(response, len_out);
+        match handle_ref(response).resp.body.len() {
+            Some(n) => {
+                *len_out = n;
+                fephp_result::Ok
+            }
+            None => fephp_result::UnknownLength,
+        }
+    })
+}
+
+/// For a BYTES body: the bytes, valid until `fephp_response_free`.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_response_body_bytes(
+    response: *const fephp_response,
+    ptr_out: *mut *const u8,
+    len_out: *mut usize,
+) -> fephp_result {
+    guard(|| {
+        non_null!(response, ptr_out, len_out);
+        match &handle_ref(response).resp.body {
+            Body::Bytes(b) => {
+                *ptr_out = b.as_ptr();
+                *len_out = b.len();
+                fephp_result::Ok
+            }
+            _ => fephp_result::WrongBodyKind,
+        }
+    })
+}
+
+/// For a FILE body: send `*len_out` bytes of `*fd_out` from `*offset_out`
+/// (sendfile/pread; do not move the descriptor's file position assumptions).
+/// The descriptor belongs to the response and is closed by `fephp_response_free`;
+/// `dup` it to keep it longer.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_response_body_file(
+    response: *const fephp_response,
+    fd_out: *mut c_int,
+    offset_out: *mut u64,
+    len_out: *mut u64,
+) -> fephp_result {
+    guard(|| {
+        non_null!(response, fd_out, offset_out, len_out);
+        match &handle_ref(response).resp.body {
+            Body::File { file, offset, len } => {
+                *fd_out = file.as_raw_fd();
+                *offset_out = *offset;
+                *len_out = *len;
+                fephp_result::Ok
+            }
+            _ => fephp_result::WrongBodyKind,
+        }
+    })
+}
+
+fn read_body(h: &mut ResponseHandle, out: &mut [u8], blocking: bool) -> Result<usize, fephp_result> {
+    match &h.resp.body {
+        Body::Empty => Ok(0),
+        Body::Bytes(b) => {
+            let start = (h.pos as usize).min(b.len());
+            let n = (b.len() - start).min(out.len());
+            out[..n].copy_from_slice(&b[start..start + n]);
+            h.pos += n as u64;
+            Ok(n)
+        }
+        Body::File { file, offset, len } => {
+            let remaining = len.saturating_sub(h.pos);
+            let want = (remaining.min(out.len() as u64)) as usize;
+            if want == 0 {
+                return Ok(0);
+            }
+            match file.read_at(&mut out[..want], offset + h.pos) {
+                Ok(0) => {
+                    set_last_error("file shrank while being sent");
+                    Err(fephp_result::IoError)
+                }
+                Ok(n) => {
+                    h.pos += n as u64;
+                    Ok(n)
+                }
+                Err(e) => {
+                    set_last_error(format!("reading response file: {e}"));
+                    Err(fephp_result::IoError)
+                }
+            }
+        }
+        Body::Stream(s) => {
+            let outcome = if blocking { s.read(out) } else { s.try_read(out) };
+            match outcome {
+                ReadOutcome::Data(n) => {
+                    h.pos += n as u64;
+                    Ok(n)
+                }
+                ReadOutcome::End => Ok(0),
+                ReadOutcome::Again => Err(fephp_result::Again),
+                ReadOutcome::Failed(e) => {
+                    set_last_error(e);
+                    Err(fephp_result::BodyFailed)
+                }
+            }
+        }
+    }
+}
+
+/// Copies the next body bytes into `buf`, for any body kind, blocking until some
+/// are available. `*n_out` = 0 means the body is complete.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_response_body_read(
+    response: *mut fephp_response,
+    buf: *mut u8,
+    cap: usize,
+    n_out: *mut usize,
+) -> fephp_result {
+    guard(|| {
+        non_null!(response, buf, n_out);
+        match read_body(handle_mut(response), std::slice::from_raw_parts_mut(buf, cap), true) {
+            Ok(n) => {
+                *n_out = n;
+                fephp_result::Ok
+            }
+            Err(e) => e,
+        }
+    })
+}
+
+/// Like `fephp_response_body_read` but never blocks: `FEPHP_RESULT_AGAIN` when a
+/// streamed body has nothing new yet (wait for the notify callback).
+#[no_mangle]
+pub unsafe extern "C" fn fephp_response_body_try_read(
+    response: *mut fephp_response,
+    buf: *mut u8,
+    cap: usize,
+    n_out: *mut usize,
+) -> fephp_result {
+    guard(|| {
+        non_null!(response, buf, n_out);
+        match read_body(handle_mut(response), std::slice::from_raw_parts_mut(buf, cap), false) {
+            Ok(n) => {
+                *n_out = n;
+                fephp_result::Ok
+            }
+            Err(e) => e,
+        }
+    })
+}
+
+/// For a STREAM body: `callback(userdata)` runs, on an engine thread, whenever
+/// `fephp_response_body_try_read` may make progress (and once at once if it already
+/// can). It must not call back into this response; hand off to the host's loop
+/// (e.g. nginx `ngx_notify`). `userdata` must stay valid until the response is freed.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_response_set_body_notify(
+    response: *mut fephp_response,
+    callback: fephp_notify_cb,
+    userdata: *mut c_void,
+) -> fephp_result {
+    guard(|| {
+        non_null!(response);
+        let Some(cb) = callback else {
+            set_last_error("NULL passed for callback");
+            return fephp_result::NullParameter;
+        };
+        let Body::Stream(s) = &handle_ref(response).resp.body else {
+            return fephp_result::WrongBodyKind;
+        };
+        // The host promises userdata stays valid and callable from any thread.
+        struct SendPtr(*mut c_void);
+        unsafe impl Send for SendPtr {}
+        unsafe impl Sync for SendPtr {}
+        let ud = SendPtr(userdata);
+        s.set_notify(Box::new(move || {
+            let ud = &ud;
+            // SAFETY: the host guarantees `cb` and `userdata` stay valid until the
+            // response is freed, and dropping the stream unregisters this closure.
+            unsafe { cb(ud.0) }
+        }));
+        fephp_result::Ok
+    })
+}
+
+/// Frees a response (closing its file, telling a streaming backend the client
+/// has gone). NULL is ignored.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_response_free(response: *mut fephp_response) {
+    if response.is_null() {
+        return;
+    }
+    guard_value((), || drop(Box::from_raw(response as *mut ResponseHandle)));
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,80 @@
+//! Tests of the C ABI from Rust: header freshness, NULL handling, body reading.
+
+use super::*;
+use std::ffi::CString;
+use std::ptr;
+
+#[test]
+fn committed_header_is_fresh() {
+    let generated = include_str!(concat!(env!("OUT_DIR"), "/fe_php.h"));
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/fe_php.h")).unwrap_or_default();
+    assert!(generated == committed, "include/fe_php.h is stale: run `make header` and commit it");
+}
+
+#[test]
+fn nulls_are_errors_not_crashes() {
+    unsafe {
+        assert_eq!(fephp_init(ptr::null(), ptr::null(), ptr::null_mut()), fephp_result::NullParameter);
+        let mut e = ptr::null();
+        assert_eq!(fephp_init(ptr::null(), ptr::null(), &mut e), fephp_result::InvalidArgument);
+        let mut b = fephp_backend::Static;
+        let s = fephp_str { ptr: ptr::null(), len: 0 };
+        assert_eq!(fephp_route(ptr::null(), s, s, &mut b), fephp_result::NullParameter);
+        assert_eq!(fephp_handle_request(ptr::null(), ptr::null(), ptr::null_mut()), fephp_result::NullParameter);
+        assert_eq!(fephp_response_status(ptr::null()), 0);
+        assert_eq!(fephp_response_header_count(ptr::null()), 0);
+        assert_eq!(fephp_response_body_kind(ptr::null()), fephp_body_kind::Empty);
+        fephp_response_free(ptr::null_mut());
+        fephp_engine_free(ptr::null());
+        let mut len = 0usize;
+        assert_eq!(fephp_last_error(ptr::null_mut(), 0, &mut len), fephp_result::BufferTooSmall);
+        assert!(len > 0);
+    }
+}
+
+fn last_error() -> String {
+    let mut buf = vec![0 as c_char; 4096];
+    let mut len = 0;
+    unsafe { fephp_last_error(buf.as_mut_ptr(), buf.len(), &mut len) };
+    let bytes: Vec<u8> = buf[..len].iter().map(|&c| c as u8).collect();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[test]
+fn config_errors_reach_last_error() {
+    let toml = CString::new("[backend]\ndefault_backend = \"xxx\"\n").unwrap();
+    let mut e = ptr::null();
+    assert_eq!(unsafe { fephp_init(ptr::null(), toml.as_ptr(), &mut e) }, fephp_result::ConfigError);
+    assert!(e.is_null());
+    assert!(last_error().starts_with("Default backend 'xxx' is not registered"));
+}
+
+#[test]
+fn stream_body_reads_through_the_abi() {
+    let (tx, rx) = crate::body::channel();
+    let resp = Response::new(200).with_body(Body::Stream(rx));
+    let handle = Box::into_raw(Box::new(ResponseHandle { resp, pos: 0 })) as *mut fephp_response;
+    let mut buf = [0u8; 8];
+    let mut n = 0;
+    unsafe {
+        assert_eq!(fephp_response_body_kind(handle), fephp_body_kind::Stream);
+        let mut len = 0u64;
+        assert_eq!(fephp_response_body_length(handle, &mut len), fephp_result::UnknownLength);
+        assert_eq!(fephp_response_body_try_read(handle, buf.as_mut_ptr(), buf.len(), &mut n), fephp_result::Again);
+        let producer = std::thread::spawn(move || {
+            tx.send(b"hello ".to_vec());
+            tx.send(b"world".to_vec());
+        });
+        let mut got = Vec::new();
+        loop {
+            assert_eq!(fephp_response_body_read(handle, buf.as_mut_ptr(), buf.len(), &mut n), fephp_result::Ok);
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        producer.join().unwrap();
+        assert_eq!(got, b"hello world");
+        fephp_response_free(handle);
+    }
+}

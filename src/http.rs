@@ -1,0 +1,159 @@
+//! Engine-neutral request and response types. Hosts fill a `Request` from whatever
+//! they parsed; every backend answers with a `Response`.
+
+use crate::body::BodyStream;
+use std::fs::File;
+
+/// A request as the engine sees it: borrowed views of what the host parsed.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// The raw request-target: "/path%20x?query" (or absolute-form).
+    pub target: &'a str,
+    /// "HTTP/1.1".
+    pub protocol: &'a str,
+    /// In arrival order; names in any case.
+    pub headers: Vec<(&'a [u8], &'a [u8])>,
+    pub body: &'a [u8],
+    pub remote_addr: &'a str,
+    pub remote_port: u16,
+    pub local_addr: &'a str,
+    pub local_port: u16,
+    pub tls: bool,
+}
+
+impl<'a> Request<'a> {
+    /// A GET request for `target` with no headers: for tests and probes.
+    pub fn get(target: &'a str) -> Request<'a> {
+        Request {
+            method: "GET",
+            target,
+            protocol: "HTTP/1.1",
+            headers: Vec::new(),
+            body: b"",
+            remote_addr: "127.0.0.1",
+            remote_port: 0,
+            local_addr: "127.0.0.1",
+            local_port: 0,
+            tls: false,
+        }
+    }
+
+    /// First value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|&(_, v)| v)
+    }
+
+    /// First value of a header as text (None when absent or not UTF-8).
+    pub fn header_str(&self, name: &str) -> Option<&'a str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok()).map(str::trim)
+    }
+
+    pub fn is_head(&self) -> bool {
+        self.method == "HEAD"
+    }
+}
+
+/// A response body.
+#[derive(Debug, Default)]
+pub enum Body {
+    #[default]
+    Empty,
+    Bytes(Vec<u8>),
+    /// `len` bytes of `file` from `offset`: hosts may sendfile it.
+    File { file: File, offset: u64, len: u64 },
+    /// Produced while the host reads it (PHP `flush()`, FastCGI output).
+    Stream(BodyStream),
+}
+
+impl Body {
+    /// Length when known in advance.
+    pub fn len(&self) -> Option<u64> {
+        match self {
+            Body::Empty => Some(0),
+            Body::Bytes(b) => Some(b.len() as u64),
+            Body::File { len, .. } => Some(*len),
+            Body::Stream(_) => None,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == Some(0)
+    }
+}
+
+/// A response: status, headers in order (names as written, repeated names kept
+/// apart, e.g. several `Set-Cookie`), and a body.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Body,
+}
+
+impl Response {
+    pub fn new(status: u16) -> Response {
+        Response { status, headers: Vec::new(), body: Body::Empty }
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Response {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+
+    pub fn push_header(&mut self, name: &str, value: impl Into<Vec<u8>>) {
+        self.headers.push((name.to_owned(), value.into()));
+    }
+
+    /// First value of a header, by case-insensitive name.
+    pub fn get_header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+    }
+
+    /// A short plain-text error page: "404 Not Found\n" plus an optional hint line.
+    pub fn error(status: u16, hint: Option<&str>) -> Response {
+        let mut text = format!("{} {}\n", status, reason(status));
+        if let Some(h) = hint {
+            text.push_str(h);
+            text.push('\n');
+        }
+        Response::new(status)
+            .header("Content-Type", "text/plain; charset=utf-8")
+            .header("Content-Length", text.len().to_string())
+            .with_body(Body::Bytes(text.into_bytes()))
+    }
+
+    pub fn with_body(mut self, body: Body) -> Response {
+        self.body = body;
+        self
+    }
+
+    /// Drops the body of a HEAD response, keeping its headers (Content-Length included).
+    pub fn for_head(mut self) -> Response {
+        self.body = Body::Empty;
+        self
+    }
+}
+
+/// Reason phrase for the statuses the engine produces.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        416 => "Range Not Satisfiable",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
+}
