@@ -133,7 +133,7 @@ typedef struct fephp_response fephp_response;
  * A borrowed string: `len` bytes at `ptr`, not NUL-terminated. `ptr` may be NULL
  * when `len` is 0.
  */
-typedef struct {
+typedef struct fephp_str {
   const char *ptr;
   size_t len;
 } fephp_str;
@@ -141,9 +141,9 @@ typedef struct {
 /**
  * One request header.
  */
-typedef struct {
-  fephp_str name;
-  fephp_str value;
+typedef struct fephp_header {
+  struct fephp_str name;
+  struct fephp_str value;
 } fephp_header;
 
 /**
@@ -156,20 +156,20 @@ typedef ptrdiff_t (*fephp_body_read_cb)(void *ctx, uint8_t *buf, size_t cap);
  * A request as the host parsed it. Everything is borrowed for the duration of the
  * call that receives it (the engine copies what it keeps).
  */
-typedef struct {
+typedef struct fephp_request {
   /**
    * "GET", "POST", …
    */
-  fephp_str method;
+  struct fephp_str method;
   /**
    * The raw request-target as received: "/path%20x?query".
    */
-  fephp_str target;
+  struct fephp_str target;
   /**
    * "HTTP/1.1".
    */
-  fephp_str protocol;
-  const fephp_header *headers;
+  struct fephp_str protocol;
+  const struct fephp_header *headers;
   size_t header_count;
   /**
    * The request body when it is in memory (may be NULL with `body_len` 0).
@@ -185,12 +185,12 @@ typedef struct {
   /**
    * Client address ("203.0.113.7") and port.
    */
-  fephp_str remote_addr;
+  struct fephp_str remote_addr;
   uint16_t remote_port;
   /**
    * Address and port the request arrived on.
    */
-  fephp_str local_addr;
+  struct fephp_str local_addr;
   uint16_t local_port;
   /**
    * True when the connection is TLS (sets HTTPS=on for PHP).
@@ -202,7 +202,9 @@ typedef struct {
  * Receives the response of `fephp_handle_request_async`. Owns `response` (free it
  * with `fephp_response_free`); `response` is NULL when `result` is not OK.
  */
-typedef void (*fephp_response_cb)(void *userdata, fephp_result result, fephp_response *response);
+typedef void (*fephp_response_cb)(void *userdata,
+                                  fephp_result result,
+                                  struct fephp_response *response);
 
 /**
  * Called, from any thread, when a streamed body may have more data or has ended.
@@ -232,26 +234,26 @@ const char *fephp_version(void);
  */
 fephp_result fephp_init(const char *config_path,
                         const char *config_toml,
-                        const fephp_engine **engine_out);
+                        const struct fephp_engine **engine_out);
 
 /**
  * Releases the caller's reference to the engine. Responses already handed out
  * stay valid. NULL is ignored.
  */
-void fephp_engine_free(const fephp_engine *engine);
+void fephp_engine_free(const struct fephp_engine *engine);
 
 /**
  * Per-worker start: call once in each worker process after fork and before its
  * first request. Starts what must not exist before a fork (threads, runtimes).
  * A host that does not fork may skip it.
  */
-fephp_result fephp_worker_start(const fephp_engine *engine);
+fephp_result fephp_worker_start(const struct fephp_engine *engine);
 
 /**
  * Writes the configuration's informational lines (the seed's `[i] …` messages,
  * separated by newlines; empty when there are none) into `buf`.
  */
-fephp_result fephp_engine_messages(const fephp_engine *engine,
+fephp_result fephp_engine_messages(const struct fephp_engine *engine,
                                    char *buf,
                                    size_t cap,
                                    size_t *len_out);
@@ -260,7 +262,7 @@ fephp_result fephp_engine_messages(const fephp_engine *engine,
  * Writes `[server] listen` (e.g. "127.0.0.1:8080") into `buf`: for hosts that own
  * the listening socket.
  */
-fephp_result fephp_engine_listen(const fephp_engine *engine,
+fephp_result fephp_engine_listen(const struct fephp_engine *engine,
                                  char *buf,
                                  size_t cap,
                                  size_t *len_out);
@@ -268,7 +270,7 @@ fephp_result fephp_engine_listen(const fephp_engine *engine,
 /**
  * Writes `[server] access_log` ("-" for stdout, "off", or a path) into `buf`.
  */
-fephp_result fephp_engine_access_log(const fephp_engine *engine,
+fephp_result fephp_engine_access_log(const struct fephp_engine *engine,
                                      char *buf,
                                      size_t cap,
                                      size_t *len_out);
@@ -277,13 +279,13 @@ fephp_result fephp_engine_access_log(const fephp_engine *engine,
  * Number of worker processes the host should run (`[server] workers`; 0 in the
  * file means one per CPU core).
  */
-fephp_result fephp_engine_workers(const fephp_engine *engine, uint32_t *workers_out);
+fephp_result fephp_engine_workers(const struct fephp_engine *engine, uint32_t *workers_out);
 
 /**
  * Whether a backend is available in this configuration. For an unavailable one,
  * `fephp_last_error` explains why.
  */
-fephp_result fephp_engine_backend_available(const fephp_engine *engine,
+fephp_result fephp_engine_backend_available(const struct fephp_engine *engine,
                                             fephp_backend backend,
                                             bool *available_out);
 
@@ -292,9 +294,9 @@ fephp_result fephp_engine_backend_available(const fephp_engine *engine,
  * without running the request. `FEPHP_RESULT_BAD_REQUEST` means the host should
  * answer 400 (`fephp_last_error` says why).
  */
-fephp_result fephp_route(const fephp_engine *engine,
-                         fephp_str method,
-                         fephp_str target,
+fephp_result fephp_route(const struct fephp_engine *engine,
+                         struct fephp_str method,
+                         struct fephp_str target,
                          fephp_backend *backend_out);
 
 /**
@@ -305,9 +307,9 @@ fephp_result fephp_route(const fephp_engine *engine,
  * `*response_out` receives a response owned by the caller (`fephp_response_free`).
  * Blocks the calling thread: event-loop hosts use `fephp_handle_request_async`.
  */
-fephp_result fephp_handle_request(const fephp_engine *engine,
-                                  const fephp_request *request,
-                                  fephp_response **response_out);
+fephp_result fephp_handle_request(const struct fephp_engine *engine,
+                                  const struct fephp_request *request,
+                                  struct fephp_response **response_out);
 
 /**
  * Starts a request and returns without waiting for it. `callback` is called
@@ -318,8 +320,8 @@ fephp_result fephp_handle_request(const fephp_engine *engine,
  *
  * Returns an error (and does not call `callback`) only for invalid arguments.
  */
-fephp_result fephp_handle_request_async(const fephp_engine *engine,
-                                        const fephp_request *request,
+fephp_result fephp_handle_request_async(const struct fephp_engine *engine,
+                                        const struct fephp_request *request,
                                         fephp_response_cb callback,
                                         void *userdata);
 
@@ -327,7 +329,7 @@ fephp_result fephp_handle_request_async(const fephp_engine *engine,
  * Writes the health document (the seed's JSON) into `buf` and the HTTP status
  * the host should answer with (200 healthy, 503 not) into `*status_out`.
  */
-fephp_result fephp_health(const fephp_engine *engine,
+fephp_result fephp_health(const struct fephp_engine *engine,
                           char *buf,
                           size_t cap,
                           size_t *len_out,
@@ -346,37 +348,37 @@ fephp_result fephp_result_message(fephp_result result, char *buf, size_t cap, si
 /**
  * The HTTP status code (0 for NULL).
  */
-uint16_t fephp_response_status(const fephp_response *response);
+uint16_t fephp_response_status(const struct fephp_response *response);
 
 /**
  * Number of response headers (0 for NULL).
  */
-size_t fephp_response_header_count(const fephp_response *response);
+size_t fephp_response_header_count(const struct fephp_response *response);
 
 /**
  * Header `index` (0-based, in order; repeated names such as Set-Cookie are
  * separate entries). The strings point into the response and stay valid until
  * `fephp_response_free`.
  */
-fephp_result fephp_response_header(const fephp_response *response,
+fephp_result fephp_response_header(const struct fephp_response *response,
                                    size_t index,
-                                   fephp_str *name_out,
-                                   fephp_str *value_out);
+                                   struct fephp_str *name_out,
+                                   struct fephp_str *value_out);
 
 /**
  * How the body is delivered (EMPTY for NULL).
  */
-fephp_body_kind fephp_response_body_kind(const fephp_response *response);
+fephp_body_kind fephp_response_body_kind(const struct fephp_response *response);
 
 /**
  * The body length when known in advance; `FEPHP_RESULT_UNKNOWN_LENGTH` for streams.
  */
-fephp_result fephp_response_body_length(const fephp_response *response, uint64_t *len_out);
+fephp_result fephp_response_body_length(const struct fephp_response *response, uint64_t *len_out);
 
 /**
  * For a BYTES body: the bytes, valid until `fephp_response_free`.
  */
-fephp_result fephp_response_body_bytes(const fephp_response *response,
+fephp_result fephp_response_body_bytes(const struct fephp_response *response,
                                        const uint8_t **ptr_out,
                                        size_t *len_out);
 
@@ -386,7 +388,7 @@ fephp_result fephp_response_body_bytes(const fephp_response *response,
  * The descriptor belongs to the response and is closed by `fephp_response_free`;
  * `dup` it to keep it longer.
  */
-fephp_result fephp_response_body_file(const fephp_response *response,
+fephp_result fephp_response_body_file(const struct fephp_response *response,
                                       int *fd_out,
                                       uint64_t *offset_out,
                                       uint64_t *len_out);
@@ -395,7 +397,7 @@ fephp_result fephp_response_body_file(const fephp_response *response,
  * Copies the next body bytes into `buf`, for any body kind, blocking until some
  * are available. `*n_out` = 0 means the body is complete.
  */
-fephp_result fephp_response_body_read(fephp_response *response,
+fephp_result fephp_response_body_read(struct fephp_response *response,
                                       uint8_t *buf,
                                       size_t cap,
                                       size_t *n_out);
@@ -404,7 +406,7 @@ fephp_result fephp_response_body_read(fephp_response *response,
  * Like `fephp_response_body_read` but never blocks: `FEPHP_RESULT_AGAIN` when a
  * streamed body has nothing new yet (wait for the notify callback).
  */
-fephp_result fephp_response_body_try_read(fephp_response *response,
+fephp_result fephp_response_body_try_read(struct fephp_response *response,
                                           uint8_t *buf,
                                           size_t cap,
                                           size_t *n_out);
@@ -415,7 +417,7 @@ fephp_result fephp_response_body_try_read(fephp_response *response,
  * can). It must not call back into this response; hand off to the host's loop
  * (e.g. nginx `ngx_notify`). `userdata` must stay valid until the response is freed.
  */
-fephp_result fephp_response_set_body_notify(fephp_response *response,
+fephp_result fephp_response_set_body_notify(struct fephp_response *response,
                                             fephp_notify_cb callback,
                                             void *userdata);
 
@@ -423,7 +425,7 @@ fephp_result fephp_response_set_body_notify(fephp_response *response,
  * Frees a response (closing its file, telling a streaming backend the client
  * has gone). NULL is ignored.
  */
-void fephp_response_free(fephp_response *response);
+void fephp_response_free(struct fephp_response *response);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -61,7 +61,12 @@ pub enum ReadOutcome {
 /// A connected pair.
 pub fn channel() -> (BodySender, BodyStream) {
     let shared = Arc::new(Shared::default());
-    (BodySender { shared: shared.clone() }, BodyStream { shared })
+    (
+        BodySender {
+            shared: shared.clone(),
+        },
+        BodyStream { shared },
+    )
 }
 
 impl BodySender {
@@ -155,7 +160,9 @@ impl BodyStream {
         }
         let mut copied = 0;
         while copied < buf.len() {
-            let Some(front) = st.chunks.front() else { break };
+            let Some(front) = st.chunks.front() else {
+                break;
+            };
             let avail = &front[st.front_offset..];
             let n = avail.len().min(buf.len() - copied);
             buf[copied..copied + n].copy_from_slice(&avail[..n]);
@@ -217,7 +224,10 @@ mod tests {
         }
         producer.join().unwrap();
         assert_eq!(got.len(), 100 * 50_000);
-        assert!(got.chunks(50_000).enumerate().all(|(i, c)| c.iter().all(|&b| b == i as u8)));
+        assert!(got
+            .chunks(50_000)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|&b| b == i as u8)));
     }
 
     #[test]
@@ -237,7 +247,10 @@ mod tests {
         assert_eq!(&buf[..1], b"o");
         tx.fail("backend died".into());
         assert_eq!(calls.load(Ordering::SeqCst), 2);
-        assert_eq!(rx.try_read(&mut buf), ReadOutcome::Failed("backend died".into()));
+        assert_eq!(
+            rx.try_read(&mut buf),
+            ReadOutcome::Failed("backend died".into())
+        );
     }
 
     #[test]

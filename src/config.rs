@@ -34,7 +34,11 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { workers: 0, listen: DEFAULT_LISTEN.to_owned(), access_log: "-".to_owned() }
+        ServerConfig {
+            workers: 0,
+            listen: DEFAULT_LISTEN.to_owned(),
+            access_log: "-".to_owned(),
+        }
     }
 }
 
@@ -182,7 +186,11 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 3] = [BackendKind::Embedded, BackendKind::FastCgi, BackendKind::Static];
+    pub const ALL: [BackendKind; 3] = [
+        BackendKind::Embedded,
+        BackendKind::FastCgi,
+        BackendKind::Static,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -225,7 +233,9 @@ impl std::error::Error for ConfigError {}
 
 impl ConfigError {
     fn one(msg: String) -> Self {
-        ConfigError { problems: vec![msg] }
+        ConfigError {
+            problems: vec![msg],
+        }
     }
 }
 
@@ -295,7 +305,10 @@ impl Config {
             ))
         })?;
         toml::from_str(&text).map_err(|e| {
-            ConfigError::one(format!("invalid configuration file {}: {e}", path.display()))
+            ConfigError::one(format!(
+                "invalid configuration file {}: {e}",
+                path.display()
+            ))
         })
     }
 
@@ -315,7 +328,10 @@ impl Config {
         let (embedded, fastcgi) = if self.backend.enable_hybrid {
             let embedded = if !libphp_found {
                 messages.push(libphp_missing);
-                Availability::Unavailable(format!("libphp.so not found at: {}", php.libphp_path.display()))
+                Availability::Unavailable(format!(
+                    "libphp.so not found at: {}",
+                    php.libphp_path.display()
+                ))
             } else if !built.embedded {
                 messages.push("[i] Embedded backend is not built yet in this version of fe-php.\n    Embedded backend will not be available (FastCGI/Static only mode)".to_owned());
                 Availability::Unavailable("embedded backend is not built yet".to_owned())
@@ -342,26 +358,41 @@ impl Config {
             } else {
                 Availability::Available
             };
-            (Availability::Unavailable("not selected: enable_hybrid = false and use_fpm = true".to_owned()), fastcgi)
+            (
+                Availability::Unavailable(
+                    "not selected: enable_hybrid = false and use_fpm = true".to_owned(),
+                ),
+                fastcgi,
+            )
         } else {
             let embedded = if !libphp_found {
                 problems.push(format!(
                     "libphp.so not found at: {} (required when enable_hybrid = false and use_fpm = false).\n    Install it (apt-get install libphp8.2-embed), set [php] libphp_path, or set use_fpm = true with fpm_socket.",
                     php.libphp_path.display()
                 ));
-                Availability::Unavailable(format!("libphp.so not found at: {}", php.libphp_path.display()))
+                Availability::Unavailable(format!(
+                    "libphp.so not found at: {}",
+                    php.libphp_path.display()
+                ))
             } else if !built.embedded {
                 problems.push("Embedded backend is not built yet in this version of fe-php (use_fpm = false).\n    Use enable_hybrid = true with the static backend until it is.".to_owned());
                 Availability::Unavailable("embedded backend is not built yet".to_owned())
             } else {
                 Availability::Available
             };
-            (embedded, Availability::Unavailable("not selected: enable_hybrid = false and use_fpm = false".to_owned()))
+            (
+                embedded,
+                Availability::Unavailable(
+                    "not selected: enable_hybrid = false and use_fpm = false".to_owned(),
+                ),
+            )
         };
 
         let sf = &self.backend.static_files;
         let static_files = if !sf.enable {
-            Availability::Unavailable("static backend disabled ([backend.static_files] enable = false)".to_owned())
+            Availability::Unavailable(
+                "static backend disabled ([backend.static_files] enable = false)".to_owned(),
+            )
         } else if sf.root.as_os_str().is_empty() {
             problems.push("[backend.static_files] root is required when enable = true.\n    Set root = \"/absolute/path/to/public\".".to_owned());
             Availability::Unavailable("no root".to_owned())
@@ -381,29 +412,50 @@ impl Config {
             BackendKind::Static => &static_files,
         };
         let how_to_enable = |k: BackendKind| match k {
-            BackendKind::Embedded => "install libphp (apt-get install libphp8.2-embed) and set [php] libphp_path",
-            BackendKind::FastCgi => "set [php] fpm_socket = \"127.0.0.1:9000\" (or the php-fpm socket path)",
-            BackendKind::Static => "set [backend.static_files] enable = true and root = \"/var/www/public\"",
+            BackendKind::Embedded => {
+                "install libphp (apt-get install libphp8.2-embed) and set [php] libphp_path"
+            }
+            BackendKind::FastCgi => {
+                "set [php] fpm_socket = \"127.0.0.1:9000\" (or the php-fpm socket path)"
+            }
+            BackendKind::Static => {
+                "set [backend.static_files] enable = true and root = \"/var/www/public\""
+            }
         };
 
         let default_name = self.backend.default_backend.clone().unwrap_or_else(|| {
-            if !self.backend.enable_hybrid && php.use_fpm { "fastcgi" } else { "embedded" }.to_owned()
+            if !self.backend.enable_hybrid && php.use_fpm {
+                "fastcgi"
+            } else {
+                "embedded"
+            }
+            .to_owned()
         });
         let default_backend = match BackendKind::from_name(&default_name) {
             Some(k) if availability(k).is_available() => k,
             known => {
                 let fix = match known {
-                    Some(k) => format!("To use it, {}; or choose another default_backend.", how_to_enable(k)),
-                    None => "Use default_backend = \"embedded\", \"fastcgi\" or \"static\".".to_owned(),
+                    Some(k) => format!(
+                        "To use it, {}; or choose another default_backend.",
+                        how_to_enable(k)
+                    ),
+                    None => {
+                        "Use default_backend = \"embedded\", \"fastcgi\" or \"static\".".to_owned()
+                    }
                 };
-                problems.push(format!("Default backend '{default_name}' is not registered\n    {fix}"));
+                problems.push(format!(
+                    "Default backend '{default_name}' is not registered\n    {fix}"
+                ));
                 known.unwrap_or(BackendKind::Static)
             }
         };
 
         for (i, rule) in self.backend.routing_rules.iter().enumerate() {
             let n = i + 1;
-            let what = format!("Routing rule #{n} ({} \"{}\")", rule.pattern.kind, rule.pattern.value);
+            let what = format!(
+                "Routing rule #{n} ({} \"{}\")",
+                rule.pattern.kind, rule.pattern.value
+            );
             match BackendKind::from_name(&rule.backend) {
                 None => problems.push(format!(
                     "{what} uses backend '{}', which is unknown.\n    Use backend = \"embedded\", \"fastcgi\" or \"static\".",
@@ -457,7 +509,14 @@ impl Config {
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
-        Ok(Validated { config: self, embedded, fastcgi, static_files, default_backend, messages })
+        Ok(Validated {
+            config: self,
+            embedded,
+            fastcgi,
+            static_files,
+            default_backend,
+            messages,
+        })
     }
 }
 
@@ -465,7 +524,10 @@ impl Config {
 mod tests {
     use super::*;
 
-    const BUILT: Built = Built { embedded: true, fastcgi: true };
+    const BUILT: Built = Built {
+        embedded: true,
+        fastcgi: true,
+    };
 
     fn static_root() -> String {
         env!("CARGO_MANIFEST_DIR").to_owned() + "/examples/public"
@@ -550,16 +612,23 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_wrong_types_name_key_and_line() {
-        let e = Config::from_toml("[server]\nworkers = 2\nlistn = \"x\"\n").unwrap_err().to_string();
+        let e = Config::from_toml("[server]\nworkers = 2\nlistn = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 3"), "{e}");
         assert!(e.contains("unknown field `listn`"), "{e}");
-        let e = Config::from_toml("[server]\n\nworkers = \"two\"\n").unwrap_err().to_string();
+        let e = Config::from_toml("[server]\n\nworkers = \"two\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 3"), "{e}");
         assert!(e.contains("invalid type"), "{e}");
         let e = Config::from_toml("[[backend.routing_rules]]\npattern = { type = \"glob\", value = \"/\" }\nbackend = \"static\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("line 2") && e.contains("unknown variant `glob`"), "{e}");
+        assert!(
+            e.contains("line 2") && e.contains("unknown variant `glob`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -592,9 +661,12 @@ mod tests {
 
     #[test]
     fn embedded_static_only_mode_message() {
-        let v = parse(&format!("[php]\nlibphp_path = \"{}\"\nfpm_socket = \"\"\n", libphp_present()))
-            .validate(BUILT)
-            .unwrap();
+        let v = parse(&format!(
+            "[php]\nlibphp_path = \"{}\"\nfpm_socket = \"\"\n",
+            libphp_present()
+        ))
+        .validate(BUILT)
+        .unwrap();
         assert_eq!(
             v.messages,
             ["[i] fpm_socket not configured.\n    FastCGI backend will not be available (Embedded/Static only mode)"]
@@ -613,26 +685,47 @@ mod tests {
         .unwrap();
         assert_eq!(v.messages.len(), 2);
         assert!(v.messages[0].starts_with("[i] Embedded backend is not built yet"));
-        assert!(v.messages[0].ends_with("Embedded backend will not be available (FastCGI/Static only mode)"));
+        assert!(v.messages[0]
+            .ends_with("Embedded backend will not be available (FastCGI/Static only mode)"));
         assert!(v.messages[1].starts_with("[i] FastCGI backend is not built yet"));
     }
 
     #[test]
     fn default_backend_not_registered() {
         let e = err("[backend]\ndefault_backend = \"xxx\"\n", BUILT);
-        assert!(e.starts_with("Default backend 'xxx' is not registered\n"), "{e}");
-        let e = err("[php]\nfpm_socket = \"\"\n[backend]\ndefault_backend = \"fastcgi\"\n", BUILT);
-        assert!(e.contains("Default backend 'fastcgi' is not registered\n"), "{e}");
+        assert!(
+            e.starts_with("Default backend 'xxx' is not registered\n"),
+            "{e}"
+        );
+        let e = err(
+            "[php]\nfpm_socket = \"\"\n[backend]\ndefault_backend = \"fastcgi\"\n",
+            BUILT,
+        );
+        assert!(
+            e.contains("Default backend 'fastcgi' is not registered\n"),
+            "{e}"
+        );
         assert!(e.contains("fpm_socket = \"127.0.0.1:9000\""), "{e}");
         let e = err("[backend]\ndefault_backend = \"static\"\n", BUILT);
-        assert!(e.contains("Default backend 'static' is not registered\n"), "{e}");
+        assert!(
+            e.contains("Default backend 'static' is not registered\n"),
+            "{e}"
+        );
     }
 
     #[test]
     fn non_hybrid_exclusivity() {
         // use_fpm = true needs fpm_socket.
-        let e = err("[backend]\nenable_hybrid = false\n[php]\nuse_fpm = true\n", BUILT);
-        assert!(e.contains("[php] fpm_socket is required when enable_hybrid = false and use_fpm = true."), "{e}");
+        let e = err(
+            "[backend]\nenable_hybrid = false\n[php]\nuse_fpm = true\n",
+            BUILT,
+        );
+        assert!(
+            e.contains(
+                "[php] fpm_socket is required when enable_hybrid = false and use_fpm = true."
+            ),
+            "{e}"
+        );
         // use_fpm = true with a socket: FastCGI only, default follows it.
         let v = parse(&format!(
             "[backend]\nenable_hybrid = false\n[php]\nuse_fpm = true\nfpm_socket = \"127.0.0.1:9000\"\nlibphp_path = \"{}\"\n",
@@ -643,7 +736,10 @@ mod tests {
         assert!(v.fastcgi.is_available() && !v.embedded.is_available());
         assert_eq!(v.default_backend, BackendKind::FastCgi);
         // use_fpm = false needs libphp.
-        let e = err("[backend]\nenable_hybrid = false\n[php]\nlibphp_path = \"/nope/libphp.so\"\n", BUILT);
+        let e = err(
+            "[backend]\nenable_hybrid = false\n[php]\nlibphp_path = \"/nope/libphp.so\"\n",
+            BUILT,
+        );
         assert!(e.contains("libphp.so not found at: /nope/libphp.so (required when enable_hybrid = false and use_fpm = false)"), "{e}");
         // use_fpm = false with libphp: embedded only, a fastcgi rule is refused.
         let e = err(
@@ -663,9 +759,15 @@ mod tests {
             static_root()
         );
         let e = err(&format!("{base}[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"/api/\" }}\nbackend = \"php\"\n"), BUILT);
-        assert!(e.contains("Routing rule #1 (prefix \"/api/\") uses backend 'php', which is unknown."), "{e}");
+        assert!(
+            e.contains("Routing rule #1 (prefix \"/api/\") uses backend 'php', which is unknown."),
+            "{e}"
+        );
         let e = err(&format!("{base}[[backend.routing_rules]]\npattern = {{ type = \"regex\", value = \"^/api/(v\\\\d+\" }}\nbackend = \"static\"\n"), BUILT);
-        assert!(e.starts_with("Routing rule #1: invalid regex '^/api/(v\\d+': "), "{e}");
+        assert!(
+            e.starts_with("Routing rule #1: invalid regex '^/api/(v\\d+': "),
+            "{e}"
+        );
         assert!(e.contains("unclosed group"), "{e}");
         let e = err(&format!("{base}[[backend.routing_rules]]\npattern = {{ type = \"exact\", value = \"api\" }}\nbackend = \"static\"\n"), BUILT);
         assert!(e.contains("must start with '/'"), "{e}");
@@ -673,10 +775,19 @@ mod tests {
 
     #[test]
     fn static_root_problems() {
-        let e = err("[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\n", BUILT);
-        assert!(e.contains("[backend.static_files] root is required when enable = true."), "{e}");
+        let e = err(
+            "[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\n",
+            BUILT,
+        );
+        assert!(
+            e.contains("[backend.static_files] root is required when enable = true."),
+            "{e}"
+        );
         let e = err("[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"/no/such/dir\"\n", BUILT);
-        assert!(e.contains("root /no/such/dir is not a readable directory"), "{e}");
+        assert!(
+            e.contains("root /no/such/dir is not a readable directory"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -30,16 +30,28 @@ impl Engine {
     /// Validates `config` and builds the router and backends.
     pub fn new(config: Config) -> Result<Engine, ConfigError> {
         let validated = config.validate(BUILT)?;
-        let router = Router::new(&validated.config.backend.routing_rules, validated.default_backend)
-            .map_err(|e| ConfigError { problems: vec![e] })?;
+        let router = Router::new(
+            &validated.config.backend.routing_rules,
+            validated.default_backend,
+        )
+        .map_err(|e| ConfigError { problems: vec![e] })?;
         let static_files = match validated.static_files {
             Availability::Available => {
                 let sf = &validated.config.backend.static_files;
-                Some(StaticFiles::new(&sf.root, &sf.index_files).map_err(|e| ConfigError { problems: vec![e.to_string()] })?)
+                Some(
+                    StaticFiles::new(&sf.root, &sf.index_files).map_err(|e| ConfigError {
+                        problems: vec![e.to_string()],
+                    })?,
+                )
             }
             Availability::Unavailable(_) => None,
         };
-        Ok(Engine { validated, router, static_files, worker_pid: AtomicU32::new(0) })
+        Ok(Engine {
+            validated,
+            router,
+            static_files,
+            worker_pid: AtomicU32::new(0),
+        })
     }
 
     pub fn config(&self) -> &Config {
@@ -129,7 +141,12 @@ impl Engine {
                 BackendKind::FastCgi => "FastCGI",
                 BackendKind::Static => "Static",
             };
-            BackendHealth { enabled: false, healthy: false, message: format!("{name} backend is not available: {why}"), latency_ms: None }
+            BackendHealth {
+                enabled: false,
+                healthy: false,
+                message: format!("{name} backend is not available: {why}"),
+                latency_ms: None,
+            }
         };
         let static_files = match &self.static_files {
             Some(sf) => match sf.check() {
@@ -139,7 +156,12 @@ impl Engine {
                     message: format!("Static backend is healthy (root: {})", sf.root().display()),
                     latency_ms: None,
                 },
-                Err(e) => BackendHealth { enabled: true, healthy: false, message: format!("Static backend is unhealthy: {e}"), latency_ms: None },
+                Err(e) => BackendHealth {
+                    enabled: true,
+                    healthy: false,
+                    message: format!("Static backend is unhealthy: {e}"),
+                    latency_ms: None,
+                },
             },
             None => unavailable(BackendKind::Static),
         };
@@ -153,7 +175,9 @@ impl Engine {
     /// Worker processes a host should run: `[server] workers`, 0 meaning one per core.
     pub fn workers(&self) -> usize {
         match self.validated.config.server.workers {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             n => n,
         }
     }
@@ -197,7 +221,10 @@ mod tests {
         assert_eq!(v["backends"]["static"]["healthy"], true);
         assert!(v["backends"]["static"]["latency_ms"].is_null());
         assert_eq!(v["backends"]["embedded"]["enabled"], false);
-        assert!(v["backends"]["embedded"]["message"].as_str().unwrap().contains("libphp.so not found at: /nonexistent"));
+        assert!(v["backends"]["embedded"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("libphp.so not found at: /nonexistent"));
     }
 
     #[test]

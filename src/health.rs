@@ -29,9 +29,16 @@ pub struct BackendHealth {
 
 impl Health {
     pub fn new(backends: Backends) -> Health {
-        let all = [&backends.embedded, &backends.fastcgi, &backends.static_files];
+        let all = [
+            &backends.embedded,
+            &backends.fastcgi,
+            &backends.static_files,
+        ];
         let ok = all.iter().all(|b| !b.enabled || b.healthy);
-        Health { status: if ok { "healthy" } else { "unhealthy" }, backends }
+        Health {
+            status: if ok { "healthy" } else { "unhealthy" },
+            backends,
+        }
     }
 
     pub fn http_status(&self) -> u16 {

@@ -41,12 +41,17 @@ impl<'a> Request<'a> {
 
     /// First value of a header, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|&(_, v)| v)
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|&(_, v)| v)
     }
 
     /// First value of a header as text (None when absent or not UTF-8).
     pub fn header_str(&self, name: &str) -> Option<&'a str> {
-        self.header(name).and_then(|v| std::str::from_utf8(v).ok()).map(str::trim)
+        self.header(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::trim)
     }
 
     pub fn is_head(&self) -> bool {
@@ -61,7 +66,11 @@ pub enum Body {
     Empty,
     Bytes(Vec<u8>),
     /// `len` bytes of `file` from `offset`: hosts may sendfile it.
-    File { file: File, offset: u64, len: u64 },
+    File {
+        file: File,
+        offset: u64,
+        len: u64,
+    },
     /// Produced while the host reads it (PHP `flush()`, FastCGI output).
     Stream(BodyStream),
 }
@@ -93,7 +102,11 @@ pub struct Response {
 
 impl Response {
     pub fn new(status: u16) -> Response {
-        Response { status, headers: Vec::new(), body: Body::Empty }
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Body::Empty,
+        }
     }
 
     pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Response {
@@ -107,7 +120,10 @@ impl Response {
 
     /// First value of a header, by case-insensitive name.
     pub fn get_header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
     }
 
     /// A short plain-text error page: "404 Not Found\n" plus an optional hint line.

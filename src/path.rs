@@ -129,12 +129,24 @@ mod tests {
     fn splits_query_and_absolute_form() {
         assert_eq!(
             split_target("/a/b?x=1&y").unwrap(),
-            Target { raw_path: "/a/b", query: Some("x=1&y") }
+            Target {
+                raw_path: "/a/b",
+                query: Some("x=1&y")
+            }
         );
-        assert_eq!(split_target("/").unwrap(), Target { raw_path: "/", query: None });
+        assert_eq!(
+            split_target("/").unwrap(),
+            Target {
+                raw_path: "/",
+                query: None
+            }
+        );
         assert_eq!(
             split_target("http://example.com:8080/p?q").unwrap(),
-            Target { raw_path: "/p", query: Some("q") }
+            Target {
+                raw_path: "/p",
+                query: Some("q")
+            }
         );
         assert_eq!(split_target("HTTPS://h").unwrap().raw_path, "/");
         assert_eq!(split_target("*"), Err(PathError::NotOriginForm));
@@ -172,7 +184,10 @@ mod tests {
         assert_eq!(normalize("/../etc/passwd"), Err(PathError::AboveRoot));
         assert_eq!(normalize("/a/../../etc"), Err(PathError::AboveRoot));
         assert_eq!(normalize("/%2e%2e/etc"), Err(PathError::AboveRoot));
-        assert_eq!(normalize("/..%2f..%2fetc/passwd"), Err(PathError::AboveRoot));
+        assert_eq!(
+            normalize("/..%2f..%2fetc/passwd"),
+            Err(PathError::AboveRoot)
+        );
         assert_eq!(normalize("/%2E%2E%2Fetc"), Err(PathError::AboveRoot));
         assert_eq!(normalize("/a%00.txt"), Err(PathError::Nul));
         assert_eq!(normalize("/%ff"), Err(PathError::InvalidUtf8));

@@ -58,8 +58,13 @@ impl Router {
         for (rank, &i) in order.iter().enumerate() {
             let rank = rank as Rank;
             let rule = &rules[i];
-            let backend = BackendKind::from_name(&rule.backend)
-                .ok_or_else(|| format!("routing rule #{} names unknown backend '{}'", i + 1, rule.backend))?;
+            let backend = BackendKind::from_name(&rule.backend).ok_or_else(|| {
+                format!(
+                    "routing rule #{} names unknown backend '{}'",
+                    i + 1,
+                    rule.backend
+                )
+            })?;
             router.ranked.push((backend, i));
             let value = rule.pattern.value.as_str();
             match rule.pattern.kind {
@@ -77,7 +82,10 @@ impl Router {
             }
         }
         if !regex_sources.is_empty() {
-            router.regexes = Some(RegexSet::new(&regex_sources).map_err(|e| format!("invalid regex in routing rules: {e}"))?);
+            router.regexes = Some(
+                RegexSet::new(&regex_sources)
+                    .map_err(|e| format!("invalid regex in routing rules: {e}"))?,
+            );
         }
         Ok(router)
     }
@@ -98,8 +106,14 @@ impl Router {
             }
         }
         match self.ranked.get(best as usize) {
-            Some(&(backend, rule)) => Route { backend, rule: Some(rule) },
-            None => Route { backend: self.default, rule: None },
+            Some(&(backend, rule)) => Route {
+                backend,
+                rule: Some(rule),
+            },
+            None => Route {
+                backend: self.default,
+                rule: None,
+            },
         }
     }
 
@@ -123,7 +137,9 @@ struct TrieNode {
 
 impl Default for ByteTrie {
     fn default() -> Self {
-        ByteTrie { nodes: vec![TrieNode::default()] }
+        ByteTrie {
+            nodes: vec![TrieNode::default()],
+        }
     }
 }
 
@@ -131,7 +147,10 @@ impl ByteTrie {
     fn insert(&mut self, key: impl Iterator<Item = u8>, rank: Rank) {
         let mut node = 0usize;
         for b in key {
-            node = match self.nodes[node].children.binary_search_by_key(&b, |&(c, _)| c) {
+            node = match self.nodes[node]
+                .children
+                .binary_search_by_key(&b, |&(c, _)| c)
+            {
                 Ok(i) => self.nodes[node].children[i].1 as usize,
                 Err(i) => {
                     let next = self.nodes.len();
@@ -169,7 +188,14 @@ mod tests {
     use crate::config::Pattern;
 
     fn rule(kind: PatternKind, value: &str, backend: &str, priority: i32) -> RoutingRule {
-        RoutingRule { pattern: Pattern { kind, value: value.to_owned() }, backend: backend.to_owned(), priority }
+        RoutingRule {
+            pattern: Pattern {
+                kind,
+                value: value.to_owned(),
+            },
+            backend: backend.to_owned(),
+            priority,
+        }
     }
 
     fn seed_rules() -> Vec<RoutingRule> {
@@ -185,12 +211,42 @@ mod tests {
     #[test]
     fn each_kind_matches() {
         let r = Router::new(&seed_rules(), BackendKind::Static).unwrap();
-        assert_eq!(r.route("/_status"), Route { backend: BackendKind::Embedded, rule: Some(0) });
+        assert_eq!(
+            r.route("/_status"),
+            Route {
+                backend: BackendKind::Embedded,
+                rule: Some(0)
+            }
+        );
         assert_eq!(r.route("/_status/x").backend, BackendKind::Static);
-        assert_eq!(r.route("/api/users"), Route { backend: BackendKind::Embedded, rule: Some(1) });
-        assert_eq!(r.route("/img/a.jpg"), Route { backend: BackendKind::Static, rule: Some(2) });
-        assert_eq!(r.route("/admin/"), Route { backend: BackendKind::FastCgi, rule: Some(4) });
-        assert_eq!(r.route("/v2/x"), Route { backend: BackendKind::Static, rule: None });
+        assert_eq!(
+            r.route("/api/users"),
+            Route {
+                backend: BackendKind::Embedded,
+                rule: Some(1)
+            }
+        );
+        assert_eq!(
+            r.route("/img/a.jpg"),
+            Route {
+                backend: BackendKind::Static,
+                rule: Some(2)
+            }
+        );
+        assert_eq!(
+            r.route("/admin/"),
+            Route {
+                backend: BackendKind::FastCgi,
+                rule: Some(4)
+            }
+        );
+        assert_eq!(
+            r.route("/v2/x"),
+            Route {
+                backend: BackendKind::Static,
+                rule: None
+            }
+        );
     }
 
     #[test]
@@ -200,7 +256,10 @@ mod tests {
         assert_eq!(r.route("/api/v1/a.jpg").rule, Some(1));
         // Matches prefix /admin/ (70) and suffix .jpg (80): suffix wins.
         assert_eq!(r.route("/admin/logo.jpg").rule, Some(2));
-        let rules = vec![rule(PatternKind::Prefix, "/api/", "static", 10), rule(PatternKind::Regex, "^/api/v1", "fastcgi", 20)];
+        let rules = vec![
+            rule(PatternKind::Prefix, "/api/", "static", 10),
+            rule(PatternKind::Regex, "^/api/v1", "fastcgi", 20),
+        ];
         let r = Router::new(&rules, BackendKind::Embedded).unwrap();
         assert_eq!(r.route("/api/v1/x").rule, Some(1));
         assert_eq!(r.route("/api/v2/x").rule, Some(0));
@@ -222,11 +281,29 @@ mod tests {
         let r = Router::new(&rules, BackendKind::Embedded).unwrap();
         assert_eq!(r.route("/a/b/x.css").rule, Some(0));
         // Duplicate exact values: the first declared wins.
-        let rules = vec![rule(PatternKind::Exact, "/x", "static", 1), rule(PatternKind::Exact, "/x", "fastcgi", 1)];
-        assert_eq!(Router::new(&rules, BackendKind::Embedded).unwrap().route("/x").rule, Some(0));
+        let rules = vec![
+            rule(PatternKind::Exact, "/x", "static", 1),
+            rule(PatternKind::Exact, "/x", "fastcgi", 1),
+        ];
+        assert_eq!(
+            Router::new(&rules, BackendKind::Embedded)
+                .unwrap()
+                .route("/x")
+                .rule,
+            Some(0)
+        );
         // ...unless a later one has a higher priority.
-        let rules = vec![rule(PatternKind::Exact, "/x", "static", 1), rule(PatternKind::Exact, "/x", "fastcgi", 2)];
-        assert_eq!(Router::new(&rules, BackendKind::Embedded).unwrap().route("/x").rule, Some(1));
+        let rules = vec![
+            rule(PatternKind::Exact, "/x", "static", 1),
+            rule(PatternKind::Exact, "/x", "fastcgi", 2),
+        ];
+        assert_eq!(
+            Router::new(&rules, BackendKind::Embedded)
+                .unwrap()
+                .route("/x")
+                .rule,
+            Some(1)
+        );
     }
 
     #[test]

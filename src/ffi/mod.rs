@@ -104,12 +104,18 @@ pub struct fephp_header {
 
 /// Reads up to `cap` bytes of the request body into `buf`. Returns the number of
 /// bytes read, 0 at the end of the body, or -1 on error.
-pub type fephp_body_read_cb = Option<unsafe extern "C" fn(ctx: *mut c_void, buf: *mut u8, cap: usize) -> isize>;
+pub type fephp_body_read_cb =
+    Option<unsafe extern "C" fn(ctx: *mut c_void, buf: *mut u8, cap: usize) -> isize>;
 
 /// Receives the response of `fephp_handle_request_async`. Owns `response` (free it
 /// with `fephp_response_free`); `response` is NULL when `result` is not OK.
-pub type fephp_response_cb =
-    Option<unsafe extern "C" fn(userdata: *mut c_void, result: fephp_result, response: *mut fephp_response)>;
+pub type fephp_response_cb = Option<
+    unsafe extern "C" fn(
+        userdata: *mut c_void,
+        result: fephp_result,
+        response: *mut fephp_response,
+    ),
+>;
 
 /// Called, from any thread, when a streamed body may have more data or has ended.
 pub type fephp_notify_cb = Option<unsafe extern "C" fn(userdata: *mut c_void)>;
@@ -229,7 +235,12 @@ unsafe fn str_utf8<'a>(s: fephp_str, what: &str) -> Result<&'a str, fephp_result
 ///
 /// # Safety
 /// `buf` must be writable for `cap` bytes and `len_out` writable.
-unsafe fn write_out(data: &[u8], buf: *mut c_char, cap: usize, len_out: *mut usize) -> fephp_result {
+unsafe fn write_out(
+    data: &[u8],
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> fephp_result {
     *len_out = data.len();
     if buf.is_null() || cap < data.len() + 1 {
         return fephp_result::BufferTooSmall;
@@ -260,7 +271,11 @@ unsafe fn request_view<'a>(req: &'a fephp_request) -> Result<Request<'a>, fephp_
             headers.push((str_bytes(h.name), str_bytes(h.value)));
         }
     }
-    let body = if req.body.is_null() || req.body_len == 0 { &[][..] } else { std::slice::from_raw_parts(req.body, req.body_len) };
+    let body = if req.body.is_null() || req.body_len == 0 {
+        &[][..]
+    } else {
+        std::slice::from_raw_parts(req.body, req.body_len)
+    };
     Ok(Request {
         method: str_utf8(req.method, "method")?,
         target: str_utf8(req.target, "target")?,
@@ -365,7 +380,12 @@ pub unsafe extern "C" fn fephp_engine_messages(
 ) -> fephp_result {
     guard(|| {
         non_null!(engine, len_out);
-        write_out(engine_ref(engine).messages().join("\n").as_bytes(), buf, cap, len_out)
+        write_out(
+            engine_ref(engine).messages().join("\n").as_bytes(),
+            buf,
+            cap,
+            len_out,
+        )
     })
 }
 
@@ -380,7 +400,12 @@ pub unsafe extern "C" fn fephp_engine_listen(
 ) -> fephp_result {
     guard(|| {
         non_null!(engine, len_out);
-        write_out(engine_ref(engine).config().server.listen.as_bytes(), buf, cap, len_out)
+        write_out(
+            engine_ref(engine).config().server.listen.as_bytes(),
+            buf,
+            cap,
+            len_out,
+        )
     })
 }
 
@@ -394,14 +419,22 @@ pub unsafe extern "C" fn fephp_engine_access_log(
 ) -> fephp_result {
     guard(|| {
         non_null!(engine, len_out);
-        write_out(engine_ref(engine).config().server.access_log.as_bytes(), buf, cap, len_out)
+        write_out(
+            engine_ref(engine).config().server.access_log.as_bytes(),
+            buf,
+            cap,
+            len_out,
+        )
     })
 }
 
 /// Number of worker processes the host should run (`[server] workers`; 0 in the
 /// file means one per CPU core).
 #[no_mangle]
-pub unsafe extern "C" fn fephp_engine_workers(engine: *const fephp_engine, workers_out: *mut u32) -> fephp_result {
+pub unsafe extern "C" fn fephp_engine_workers(
+    engine: *const fephp_engine,
+    workers_out: *mut u32,
+) -> fephp_result {
     guard(|| {
         non_null!(engine, workers_out);
         *workers_out = engine_ref(engine).workers() as u32;
@@ -496,7 +529,8 @@ pub unsafe extern "C" fn fephp_handle_request(
             Err(e) => return e,
         };
         let resp = engine_ref(engine).handle(&req);
-        *response_out = Box::into_raw(Box::new(ResponseHandle { resp, pos: 0 })) as *mut fephp_response;
+        *response_out =
+            Box::into_raw(Box::new(ResponseHandle { resp, pos: 0 })) as *mut fephp_response;
         fephp_result::Ok
     })
 }
@@ -551,7 +585,11 @@ pub unsafe extern "C" fn fephp_health(
 
 /// Writes the message of the last failed call on this thread into `buf`.
 #[no_mangle]
-pub unsafe extern "C" fn fephp_last_error(buf: *mut c_char, cap: usize, len_out: *mut usize) -> fephp_result {
+pub unsafe extern "C" fn fephp_last_error(
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> fephp_result {
     guard(|| {
         non_null!(len_out);
         LAST_ERROR.with(|e| write_out(e.borrow().as_bytes(), buf, cap, len_out))
@@ -632,29 +670,42 @@ pub unsafe extern "C" fn fephp_response_header(
         let Some((n, v)) = handle_ref(response).resp.headers.get(index) else {
             return fephp_result::OutOfRange;
         };
-        *name_out = fephp_str { ptr: n.as_ptr() as *const c_char, len: n.len() };
-        *value_out = fephp_str { ptr: v.as_ptr() as *const c_char, len: v.len() };
+        *name_out = fephp_str {
+            ptr: n.as_ptr() as *const c_char,
+            len: n.len(),
+        };
+        *value_out = fephp_str {
+            ptr: v.as_ptr() as *const c_char,
+            len: v.len(),
+        };
         fephp_result::Ok
     })
 }
 
 /// How the body is delivered (EMPTY for NULL).
 #[no_mangle]
-pub unsafe extern "C" fn fephp_response_body_kind(response: *const fephp_response) -> fephp_body_kind {
+pub unsafe extern "C" fn fephp_response_body_kind(
+    response: *const fephp_response,
+) -> fephp_body_kind {
     if response.is_null() {
         return fephp_body_kind::Empty;
     }
-    guard_value(fephp_body_kind::Empty, || match handle_ref(response).resp.body {
-        Body::Empty => fephp_body_kind::Empty,
-        Body::Bytes(_) => fephp_body_kind::Bytes,
-        Body::File { .. } => fephp_body_kind::File,
-        Body::Stream(_) => fephp_body_kind::Stream,
+    guard_value(fephp_body_kind::Empty, || {
+        match handle_ref(response).resp.body {
+            Body::Empty => fephp_body_kind::Empty,
+            Body::Bytes(_) => fephp_body_kind::Bytes,
+            Body::File { .. } => fephp_body_kind::File,
+            Body::Stream(_) => fephp_body_kind::Stream,
+        }
     })
 }
 
 /// The body length when known in advance; `FEPHP_RESULT_UNKNOWN_LENGTH` for streams.
 #[no_mangle]
-pub unsafe extern "C" fn fephp_response_body_length(response: *const fephp_response, len_out: *mut u64) -> fephp_result {
+pub unsafe extern "C" fn fephp_response_body_length(
+    response: *const fephp_response,
+    len_out: *mut u64,
+) -> fephp_result {
     guard(|| {
         non_null!(response, len_out);
         match handle_ref(response).resp.body.len() {
@@ -712,7 +763,11 @@ pub unsafe extern "C" fn fephp_response_body_file(
     })
 }
 
-fn read_body(h: &mut ResponseHandle, out: &mut [u8], blocking: bool) -> Result<usize, fephp_result> {
+fn read_body(
+    h: &mut ResponseHandle,
+    out: &mut [u8],
+    blocking: bool,
+) -> Result<usize, fephp_result> {
     match &h.resp.body {
         Body::Empty => Ok(0),
         Body::Bytes(b) => {
@@ -744,7 +799,11 @@ fn read_body(h: &mut ResponseHandle, out: &mut [u8], blocking: bool) -> Result<u
             }
         }
         Body::Stream(s) => {
-            let outcome = if blocking { s.read(out) } else { s.try_read(out) };
+            let outcome = if blocking {
+                s.read(out)
+            } else {
+                s.try_read(out)
+            };
             match outcome {
                 ReadOutcome::Data(n) => {
                     h.pos += n as u64;
@@ -772,7 +831,11 @@ pub unsafe extern "C" fn fephp_response_body_read(
 ) -> fephp_result {
     guard(|| {
         non_null!(response, buf, n_out);
-        match read_body(handle_mut(response), std::slice::from_raw_parts_mut(buf, cap), true) {
+        match read_body(
+            handle_mut(response),
+            std::slice::from_raw_parts_mut(buf, cap),
+            true,
+        ) {
             Ok(n) => {
                 *n_out = n;
                 fephp_result::Ok
@@ -793,7 +856,11 @@ pub unsafe extern "C" fn fephp_response_body_try_read(
 ) -> fephp_result {
     guard(|| {
         non_null!(response, buf, n_out);
-        match read_body(handle_mut(response), std::slice::from_raw_parts_mut(buf, cap), false) {
+        match read_body(
+            handle_mut(response),
+            std::slice::from_raw_parts_mut(buf, cap),
+            false,
+        ) {
             Ok(n) => {
                 *n_out = n;
                 fephp_result::Ok

@@ -7,27 +7,53 @@ use std::ptr;
 #[test]
 fn committed_header_is_fresh() {
     let generated = include_str!(concat!(env!("OUT_DIR"), "/fe_php.h"));
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/fe_php.h")).unwrap_or_default();
-    assert!(generated == committed, "include/fe_php.h is stale: run `make header` and commit it");
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/fe_php.h"))
+            .unwrap_or_default();
+    assert!(
+        generated == committed,
+        "include/fe_php.h is stale: run `make header` and commit it"
+    );
 }
 
 #[test]
 fn nulls_are_errors_not_crashes() {
     unsafe {
-        assert_eq!(fephp_init(ptr::null(), ptr::null(), ptr::null_mut()), fephp_result::NullParameter);
+        assert_eq!(
+            fephp_init(ptr::null(), ptr::null(), ptr::null_mut()),
+            fephp_result::NullParameter
+        );
         let mut e = ptr::null();
-        assert_eq!(fephp_init(ptr::null(), ptr::null(), &mut e), fephp_result::InvalidArgument);
+        assert_eq!(
+            fephp_init(ptr::null(), ptr::null(), &mut e),
+            fephp_result::InvalidArgument
+        );
         let mut b = fephp_backend::Static;
-        let s = fephp_str { ptr: ptr::null(), len: 0 };
-        assert_eq!(fephp_route(ptr::null(), s, s, &mut b), fephp_result::NullParameter);
-        assert_eq!(fephp_handle_request(ptr::null(), ptr::null(), ptr::null_mut()), fephp_result::NullParameter);
+        let s = fephp_str {
+            ptr: ptr::null(),
+            len: 0,
+        };
+        assert_eq!(
+            fephp_route(ptr::null(), s, s, &mut b),
+            fephp_result::NullParameter
+        );
+        assert_eq!(
+            fephp_handle_request(ptr::null(), ptr::null(), ptr::null_mut()),
+            fephp_result::NullParameter
+        );
         assert_eq!(fephp_response_status(ptr::null()), 0);
         assert_eq!(fephp_response_header_count(ptr::null()), 0);
-        assert_eq!(fephp_response_body_kind(ptr::null()), fephp_body_kind::Empty);
+        assert_eq!(
+            fephp_response_body_kind(ptr::null()),
+            fephp_body_kind::Empty
+        );
         fephp_response_free(ptr::null_mut());
         fephp_engine_free(ptr::null());
         let mut len = 0usize;
-        assert_eq!(fephp_last_error(ptr::null_mut(), 0, &mut len), fephp_result::BufferTooSmall);
+        assert_eq!(
+            fephp_last_error(ptr::null_mut(), 0, &mut len),
+            fephp_result::BufferTooSmall
+        );
         assert!(len > 0);
     }
 }
@@ -44,7 +70,10 @@ fn last_error() -> String {
 fn config_errors_reach_last_error() {
     let toml = CString::new("[backend]\ndefault_backend = \"xxx\"\n").unwrap();
     let mut e = ptr::null();
-    assert_eq!(unsafe { fephp_init(ptr::null(), toml.as_ptr(), &mut e) }, fephp_result::ConfigError);
+    assert_eq!(
+        unsafe { fephp_init(ptr::null(), toml.as_ptr(), &mut e) },
+        fephp_result::ConfigError
+    );
     assert!(e.is_null());
     assert!(last_error().starts_with("Default backend 'xxx' is not registered"));
 }
@@ -59,15 +88,24 @@ fn stream_body_reads_through_the_abi() {
     unsafe {
         assert_eq!(fephp_response_body_kind(handle), fephp_body_kind::Stream);
         let mut len = 0u64;
-        assert_eq!(fephp_response_body_length(handle, &mut len), fephp_result::UnknownLength);
-        assert_eq!(fephp_response_body_try_read(handle, buf.as_mut_ptr(), buf.len(), &mut n), fephp_result::Again);
+        assert_eq!(
+            fephp_response_body_length(handle, &mut len),
+            fephp_result::UnknownLength
+        );
+        assert_eq!(
+            fephp_response_body_try_read(handle, buf.as_mut_ptr(), buf.len(), &mut n),
+            fephp_result::Again
+        );
         let producer = std::thread::spawn(move || {
             tx.send(b"hello ".to_vec());
             tx.send(b"world".to_vec());
         });
         let mut got = Vec::new();
         loop {
-            assert_eq!(fephp_response_body_read(handle, buf.as_mut_ptr(), buf.len(), &mut n), fephp_result::Ok);
+            assert_eq!(
+                fephp_response_body_read(handle, buf.as_mut_ptr(), buf.len(), &mut n),
+                fephp_result::Ok
+            );
             if n == 0 {
                 break;
             }

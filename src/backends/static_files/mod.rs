@@ -15,15 +15,25 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
-pub use validators::{parse_range, ByteRange, RangeOutcome};
 use validators::*;
+pub use validators::{parse_range, ByteRange, RangeOutcome};
 
 /// Multipart range responses are built in memory up to this size; larger ones get
 /// the whole file (a server may ignore Range).
 const MAX_MULTIPART_BYTES: u64 = 16 << 20;
 
 /// Characters escaped when a decoded path goes back into a `Location` header.
-const PATH_ESCAPE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'<').add(b'>').add(b'?').add(b'`').add(b'{').add(b'}');
+const PATH_ESCAPE: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
 
 /// A document root and its settings.
 #[derive(Debug)]
@@ -45,12 +55,22 @@ impl StaticFiles {
     /// Opens the root directory. Fails with a message naming the root.
     pub fn new(root: &Path, index_files: &[String]) -> io::Result<StaticFiles> {
         let dir = File::open(root).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot open static root {}: {e}", root.display()))
+            io::Error::new(
+                e.kind(),
+                format!("cannot open static root {}: {e}", root.display()),
+            )
         })?;
         if !dir.metadata()?.is_dir() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("static root {} is not a directory", root.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("static root {} is not a directory", root.display()),
+            ));
         }
-        Ok(StaticFiles { root: root.to_owned(), root_fd: dir.into(), index_files: index_files.to_vec() })
+        Ok(StaticFiles {
+            root: root.to_owned(),
+            root_fd: dir.into(),
+            index_files: index_files.to_vec(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -61,7 +81,10 @@ impl StaticFiles {
     pub fn check(&self) -> Result<(), String> {
         match std::fs::metadata(&self.root) {
             Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(format!("static root {} is not a directory", self.root.display())),
+            Ok(_) => Err(format!(
+                "static root {} is not a directory",
+                self.root.display()
+            )),
             Err(e) => Err(format!("static root {}: {e}", self.root.display())),
         }
     }
@@ -162,7 +185,10 @@ impl StaticFiles {
         let last_modified = httpdate::fmt_http_date(mtime);
 
         // Headers every answer for this representation carries (200, 206, 304).
-        let mut validators: Vec<(&str, String)> = vec![("ETag", etag.clone()), ("Last-Modified", last_modified.clone())];
+        let mut validators: Vec<(&str, String)> = vec![
+            ("ETag", etag.clone()),
+            ("Last-Modified", last_modified.clone()),
+        ];
         if let Some(cc) = cache_control {
             validators.push(("Cache-Control", cc.to_owned()));
         }
@@ -209,7 +235,8 @@ impl StaticFiles {
                 match parse_range(range, size) {
                     RangeOutcome::Ignore => {}
                     RangeOutcome::Unsatisfiable => {
-                        return Response::error(416, None).header("Content-Range", format!("bytes */{size}"));
+                        return Response::error(416, None)
+                            .header("Content-Range", format!("bytes */{size}"));
                     }
                     RangeOutcome::Ranges(r) => ranges = Some(r),
                 }
@@ -221,14 +248,24 @@ impl StaticFiles {
             Some([one]) => {
                 resp.status = 206;
                 resp.push_header("Content-Type", content_type);
-                resp.push_header("Content-Range", format!("bytes {}-{}/{size}", one.first, one.last));
-                Body::File { file, offset: one.first, len: one.len() }
+                resp.push_header(
+                    "Content-Range",
+                    format!("bytes {}-{}/{size}", one.first, one.last),
+                );
+                Body::File {
+                    file,
+                    offset: one.first,
+                    len: one.len(),
+                }
             }
             Some(many) if many.iter().map(|r| r.len()).sum::<u64>() <= MAX_MULTIPART_BYTES => {
                 match multipart(&file, many, size, content_type) {
                     Ok((boundary, bytes)) => {
                         resp.status = 206;
-                        resp.push_header("Content-Type", format!("multipart/byteranges; boundary={boundary}"));
+                        resp.push_header(
+                            "Content-Type",
+                            format!("multipart/byteranges; boundary={boundary}"),
+                        );
                         Body::Bytes(bytes)
                     }
                     Err(e) => return error_for(&e, path),
@@ -236,7 +273,11 @@ impl StaticFiles {
             }
             _ => {
                 resp.push_header("Content-Type", content_type);
-                Body::File { file, offset: 0, len: size }
+                Body::File {
+                    file,
+                    offset: 0,
+                    len: size,
+                }
             }
         };
         resp.push_header("Content-Length", body.len().unwrap_or(0).to_string());
@@ -299,13 +340,18 @@ impl StaticFiles {
 /// Maps an open/stat failure to a response, logging what the operator should know.
 fn error_for(e: &io::Error, path: &str) -> Response {
     match e.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ENAMETOOLONG) => Response::error(404, None),
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ENAMETOOLONG) => {
+            Response::error(404, None)
+        }
         Some(libc::EACCES) | Some(libc::EPERM) => {
             tracing::warn!(path, "static: permission denied; check the file's permissions (chmod 644, directories 755)");
             Response::error(403, None)
         }
         Some(libc::EXDEV) | Some(libc::ELOOP) => {
-            tracing::warn!(path, "static: refused a path that resolves outside the document root (symlink)");
+            tracing::warn!(
+                path,
+                "static: refused a path that resolves outside the document root (symlink)"
+            );
             Response::error(404, None)
         }
         _ => {
@@ -326,13 +372,20 @@ fn is_hidden(path: &str) -> bool {
 pub fn is_php_source(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or("");
     let name = name.trim_end_matches(['.', ' ']);
-    let Some((_, ext)) = name.rsplit_once('.') else { return false };
+    let Some((_, ext)) = name.rsplit_once('.') else {
+        return false;
+    };
     let ext = ext.to_ascii_lowercase();
-    matches!(ext.as_str(), "php" | "phtml" | "phar" | "phps" | "pht" | "php3" | "php4" | "php5" | "php7" | "php8")
+    matches!(
+        ext.as_str(),
+        "php" | "phtml" | "phar" | "phps" | "pht" | "php3" | "php4" | "php5" | "php7" | "php8"
+    )
 }
 
 fn extension(name: &str) -> String {
-    name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default()
+    name.rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default()
 }
 
 fn content_type_for(name: &str) -> &'static str {
@@ -343,7 +396,9 @@ fn content_type_for(name: &str) -> &'static str {
         "txt" => "text/plain; charset=utf-8",
         "json" => "application/json",
         "wasm" => "application/wasm",
-        _ => mime_guess::from_path(name).first_raw().unwrap_or("application/octet-stream"),
+        _ => mime_guess::from_path(name)
+            .first_raw()
+            .unwrap_or("application/octet-stream"),
     }
 }
 
@@ -351,9 +406,8 @@ fn content_type_for(name: &str) -> &'static str {
 pub fn cache_control_for(name: &str) -> Option<&'static str> {
     match extension(name).as_str() {
         "woff" | "woff2" | "ttf" | "otf" | "eot" => Some("public, max-age=31536000, immutable"),
-        "jpg" | "jpeg" | "png" | "gif" | "webp" | "avif" | "svg" | "ico" | "bmp" | "apng" | "tif" | "tiff" => {
-            Some("public, max-age=86400")
-        }
+        "jpg" | "jpeg" | "png" | "gif" | "webp" | "avif" | "svg" | "ico" | "bmp" | "apng"
+        | "tif" | "tiff" => Some("public, max-age=86400"),
         "css" | "js" | "mjs" => Some("public, max-age=3600"),
         "html" | "htm" => Some("no-cache"),
         _ => None,
@@ -362,16 +416,30 @@ pub fn cache_control_for(name: &str) -> Option<&'static str> {
 
 fn is_compressible(content_type: &str) -> bool {
     content_type.starts_with("text/")
-        || ["application/json", "application/javascript", "image/svg+xml", "application/xml", "application/wasm"]
-            .iter()
-            .any(|t| content_type.starts_with(t))
+        || [
+            "application/json",
+            "application/javascript",
+            "image/svg+xml",
+            "application/xml",
+            "application/wasm",
+        ]
+        .iter()
+        .any(|t| content_type.starts_with(t))
 }
 
 /// Builds a multipart/byteranges body (RFC 9110 §14.6).
-fn multipart(file: &File, ranges: &[ByteRange], size: u64, content_type: &str) -> io::Result<(String, Vec<u8>)> {
+fn multipart(
+    file: &File,
+    ranges: &[ByteRange],
+    size: u64,
+    content_type: &str,
+) -> io::Result<(String, Vec<u8>)> {
     let boundary = format!(
         "fephp{:016x}",
-        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
             ^ (std::process::id() as u64).rotate_left(32)
     );
     let mut out = Vec::new();
@@ -399,7 +467,15 @@ mod tests {
         assert!(!is_hidden("/.well-known/acme-challenge/x"));
         assert!(is_hidden("/a/.well-known/x"));
         assert!(!is_hidden("/a/b.c"));
-        for p in ["/index.php", "/x.PHP", "/x.php.", "/x.php..", "/x.phtml", "/a/b.Phar", "/x.php "] {
+        for p in [
+            "/index.php",
+            "/x.PHP",
+            "/x.php.",
+            "/x.php..",
+            "/x.phtml",
+            "/a/b.Phar",
+            "/x.php ",
+        ] {
             assert!(is_php_source(p), "{p}");
         }
         for p in ["/x.php.txt", "/php", "/x.html", "/phpinfo"] {
@@ -409,7 +485,10 @@ mod tests {
 
     #[test]
     fn cache_policy() {
-        assert_eq!(cache_control_for("a.woff2"), Some("public, max-age=31536000, immutable"));
+        assert_eq!(
+            cache_control_for("a.woff2"),
+            Some("public, max-age=31536000, immutable")
+        );
         assert_eq!(cache_control_for("a.JPG"), Some("public, max-age=86400"));
         assert_eq!(cache_control_for("a.css"), Some("public, max-age=3600"));
         assert_eq!(cache_control_for("a.js"), Some("public, max-age=3600"));

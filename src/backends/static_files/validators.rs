@@ -37,7 +37,10 @@ pub fn parse_etag_list(value: &str) -> ETagList<'_> {
         if let Some(body) = rest.strip_prefix('"') {
             match body.find('"') {
                 Some(end) => {
-                    tags.push(ETag { weak, opaque: &body[..end] });
+                    tags.push(ETag {
+                        weak,
+                        opaque: &body[..end],
+                    });
                     rest = &body[end + 1..];
                 }
                 None => break,
@@ -61,7 +64,10 @@ pub fn parse_etag(value: &str) -> Option<ETag<'_>> {
         None => (false, v),
     };
     let inner = v.strip_prefix('"')?.strip_suffix('"')?;
-    (!inner.contains('"')).then_some(ETag { weak, opaque: inner })
+    (!inner.contains('"')).then_some(ETag {
+        weak,
+        opaque: inner,
+    })
 }
 
 /// Our own ETag, `"…"` with quotes, against a list: strong comparison (If-Match).
@@ -91,7 +97,10 @@ pub fn parse_date(value: &str) -> Option<SystemTime> {
 
 /// A modification time truncated to whole seconds, as HTTP dates carry.
 pub fn whole_seconds(t: SystemTime) -> SystemTime {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
@@ -128,7 +137,9 @@ pub const MAX_RANGES: usize = 32;
 
 pub fn parse_range(value: &str, size: u64) -> RangeOutcome {
     let value = value.trim();
-    let Some((unit, specs)) = value.split_once('=') else { return RangeOutcome::Ignore };
+    let Some((unit, specs)) = value.split_once('=') else {
+        return RangeOutcome::Ignore;
+    };
     if !unit.trim().eq_ignore_ascii_case("bytes") {
         return RangeOutcome::Ignore;
     }
@@ -143,7 +154,9 @@ pub fn parse_range(value: &str, size: u64) -> RangeOutcome {
         if count > MAX_RANGES {
             return RangeOutcome::Ignore;
         }
-        let Some((a, b)) = spec.split_once('-') else { return RangeOutcome::Ignore };
+        let Some((a, b)) = spec.split_once('-') else {
+            return RangeOutcome::Ignore;
+        };
         let (a, b) = (a.trim(), b.trim());
         let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
         if a.is_empty() {
@@ -155,7 +168,10 @@ pub fn parse_range(value: &str, size: u64) -> RangeOutcome {
             if n == 0 || size == 0 {
                 continue;
             }
-            ranges.push(ByteRange { first: size.saturating_sub(n), last: size - 1 });
+            ranges.push(ByteRange {
+                first: size.saturating_sub(n),
+                last: size - 1,
+            });
         } else {
             if !digits(a) || !(b.is_empty() || digits(b)) {
                 return RangeOutcome::Ignore;
@@ -164,14 +180,21 @@ pub fn parse_range(value: &str, size: u64) -> RangeOutcome {
                 Ok(v) => v,
                 Err(_) => continue, // beyond u64: cannot overlap
             };
-            let last: u64 = if b.is_empty() { u64::MAX } else { b.parse().unwrap_or(u64::MAX) };
+            let last: u64 = if b.is_empty() {
+                u64::MAX
+            } else {
+                b.parse().unwrap_or(u64::MAX)
+            };
             if last < first {
                 return RangeOutcome::Ignore;
             }
             if first >= size {
                 continue;
             }
-            ranges.push(ByteRange { first, last: last.min(size - 1) });
+            ranges.push(ByteRange {
+                first,
+                last: last.min(size - 1),
+            });
         }
     }
     if count == 0 {
@@ -198,11 +221,17 @@ pub fn accepts_encoding(header: &str, coding: &str) -> bool {
         let mut parts = item.split(';');
         let name = parts.next().unwrap_or("").trim();
         let q = parts
-            .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
+            .filter_map(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .or_else(|| p.trim().strip_prefix("Q="))
+            })
             .map(|q| q.trim().parse::<f32>().unwrap_or(0.0))
             .next()
             .unwrap_or(1.0);
-        if name.eq_ignore_ascii_case(coding) || (coding == "gzip" && name.eq_ignore_ascii_case("x-gzip")) {
+        if name.eq_ignore_ascii_case(coding)
+            || (coding == "gzip" && name.eq_ignore_ascii_case("x-gzip"))
+        {
             return q > 0.0;
         }
         if name == "*" {
@@ -223,17 +252,35 @@ mod tests {
         assert_eq!(
             l,
             ETagList::Tags(vec![
-                ETag { weak: false, opaque: "a" },
-                ETag { weak: true, opaque: "b" },
-                ETag { weak: false, opaque: "c,d" },
-                ETag { weak: false, opaque: "e" },
+                ETag {
+                    weak: false,
+                    opaque: "a"
+                },
+                ETag {
+                    weak: true,
+                    opaque: "b"
+                },
+                ETag {
+                    weak: false,
+                    opaque: "c,d"
+                },
+                ETag {
+                    weak: false,
+                    opaque: "e"
+                },
             ])
         );
         assert!(strong_match(&l, "\"a\""));
         assert!(!strong_match(&l, "\"b\""));
         assert!(weak_match(&l, "\"b\""));
         assert!(!weak_match(&l, "\"z\""));
-        assert_eq!(parse_etag("W/\"x\""), Some(ETag { weak: true, opaque: "x" }));
+        assert_eq!(
+            parse_etag("W/\"x\""),
+            Some(ETag {
+                weak: true,
+                opaque: "x"
+            })
+        );
         assert_eq!(parse_etag("Sun, 06 Nov 1994 08:49:37 GMT"), None);
     }
 
@@ -257,8 +304,14 @@ mod tests {
         assert_eq!(parse_range("bytes=-100", 1000), Ranges(vec![r(900, 999)]));
         assert_eq!(parse_range("bytes=-5000", 1000), Ranges(vec![r(0, 999)]));
         assert_eq!(parse_range("bytes=0-5000", 1000), Ranges(vec![r(0, 999)]));
-        assert_eq!(parse_range("BYTES = 0-0 , 10-19", 1000), Ranges(vec![r(0, 0), r(10, 19)]));
-        assert_eq!(parse_range("bytes=10-19,0-4,15-30,31-40", 1000), Ranges(vec![r(0, 4), r(10, 40)]));
+        assert_eq!(
+            parse_range("BYTES = 0-0 , 10-19", 1000),
+            Ranges(vec![r(0, 0), r(10, 19)])
+        );
+        assert_eq!(
+            parse_range("bytes=10-19,0-4,15-30,31-40", 1000),
+            Ranges(vec![r(0, 4), r(10, 40)])
+        );
         assert_eq!(parse_range("bytes=1000-", 1000), Unsatisfiable);
         assert_eq!(parse_range("bytes=-0", 1000), Unsatisfiable);
         assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
@@ -266,9 +319,17 @@ mod tests {
         assert_eq!(parse_range("bytes=a-b", 1000), Ignore);
         assert_eq!(parse_range("items=0-1", 1000), Ignore);
         assert_eq!(parse_range("bytes=", 1000), Ignore);
-        assert_eq!(parse_range("bytes=99999999999999999999999-", 1000), Unsatisfiable);
-        let many: Vec<String> = (0..40).map(|i| format!("{}-{}", i * 10, i * 10 + 1)).collect();
-        assert_eq!(parse_range(&format!("bytes={}", many.join(",")), 1000), Ignore);
+        assert_eq!(
+            parse_range("bytes=99999999999999999999999-", 1000),
+            Unsatisfiable
+        );
+        let many: Vec<String> = (0..40)
+            .map(|i| format!("{}-{}", i * 10, i * 10 + 1))
+            .collect();
+        assert_eq!(
+            parse_range(&format!("bytes={}", many.join(",")), 1000),
+            Ignore
+        );
     }
 
     #[test]

@@ -1,0 +1,181 @@
+//! The master process: forks the workers after the engine is initialized (so
+//! whatever the engine loaded is shared copy-on-write), respawns a worker that
+//! dies, and on SIGTERM/SIGINT stops them gracefully.
+//!
+//! The master never starts a thread: signals are blocked and taken synchronously
+//! with `sigtimedwait`, which keeps `fork` safe.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// How long workers get to drain after SIGTERM before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(35);
+/// A worker that dies sooner than this after its start counts as failing fast.
+const FAST_FAILURE: Duration = Duration::from_secs(2);
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialize and fill a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [
+            libc::SIGCHLD,
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+        ] {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Runs `worker` in `count` child processes until the master is told to stop.
+/// Returns the exit code for the master.
+pub fn run(count: usize, worker: impl Fn() -> i32) -> i32 {
+    let set = signal_set();
+    // SAFETY: blocking signals in this single-threaded process; children undo it.
+    unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+
+    let mut children: HashMap<libc::pid_t, Instant> = HashMap::new();
+    let mut fast_failures = 0u32;
+    for _ in 0..count {
+        if let Some(pid) = spawn(&set, &worker) {
+            children.insert(pid, Instant::now());
+        }
+    }
+    if children.is_empty() {
+        tracing::error!("no worker could be started");
+        return 1;
+    }
+
+    loop {
+        let sig = wait_signal(&set, None);
+        match sig {
+            libc::SIGCHLD => {
+                for (pid, how) in reap() {
+                    let Some(started) = children.remove(&pid) else {
+                        continue;
+                    };
+                    tracing::warn!(pid, "worker {how}; starting a new one");
+                    if started.elapsed() < FAST_FAILURE {
+                        fast_failures += 1;
+                        // Back off when workers keep dying at start (e.g. a broken extension).
+                        std::thread::sleep(Duration::from_millis(
+                            100 * u64::from(fast_failures.min(20)),
+                        ));
+                    } else {
+                        fast_failures = 0;
+                    }
+                    if let Some(pid) = spawn(&set, &worker) {
+                        children.insert(pid, Instant::now());
+                    }
+                }
+            }
+            libc::SIGHUP => tracing::info!(
+                "SIGHUP received; configuration reload is not supported yet, ignoring"
+            ),
+            libc::SIGTERM | libc::SIGINT | libc::SIGQUIT => {
+                tracing::info!("stopping: waiting for in-flight requests to finish");
+                return stop(children, &set);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn spawn(set: &libc::sigset_t, worker: &impl Fn() -> i32) -> Option<libc::pid_t> {
+    // SAFETY: the master is single-threaded, so the child may run arbitrary code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        tracing::error!(error = %std::io::Error::last_os_error(), "fork failed");
+        return None;
+    }
+    if pid == 0 {
+        // SAFETY: child side: unblock signals, die with the master.
+        unsafe {
+            libc::sigprocmask(libc::SIG_UNBLOCK, set, std::ptr::null_mut());
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        }
+        let code = worker();
+        std::process::exit(code);
+    }
+    Some(pid)
+}
+
+/// Waits for one of the blocked signals, up to `timeout`. Returns 0 on timeout.
+fn wait_signal(set: &libc::sigset_t, timeout: Option<Duration>) -> i32 {
+    loop {
+        // SAFETY: valid set; siginfo is an out parameter we ignore.
+        let r = unsafe {
+            match timeout {
+                None => libc::sigwaitinfo(set, std::ptr::null_mut()),
+                Some(t) => {
+                    let ts = libc::timespec {
+                        tv_sec: t.as_secs() as libc::time_t,
+                        tv_nsec: t.subsec_nanos() as libc::c_long,
+                    };
+                    libc::sigtimedwait(set, std::ptr::null_mut(), &ts)
+                }
+            }
+        };
+        if r > 0 {
+            return r;
+        }
+        let err = std::io::Error::last_os_error().raw_os_error();
+        if err == Some(libc::EAGAIN) {
+            return 0;
+        }
+        // EINTR: try again.
+    }
+}
+
+/// Collects every exited child: (pid, description).
+fn reap() -> Vec<(libc::pid_t, String)> {
+    let mut out = Vec::new();
+    loop {
+        let mut status = 0;
+        // SAFETY: status is a valid out pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return out;
+        }
+        let how = if libc::WIFSIGNALED(status) {
+            format!("killed by signal {}", libc::WTERMSIG(status))
+        } else {
+            format!("exited with status {}", libc::WEXITSTATUS(status))
+        };
+        out.push((pid, how));
+    }
+}
+
+fn stop(mut children: HashMap<libc::pid_t, Instant>, set: &libc::sigset_t) -> i32 {
+    for &pid in children.keys() {
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while !children.is_empty() {
+        for (pid, _) in reap() {
+            children.remove(&pid);
+        }
+        if children.is_empty() {
+            break;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            for &pid in children.keys() {
+                tracing::warn!(pid, "worker did not stop in time; killing it");
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            reap();
+            break;
+        }
+        wait_signal(set, Some(left.min(Duration::from_millis(200))));
+    }
+    tracing::info!("stopped");
+    0
+}
