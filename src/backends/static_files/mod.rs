@@ -14,6 +14,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 use validators::*;
 pub use validators::{parse_range, ByteRange, RangeOutcome};
@@ -34,6 +35,9 @@ const PATH_ESCAPE: &AsciiSet = &CONTROLS
     .add(b'`')
     .add(b'{')
     .add(b'}');
+
+/// Set once openat2 has answered ENOSYS (kernels before 5.6, valgrind).
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 
 /// A document root and its settings.
 #[derive(Debug)]
@@ -297,6 +301,9 @@ impl StaticFiles {
     fn open_beneath(&self, rel: &str) -> io::Result<File> {
         let rel = rel.trim_start_matches('/');
         let rel = if rel.is_empty() { "." } else { rel };
+        if NO_OPENAT2.load(Ordering::Relaxed) {
+            return self.open_beneath_fallback(rel);
+        }
         let c_rel = CString::new(rel).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: open_how is plain data; all-zero is a valid value.
         let mut how: libc::open_how = unsafe { std::mem::zeroed() };
@@ -321,6 +328,7 @@ impl StaticFiles {
         }
         let err = io::Error::last_os_error();
         if err.raw_os_error() == Some(libc::ENOSYS) {
+            NO_OPENAT2.store(true, Ordering::Relaxed);
             return self.open_beneath_fallback(rel);
         }
         Err(err)

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages fe-php builds, tests and benchmarks with.
+# Does nothing when they are all present. Needs root (or sudo) to install.
+set -euo pipefail
+
+packages=(
+  build-essential pkg-config curl wrk valgrind
+  clang libclang-dev
+  libphp8.2-embed php8.2-dev php8.2-cli php8.2-fpm
+  nginx nginx-dev
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "installing: ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+# Debian starts these on install; fe-php's tests start their own instances.
+for svc in nginx php8.2-fpm; do
+  $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || $SUDO service "$svc" stop >/dev/null 2>&1 || true
+done

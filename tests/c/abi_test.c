@@ -1,0 +1,191 @@
+/* A C host, compiled against include/fe_php.h and linked to libfe_php.so: inits an
+ * engine from a TOML string, routes, serves a static file, reads the health JSON,
+ * and frees everything. Run under valgrind by `make test`. */
+#include "fe_php.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+static int failures = 0;
+
+#define CHECK(cond)                                                         \
+    do {                                                                    \
+        if (!(cond)) {                                                      \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+            failures++;                                                     \
+        }                                                                   \
+    } while (0)
+
+static fephp_str S(const char *s) {
+    fephp_str out = {s, strlen(s)};
+    return out;
+}
+
+static const char *header(const fephp_response *resp, const char *name, char *buf, size_t cap) {
+    size_t n = fephp_response_header_count(resp);
+    for (size_t i = 0; i < n; i++) {
+        fephp_str k, v;
+        if (fephp_response_header(resp, i, &k, &v) != FEPHP_RESULT_OK) continue;
+        if (k.len == strlen(name) && strncasecmp(k.ptr, name, k.len) == 0 && v.len < cap) {
+            memcpy(buf, v.ptr, v.len);
+            buf[v.len] = 0;
+            return buf;
+        }
+    }
+    return NULL;
+}
+
+static fephp_request get(const char *target, const fephp_header *headers, size_t count) {
+    fephp_request r;
+    memset(&r, 0, sizeof r);
+    r.method = S("GET");
+    r.target = S(target);
+    r.protocol = S("HTTP/1.1");
+    r.headers = headers;
+    r.header_count = count;
+    r.remote_addr = S("127.0.0.1");
+    r.remote_port = 40000;
+    r.local_addr = S("127.0.0.1");
+    r.local_port = 8080;
+    return r;
+}
+
+struct async_result {
+    int called;
+    fephp_result result;
+    fephp_response *response;
+};
+
+static void on_response(void *userdata, fephp_result result, fephp_response *response) {
+    struct async_result *a = userdata;
+    a->called++;
+    a->result = result;
+    a->response = response;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s STATIC_ROOT\n", argv[0]);
+        return 2;
+    }
+    const char *root = argv[1];
+    char toml[2048];
+    snprintf(toml, sizeof toml,
+             "[backend]\n"
+             "default_backend = \"static\"\n"
+             "[backend.static_files]\n"
+             "enable = true\n"
+             "root = \"%s\"\n"
+             "[[backend.routing_rules]]\n"
+             "pattern = { type = \"suffix\", value = \".css\" }\n"
+             "backend = \"static\"\n"
+             "priority = 80\n"
+             "[php]\n"
+             "libphp_path = \"/nonexistent/libphp.so\"\n",
+             root);
+
+    CHECK(strlen(fephp_version()) > 0);
+
+    /* A bad configuration: an error code and a message naming the cause. */
+    const fephp_engine *bad = NULL;
+    CHECK(fephp_init(NULL, "[backend]\ndefault_backend = \"xxx\"\n", &bad) == FEPHP_RESULT_CONFIG_ERROR);
+    CHECK(bad == NULL);
+    char msg[4096];
+    size_t len = 0;
+    CHECK(fephp_last_error(msg, sizeof msg, &len) == FEPHP_RESULT_OK);
+    CHECK(strstr(msg, "Default backend 'xxx' is not registered") != NULL);
+    CHECK(fephp_init(NULL, NULL, NULL) == FEPHP_RESULT_NULL_PARAMETER);
+
+    const fephp_engine *engine = NULL;
+    fephp_result r = fephp_init(NULL, toml, &engine);
+    if (r != FEPHP_RESULT_OK) {
+        fephp_last_error(msg, sizeof msg, &len);
+        fprintf(stderr, "fephp_init failed: %s\n", msg);
+        return 1;
+    }
+    CHECK(fephp_worker_start(engine) == FEPHP_RESULT_OK);
+
+    /* Informational lines: libphp is missing here, the seed's message says so. */
+    CHECK(fephp_engine_messages(engine, msg, sizeof msg, &len) == FEPHP_RESULT_OK);
+    CHECK(strstr(msg, "[i] libphp.so not found at: /nonexistent/libphp.so.") != NULL);
+    /* A too-small buffer reports the length needed. */
+    char tiny[4];
+    CHECK(fephp_engine_messages(engine, tiny, sizeof tiny, &len) == FEPHP_RESULT_BUFFER_TOO_SMALL);
+    CHECK(len > sizeof tiny);
+
+    /* Routing. */
+    fephp_backend backend = FEPHP_BACKEND_EMBEDDED;
+    CHECK(fephp_route(engine, S("GET"), S("/css/site.css"), &backend) == FEPHP_RESULT_OK);
+    CHECK(backend == FEPHP_BACKEND_STATIC);
+    CHECK(fephp_route(engine, S("GET"), S("/_health"), &backend) == FEPHP_RESULT_OK);
+    CHECK(backend == FEPHP_BACKEND_INTERNAL);
+    CHECK(fephp_route(engine, S("GET"), S("/../etc/passwd"), &backend) == FEPHP_RESULT_BAD_REQUEST);
+    CHECK(fephp_route(NULL, S("GET"), S("/"), &backend) == FEPHP_RESULT_NULL_PARAMETER);
+
+    /* A static file, read through the generic body reader. */
+    fephp_response *resp = NULL;
+    fephp_request req = get("/css/site.css", NULL, 0);
+    CHECK(fephp_handle_request(engine, &req, &resp) == FEPHP_RESULT_OK);
+    CHECK(fephp_response_status(resp) == 200);
+    char hv[256];
+    CHECK(header(resp, "Content-Type", hv, sizeof hv) && strcmp(hv, "text/css; charset=utf-8") == 0);
+    CHECK(header(resp, "Cache-Control", hv, sizeof hv) && strcmp(hv, "public, max-age=3600") == 0);
+    char etag[128] = "";
+    CHECK(header(resp, "ETag", etag, sizeof etag) != NULL);
+    CHECK(fephp_response_body_kind(resp) == FEPHP_BODY_KIND_FILE);
+    int fd = -1;
+    uint64_t off = 1, flen = 0;
+    CHECK(fephp_response_body_file(resp, &fd, &off, &flen) == FEPHP_RESULT_OK);
+    CHECK(fd >= 0 && off == 0 && flen > 0);
+    char body[8192];
+    size_t total = 0, n = 0;
+    do {
+        CHECK(fephp_response_body_read(resp, (uint8_t *)body + total, sizeof body - total, &n) == FEPHP_RESULT_OK);
+        total += n;
+    } while (n > 0 && total < sizeof body);
+    CHECK(total == flen);
+    CHECK(strstr(body, "font-family") != NULL);
+    const uint8_t *bp = NULL;
+    CHECK(fephp_response_body_bytes(resp, &bp, &n) == FEPHP_RESULT_WRONG_BODY_KIND);
+    fephp_response_free(resp);
+
+    /* Conditional request through the async path: 304, completed inline. */
+    fephp_header h[1] = {{S("If-None-Match"), S(etag)}};
+    req = get("/css/site.css", h, 1);
+    struct async_result a = {0, FEPHP_RESULT_PANIC, NULL};
+    CHECK(fephp_handle_request_async(engine, &req, on_response, &a) == FEPHP_RESULT_OK);
+    CHECK(a.called == 1 && a.result == FEPHP_RESULT_OK && a.response != NULL);
+    CHECK(fephp_response_status(a.response) == 304);
+    CHECK(fephp_response_body_kind(a.response) == FEPHP_BODY_KIND_EMPTY);
+    fephp_response_free(a.response);
+
+    /* Traversal is a 400 response, not an error code. */
+    req = get("/..%2f..%2fetc/passwd", NULL, 0);
+    CHECK(fephp_handle_request(engine, &req, &resp) == FEPHP_RESULT_OK);
+    CHECK(fephp_response_status(resp) == 400);
+    fephp_response_free(resp);
+
+    /* Health JSON. */
+    uint16_t status = 0;
+    CHECK(fephp_health(engine, msg, sizeof msg, &len, &status) == FEPHP_RESULT_OK);
+    CHECK(status == 200);
+    CHECK(strstr(msg, "\"status\": \"healthy\"") != NULL);
+    CHECK(strstr(msg, "Static backend is healthy") != NULL);
+
+    CHECK(fephp_result_message(FEPHP_RESULT_BAD_REQUEST, msg, sizeof msg, &len) == FEPHP_RESULT_OK);
+    CHECK(len > 0);
+
+    fephp_engine_free(engine);
+    fephp_engine_free(NULL);
+    fephp_response_free(NULL);
+
+    if (failures) {
+        fprintf(stderr, "%d check(s) failed\n", failures);
+        return 1;
+    }
+    printf("c abi test: ok\n");
+    return 0;
+}

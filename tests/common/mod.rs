@@ -1,0 +1,153 @@
+//! Shared helpers for integration tests: start a real `fe-php-host` on a free port
+//! and talk to it with curl.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const HOST_BIN: &str = env!("CARGO_BIN_EXE_fe-php-host");
+
+/// A free loopback port (bound then released; the race is acceptable in tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running fe-php-host, stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Host {
+    pub child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Host {
+    /// Writes `config` (with `{port}` and `{dir}` substituted) into a temp dir and
+    /// starts the host on it, waiting until it accepts connections.
+    pub fn start(config: &str, setup: impl FnOnce(&Path)) -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        setup(dir.path());
+        let port = free_port();
+        let text = config.replace("{port}", &port.to_string()).replace("{dir}", dir.path().to_str().unwrap());
+        let config = dir.path().join("fe-php.toml");
+        std::fs::write(&config, text).unwrap();
+        let child = Command::new(HOST_BIN)
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let host = Host { child, port, dir, config };
+        host.wait_ready();
+        host
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("fe-php-host did not start; stderr:\n{}", self.stderr());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
+    }
+
+    /// PIDs of the worker processes (children of the master).
+    pub fn workers(&self) -> Vec<i32> {
+        let out = Command::new("pgrep").arg("-P").arg(self.child.id().to_string()).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|s| s.parse().ok()).collect()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response as curl saw it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Runs curl with `args` (the URL among them), exactly as given (`--path-as-is`).
+pub fn curl(args: &[&str]) -> Reply {
+    let out = Command::new("curl")
+        .args(["-s", "-S", "--path-as-is", "-i", "--max-time", "20"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("curl is installed");
+    assert!(out.status.success(), "curl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    parse_reply(&out.stdout)
+}
+
+pub fn get(url: &str) -> Reply {
+    curl(&[url])
+}
+
+pub fn parse_reply(raw: &[u8]) -> Reply {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status = status_line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Reply { status, headers, body: raw[split + 4..].to_vec() }
+}
+
+/// Sends raw bytes and returns the raw answer (for requests curl will not send).
+pub fn raw_request(port: u16, request: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
