@@ -17,7 +17,11 @@ fn rules() -> Vec<RoutingRule> {
                 2 => (PatternKind::Suffix, format!(".ext{i}")),
                 _ => (PatternKind::Regex, format!(r"^/api/v\d+/res{i}/\d+$")),
             };
-            RoutingRule { pattern: Pattern { kind, value }, backend: backends[i % 3].to_owned(), priority: (i % 97) as i32 }
+            RoutingRule {
+                pattern: Pattern { kind, value },
+                backend: backends[i % 3].to_owned(),
+                priority: (i % 97) as i32,
+            }
         })
         .collect()
 }
@@ -33,14 +37,21 @@ fn bench(c: &mut Criterion) {
     ];
     let mut group = c.benchmark_group("route_1000_rules");
     for (name, path) in paths {
-        assert!(name == "default" || router.route(path).rule.is_some(), "{name} must match");
+        assert!(
+            name == "default" || router.route(path).rule.is_some(),
+            "{name} must match"
+        );
         group.bench_function(name, |b| b.iter(|| router.route(black_box(path))));
     }
     group.finish();
 
     let mut group = c.benchmark_group("normalize");
-    group.bench_function("clean", |b| b.iter(|| normalize(black_box("/wp-content/uploads/2024/05/photo.jpg"))));
-    group.bench_function("encoded_dots", |b| b.iter(|| normalize(black_box("/a/./b/../c//d%20e/%2e%2e/f.php"))));
+    group.bench_function("clean", |b| {
+        b.iter(|| normalize(black_box("/wp-content/uploads/2024/05/photo.jpg")))
+    });
+    group.bench_function("encoded_dots", |b| {
+        b.iter(|| normalize(black_box("/a/./b/../c//d%20e/%2e%2e/f.php")))
+    });
     group.finish();
 }
 

@@ -83,7 +83,9 @@ impl Router {
         }
         if !regex_sources.is_empty() {
             router.regexes = Some(
-                RegexSet::new(&regex_sources)
+                regex::RegexSetBuilder::new(&regex_sources)
+                    .dfa_size_limit(64 << 20)
+                    .build()
                     .map_err(|e| format!("invalid regex in routing rules: {e}"))?,
             );
         }

@@ -33,9 +33,23 @@ fn check(config: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     site(dir.path());
     let path = dir.path().join("c.toml");
-    std::fs::write(&path, config.replace("{dir}", dir.path().to_str().unwrap()).replace("{port}", "1")).unwrap();
-    let out = Command::new(HOST_BIN).arg("--config").arg(&path).arg("--check").output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    std::fs::write(
+        &path,
+        config
+            .replace("{dir}", dir.path().to_str().unwrap())
+            .replace("{port}", "1"),
+    )
+    .unwrap();
+    let out = Command::new(HOST_BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("--check")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -49,22 +63,36 @@ fn check_accepts_a_usable_config_and_prints_the_seed_messages() {
 
 #[test]
 fn check_refuses_a_broken_config() {
-    let (code, err) = check(&CONFIG.replace("default_backend = \"static\"", "default_backend = \"xxx\""));
+    let (code, err) =
+        check(&CONFIG.replace("default_backend = \"static\"", "default_backend = \"xxx\""));
     assert_eq!(code, 1);
-    assert!(err.contains("Default backend 'xxx' is not registered"), "{err}");
+    assert!(
+        err.contains("Default backend 'xxx' is not registered"),
+        "{err}"
+    );
     assert!(err.contains("test failed"), "{err}");
 
     let (code, err) = check(&CONFIG.replace("workers = 2", "workers = 2\nthreads = 4"));
     assert_eq!(code, 1);
-    assert!(err.contains("unknown field `threads`") && err.contains("line 5"), "{err}");
+    assert!(
+        err.contains("unknown field `threads`") && err.contains("line 5"),
+        "{err}"
+    );
 
     let (code, err) = check(&format!("{CONFIG}\n[[backend.routing_rules]]\npattern = {{ type = \"regex\", value = \"^/(a\" }}\nbackend = \"static\"\n"));
     assert_eq!(code, 1);
-    assert!(err.contains("Routing rule #1: invalid regex '^/(a'"), "{err}");
+    assert!(
+        err.contains("Routing rule #1: invalid regex '^/(a'"),
+        "{err}"
+    );
 
-    let out = Command::new(HOST_BIN).args(["--config", "/no/such/file.toml", "--check"]).output().unwrap();
+    let out = Command::new(HOST_BIN)
+        .args(["--config", "/no/such/file.toml", "--check"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read configuration file /no/such/file.toml"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("cannot read configuration file /no/such/file.toml"));
 }
 
 #[test]
@@ -102,7 +130,10 @@ fn sigterm_lets_in_flight_responses_finish() {
     std::thread::sleep(Duration::from_millis(400));
     h.signal(libc::SIGTERM);
     let body = download.join().unwrap();
-    assert!(started.elapsed() > Duration::from_millis(1000), "the download was not in flight at SIGTERM");
+    assert!(
+        started.elapsed() > Duration::from_millis(1000),
+        "the download was not in flight at SIGTERM"
+    );
     let head_end = body.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     assert!(body.starts_with(b"HTTP/1.1 200"));
     assert_eq!(body.len() - head_end, 5 << 20, "download cut short");
@@ -117,7 +148,13 @@ fn listen_flag_overrides_the_config() {
     let dir = tempfile::tempdir().unwrap();
     site(dir.path());
     let path = dir.path().join("c.toml");
-    std::fs::write(&path, CONFIG.replace("{dir}", dir.path().to_str().unwrap()).replace("{port}", "1")).unwrap();
+    std::fs::write(
+        &path,
+        CONFIG
+            .replace("{dir}", dir.path().to_str().unwrap())
+            .replace("{port}", "1"),
+    )
+    .unwrap();
     let port = free_port();
     let mut child = Command::new(HOST_BIN)
         .arg("--config")
@@ -141,9 +178,14 @@ fn slow_download(port: u16, path: &str) -> Vec<u8> {
     use std::io::{Read, Write};
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.set_recv_buffer_size(64 * 1024).unwrap();
-    sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into()).unwrap();
+    sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
     let mut s: std::net::TcpStream = sock.into();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {

@@ -24,7 +24,9 @@ libphp_path = "/nonexistent/libphp.so"
 "#;
 
 fn big() -> Vec<u8> {
-    (0..20u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect()
+    (0..20u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect()
 }
 
 fn site(dir: &Path) {
@@ -77,9 +79,15 @@ fn serves_a_file_with_validators_and_type() {
     assert_eq!(r.header("content-length"), Some("20"));
     assert_eq!(r.header("accept-ranges"), Some("bytes"));
     let etag = r.header("etag").unwrap();
-    assert!(etag.starts_with('"') && etag.ends_with('"') && !etag.starts_with("W/"), "{etag}");
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"') && !etag.starts_with("W/"),
+        "{etag}"
+    );
     let lm = r.header("last-modified").unwrap();
-    assert!(lm.ends_with(" GMT") && httpdate::parse_http_date(lm).is_ok(), "{lm}");
+    assert!(
+        lm.ends_with(" GMT") && httpdate::parse_http_date(lm).is_ok(),
+        "{lm}"
+    );
 }
 
 #[test]
@@ -89,7 +97,13 @@ fn head_has_get_headers_and_no_body() {
     let r = curl(&["-I", &h.url("/index.html")]);
     assert_eq!(r.status, 200);
     assert!(r.body.is_empty());
-    for name in ["content-type", "content-length", "etag", "last-modified", "cache-control"] {
+    for name in [
+        "content-type",
+        "content-length",
+        "etag",
+        "last-modified",
+        "cache-control",
+    ] {
         assert_eq!(r.header(name), g.header(name), "{name}");
     }
 }
@@ -127,24 +141,68 @@ fn conditional_requests_follow_rfc9110_order() {
     assert_eq!(r.header("etag"), Some(etag.as_str()));
     assert_eq!(r.header("cache-control"), Some("public, max-age=3600"));
     // Weak comparison for If-None-Match, and lists.
-    assert_eq!(curl(&["-H", &format!("If-None-Match: \"x\", W/{etag}"), &url]).status, 304);
+    assert_eq!(
+        curl(&["-H", &format!("If-None-Match: \"x\", W/{etag}"), &url]).status,
+        304
+    );
     assert_eq!(curl(&["-H", "If-None-Match: *", &url]).status, 304);
     assert_eq!(curl(&["-H", "If-None-Match: \"other\"", &url]).status, 200);
     // If-None-Match present: If-Modified-Since is ignored.
-    assert_eq!(curl(&["-H", "If-None-Match: \"other\"", "-H", &format!("If-Modified-Since: {future}"), &url]).status, 200);
-    assert_eq!(curl(&["-H", &format!("If-Modified-Since: {lm}"), &url]).status, 304);
-    assert_eq!(curl(&["-H", &format!("If-Modified-Since: {past}"), &url]).status, 200);
-    assert_eq!(curl(&["-H", "If-Modified-Since: not a date", &url]).status, 200);
+    assert_eq!(
+        curl(&[
+            "-H",
+            "If-None-Match: \"other\"",
+            "-H",
+            &format!("If-Modified-Since: {future}"),
+            &url
+        ])
+        .status,
+        200
+    );
+    assert_eq!(
+        curl(&["-H", &format!("If-Modified-Since: {lm}"), &url]).status,
+        304
+    );
+    assert_eq!(
+        curl(&["-H", &format!("If-Modified-Since: {past}"), &url]).status,
+        200
+    );
+    assert_eq!(
+        curl(&["-H", "If-Modified-Since: not a date", &url]).status,
+        200
+    );
 
     assert_eq!(curl(&["-H", "If-Match: \"other\"", &url]).status, 412);
-    assert_eq!(curl(&["-H", &format!("If-Match: {etag}"), &url]).status, 200);
+    assert_eq!(
+        curl(&["-H", &format!("If-Match: {etag}"), &url]).status,
+        200
+    );
     assert_eq!(curl(&["-H", "If-Match: *", &url]).status, 200);
     // If-Match uses strong comparison.
-    assert_eq!(curl(&["-H", &format!("If-Match: W/{etag}"), &url]).status, 412);
-    assert_eq!(curl(&["-H", &format!("If-Unmodified-Since: {past}"), &url]).status, 412);
-    assert_eq!(curl(&["-H", &format!("If-Unmodified-Since: {future}"), &url]).status, 200);
+    assert_eq!(
+        curl(&["-H", &format!("If-Match: W/{etag}"), &url]).status,
+        412
+    );
+    assert_eq!(
+        curl(&["-H", &format!("If-Unmodified-Since: {past}"), &url]).status,
+        412
+    );
+    assert_eq!(
+        curl(&["-H", &format!("If-Unmodified-Since: {future}"), &url]).status,
+        200
+    );
     // If-Match is evaluated before If-None-Match.
-    assert_eq!(curl(&["-H", "If-Match: \"other\"", "-H", &format!("If-None-Match: {etag}"), &url]).status, 412);
+    assert_eq!(
+        curl(&[
+            "-H",
+            "If-Match: \"other\"",
+            "-H",
+            &format!("If-None-Match: {etag}"),
+            &url
+        ])
+        .status,
+        412
+    );
 }
 
 #[test]
@@ -165,12 +223,26 @@ fn ranges() {
     let r = curl(&["-H", "Range: bytes=0-1,10-11", &url]);
     assert_eq!(r.status, 206);
     let ct = r.header("content-type").unwrap();
-    let boundary = ct.strip_prefix("multipart/byteranges; boundary=").expect(ct);
+    let boundary = ct
+        .strip_prefix("multipart/byteranges; boundary=")
+        .expect(ct);
     let body = r.text();
-    assert!(body.contains("Content-Range: bytes 0-1/20\r\n\r\n01\r\n"), "{body}");
-    assert!(body.contains("Content-Range: bytes 10-11/20\r\n\r\nab\r\n"), "{body}");
+    assert!(
+        body.contains("Content-Range: bytes 0-1/20\r\n\r\n01\r\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("Content-Range: bytes 10-11/20\r\n\r\nab\r\n"),
+        "{body}"
+    );
     assert!(body.ends_with(&format!("--{boundary}--\r\n")), "{body}");
-    assert_eq!(r.header("content-length").unwrap().parse::<usize>().unwrap(), r.body.len());
+    assert_eq!(
+        r.header("content-length")
+            .unwrap()
+            .parse::<usize>()
+            .unwrap(),
+        r.body.len()
+    );
 
     let r = curl(&["-H", "Range: bytes=50-60", &url]);
     assert_eq!(r.status, 416);
@@ -181,8 +253,28 @@ fn ranges() {
     // If-Range: a matching strong ETag or date honours the Range, anything else sends all.
     let etag = get(&url).header("etag").unwrap().to_owned();
     let lm = get(&url).header("last-modified").unwrap().to_owned();
-    assert_eq!(curl(&["-H", "Range: bytes=0-0", "-H", &format!("If-Range: {etag}"), &url]).status, 206);
-    assert_eq!(curl(&["-H", "Range: bytes=0-0", "-H", &format!("If-Range: {lm}"), &url]).status, 206);
+    assert_eq!(
+        curl(&[
+            "-H",
+            "Range: bytes=0-0",
+            "-H",
+            &format!("If-Range: {etag}"),
+            &url
+        ])
+        .status,
+        206
+    );
+    assert_eq!(
+        curl(&[
+            "-H",
+            "Range: bytes=0-0",
+            "-H",
+            &format!("If-Range: {lm}"),
+            &url
+        ])
+        .status,
+        206
+    );
     let r = curl(&["-H", "Range: bytes=0-0", "-H", "If-Range: \"stale\"", &url]);
     assert_eq!((r.status, r.body.len()), (200, 20));
 }
@@ -212,7 +304,18 @@ fn encoded_names() {
 #[test]
 fn dotfiles_and_php_source_are_never_served() {
     let h = host();
-    for path in ["/.env", "/.git/config", "/.git/", "/%2eenv", "/hello.php", "/upper.PHP", "/trail.php.", "/inc.phtml", "/hello.php%20", "/HELLO.php"] {
+    for path in [
+        "/.env",
+        "/.git/config",
+        "/.git/",
+        "/%2eenv",
+        "/hello.php",
+        "/upper.PHP",
+        "/trail.php.",
+        "/inc.phtml",
+        "/hello.php%20",
+        "/HELLO.php",
+    ] {
         let r = get(&h.url(path));
         assert_eq!(r.status, 404, "{path}");
         assert!(!r.text().contains("secret"), "{path}");
@@ -243,13 +346,23 @@ fn traversal_attempts_never_escape_the_root() {
         let r = get(&h.url(path));
         assert_eq!(r.status, want, "{path}");
         let body = r.text();
-        assert!(!body.contains("outside the root") && !body.contains("root:"), "{path}: {body}");
+        assert!(
+            !body.contains("outside the root") && !body.contains("root:"),
+            "{path}: {body}"
+        );
     }
     // A symlink that stays inside the root is fine.
     assert_eq!(get(&h.url("/inside-link.css")).status, 200);
     // A raw NUL byte in the request line.
-    let raw = raw_request(h.port, b"GET /digits.txt\0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    assert!(raw.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&raw));
+    let raw = raw_request(
+        h.port,
+        b"GET /digits.txt\0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        raw.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
 }
 
 #[test]
@@ -270,9 +383,15 @@ fn precompressed_sidecars() {
     assert_eq!(r.text(), "BROTLI-SIDECAR");
     assert_eq!(r.header("content-encoding"), Some("br"));
     assert_eq!(r.header("vary"), Some("Accept-Encoding"));
-    assert_eq!(r.header("content-type"), Some("text/javascript; charset=utf-8"));
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
     let r = curl(&["-H", "Accept-Encoding: gzip", &url]);
-    assert_eq!((r.text().as_str(), r.header("content-encoding")), ("GZIP-SIDECAR", Some("gzip")));
+    assert_eq!(
+        (r.text().as_str(), r.header("content-encoding")),
+        ("GZIP-SIDECAR", Some("gzip"))
+    );
     let gz_etag = r.header("etag").unwrap().to_owned();
     let r = curl(&["-H", "Accept-Encoding: identity", &url]);
     assert_eq!(r.text(), "console.log('hi');\n");
@@ -280,15 +399,25 @@ fn precompressed_sidecars() {
     assert_eq!(r.header("vary"), Some("Accept-Encoding"));
     assert_ne!(r.header("etag"), Some(gz_etag.as_str()));
     // A file without sidecars has no Vary.
-    assert_eq!(curl(&["-H", "Accept-Encoding: gzip", &h.url("/style.css")]).header("vary"), None);
+    assert_eq!(
+        curl(&["-H", "Accept-Encoding: gzip", &h.url("/style.css")]).header("vary"),
+        None
+    );
 }
 
 #[test]
 fn large_file_streams_intact() {
     let h = host();
-    let out = std::process::Command::new("curl").args(["-s", "-o", "-", &h.url("/big.bin")]).output().unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "-", &h.url("/big.bin")])
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    assert!(out.stdout == big(), "20 MiB body differs (got {} bytes)", out.stdout.len());
+    assert!(
+        out.stdout == big(),
+        "20 MiB body differs (got {} bytes)",
+        out.stdout.len()
+    );
     let r = curl(&["-H", "Range: bytes=10485760-10485775", &h.url("/big.bin")]);
     assert_eq!(r.body, big()[10485760..10485776]);
 }
@@ -303,7 +432,10 @@ fn health_reports_backends() {
     assert_eq!(v["status"], "healthy");
     let s = &v["backends"]["static"];
     assert_eq!(s["healthy"], true);
-    assert!(s["message"].as_str().unwrap().starts_with("Static backend is healthy (root: "));
+    assert!(s["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Static backend is healthy (root: "));
     assert!(s["latency_ms"].is_null());
     for b in ["embedded", "fastcgi"] {
         assert_eq!(v["backends"][b]["healthy"], false, "{b}");
@@ -321,10 +453,21 @@ fn health_reports_backends() {
 #[test]
 fn access_log_is_combined_format() {
     let h = host();
-    curl(&["-A", "agent/1.0", "-e", "http://ref.example/", &h.url("/style.css?q=1")]);
+    curl(&[
+        "-A",
+        "agent/1.0",
+        "-e",
+        "http://ref.example/",
+        &h.url("/style.css?q=1"),
+    ]);
     std::thread::sleep(std::time::Duration::from_millis(800));
     let log = std::fs::read_to_string(h.dir.path().join("access.log")).unwrap();
     let line = log.lines().last().unwrap();
     assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
-    assert!(line.ends_with("\"GET /style.css?q=1 HTTP/1.1\" 200 20 \"http://ref.example/\" \"agent/1.0\""), "{line}");
+    assert!(
+        line.ends_with(
+            "\"GET /style.css?q=1 HTTP/1.1\" 200 20 \"http://ref.example/\" \"agent/1.0\""
+        ),
+        "{line}"
+    );
 }

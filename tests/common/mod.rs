@@ -12,7 +12,11 @@ pub const HOST_BIN: &str = env!("CARGO_BIN_EXE_fe-php-host");
 
 /// A free loopback port (bound then released; the race is acceptable in tests).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running fe-php-host, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -30,7 +34,9 @@ impl Host {
         let dir = tempfile::tempdir().unwrap();
         setup(dir.path());
         let port = free_port();
-        let text = config.replace("{port}", &port.to_string()).replace("{dir}", dir.path().to_str().unwrap());
+        let text = config
+            .replace("{port}", &port.to_string())
+            .replace("{dir}", dir.path().to_str().unwrap());
         let config = dir.path().join("fe-php.toml");
         std::fs::write(&config, text).unwrap();
         let child = Command::new(HOST_BIN)
@@ -40,7 +46,12 @@ impl Host {
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
             .spawn()
             .unwrap();
-        let host = Host { child, port, dir, config };
+        let host = Host {
+            child,
+            port,
+            dir,
+            config,
+        };
         host.wait_ready();
         host
     }
@@ -70,8 +81,15 @@ impl Host {
 
     /// PIDs of the worker processes (children of the master).
     pub fn workers(&self) -> Vec<i32> {
-        let out = Command::new("pgrep").arg("-P").arg(self.child.id().to_string()).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|s| s.parse().ok()).collect()
+        let out = Command::new("pgrep")
+            .arg("-P")
+            .arg(self.child.id().to_string())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|s| s.parse().ok())
+            .collect()
     }
 
     pub fn signal(&self, sig: i32) {
@@ -104,7 +122,10 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -120,7 +141,11 @@ pub fn curl(args: &[&str]) -> Reply {
         .stdin(Stdio::null())
         .output()
         .expect("curl is installed");
-    assert!(out.status.success(), "curl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     parse_reply(&out.stdout)
 }
 
@@ -129,16 +154,28 @@ pub fn get(url: &str) -> Reply {
 }
 
 pub fn parse_reply(raw: &[u8]) -> Reply {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header block");
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap();
-    let status = status_line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
         .collect();
-    Reply { status, headers, body: raw[split + 4..].to_vec() }
+    Reply {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
 }
 
 /// Sends raw bytes and returns the raw answer (for requests curl will not send).
