@@ -6,6 +6,7 @@ CC       ?= cc
 DEBUG    := target/debug
 RELEASE  := target/release
 CFLAGS   ?= -std=c99 -Wall -Wextra -Werror -O1 -g
+SHELL    := /bin/bash
 
 .PHONY: all deps build demo test test-rust test-c lint header check-header bench clean
 
@@ -24,20 +25,23 @@ demo: deps build
 ## Everything CI checks: format, lints, header freshness, unit + integration tests,
 ## and the C program under valgrind.
 test: deps lint test-rust test-c
+	@scripts/test-summary.sh target/test-rust.log target/test-c.log
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
 test-rust:
-	$(CARGO) test
+	@mkdir -p target
+	set -o pipefail; $(CARGO) test 2>&1 | tee target/test-rust.log
 
 # The C ABI from C: compiled against the committed header, linked to the cdylib,
 # run under valgrind (leaks and invalid accesses fail the test).
 test-c: $(DEBUG)/abi_test
 	LD_LIBRARY_PATH=$(DEBUG) valgrind --quiet --error-exitcode=1 --leak-check=full \
 		--errors-for-leak-kinds=definite,indirect \
-		$(DEBUG)/abi_test examples/public
+		$(DEBUG)/abi_test examples/public 2>&1 | grep -v -e '^--[0-9]*-- ' | tee target/test-c.log; \
+		test "$${PIPESTATUS[0]}" -eq 0
 
 $(DEBUG)/abi_test: tests/c/abi_test.c include/fe_php.h FORCE
 	$(CARGO) build --lib

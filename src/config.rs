@@ -798,3 +798,16 @@ mod tests {
         assert_eq!(e.problems.len(), 3, "{e}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn shipped_examples_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let hybrid = Config::from_file(&dir.join("hybrid_backend_config.toml")).unwrap();
+        assert_eq!(hybrid.backend.routing_rules.len(), 5);
+        Config::from_file(&dir.join("demo.toml")).unwrap();
+    }
+}

@@ -16,6 +16,10 @@
 //! `fephp_worker_start` in each worker before its first request.
 
 #![allow(non_camel_case_types)]
+// The safety contract of every export is the same and stated above: each pointer is
+// NULL (checked) or valid as its doc comment says. A `# Safety` section per function
+// would repeat it and would not reach C readers of the header.
+#![allow(clippy::missing_safety_doc)]
 
 use crate::body::ReadOutcome;
 use crate::config::{BackendKind, Config};
