@@ -1,16 +1,28 @@
-//! Generates the C header from `src/ffi/mod.rs` with cbindgen into `$OUT_DIR`.
-//! `make header` (FEPHP_UPDATE_HEADER=1) also writes the committed
-//! `include/fe_php.h`; a test fails when the committed copy is stale.
+//! Build steps:
+//! 1. The C header: cbindgen over `src/ffi/mod.rs` into `$OUT_DIR/fe_php.h`.
+//!    `make header` (FEPHP_UPDATE_HEADER=1) also writes the committed
+//!    `include/fe_php.h`; a test fails when the committed copy is stale.
+//! 2. The PHP SAPI shim, when PHP's headers are present (`php-config`): `csrc/` is
+//!    compiled into `$OUT_DIR/libfephp_sapi.so` (embedded into the library and loaded
+//!    at run time after libphp; no build-time link to libphp), and bindgen turns
+//!    `csrc/fephp_sapi.h` into Rust. Without php-config the embedded backend is left
+//!    out and reports "not built". FEPHP_NO_EMBEDDED=1 leaves it out on purpose.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 fn main() {
+    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    generate_header(&dir, &out);
+    println!("cargo:rustc-check-cfg=cfg(fephp_embedded)");
+    build_sapi_shim(&dir, &out);
+}
+
+fn generate_header(dir: &Path, out: &Path) {
     println!("cargo:rerun-if-changed=src/ffi/mod.rs");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=FEPHP_UPDATE_HEADER");
-
-    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let config =
         cbindgen::Config::from_file(dir.join("cbindgen.toml")).expect("cbindgen.toml is readable");
     let bindings = cbindgen::Builder::new()
@@ -22,4 +34,51 @@ fn main() {
     if std::env::var_os("FEPHP_UPDATE_HEADER").is_some_and(|v| v == "1") {
         bindings.write_to_file(dir.join("include/fe_php.h"));
     }
+}
+
+fn build_sapi_shim(dir: &Path, out: &Path) {
+    println!("cargo:rerun-if-changed=csrc/fephp_sapi.c");
+    println!("cargo:rerun-if-changed=csrc/fephp_sapi.h");
+    println!("cargo:rerun-if-env-changed=FEPHP_NO_EMBEDDED");
+    println!("cargo:rerun-if-env-changed=PHP_CONFIG");
+    if std::env::var_os("FEPHP_NO_EMBEDDED").is_some_and(|v| v == "1") {
+        return;
+    }
+    let php_config = std::env::var("PHP_CONFIG").unwrap_or_else(|_| "php-config".to_owned());
+    let includes = match Command::new(&php_config).arg("--includes").output() {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        _ => {
+            println!(
+                "cargo:warning=php-config not found: building without the embedded backend (apt-get install php8.2-dev to include it)"
+            );
+            return;
+        }
+    };
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    let shim = out.join("libfephp_sapi.so");
+    let status = Command::new(&cc)
+        .args([
+            "-shared", "-fPIC", "-O2", "-g", "-Wall", "-Wextra", "-Werror",
+        ])
+        .args(["-Wno-unused-parameter", "-Wno-missing-field-initializers"])
+        .args(includes.split_whitespace())
+        .arg("-o")
+        .arg(&shim)
+        .arg(dir.join("csrc/fephp_sapi.c"))
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run the C compiler {cc}: {e}"));
+    assert!(status.success(), "compiling csrc/fephp_sapi.c failed");
+
+    bindgen::Builder::default()
+        .header(dir.join("csrc/fephp_sapi.h").to_string_lossy())
+        .allowlist_type("fephp_sapi_.*")
+        .allowlist_function("fephp_sapi_.*")
+        .dynamic_library_name("SapiShim")
+        .dynamic_link_require_all(true)
+        .layout_tests(false)
+        .generate()
+        .expect("bindgen could not read csrc/fephp_sapi.h (is libclang installed? apt-get install libclang-dev)")
+        .write_to_file(out.join("sapi_bindings.rs"))
+        .expect("writing sapi_bindings.rs");
+    println!("cargo:rustc-cfg=fephp_embedded");
 }

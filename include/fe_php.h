@@ -111,6 +111,11 @@ enum fephp_result
    */
   FEPHP_RESULT_BODY_FAILED = 7011,
   /**
+   * A backend could not start in this process (e.g. the PHP thread); see
+   * `fephp_last_error`.
+   */
+  FEPHP_RESULT_BACKEND_START_FAILED = 7012,
+  /**
    * An internal error (a caught panic); see `fephp_last_error`.
    */
   FEPHP_RESULT_PANIC = 7099,
@@ -244,8 +249,11 @@ void fephp_engine_free(const struct fephp_engine *engine);
 
 /**
  * Per-worker start: call once in each worker process after fork and before its
- * first request. Starts what must not exist before a fork (threads, runtimes).
- * A host that does not fork may skip it.
+ * first request. Starts what must not exist before a fork (the PHP thread). A
+ * host that does not fork may skip it (the first PHP request starts the thread).
+ * It blocks SIGPROF in the calling thread, so that PHP's `max_execution_time`
+ * timer (process-wide in NTS PHP) is delivered to the PHP thread: call it from
+ * the thread that will create the host's other threads.
  */
 fephp_result fephp_worker_start(const struct fephp_engine *engine);
 

@@ -1,14 +1,16 @@
 //! The host-neutral core: a validated configuration, its router and its backends.
 //! Hosts reach it through the C ABI (`ffi`); tests drive it directly.
 
-use crate::backends::static_files::StaticFiles;
+use crate::backends::embedded::{self, Completion, Embedded, Job};
+use crate::backends::static_files::{self, StaticFiles};
 use crate::backends::BUILT;
+use crate::cgi::{self, Resolution};
 use crate::config::{Availability, BackendKind, Config, ConfigError, Validated};
 use crate::health::{BackendHealth, Backends, Health};
 use crate::http::{Body, Request, Response};
 use crate::path::{self, PathError};
 use crate::router::{Route, Router};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::PathBuf;
 
 /// Where a request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,39 +20,79 @@ pub enum Decision {
     Backend(Route),
 }
 
+/// The PHP document root as both PHP backends see it.
+struct PhpSite {
+    /// Opens files below the root (resolution) and serves its non-PHP files.
+    files: StaticFiles,
+    /// Absolute path, for SCRIPT_FILENAME and DOCUMENT_ROOT.
+    root: PathBuf,
+    front_controller: Option<String>,
+    /// Existing non-PHP files are served only when static serving is enabled.
+    serve_static: bool,
+}
+
 pub struct Engine {
     validated: Validated,
     router: Router,
     static_files: Option<StaticFiles>,
-    /// Process that called `worker_start` last (0 = none).
-    worker_pid: AtomicU32,
+    php: Option<PhpSite>,
+    embedded: Option<Embedded>,
 }
 
 impl Engine {
-    /// Validates `config` and builds the router and backends.
+    /// Validates `config`, builds the router and backends, and (when the embedded
+    /// backend is available) starts PHP in this process.
     pub fn new(config: Config) -> Result<Engine, ConfigError> {
         let validated = config.validate(BUILT)?;
+        let fail = |msg: String| ConfigError {
+            problems: vec![msg],
+        };
         let router = Router::new(
             &validated.config.backend.routing_rules,
             validated.default_backend,
         )
-        .map_err(|e| ConfigError { problems: vec![e] })?;
+        .map_err(fail)?;
+        let sf = &validated.config.backend.static_files;
         let static_files = match validated.static_files {
             Availability::Available => {
-                let sf = &validated.config.backend.static_files;
-                Some(
-                    StaticFiles::new(&sf.root, &sf.index_files).map_err(|e| ConfigError {
-                        problems: vec![e.to_string()],
-                    })?,
-                )
+                Some(StaticFiles::new(&sf.root, &sf.index_files).map_err(|e| fail(e.to_string()))?)
             }
             Availability::Unavailable(_) => None,
+        };
+
+        let php_enabled = validated.embedded.is_available() || validated.fastcgi.is_available();
+        let php = if php_enabled {
+            let Some(root) = validated.php_document_root() else {
+                return Err(fail(
+                    "PHP backends need a document root.\n    Set [php] document_root = \"/var/www/public\" (or [backend.static_files] root, which it defaults to).".to_owned(),
+                ));
+            };
+            let files = StaticFiles::new(root, &sf.index_files)
+                .map_err(|e| fail(format!("[php] document_root: {e}")))?;
+            Some(PhpSite {
+                files,
+                root: embedded::absolute_root(root),
+                front_controller: validated.config.php.front_controller.clone(),
+                serve_static: static_files.is_some(),
+            })
+        } else {
+            None
+        };
+
+        let embedded = if validated.embedded.is_available() {
+            Some(
+                Embedded::start(&validated.config.php.libphp_path, &validated.config.php.ini)
+                    .map_err(fail)?,
+            )
+        } else {
+            None
         };
         Ok(Engine {
             validated,
             router,
             static_files,
-            worker_pid: AtomicU32::new(0),
+            php,
+            embedded,
         })
     }
 
@@ -67,10 +109,18 @@ impl Engine {
         self.validated.availability(kind)
     }
 
-    /// Per-process start, after a host forks its workers. Threads and runtimes a
-    /// backend needs start here, never before the fork.
-    pub fn worker_start(&self) {
-        self.worker_pid.store(std::process::id(), Ordering::Relaxed);
+    /// The PHP version the embedded backend runs, when it is available.
+    pub fn php_version(&self) -> Option<String> {
+        self.embedded.as_ref().map(|e| e.php_version())
+    }
+
+    /// Per-process start, after a host forks its workers: threads (the PHP thread)
+    /// start here, never before the fork.
+    pub fn worker_start(&self) -> Result<(), String> {
+        match &self.embedded {
+            Some(e) => e.worker_start(),
+            None => Ok(()),
+        }
     }
 
     /// Decides where a request goes without running it.
@@ -88,26 +138,79 @@ impl Engine {
         !hp.is_empty() && raw_path == hp
     }
 
-    /// Runs a request to completion of its headers.
+    /// Runs a request and waits for its response head.
     pub fn handle(&self, req: &Request<'_>) -> Response {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle_async(
+            req,
+            Box::new(move |resp| {
+                let _ = tx.send(resp);
+            }),
+        );
+        rx.recv().unwrap_or_else(|_| Response::error(500, None))
+    }
+
+    /// Runs a request; `complete` gets the response exactly once — before this
+    /// returns for static files, health and errors, later (from the PHP thread) for
+    /// PHP.
+    pub fn handle_async(&self, req: &Request<'_>, complete: Completion) {
         let t = match path::split_target(req.target) {
             Ok(t) => t,
-            Err(e) => return bad_request(e),
+            Err(e) => return complete(bad_request(e)),
         };
         if self.is_health(t.raw_path) {
-            return self.health_response(req);
+            return complete(self.health_response(req));
         }
         let normalized = match path::normalize(t.raw_path) {
             Ok(p) => p,
-            Err(e) => return bad_request(e),
+            Err(e) => return complete(bad_request(e)),
         };
         let route = self.router.route(&normalized);
         match route.backend {
-            BackendKind::Static => match &self.static_files {
+            BackendKind::Static => complete(match &self.static_files {
                 Some(sf) => sf.serve(req, &normalized, t.query),
                 None => unavailable(BackendKind::Static, self.availability(BackendKind::Static)),
+            }),
+            BackendKind::Embedded => match (&self.embedded, &self.php) {
+                (Some(e), Some(site)) => {
+                    self.php_request(req, &normalized, t.query, site, complete, |job| {
+                        e.submit(job)
+                    })
+                }
+                _ => complete(unavailable(
+                    BackendKind::Embedded,
+                    self.availability(BackendKind::Embedded),
+                )),
             },
-            kind => unavailable(kind, self.availability(kind)),
+            kind => complete(unavailable(kind, self.availability(kind))),
+        }
+    }
+
+    /// Script resolution shared by the PHP backends; `run` queues the script.
+    fn php_request(
+        &self,
+        req: &Request<'_>,
+        normalized: &str,
+        query: Option<&str>,
+        site: &PhpSite,
+        complete: Completion,
+        run: impl FnOnce(Job),
+    ) {
+        match cgi::resolve(&site.files, normalized, site.front_controller.as_deref()) {
+            Resolution::Script {
+                script_name,
+                path_info,
+            } => {
+                let vars =
+                    cgi::variables(req, &site.root, &script_name, &path_info, normalized, query);
+                let filename = site.root.join(script_name.trim_start_matches('/'));
+                run(Job::new(req, &filename, vars, complete));
+            }
+            Resolution::Static if site.serve_static => {
+                complete(site.files.serve(req, normalized, query))
+            }
+            Resolution::AddSlash => complete(static_files::add_slash(normalized, query)),
+            Resolution::Static | Resolution::NotFound => complete(Response::error(404, None)),
         }
     }
 
@@ -136,15 +239,10 @@ impl Engine {
                 Availability::Unavailable(w) => w.clone(),
                 Availability::Available => String::new(),
             };
-            let name = match kind {
-                BackendKind::Embedded => "Embedded",
-                BackendKind::FastCgi => "FastCGI",
-                BackendKind::Static => "Static",
-            };
             BackendHealth {
                 enabled: false,
                 healthy: false,
-                message: format!("{name} backend is not available: {why}"),
+                message: format!("{} backend is not available: {why}", title(kind)),
                 latency_ms: None,
             }
         };
@@ -165,8 +263,17 @@ impl Engine {
             },
             None => unavailable(BackendKind::Static),
         };
+        let embedded = match &self.embedded {
+            Some(_) => BackendHealth {
+                enabled: true,
+                healthy: true,
+                message: "Embedded backend is healthy".to_owned(),
+                latency_ms: Some(0),
+            },
+            None => unavailable(BackendKind::Embedded),
+        };
         Health::new(Backends {
-            embedded: unavailable(BackendKind::Embedded),
+            embedded,
             fastcgi: unavailable(BackendKind::FastCgi),
             static_files,
         })
@@ -180,6 +287,14 @@ impl Engine {
                 .unwrap_or(1),
             n => n,
         }
+    }
+}
+
+fn title(kind: BackendKind) -> &'static str {
+    match kind {
+        BackendKind::Embedded => "Embedded",
+        BackendKind::FastCgi => "FastCGI",
+        BackendKind::Static => "Static",
     }
 }
 

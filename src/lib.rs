@@ -7,6 +7,7 @@
 
 pub mod backends;
 pub mod body;
+pub mod cgi;
 pub mod config;
 pub mod engine;
 pub mod ffi;

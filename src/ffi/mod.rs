@@ -60,6 +60,9 @@ pub enum fephp_result {
     IoError = 7010,
     /// The backend failed while producing a streamed body; the body is truncated.
     BodyFailed = 7011,
+    /// A backend could not start in this process (e.g. the PHP thread); see
+    /// `fephp_last_error`.
+    BackendStartFailed = 7012,
     /// An internal error (a caught panic); see `fephp_last_error`.
     Panic = 7099,
 }
@@ -362,14 +365,22 @@ pub unsafe extern "C" fn fephp_engine_free(engine: *const fephp_engine) {
 }
 
 /// Per-worker start: call once in each worker process after fork and before its
-/// first request. Starts what must not exist before a fork (threads, runtimes).
-/// A host that does not fork may skip it.
+/// first request. Starts what must not exist before a fork (the PHP thread). A
+/// host that does not fork may skip it (the first PHP request starts the thread).
+/// It blocks SIGPROF in the calling thread, so that PHP's `max_execution_time`
+/// timer (process-wide in NTS PHP) is delivered to the PHP thread: call it from
+/// the thread that will create the host's other threads.
 #[no_mangle]
 pub unsafe extern "C" fn fephp_worker_start(engine: *const fephp_engine) -> fephp_result {
     guard(|| {
         non_null!(engine);
-        engine_ref(engine).worker_start();
-        fephp_result::Ok
+        match engine_ref(engine).worker_start() {
+            Ok(()) => fephp_result::Ok,
+            Err(e) => {
+                set_last_error(e);
+                fephp_result::BackendStartFailed
+            }
+        }
     })
 }
 
@@ -553,17 +564,33 @@ pub unsafe extern "C" fn fephp_handle_request_async(
     callback: fephp_response_cb,
     userdata: *mut c_void,
 ) -> fephp_result {
-    let Some(cb) = callback else {
-        set_last_error("NULL passed for callback");
-        return fephp_result::NullParameter;
-    };
-    let mut response: *mut fephp_response = std::ptr::null_mut();
-    let r = fephp_handle_request(engine, request, &mut response);
-    if r == fephp_result::NullParameter || r == fephp_result::InvalidArgument {
-        return r;
-    }
-    cb(userdata, r, response);
-    fephp_result::Ok
+    guard(|| {
+        non_null!(engine, request);
+        let Some(cb) = callback else {
+            set_last_error("NULL passed for callback");
+            return fephp_result::NullParameter;
+        };
+        let req = match request_view(&*request) {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
+        /// The host's userdata, which it promises may be used from any thread.
+        struct UserData(*mut c_void);
+        unsafe impl Send for UserData {}
+        let ud = UserData(userdata);
+        engine_ref(engine).handle_async(
+            &req,
+            Box::new(move |resp| {
+                let ud = ud;
+                let handle =
+                    Box::into_raw(Box::new(ResponseHandle { resp, pos: 0 })) as *mut fephp_response;
+                // SAFETY: the host guarantees `cb` and `userdata` are valid until this
+                // single call; it takes ownership of `handle`.
+                unsafe { cb(ud.0, fephp_result::Ok, handle) }
+            }),
+        );
+        fephp_result::Ok
+    })
 }
 
 /// Writes the health document (the seed's JSON) into `buf` and the HTTP status
@@ -623,6 +650,7 @@ pub unsafe extern "C" fn fephp_result_message(
             fephp_result::OutOfRange => "index out of range",
             fephp_result::IoError => "I/O error",
             fephp_result::BodyFailed => "the backend failed while producing the body",
+            fephp_result::BackendStartFailed => "a backend could not start in this process",
             fephp_result::Panic => "internal error",
         };
         write_out(text.as_bytes(), buf, cap, len_out)

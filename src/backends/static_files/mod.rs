@@ -113,13 +113,7 @@ impl StaticFiles {
         };
         if opened.meta.is_dir() {
             if !path.ends_with('/') {
-                let mut location = utf8_percent_encode(path, PATH_ESCAPE).to_string();
-                location.push('/');
-                if let Some(q) = query {
-                    location.push('?');
-                    location.push_str(q);
-                }
-                return Response::error(301, None).header("Location", location);
+                return add_slash(path, query);
             }
             opened = match self.open_index(path) {
                 Some(o) => o,
@@ -343,6 +337,18 @@ impl StaticFiles {
         }
         File::open(full)
     }
+}
+
+/// 301 from a directory path without its trailing slash to the slash form,
+/// keeping the query.
+pub fn add_slash(path: &str, query: Option<&str>) -> Response {
+    let mut location = utf8_percent_encode(path, PATH_ESCAPE).to_string();
+    location.push('/');
+    if let Some(q) = query {
+        location.push('?');
+        location.push_str(q);
+    }
+    Response::error(301, None).header("Location", location)
 }
 
 /// Maps an open/stat failure to a response, logging what the operator should know.

@@ -1,0 +1,277 @@
+/* fe-php's PHP SAPI: the thin C layer between PHP and the Rust engine.
+ *
+ * Only the SAPI lives here: the sapi_module_struct, callbacks that forward to the
+ * engine, and zend_try so that a bailout (longjmp) never crosses Rust frames. Policy
+ * (which script, which $_SERVER values, what the response is) stays in Rust.
+ *
+ * Invariants:
+ * - Runs on one thread per process at a time (NTS PHP).
+ * - Engine callbacks return before PHP goes on; PHP may longjmp only after they
+ *   have returned, so only C frames are ever unwound.
+ * - SG(server_context) holds the current request (non-NULL during a request). */
+#define _GNU_SOURCE /* memrchr, as PHP's own build has it */
+#include "fephp_sapi.h"
+
+#include "php.h"
+#include "SAPI.h"
+#include "php_main.h"
+#include "php_variables.h"
+#include "ext/standard/head.h"
+#include "main/php_output.h"
+#include "zend_signal.h"
+#include "zend_modules.h"
+
+#include <signal.h>
+#include <string.h>
+
+/* The engine's callbacks, set once at startup. */
+static fephp_sapi_callbacks engine;
+
+/* The request being run; its ctx is SG(server_context). */
+static const fephp_sapi_request *current;
+
+/* Whether fastcgi_finish_request() has ended the response. */
+static int finished;
+
+static size_t sapi_fephp_ub_write(const char *str, size_t len)
+{
+    if (finished || !SG(server_context)) {
+        return len; /* after fastcgi_finish_request output goes nowhere, as in FPM */
+    }
+    size_t taken = engine.write(SG(server_context), str, len);
+    if (taken == 0 && len > 0) {
+        /* The client has gone: PHP marks the connection aborted and, unless
+         * ignore_user_abort is set, bails out (only C frames are on the stack). */
+        php_handle_aborted_connection();
+    }
+    return taken;
+}
+
+static void sapi_fephp_flush(void *server_context)
+{
+    if (server_context && !finished) {
+        /* flush() means the headers are final too. */
+        if (!SG(headers_sent)) {
+            sapi_send_headers();
+        }
+        engine.flush(server_context);
+    }
+}
+
+static int sapi_fephp_send_headers(sapi_headers_struct *headers)
+{
+    void *ctx = SG(server_context);
+    if (!ctx || finished) {
+        return SAPI_HEADER_SENT_SUCCESSFULLY;
+    }
+    zend_llist_position pos;
+    sapi_header_struct *h = (sapi_header_struct *) zend_llist_get_first_ex(&headers->headers, &pos);
+    while (h) {
+        engine.header(ctx, h->header, h->header_len);
+        h = (sapi_header_struct *) zend_llist_get_next_ex(&headers->headers, &pos);
+    }
+    engine.headers_done(ctx, headers->http_response_code ? headers->http_response_code : 200);
+    return SAPI_HEADER_SENT_SUCCESSFULLY;
+}
+
+static size_t sapi_fephp_read_post(char *buf, size_t count)
+{
+    if (!SG(server_context)) {
+        return 0;
+    }
+    return engine.read_body(SG(server_context), buf, count);
+}
+
+static char *sapi_fephp_read_cookies(void)
+{
+    return current ? (char *) current->cookie : NULL;
+}
+
+static void sapi_fephp_register_variables(zval *track_vars_array)
+{
+    if (!current) {
+        return;
+    }
+    for (size_t i = 0; i < current->var_count; i++) {
+        const fephp_sapi_pair *v = &current->vars[i];
+        /* Names are NUL-terminated by the engine. */
+        php_register_variable_safe((char *) v->name, (char *) v->value, v->value_len, track_vars_array);
+    }
+}
+
+static void sapi_fephp_log_message(const char *message, int syslog_type)
+{
+    if (engine.log) {
+        engine.log(SG(server_context), message, syslog_type);
+    }
+}
+
+static char *sapi_fephp_getenv(const char *name, size_t name_len)
+{
+    (void) name;
+    (void) name_len;
+    return NULL;
+}
+
+static int sapi_fephp_startup_cb(sapi_module_struct *module)
+{
+    return php_module_startup(module, NULL);
+}
+
+static int sapi_fephp_deactivate(void)
+{
+    return SUCCESS;
+}
+
+/* getallheaders() / apache_request_headers(), as FPM provides them. */
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_fephp_getallheaders, 0, 0, IS_ARRAY, 0)
+ZEND_END_ARG_INFO()
+
+PHP_FUNCTION(apache_request_headers)
+{
+    ZEND_PARSE_PARAMETERS_NONE();
+    array_init(return_value);
+    if (!current) {
+        return;
+    }
+    for (size_t i = 0; i < current->header_count; i++) {
+        const fephp_sapi_pair *h = &current->headers[i];
+        add_assoc_stringl_ex(return_value, h->name, h->name_len, (char *) h->value, h->value_len);
+    }
+}
+
+/* fastcgi_finish_request(): end the response now, keep running the script. */
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_fephp_finish_request, 0, 0, _IS_BOOL, 0)
+ZEND_END_ARG_INFO()
+
+PHP_FUNCTION(fastcgi_finish_request)
+{
+    ZEND_PARSE_PARAMETERS_NONE();
+    if (finished || !SG(server_context)) {
+        RETURN_FALSE;
+    }
+    php_output_end_all();
+    php_header();
+    engine.finish(SG(server_context));
+    finished = 1;
+    RETURN_TRUE;
+}
+
+static const zend_function_entry fephp_functions[] = {
+    ZEND_FE(apache_request_headers, arginfo_fephp_getallheaders)
+    ZEND_FALIAS(getallheaders, apache_request_headers, arginfo_fephp_getallheaders)
+    ZEND_FE(fastcgi_finish_request, arginfo_fephp_finish_request)
+    ZEND_FE_END
+};
+
+static sapi_module_struct fephp_module = {
+    "fpm-fcgi",                    /* name: set at startup (see fephp_sapi_startup) */
+    "fe-php",                      /* pretty name */
+    sapi_fephp_startup_cb,         /* startup */
+    php_module_shutdown_wrapper,   /* shutdown */
+    NULL,                          /* activate */
+    sapi_fephp_deactivate,         /* deactivate */
+    sapi_fephp_ub_write,           /* unbuffered write */
+    sapi_fephp_flush,              /* flush */
+    NULL,                          /* get uid */
+    sapi_fephp_getenv,             /* getenv */
+    php_error,                     /* error handler */
+    NULL,                          /* header handler */
+    sapi_fephp_send_headers,       /* send headers */
+    NULL,                          /* send header (unused: send_headers does it all) */
+    sapi_fephp_read_post,          /* read POST data */
+    sapi_fephp_read_cookies,       /* read cookies */
+    sapi_fephp_register_variables, /* register server variables */
+    sapi_fephp_log_message,        /* log message */
+    NULL,                          /* get request time */
+    NULL,                          /* terminate process */
+    STANDARD_SAPI_MODULE_PROPERTIES
+};
+
+int fephp_sapi_startup(const fephp_sapi_callbacks *callbacks, const char *sapi_name, const char *ini_entries,
+                       char *err, size_t err_len)
+{
+    engine = *callbacks;
+#if defined(SIGPIPE) && defined(SIG_IGN)
+    signal(SIGPIPE, SIG_IGN); /* a closed client socket must not kill the process */
+#endif
+    zend_signal_startup();
+    fephp_module.name = (char *) sapi_name;
+    sapi_startup(&fephp_module);
+    /* PHP keeps and frees this pointer only at shutdown; it must stay allocated. */
+    fephp_module.ini_entries = ini_entries ? strdup(ini_entries) : NULL;
+    fephp_module.additional_functions = fephp_functions;
+    fephp_module.phpinfo_as_text = 0;
+    if (fephp_module.startup(&fephp_module) == FAILURE) {
+        snprintf(err, err_len, "php_module_startup failed (see the lines PHP logged above)");
+        sapi_shutdown();
+        return -1;
+    }
+    return 0;
+}
+
+int fephp_sapi_execute(const fephp_sapi_request *req)
+{
+    int rc = 0;
+    current = req;
+    finished = 0;
+
+    SG(server_context) = req->ctx;
+    SG(request_info).request_method = req->method;
+    SG(request_info).query_string = (char *) req->query_string;
+    SG(request_info).request_uri = (char *) req->request_uri;
+    SG(request_info).path_translated = (char *) req->script_filename;
+    SG(request_info).content_type = req->content_type;
+    SG(request_info).content_length = req->content_length;
+    SG(request_info).proto_num = req->proto_num;
+    SG(request_info).headers_only = req->headers_only;
+    SG(sapi_headers).http_response_code = 200;
+
+    if (req->authorization) {
+        php_handle_auth_data(req->authorization);
+    } else {
+        SG(request_info).auth_user = SG(request_info).auth_password = SG(request_info).auth_digest = NULL;
+    }
+
+    if (php_request_startup() == FAILURE) {
+        SG(server_context) = NULL;
+        current = NULL;
+        return -1;
+    }
+
+    zend_first_try {
+        zend_file_handle file;
+        zend_stream_init_filename(&file, req->script_filename);
+        php_execute_script(&file);
+        zend_destroy_file_handle(&file);
+    } zend_catch {
+        /* exit(), fatal errors and aborted connections end here; the response
+         * (status 500 for fatals, set by PHP) is completed by the shutdown below. */
+    } zend_end_try();
+
+    zend_try {
+        php_request_shutdown(NULL);
+    } zend_catch {
+        rc = 1;
+    } zend_end_try();
+
+    SG(server_context) = NULL;
+    current = NULL;
+    return rc;
+}
+
+void fephp_sapi_shutdown(void)
+{
+    php_module_shutdown();
+    sapi_shutdown();
+}
+
+const char *fephp_sapi_php_version(void)
+{
+    return PHP_VERSION;
+}
+
+const char *fephp_sapi_build_id(void)
+{
+    return ZEND_MODULE_BUILD_ID;
+}

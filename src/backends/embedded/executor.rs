@@ -1,0 +1,350 @@
+//! The PHP thread of a worker process and the SAPI callbacks it serves.
+//!
+//! NTS PHP allows one interpreter per process and one thread in it at a time, so each
+//! worker runs PHP on one dedicated thread that takes jobs from a queue; the host's
+//! I/O threads never wait for PHP. Responses go back through each job's completion:
+//! a fully buffered body when the script ends, or a stream once it calls `flush()` or
+//! its output passes `STREAM_AFTER`.
+
+use super::runtime::Runtime;
+use super::sapi::{fephp_sapi_callbacks, fephp_sapi_pair, fephp_sapi_request};
+use super::Job;
+use crate::body::{self, BodySender};
+use crate::http::{Body, Response};
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+
+/// Output past this size is streamed instead of buffered.
+const STREAM_AFTER: usize = 1 << 20;
+/// Streamed output is sent in chunks of about this size (or at `flush()`).
+const STREAM_CHUNK: usize = 64 * 1024;
+/// The PHP thread's stack (PHP recursion is deep; the main thread usually has 8 MiB).
+const PHP_STACK: usize = 16 << 20;
+
+/// The callbacks PHP calls through the shim.
+pub static CALLBACKS: fephp_sapi_callbacks = fephp_sapi_callbacks {
+    write: Some(cb_write),
+    header: Some(cb_header),
+    headers_done: Some(cb_headers_done),
+    read_body: Some(cb_read_body),
+    flush: Some(cb_flush),
+    finish: Some(cb_finish),
+    log: Some(cb_log),
+};
+
+/// A worker's PHP thread.
+pub struct Executor {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Executor {
+    pub fn start(rt: &'static Runtime) -> std::io::Result<Executor> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("php".into())
+            .stack_size(PHP_STACK)
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    run(rt, job);
+                }
+            })?;
+        Ok(Executor { tx })
+    }
+
+    /// Queues a job; gives it back when the PHP thread is gone.
+    pub fn submit(&self, job: Job) -> Result<(), Job> {
+        self.tx.send(job).map_err(|e| e.0)
+    }
+}
+
+/// Where the response is.
+enum State {
+    /// Headers and output are collected; the completion has not run.
+    Buffering,
+    /// The completion has run with a streamed body; output goes to `sender`.
+    Streaming(BodySender),
+    /// The response is complete (script ended or fastcgi_finish_request()).
+    Done,
+}
+
+/// One request on the PHP thread; `SG(server_context)` points at it.
+struct Ctx {
+    job: Job,
+    status: u16,
+    status_header: Option<u16>,
+    headers: Vec<(String, Vec<u8>)>,
+    out: Vec<u8>,
+    out_len: u64,
+    body_pos: usize,
+    state: State,
+}
+
+fn run(rt: &'static Runtime, job: Job) {
+    let pairs = |list: &[(Vec<u8>, Vec<u8>)]| -> Vec<fephp_sapi_pair> {
+        list.iter()
+            .map(|(n, v)| fephp_sapi_pair {
+                // Names carry a trailing NUL (see Job); the length excludes it.
+                name: n.as_ptr() as *const c_char,
+                name_len: n.len().saturating_sub(1),
+                value: v.as_ptr() as *const c_char,
+                value_len: v.len(),
+            })
+            .collect()
+    };
+    let vars = pairs(&job.vars);
+    let headers = pairs(&job.headers);
+    let opt = |s: &Option<std::ffi::CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+    let mut ctx = Box::new(Ctx {
+        status: 200,
+        status_header: None,
+        headers: Vec::new(),
+        out: Vec::new(),
+        out_len: 0,
+        body_pos: 0,
+        state: State::Buffering,
+        job,
+    });
+    let j = &ctx.job;
+    let req = fephp_sapi_request {
+        ctx: std::ptr::null_mut(),
+        method: j.method.as_ptr(),
+        query_string: j.query.as_ptr(),
+        request_uri: j.request_uri.as_ptr(),
+        script_filename: j.script_filename.as_ptr(),
+        content_type: opt(&j.content_type),
+        content_length: j.content_length,
+        cookie: opt(&j.cookie),
+        authorization: opt(&j.authorization),
+        proto_num: j.proto_num,
+        headers_only: j.head as c_int,
+        vars: vars.as_ptr(),
+        var_count: vars.len(),
+        headers: headers.as_ptr(),
+        header_count: headers.len(),
+    };
+    let req = fephp_sapi_request {
+        ctx: &mut *ctx as *mut Ctx as *mut c_void,
+        ..req
+    };
+    // SAFETY: `req` and everything it points to live until execute returns; the
+    // callbacks receive `ctx` back and are the only users of it meanwhile.
+    let rc = unsafe { rt.shim.fephp_sapi_execute(&req) };
+    match rc {
+        0 => {}
+        -1 => {
+            tracing::error!(uri = %ctx.job.log_uri, "PHP could not start the request (see PHP's messages above)");
+            if matches!(ctx.state, State::Buffering) {
+                ctx.status = 500;
+                ctx.headers.clear();
+                ctx.out.clear();
+            }
+        }
+        _ => {
+            tracing::error!(uri = %ctx.job.log_uri, "PHP failed while shutting the request down; the worker keeps serving")
+        }
+    }
+    finish(&mut ctx);
+}
+
+/// Completes the response: the whole buffered body, or the end of the stream.
+fn finish(ctx: &mut Ctx) {
+    match std::mem::replace(&mut ctx.state, State::Done) {
+        State::Buffering => {
+            let body = std::mem::take(&mut ctx.out);
+            let mut resp = head(ctx);
+            if !resp
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                && ctx.status_allows_body()
+            {
+                resp.push_header("Content-Length", ctx.out_len.to_string());
+            }
+            let resp = if ctx.job.head {
+                resp
+            } else {
+                resp.with_body(Body::Bytes(body))
+            };
+            if let Some(c) = ctx.job.complete.take() {
+                c(resp);
+            }
+        }
+        State::Streaming(sender) => {
+            if !ctx.out.is_empty() {
+                sender.send(std::mem::take(&mut ctx.out));
+            }
+        }
+        State::Done => {}
+    }
+}
+
+impl Ctx {
+    fn status_allows_body(&self) -> bool {
+        let s = self.status_header.unwrap_or(self.status);
+        !(s == 204 || s == 304 || (100..200).contains(&s))
+    }
+}
+
+/// The response head from what PHP sent.
+fn head(ctx: &mut Ctx) -> Response {
+    let mut resp = Response::new(ctx.status_header.unwrap_or(ctx.status));
+    resp.headers = std::mem::take(&mut ctx.headers);
+    resp
+}
+
+/// Switches to streaming: the completion gets a streamed body now.
+fn start_stream(ctx: &mut Ctx) {
+    if !matches!(ctx.state, State::Buffering) {
+        return;
+    }
+    let (tx, rx) = body::channel();
+    let resp = head(ctx).with_body(if ctx.job.head {
+        Body::Empty
+    } else {
+        Body::Stream(rx)
+    });
+    if let Some(c) = ctx.job.complete.take() {
+        c(resp);
+    }
+    ctx.state = State::Streaming(tx);
+}
+
+/// Sends buffered output down the stream. False when the client has gone.
+fn push(ctx: &mut Ctx) -> bool {
+    if let State::Streaming(sender) = &ctx.state {
+        if !ctx.out.is_empty() {
+            return sender.send(std::mem::take(&mut ctx.out));
+        }
+        return !sender.is_aborted();
+    }
+    true
+}
+
+/// Runs a callback body, turning a panic into `fallback` (panics never reach C).
+fn guarded<T>(fallback: T, f: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        tracing::error!("internal error in a PHP callback");
+        fallback
+    })
+}
+
+/// # Safety
+/// `ctx` is the `Ctx` of the running request (the shim only passes it back).
+unsafe fn ctx_mut<'a>(ctx: *mut c_void) -> &'a mut Ctx {
+    &mut *(ctx as *mut Ctx)
+}
+
+unsafe extern "C" fn cb_write(ctx: *mut c_void, data: *const c_char, len: usize) -> usize {
+    guarded(len, || {
+        let ctx = ctx_mut(ctx);
+        let data = std::slice::from_raw_parts(data as *const u8, len);
+        match ctx.state {
+            State::Done => return len,
+            _ if ctx.job.head => {
+                ctx.out_len += len as u64;
+                return len;
+            }
+            _ => {}
+        }
+        ctx.out_len += len as u64;
+        ctx.out.extend_from_slice(data);
+        match ctx.state {
+            State::Buffering if ctx.out.len() >= STREAM_AFTER => {
+                start_stream(ctx);
+                if push(ctx) {
+                    len
+                } else {
+                    0
+                }
+            }
+            State::Streaming(_) if ctx.out.len() >= STREAM_CHUNK => {
+                if push(ctx) {
+                    len
+                } else {
+                    0
+                }
+            }
+            _ => len,
+        }
+    })
+}
+
+unsafe extern "C" fn cb_header(ctx: *mut c_void, line: *const c_char, len: usize) {
+    guarded((), || {
+        let ctx = ctx_mut(ctx);
+        let line = std::slice::from_raw_parts(line as *const u8, len);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return;
+        };
+        let name = String::from_utf8_lossy(&line[..colon]).trim().to_owned();
+        let value = line[colon + 1..].trim_ascii().to_vec();
+        if name.eq_ignore_ascii_case("status") {
+            // CGI's Status header sets the status and never reaches the client.
+            let code = std::str::from_utf8(&value)
+                .ok()
+                .and_then(|v| v.split_whitespace().next()?.parse().ok());
+            match code {
+                Some(c) if (100..1000).contains(&c) => ctx.status_header = Some(c),
+                _ => {
+                    tracing::warn!(uri = %ctx.job.log_uri, "ignored a malformed Status header from PHP")
+                }
+            }
+            return;
+        }
+        ctx.headers.push((name, value));
+    })
+}
+
+unsafe extern "C" fn cb_headers_done(ctx: *mut c_void, status: c_int) {
+    guarded((), || {
+        let ctx = ctx_mut(ctx);
+        ctx.status = u16::try_from(status)
+            .ok()
+            .filter(|s| (100..1000).contains(s))
+            .unwrap_or(500);
+    })
+}
+
+unsafe extern "C" fn cb_read_body(ctx: *mut c_void, buf: *mut c_char, len: usize) -> usize {
+    guarded(0, || {
+        let ctx = ctx_mut(ctx);
+        let rest = &ctx.job.body[ctx.body_pos.min(ctx.job.body.len())..];
+        let n = rest.len().min(len);
+        std::ptr::copy_nonoverlapping(rest.as_ptr(), buf as *mut u8, n);
+        ctx.body_pos += n;
+        n
+    })
+}
+
+unsafe extern "C" fn cb_flush(ctx: *mut c_void) {
+    guarded((), || {
+        let ctx = ctx_mut(ctx);
+        if matches!(ctx.state, State::Done) || ctx.job.head {
+            return;
+        }
+        start_stream(ctx);
+        push(ctx);
+    })
+}
+
+unsafe extern "C" fn cb_finish(ctx: *mut c_void) {
+    guarded((), || finish(ctx_mut(ctx)))
+}
+
+unsafe extern "C" fn cb_log(ctx: *mut c_void, message: *const c_char, level: c_int) {
+    guarded((), || {
+        let msg = CStr::from_ptr(message).to_string_lossy();
+        let uri = if ctx.is_null() {
+            "-".to_owned()
+        } else {
+            ctx_mut(ctx).job.log_uri.clone()
+        };
+        match level {
+            0..=3 => tracing::error!(target: "php", uri, "{msg}"),
+            4 => tracing::warn!(target: "php", uri, "{msg}"),
+            5 | 6 => tracing::info!(target: "php", uri, "{msg}"),
+            _ => tracing::debug!(target: "php", uri, "{msg}"),
+        }
+    })
+}

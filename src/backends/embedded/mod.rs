@@ -1,0 +1,258 @@
+//! The embedded backend: libphp in this process through fe-php's own SAPI (`csrc/`).
+//!
+//! `runtime` loads libphp and starts PHP once per process (in the master, before
+//! fork, so OPcache's shared memory is shared by every worker); `executor` runs PHP
+//! on one thread per worker process. This module turns a request into a `Job`.
+
+#[cfg(fephp_embedded)]
+mod executor;
+#[cfg(fephp_embedded)]
+mod runtime;
+#[cfg(fephp_embedded)]
+mod sapi;
+
+use crate::cgi::CgiVars;
+use crate::config::IniValue;
+use crate::http::{Request, Response};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Whether this build contains the embedded backend (PHP headers were found).
+pub const BUILT: bool = cfg!(fephp_embedded);
+
+/// Receives the response of a request, exactly once.
+pub type Completion = Box<dyn FnOnce(Response) + Send>;
+
+/// Everything the PHP thread needs for one request, owned.
+pub struct Job {
+    pub method: CString,
+    pub query: CString,
+    pub request_uri: CString,
+    pub script_filename: CString,
+    pub content_type: Option<CString>,
+    pub content_length: i64,
+    pub cookie: Option<CString>,
+    pub authorization: Option<CString>,
+    pub proto_num: i32,
+    pub head: bool,
+    /// $_SERVER entries: names end with a NUL byte.
+    pub vars: Vec<(Vec<u8>, Vec<u8>)>,
+    /// getallheaders(): names end with a NUL byte.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub body: Vec<u8>,
+    /// For log lines.
+    pub log_uri: String,
+    pub complete: Option<Completion>,
+}
+
+/// An unused completion still answers: a job dropped unrun becomes a 500.
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some(c) = self.complete.take() {
+            c(Response::error(500, None));
+        }
+    }
+}
+
+fn cstring(bytes: &[u8]) -> CString {
+    // Values come from a parsed HTTP request, which cannot carry NUL; drop any anyway.
+    CString::new(
+        bytes
+            .iter()
+            .copied()
+            .filter(|&b| b != 0)
+            .collect::<Vec<u8>>(),
+    )
+    .expect("NULs removed")
+}
+
+fn nul_terminated(name: String) -> Vec<u8> {
+    let mut v = name.into_bytes();
+    v.push(0);
+    v
+}
+
+impl Job {
+    pub fn new(
+        req: &Request<'_>,
+        script_filename: &Path,
+        cgi: CgiVars,
+        complete: Completion,
+    ) -> Job {
+        let query = req.target.split_once('?').map(|(_, q)| q).unwrap_or("");
+        let content_length = req
+            .header_str("content-length")
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(if req.body.is_empty() {
+                -1
+            } else {
+                req.body.len() as i64
+            });
+        Job {
+            method: cstring(req.method.as_bytes()),
+            query: cstring(query.as_bytes()),
+            request_uri: cstring(req.target.as_bytes()),
+            script_filename: cstring(script_filename.as_os_str().as_encoded_bytes()),
+            content_type: req.header("content-type").map(cstring),
+            content_length,
+            cookie: {
+                let cookies: Vec<&[u8]> = req
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(b"cookie"))
+                    .map(|&(_, v)| v)
+                    .collect();
+                (!cookies.is_empty()).then(|| cstring(&cookies.join(&b"; "[..])))
+            },
+            authorization: req.header("authorization").map(cstring),
+            proto_num: if req.protocol == "HTTP/1.0" {
+                1000
+            } else {
+                1100
+            },
+            head: req.is_head(),
+            vars: cgi
+                .vars
+                .into_iter()
+                .map(|(n, v)| (nul_terminated(n), v))
+                .collect(),
+            headers: cgi
+                .headers
+                .into_iter()
+                .map(|(n, v)| (nul_terminated(n), v))
+                .collect(),
+            body: req.body.to_vec(),
+            log_uri: format!("{} {}", req.method, req.target),
+            complete: Some(complete),
+        }
+    }
+}
+
+/// The embedded backend of one engine.
+pub struct Embedded {
+    #[cfg(fephp_embedded)]
+    runtime: &'static runtime::Runtime,
+    /// The PHP thread of the current process: (pid, executor). Re-created after a
+    /// fork, since threads do not survive one.
+    #[cfg(fephp_embedded)]
+    executor: Mutex<Option<(u32, Arc<executor::Executor>)>>,
+    #[cfg(not(fephp_embedded))]
+    _unused: Mutex<Option<Arc<()>>>,
+}
+
+impl Embedded {
+    /// Loads libphp and starts PHP in this process (once).
+    #[cfg(fephp_embedded)]
+    pub fn start(libphp_path: &Path, ini: &BTreeMap<String, IniValue>) -> Result<Embedded, String> {
+        for (k, v) in ini {
+            let text = v.to_string();
+            if k.contains(['=', '\n']) || text.contains('\n') {
+                return Err(format!(
+                    "[php.ini] {k}: names and values must be single-line (and names have no '=')"
+                ));
+            }
+        }
+        let runtime = runtime::start(libphp_path, ini, &executor::CALLBACKS)?;
+        Ok(Embedded {
+            runtime,
+            executor: Mutex::new(None),
+        })
+    }
+
+    #[cfg(not(fephp_embedded))]
+    pub fn start(
+        _libphp_path: &Path,
+        _ini: &BTreeMap<String, IniValue>,
+    ) -> Result<Embedded, String> {
+        Err("the embedded backend is not built into this library (PHP headers were missing at build time)".to_owned())
+    }
+
+    /// "8.2.36".
+    pub fn php_version(&self) -> String {
+        #[cfg(fephp_embedded)]
+        return self.runtime.php_version.clone();
+        #[cfg(not(fephp_embedded))]
+        String::new()
+    }
+
+    /// Starts this process's PHP thread (after fork), if not running yet.
+    pub fn worker_start(&self) -> Result<(), String> {
+        #[cfg(fephp_embedded)]
+        {
+            self.executor().map(|_| ())
+        }
+        #[cfg(not(fephp_embedded))]
+        Ok(())
+    }
+
+    #[cfg(fephp_embedded)]
+    fn executor(&self) -> Result<Arc<executor::Executor>, String> {
+        let pid = std::process::id();
+        let mut slot = self.executor.lock();
+        if let Some((p, e)) = slot.as_ref() {
+            if *p == pid {
+                return Ok(e.clone());
+            }
+        }
+        let e = Arc::new(
+            executor::Executor::start(self.runtime)
+                .map_err(|e| format!("cannot start the PHP thread: {e}"))?,
+        );
+        *slot = Some((pid, e.clone()));
+        // PHP's max_execution_time is a process-wide SIGPROF timer: keep the signal
+        // off this (host) thread so it lands on the PHP thread, which started with
+        // the mask as it was.
+        // SAFETY: adjusting this thread's own signal mask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGPROF);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        Ok(e)
+    }
+
+    /// Queues a job on this process's PHP thread.
+    pub fn submit(&self, job: Job) {
+        #[cfg(fephp_embedded)]
+        {
+            match self.executor() {
+                Ok(e) => {
+                    if let Err(job) = e.submit(job) {
+                        tracing::error!(uri = %job.log_uri, "the PHP thread has stopped; answering 503");
+                        respond(
+                            job,
+                            Response::error(503, Some("PHP is not available in this worker")),
+                        );
+                    }
+                }
+                Err(msg) => {
+                    tracing::error!("{msg}");
+                    respond(
+                        job,
+                        Response::error(503, Some("PHP is not available in this worker")),
+                    );
+                }
+            }
+        }
+        #[cfg(not(fephp_embedded))]
+        respond(
+            job,
+            Response::error(503, Some("the embedded backend is not built")),
+        );
+    }
+}
+
+fn respond(mut job: Job, resp: Response) {
+    if let Some(c) = job.complete.take() {
+        c(resp);
+    }
+}
+
+/// Absolute document root for PHP (SCRIPT_FILENAME is built from it).
+pub fn absolute_root(root: &Path) -> PathBuf {
+    root.canonicalize().unwrap_or_else(|_| root.to_owned())
+}

@@ -1,0 +1,183 @@
+//! Loading PHP into the process: libphp from `[php] libphp_path` (dlopen, global
+//! symbols), then the SAPI shim (`csrc/`, embedded in this library and loaded from a
+//! memfd so that its PHP symbols resolve against that libphp), then PHP's module
+//! startup. Once per process, before the host forks its workers.
+
+use super::sapi::{fephp_sapi_callbacks, SapiShim};
+use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+use once_cell::sync::OnceCell;
+use std::collections::BTreeMap;
+use std::ffi::{c_char, CStr, CString};
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::{Path, PathBuf};
+
+/// The SAPI shim, compiled by build.rs against PHP's headers.
+static SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libfephp_sapi.so"));
+
+/// PHP's SAPI name. PHP 8.2's OPcache only switches on under names it knows, and
+/// applications read PHP_SAPI: "fpm-fcgi" is both on that list and the truth about
+/// what a script sees here — the same variables and functions (getallheaders,
+/// fastcgi_finish_request) as under php-fpm behind nginx.
+pub const SAPI_NAME: &str = "fpm-fcgi";
+
+/// PHP, started in this process.
+pub struct Runtime {
+    pub shim: SapiShim,
+    pub libphp_path: PathBuf,
+    pub php_version: String,
+    /// Keep libphp mapped for the life of the process.
+    _libphp: Library,
+    _shim_file: std::fs::File,
+}
+
+// SAFETY: the shim's function table is plain code pointers; PHP itself is only ever
+// entered from one thread at a time (the executor), which the executor enforces.
+unsafe impl Send for Runtime {}
+unsafe impl Sync for Runtime {}
+
+static RUNTIME: OnceCell<Result<Runtime, String>> = OnceCell::new();
+
+/// Starts PHP once per process; later calls return the same runtime (or error).
+pub fn start(
+    libphp_path: &Path,
+    ini: &BTreeMap<String, crate::config::IniValue>,
+    callbacks: &fephp_sapi_callbacks,
+) -> Result<&'static Runtime, String> {
+    let rt = RUNTIME
+        .get_or_init(|| load(libphp_path, ini, callbacks))
+        .as_ref()
+        .map_err(|e| e.clone())?;
+    if rt.libphp_path != libphp_path {
+        return Err(format!(
+            "PHP is already running from {} in this process; a different libphp_path ({}) needs a restart",
+            rt.libphp_path.display(),
+            libphp_path.display()
+        ));
+    }
+    Ok(rt)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The first "API<8 digits>,NTS" / ",TS" (plus ",debug" if present) in a binary.
+fn find_build_id(image: &[u8]) -> Option<String> {
+    let at = image.windows(12).position(|w| {
+        w.starts_with(b"API") && w[3..11].iter().all(u8::is_ascii_digit) && w[11] == b','
+    })?;
+    let rest = &image[at..];
+    let end = rest
+        .iter()
+        .position(|&b| b == 0 || !(b.is_ascii_alphanumeric() || b == b','))
+        .unwrap_or(rest.len());
+    Some(String::from_utf8_lossy(&rest[..end]).into_owned())
+}
+
+fn load(
+    libphp_path: &Path,
+    ini: &BTreeMap<String, crate::config::IniValue>,
+    callbacks: &fephp_sapi_callbacks,
+) -> Result<Runtime, String> {
+    let shown = libphp_path.display();
+    // SAFETY: loading a library runs its initializers; libphp's are PHP's own.
+    let libphp = unsafe { Library::open(Some(libphp_path), RTLD_NOW | RTLD_GLOBAL) }
+        .map_err(|e| format!("cannot load libphp from {shown}: {e}\n    Check [php] libphp_path (apt-get install libphp8.2-embed provides /usr/lib/libphp.so)."))?;
+
+    let shim_file = shim_memfd()?;
+    let shim_path = format!("/proc/self/fd/{}", shim_file.as_raw_fd());
+    // SAFETY: the shim is our own C code; its undefined symbols resolve against the
+    // libphp loaded above with RTLD_GLOBAL.
+    let shim = unsafe { SapiShim::new(&shim_path) }.map_err(|e| {
+        format!("cannot load fe-php's PHP SAPI into {shown}: {e}\n    The libphp there does not export what fe-php was built against; install the PHP version whose headers fe-php was built with.")
+    })?;
+    // SAFETY: both return pointers to static strings.
+    let (built_php, built_id) = unsafe {
+        (
+            CStr::from_ptr(shim.fephp_sapi_php_version())
+                .to_string_lossy()
+                .into_owned(),
+            CStr::from_ptr(shim.fephp_sapi_build_id())
+                .to_string_lossy()
+                .into_owned(),
+        )
+    };
+    // libphp carries its ZEND_MODULE_BUILD_ID ("API20220829,NTS") as a string: the
+    // module API and thread safety must both be what the shim was compiled for,
+    // checked before any of PHP's code runs.
+    let image = std::fs::read(libphp_path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if !contains(&image, built_id.as_bytes()) {
+        let found = find_build_id(&image).unwrap_or_else(|| "an unknown build".to_owned());
+        return Err(format!(
+            "libphp at {shown} is {found}, but fe-php was built against the headers of PHP {built_php} ({built_id}).\n    Point [php] libphp_path at a libphp of that PHP version and thread safety, or rebuild fe-php with the matching php-dev installed."
+        ));
+    }
+
+    let mut entries = String::new();
+    for (k, v) in ini {
+        entries.push_str(&format!("{k}={v}\n"));
+    }
+    let name = CString::new(SAPI_NAME).expect("no NUL");
+    // Both strings must outlive PHP: the shim copies the ini text; the name is leaked.
+    let name = Box::leak(name.into_boxed_c_str());
+    let entries = CString::new(entries)
+        .map_err(|_| "[php.ini] values must not contain NUL bytes".to_owned())?;
+    let mut err = [0 as c_char; 512];
+    // SAFETY: valid callbacks table and strings; called once per process.
+    let rc = unsafe {
+        shim.fephp_sapi_startup(
+            callbacks,
+            name.as_ptr(),
+            entries.as_ptr(),
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    if rc != 0 {
+        let msg = unsafe { CStr::from_ptr(err.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        return Err(format!("PHP did not start from {shown}: {msg}"));
+    }
+    Ok(Runtime {
+        shim,
+        libphp_path: libphp_path.to_owned(),
+        php_version: built_php,
+        _libphp: libphp,
+        _shim_file: shim_file,
+    })
+}
+
+/// The shim as an anonymous in-memory file (so nothing is written to disk).
+fn shim_memfd() -> Result<std::fs::File, String> {
+    // SAFETY: memfd_create with a static name; a non-negative result is a new fd we own.
+    let fd = unsafe { libc::memfd_create(c"fephp_sapi".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!(
+            "memfd_create failed: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.write_all(SHIM)
+        .map_err(|e| format!("writing the SAPI shim: {e}"))?;
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn build_ids() {
+        assert_eq!(
+            super::find_build_id(b"xx\0API20220829,NTS\0yy"),
+            Some("API20220829,NTS".to_owned())
+        );
+        assert_eq!(
+            super::find_build_id(b"API20230831,TS,debug\0"),
+            Some("API20230831,TS,debug".to_owned())
+        );
+        assert_eq!(super::find_build_id(b"APIxx"), None);
+        assert!(super::contains(b"abcAPI1", b"API1"));
+    }
+}
