@@ -111,7 +111,6 @@ pub fn variables(
     document_root: &Path,
     script_name: &str,
     path_info: &str,
-    normalized_path: &str,
     query: Option<&str>,
 ) -> CgiVars {
     let root = document_root.to_string_lossy();
@@ -127,7 +126,8 @@ pub fn variables(
     set("CONTENT_LENGTH", content_length(req).as_bytes());
     set("SCRIPT_NAME", script_name.as_bytes());
     set("REQUEST_URI", req.target.as_bytes());
-    set("DOCUMENT_URI", normalized_path.as_bytes());
+    // nginx's $document_uri after `try_files $fastcgi_script_name`: the script.
+    set("DOCUMENT_URI", script_name.as_bytes());
     set("DOCUMENT_ROOT", root.as_bytes());
     set("SERVER_PROTOCOL", req.protocol.as_bytes());
     set("REQUEST_SCHEME", if req.tls { b"https" } else { b"http" });
@@ -336,14 +336,7 @@ mod tests {
         assert_eq!(get("HTTP_COOKIE").as_deref(), Some("a=1; b=2"));
         assert_eq!(get("HTTP_ACCEPT").as_deref(), Some("text/html, */*"));
         assert_eq!(h.len(), 4, "{h:?}");
-        let v = variables(
-            &req,
-            Path::new("/srv/www/"),
-            "/index.php",
-            "/x",
-            "/index.php/x",
-            None,
-        );
+        let v = variables(&req, Path::new("/srv/www/"), "/index.php", "/x", None);
         let get = |k: &str| {
             v.vars
                 .iter()

@@ -201,8 +201,7 @@ impl Engine {
                 script_name,
                 path_info,
             } => {
-                let vars =
-                    cgi::variables(req, &site.root, &script_name, &path_info, normalized, query);
+                let vars = cgi::variables(req, &site.root, &script_name, &path_info, query);
                 let filename = site.root.join(script_name.trim_start_matches('/'));
                 run(Job::new(req, &filename, vars, complete));
             }

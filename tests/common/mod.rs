@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod diff;
+pub mod peers;
+
 pub const HOST_BIN: &str = env!("CARGO_BIN_EXE_fe-php-host");
 
 /// A free loopback port (bound then released; the race is acceptable in tests).
@@ -153,7 +156,14 @@ pub fn get(url: &str) -> Reply {
     curl(&[url])
 }
 
-pub fn parse_reply(raw: &[u8]) -> Reply {
+pub fn parse_reply(mut raw: &[u8]) -> Reply {
+    // Skip interim responses (100 Continue).
+    while raw.starts_with(b"HTTP/1.1 1") || raw.starts_with(b"HTTP/1.0 1") {
+        match raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(i) => raw = &raw[i + 4..],
+            None => break,
+        }
+    }
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -53,8 +53,8 @@ impl Executor {
     }
 
     /// Queues a job; gives it back when the PHP thread is gone.
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
-        self.tx.send(job).map_err(|e| e.0)
+    pub fn submit(&self, job: Job) -> Result<(), Box<Job>> {
+        self.tx.send(job).map_err(|e| Box::new(e.0))
     }
 }
 

@@ -224,7 +224,7 @@ impl Embedded {
                     if let Err(job) = e.submit(job) {
                         tracing::error!(uri = %job.log_uri, "the PHP thread has stopped; answering 503");
                         respond(
-                            job,
+                            *job,
                             Response::error(503, Some("PHP is not available in this worker")),
                         );
                     }

@@ -402,18 +402,11 @@ fn extension(name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The MIME type by extension, without a charset parameter (as nginx sends it).
 fn content_type_for(name: &str) -> &'static str {
-    match extension(name).as_str() {
-        "html" | "htm" => "text/html; charset=utf-8",
-        "css" => "text/css; charset=utf-8",
-        "js" | "mjs" => "text/javascript; charset=utf-8",
-        "txt" => "text/plain; charset=utf-8",
-        "json" => "application/json",
-        "wasm" => "application/wasm",
-        _ => mime_guess::from_path(name)
-            .first_raw()
-            .unwrap_or("application/octet-stream"),
-    }
+    mime_guess::from_path(name)
+        .first_raw()
+        .unwrap_or("application/octet-stream")
 }
 
 /// The seed's policy: fonts 1 year immutable, images 1 day, CSS/JS 1 hour, HTML no-cache.
@@ -512,7 +505,8 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(content_type_for("a.html"), "text/html; charset=utf-8");
+        assert_eq!(content_type_for("a.html"), "text/html");
+        assert_eq!(content_type_for("a.css"), "text/css");
         assert_eq!(content_type_for("a.png"), "image/png");
         assert_eq!(content_type_for("a.woff2"), "font/woff2");
         assert_eq!(content_type_for("noext"), "application/octet-stream");

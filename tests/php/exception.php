@@ -1,0 +1,3 @@
+<?php
+// Uncaught exception.
+throw new RuntimeException('uncaught in fixture');

@@ -1,0 +1,4 @@
+<?php
+echo "before exit\n";
+exit();
+echo "after exit\n";
