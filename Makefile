@@ -8,7 +8,7 @@ RELEASE  := target/release
 CFLAGS   ?= -std=c99 -Wall -Wextra -Werror -O1 -g
 SHELL    := /bin/bash
 
-.PHONY: all deps build demo test test-rust test-c lint header check-header bench clean
+.PHONY: all deps bench-deps build demo test test-rust test-c lint header bench bench-micro clean
 
 all: build
 
@@ -53,8 +53,17 @@ FORCE:
 header:
 	FEPHP_UPDATE_HEADER=1 $(CARGO) build --lib
 
-bench: build
+## Side-by-side: fe-php-host against nginx, nginx + php-fpm and Apache + mod_php
+## (BENCH_ARGS="--rounds 5 --scenarios hello,json" to narrow it; --help for all).
+bench: bench-deps build
+	python3 bench/run.py $(BENCH_ARGS)
+
+## criterion micro-benchmarks (router, path normalization).
+bench-micro:
 	$(CARGO) bench --bench router
+
+bench-deps: deps
+	@FEPHP_EXTRA_PACKAGES="apache2 libapache2-mod-php8.2 python3" ./scripts/install-deps.sh
 
 clean:
 	$(CARGO) clean

@@ -9,6 +9,9 @@ packages=(
   libphp8.2-embed php8.2-dev php8.2-cli php8.2-fpm
   nginx nginx-dev
 )
+# Extra packages a caller asks for (e.g. `make bench` adds Apache + mod_php).
+read -r -a extra <<< "${FEPHP_EXTRA_PACKAGES:-}"
+packages+=("${extra[@]}")
 
 missing=()
 for p in "${packages[@]}"; do
@@ -23,6 +26,6 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 # Debian starts these on install; fe-php's tests start their own instances.
-for svc in nginx php8.2-fpm; do
+for svc in nginx php8.2-fpm apache2; do
   $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done

@@ -1,0 +1,362 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: fe-php-host against nginx, nginx + php-fpm and
+Apache prefork + mod_php, in one run, on loopback.
+
+Rounds are interleaved (A B C A B C ...) so that drift hits every server alike;
+the table shows the median req/s, p50/p99 latency and the peak RSS of each
+server's whole process tree, with ratios to the named peer.
+
+    bench/run.py [--rounds 3] [--seconds 3] [--connections 32] [--scenarios hello,json]
+                 [--json results.json]
+"""
+import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WWW = os.path.join(ROOT, "bench", "www")
+HOST_BIN = os.path.join(ROOT, "target", "release", "fe-php-host")
+CORES = os.cpu_count() or 1
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def tree_rss_kib(pid):
+    """RSS of pid and all its descendants, in KiB."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+        except (OSError, IndexError, ValueError):
+            pass
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class Server:
+    """A server under test: started once, stopped by its own pid."""
+
+    def __init__(self, name, tmp):
+        self.name, self.tmp, self.procs, self.port = name, tmp, [], None
+
+    def spawn(self, args, **kw):
+        log = open(os.path.join(self.tmp, f"{self.name}-{len(self.procs)}.log"), "w")
+        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def rss(self):
+        return sum(tree_rss_kib(p.pid) for p in self.procs)
+
+    def stop(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in reversed(self.procs):
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def start_fe_php(tmp, name="fe-php", backend="embedded", fpm=None):
+    s = Server(name, tmp)
+    s.port = free_port()
+    php = f'fpm_socket = "{fpm}"\n' if fpm else ""
+    conf = write(os.path.join(tmp, f"{name}.toml"), f"""
+[server]
+listen = "127.0.0.1:{s.port}"
+workers = {CORES}
+access_log = "off"
+[backend]
+default_backend = "{backend}"
+[backend.static_files]
+enable = true
+root = "{WWW}"
+[php]
+{php}
+""")
+    s.spawn([HOST_BIN, "--config", conf], env={**os.environ, "RUST_LOG": "warn"})
+    wait_port(s.port)
+    return s
+
+
+def start_php_fpm(tmp, children):
+    s = Server("php-fpm", tmp)
+    sock = os.path.join(tmp, "php-fpm.sock")
+    conf = write(os.path.join(tmp, "php-fpm.conf"), f"""
+[global]
+error_log = {tmp}/php-fpm-error.log
+daemonize = no
+pid = {tmp}/php-fpm.pid
+[www]
+listen = {sock}
+listen.mode = 0666
+pm = static
+pm.max_children = {children}
+""")
+    s.spawn(["/usr/sbin/php-fpm8.2", "-F", "-R", "-y", conf])
+    deadline = time.time() + 10
+    while not os.path.exists(sock) and time.time() < deadline:
+        time.sleep(0.05)
+    s.sock = sock
+    return s
+
+
+def start_nginx(tmp, fpm_sock=None, keepalive=2):
+    s = Server("nginx" if not fpm_sock else "nginx+php-fpm", tmp)
+    s.port = free_port()
+    d = tempfile.mkdtemp(dir=tmp)
+    php = ""
+    if fpm_sock:
+        php = f"""
+        location ~ [^/]\\.php(/|$) {{
+            fastcgi_split_path_info ^(.+?\\.php)(/.*)$;
+            try_files $fastcgi_script_name =404;
+            set $path_info $fastcgi_path_info;
+            fastcgi_param PATH_INFO $path_info;
+            fastcgi_index index.php;
+            include /etc/nginx/fastcgi.conf;
+            fastcgi_pass php;
+            fastcgi_keep_conn on;
+        }}"""
+    upstream = f"upstream php {{ server unix:{fpm_sock}; keepalive {keepalive}; }}" if fpm_sock else ""
+    conf = write(os.path.join(d, "nginx.conf"), f"""
+worker_processes {CORES};
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+    include /etc/nginx/mime.types;
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    client_body_temp_path {d}/body;
+    fastcgi_temp_path {d}/fastcgi;
+    proxy_temp_path {d}/proxy;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    {upstream}
+    server {{
+        listen 127.0.0.1:{s.port} reuseport;
+        root {WWW};
+        location / {{ try_files $uri $uri/ =404; }}
+        {php}
+    }}
+}}
+""")
+    s.spawn(["/usr/sbin/nginx", "-p", d, "-c", conf, "-e", f"{d}/error.log"])
+    wait_port(s.port)
+    return s
+
+
+def start_apache(tmp):
+    s = Server("apache+mod_php", tmp)
+    s.port = free_port()
+    d = tempfile.mkdtemp(dir=tmp)
+    conf = write(os.path.join(d, "apache2.conf"), f"""
+ServerRoot /etc/apache2
+ServerName localhost
+PidFile {d}/apache2.pid
+Mutex file:{d} default
+Listen 127.0.0.1:{s.port}
+LoadModule mpm_prefork_module /usr/lib/apache2/modules/mod_mpm_prefork.so
+LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
+LoadModule dir_module /usr/lib/apache2/modules/mod_dir.so
+LoadModule mime_module /usr/lib/apache2/modules/mod_mime.so
+LoadModule php_module /usr/lib/apache2/modules/libphp8.2.so
+TypesConfig /etc/mime.types
+ErrorLog {d}/error.log
+LogLevel warn
+KeepAlive On
+StartServers 8
+MinSpareServers 8
+MaxSpareServers 40
+MaxRequestWorkers 150
+DocumentRoot {WWW}
+<Directory {WWW}>
+    Require all granted
+</Directory>
+<FilesMatch "\\.php$">
+    SetHandler application/x-httpd-php
+</FilesMatch>
+""")
+    env = {**os.environ, "APACHE_RUN_USER": "www-data", "APACHE_RUN_GROUP": "www-data", "APACHE_LOG_DIR": d, "APACHE_RUN_DIR": d, "APACHE_LOCK_DIR": d}
+    s.spawn(["/usr/sbin/apache2", "-f", conf, "-DFOREGROUND"], env=env)
+    wait_port(s.port)
+    return s
+
+
+def wrk(url, seconds, connections, close=False):
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    if close:
+        args[1:1] = ["-H", "Connection: close"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockerr = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+
+    def pct(p):
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)\b", out)
+        if not m:
+            return None
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+    return {"rps": rps, "p50_ms": pct(50), "p99_ms": pct(99), "non2xx": int(errors.group(1)) if errors else 0,
+            "socket_errors": sum(map(int, sockerr.groups())) if sockerr else 0}
+
+
+SCENARIOS = {
+    # name: (path, [(server key, is_peer_for_ratio)])
+    "hello": ("/hello.php", ["fe-php", "nginx+php-fpm", "apache+mod_php"]),
+    "json": ("/json.php", ["fe-php", "nginx+php-fpm", "apache+mod_php"]),
+    "page": ("/page.php", ["fe-php", "nginx+php-fpm", "apache+mod_php"]),
+    "static-1k": ("/1k.txt", ["fe-php", "nginx"]),
+    "static-100k": ("/100k.bin", ["fe-php", "nginx"]),
+    "static-10m": ("/10m.bin", ["fe-php", "nginx"]),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--scenarios", default="hello,json,page,static-1k,static-100k")
+    ap.add_argument("--fpm-children", type=int, default=4 * CORES)
+    ap.add_argument("--close", action="store_true", help="send Connection: close (no keep-alive)")
+    ap.add_argument("--json", help="also write the results as JSON to this file")
+    args = ap.parse_args()
+    for tool in ["wrk", "/usr/sbin/nginx", "/usr/sbin/php-fpm8.2"]:
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: run `make deps` (or apt-get install wrk nginx php8.2-fpm)")
+    if not os.path.exists(HOST_BIN):
+        sys.exit("target/release/fe-php-host is missing: run `make build`")
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    if "static-10m" in scenarios and not os.path.exists(os.path.join(WWW, "10m.bin")):
+        with open(os.path.join(WWW, "10m.bin"), "wb") as f:
+            f.write(os.urandom(10 << 20))
+
+    tmp = tempfile.mkdtemp(prefix="fephp-bench-")
+    os.chmod(tmp, 0o755)  # nginx and Apache workers run as www-data
+    servers = {}
+    try:
+        servers["fe-php"] = start_fe_php(tmp)
+        fpm = start_php_fpm(tmp, args.fpm_children)
+        servers["nginx+php-fpm"] = start_nginx(tmp, fpm.sock, keepalive=CORES)
+        servers["nginx+php-fpm"].procs.insert(0, fpm.procs[0])
+        servers["nginx"] = start_nginx(tmp)
+        if os.path.exists("/usr/lib/apache2/modules/libphp8.2.so"):
+            servers["apache+mod_php"] = start_apache(tmp)
+        results = {}
+        for sc in scenarios:
+            path, names = SCENARIOS[sc]
+            names = [n for n in names if n in servers]
+            for n in names:  # warm-up (OPcache, page cache, pools)
+                wrk(servers[n].url(path), 1, args.connections, args.close)
+            runs = {n: [] for n in names}
+            peak = {n: 0 for n in names}
+            for _ in range(args.rounds):
+                for n in names:
+                    sampler_stop = threading.Event()
+
+                    def sample(n=n):
+                        while not sampler_stop.is_set():
+                            peak[n] = max(peak[n], servers[n].rss())
+                            sampler_stop.wait(0.5)
+
+                    t = threading.Thread(target=sample)
+                    t.start()
+                    runs[n].append(wrk(servers[n].url(path), args.seconds, args.connections, args.close))
+                    sampler_stop.set()
+                    t.join()
+            results[sc] = {}
+            for n in names:
+                rs = runs[n]
+                results[sc][n] = {
+                    "rps": statistics.median(r["rps"] for r in rs),
+                    "p50_ms": statistics.median(r["p50_ms"] for r in rs),
+                    "p99_ms": statistics.median(r["p99_ms"] for r in rs),
+                    "errors": sum(r["non2xx"] + r["socket_errors"] for r in rs),
+                    "peak_rss_mib": round(peak[n] / 1024, 1),
+                    "rounds": [r["rps"] for r in rs],
+                }
+        report(results, args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"machine": machine(), "args": vars(args), "results": results}, f, indent=2)
+    finally:
+        for s in servers.values():
+            s.stop()
+        if "fpm" in locals():
+            fpm.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def machine():
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"cores": CORES, "cpu": model, "kernel": os.uname().release}
+
+
+def report(results, args):
+    m = machine()
+    print(f"\nfe-php benchmark: {m['cores']} cores ({m['cpu']}), wrk -t1 -c{args.connections}, "
+          f"{args.rounds}x{args.seconds}s interleaved rounds{', Connection: close' if args.close else ''}\n")
+    print(f"{'scenario':<12} {'server':<16} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'RSS MiB':>8} {'errors':>7}  ratio")
+    for sc, rows in results.items():
+        fe = rows.get("fe-php", {}).get("rps")
+        for n, r in rows.items():
+            ratio = "" if n == "fe-php" or not r["rps"] else f"fe-php = {fe / r['rps']:.2f}x"
+            print(f"{sc:<12} {n:<16} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['peak_rss_mib']:>8} {r['errors']:>7}  {ratio}")
+        print()
+
+
+if __name__ == "__main__":
+    main()
