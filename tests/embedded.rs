@@ -55,6 +55,7 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("crash.php", "<?php $p = FFI::cast('int*', 16); echo $p[0];"),
     ("post.php", "<?php header('Content-Type: application/json'); echo json_encode(['post' => $_POST, 'files' => array_map(fn($f) => [$f['name'], $f['size'], md5_file($f['tmp_name'])], $_FILES), 'input' => strlen(file_get_contents('php://input'))]);"),
     ("big.php", "<?php for ($i = 0; $i < 40000; $i++) { echo str_pad((string)$i, 99, '.'), \"\\n\"; }"),
+    ("abort.php", "<?php while (ob_get_level()) { ob_end_flush(); } ignore_user_abort(true); for ($i = 0; $i < 100; $i++) { echo str_repeat('x', 100), \"\\n\"; flush(); if (connection_aborted()) { file_put_contents(__DIR__ . '/aborted.txt', (string)$i); exit; } usleep(50000); } file_put_contents(__DIR__ . '/aborted.txt', 'never');"),
     ("style.css", "body{}"),
 ];
 
@@ -368,4 +369,28 @@ fn a_crashing_worker_is_replaced_and_only_its_requests_fail() {
     // Only requests in flight on the dying worker may fail (new connections each time).
     assert!(failed <= 4, "{failed} failed, {ok} succeeded");
     assert!(ok > 20, "{ok}");
+}
+
+#[test]
+fn connection_aborted_tells_the_script_the_client_left() {
+    use std::io::{Read, Write};
+    let h = host(1);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+    s.write_all(b"GET /abort.php HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap();
+    assert!(n > 0 && buf.starts_with(b"HTTP/1.1 200"));
+    drop(s);
+    let marker = h.dir.path().join("www/aborted.txt");
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while !marker.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let at = std::fs::read_to_string(&marker).expect("the script never finished");
+    assert_ne!(at, "never", "connection_aborted() never became true");
+    assert!(
+        at.parse::<u32>().unwrap() < 20,
+        "noticed only after {at} iterations"
+    );
 }

@@ -239,8 +239,10 @@ unsafe extern "C" fn cb_write(ctx: *mut c_void, data: *const c_char, len: usize)
     guarded(len, || {
         let ctx = ctx_mut(ctx);
         let data = std::slice::from_raw_parts(data as *const u8, len);
-        match ctx.state {
+        match &ctx.state {
             State::Done => return len,
+            // The client has gone: PHP learns it here (connection_aborted()).
+            State::Streaming(sender) if sender.is_aborted() => return 0,
             _ if ctx.job.head => {
                 ctx.out_len += len as u64;
                 return len;
