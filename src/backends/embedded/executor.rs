@@ -81,14 +81,18 @@ struct Ctx {
 }
 
 fn run(rt: &'static Runtime, job: Job) {
-    let pairs = |list: &[(Vec<u8>, Vec<u8>)]| -> Vec<fephp_sapi_pair> {
-        list.iter()
-            .map(|(n, v)| fephp_sapi_pair {
-                // Names carry a trailing NUL (see Job); the length excludes it.
-                name: n.as_ptr() as *const c_char,
-                name_len: n.len().saturating_sub(1),
-                value: v.as_ptr() as *const c_char,
-                value_len: v.len(),
+    let pairs = |p: &super::Pairs| -> Vec<fephp_sapi_pair> {
+        let base = p.buf.as_ptr() as *const c_char;
+        p.spans
+            .iter()
+            // SAFETY: every span lies inside `p.buf` (built by Pairs::pack).
+            .map(|&(n, nl, v, vl)| unsafe {
+                fephp_sapi_pair {
+                    name: base.add(n),
+                    name_len: nl,
+                    value: base.add(v),
+                    value_len: vl,
+                }
             })
             .collect()
     };

@@ -38,10 +38,10 @@ pub struct Job {
     pub authorization: Option<CString>,
     pub proto_num: i32,
     pub head: bool,
-    /// $_SERVER entries: names end with a NUL byte.
-    pub vars: Vec<(Vec<u8>, Vec<u8>)>,
-    /// getallheaders(): names end with a NUL byte.
-    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// $_SERVER entries.
+    pub vars: Pairs,
+    /// getallheaders().
+    pub headers: Pairs,
     pub body: Vec<u8>,
     /// For log lines.
     pub log_uri: String,
@@ -69,10 +69,29 @@ fn cstring(bytes: &[u8]) -> CString {
     .expect("NULs removed")
 }
 
-fn nul_terminated(name: String) -> Vec<u8> {
-    let mut v = name.into_bytes();
-    v.push(0);
-    v
+/// Name/value pairs packed into one buffer (two allocations instead of two per
+/// pair); each name is followed by a NUL, as PHP wants variable names.
+pub struct Pairs {
+    pub buf: Vec<u8>,
+    /// (name offset, name length without the NUL, value offset, value length).
+    pub spans: Vec<(usize, usize, usize, usize)>,
+}
+
+impl Pairs {
+    fn pack(list: &[(String, Vec<u8>)]) -> Pairs {
+        let size = list.iter().map(|(n, v)| n.len() + 1 + v.len()).sum();
+        let mut buf = Vec::with_capacity(size);
+        let mut spans = Vec::with_capacity(list.len());
+        for (n, v) in list {
+            let name_at = buf.len();
+            buf.extend_from_slice(n.as_bytes());
+            buf.push(0);
+            let value_at = buf.len();
+            buf.extend_from_slice(v);
+            spans.push((name_at, n.len(), value_at, v.len()));
+        }
+        Pairs { buf, spans }
+    }
 }
 
 impl Job {
@@ -114,16 +133,8 @@ impl Job {
                 1100
             },
             head: req.is_head(),
-            vars: cgi
-                .vars
-                .into_iter()
-                .map(|(n, v)| (nul_terminated(n), v))
-                .collect(),
-            headers: cgi
-                .headers
-                .into_iter()
-                .map(|(n, v)| (nul_terminated(n), v))
-                .collect(),
+            vars: Pairs::pack(&cgi.vars),
+            headers: Pairs::pack(&cgi.headers),
             body: req.body.to_vec(),
             log_uri: format!("{} {}", req.method, req.target),
             complete: Some(complete),
