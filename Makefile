@@ -5,10 +5,16 @@ CARGO    ?= cargo
 CC       ?= cc
 DEBUG    := target/debug
 RELEASE  := target/release
-CFLAGS   ?= -std=c99 -Wall -Wextra -Werror -O1 -g
 SHELL    := /bin/bash
+PROFILE  ?= release
+PREFIX   ?= /usr/local
+LIBDIR   ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+BINDIR   ?= $(PREFIX)/bin
+VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+MAJOR    := $(firstword $(subst ., ,$(VERSION)))
 
-.PHONY: all deps bench-deps build demo test test-rust test-c lint header bench bench-micro clean
+.PHONY: all deps bench-deps build demo test test-rust test-c lint header bench bench-micro install clean
 
 all: build
 
@@ -35,19 +41,11 @@ test-rust:
 	@mkdir -p target
 	set -o pipefail; $(CARGO) test 2>&1 | tee target/test-rust.log
 
-# The C ABI from C: compiled against the committed header, linked to the cdylib,
-# run under valgrind (leaks and invalid accesses fail the test).
-test-c: $(DEBUG)/abi_test
-	LD_LIBRARY_PATH=$(DEBUG) valgrind --quiet --error-exitcode=1 --leak-check=full \
-		--errors-for-leak-kinds=definite,indirect \
-		$(DEBUG)/abi_test examples/public 2>&1 | grep -v -e '^--[0-9]*-- ' | tee target/test-c.log; \
-		test "$${PIPESTATUS[0]}" -eq 0
-
-$(DEBUG)/abi_test: tests/c/abi_test.c include/fe_php.h FORCE
-	$(CARGO) build --lib
-	$(CC) $(CFLAGS) -Iinclude -o $@ tests/c/abi_test.c -L$(DEBUG) -lfe_php
-
-FORCE:
+# The C ABI from C and Go: header as C99/C++, tests/c/abi_test.c under valgrind
+# and AddressSanitizer, make install + pkg-config, examples/c and examples/go.
+test-c:
+	@mkdir -p target
+	set -o pipefail; scripts/test-c.sh 2>&1 | tee target/test-c.log
 
 ## Regenerate include/fe_php.h from src/ffi (commit the result).
 header:
@@ -65,5 +63,19 @@ bench-micro:
 bench-deps: deps
 	@FEPHP_EXTRA_PACKAGES="apache2 libapache2-mod-php8.2 python3" ./scripts/install-deps.sh
 
+## Install the library (soname libfe_php.so.MAJOR), header, pkg-config file and
+## fe-php-host under PREFIX (DESTDIR for staging; PROFILE=debug for a debug build).
+install:
+	$(CARGO) build $(if $(filter release,$(PROFILE)),--release) --quiet
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR)
+	install -m 755 target/$(PROFILE)/libfe_php.so $(DESTDIR)$(LIBDIR)/libfe_php.so.$(VERSION)
+	ln -sf libfe_php.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libfe_php.so.$(MAJOR)
+	ln -sf libfe_php.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/libfe_php.so
+	install -m 644 include/fe_php.h $(DESTDIR)$(INCLUDEDIR)/fe_php.h
+	install -m 755 target/$(PROFILE)/fe-php-host $(DESTDIR)$(BINDIR)/fe-php-host
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+		-e 's|@VERSION@|$(VERSION)|' fe_php.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/fe_php.pc
+
 clean:
 	$(CARGO) clean
+	rm -f examples/c/fephp_demo

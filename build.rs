@@ -15,6 +15,9 @@ fn main() {
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     generate_header(&dir, &out);
+    // The soname carries the major version: hosts link against libfe_php.so.MAJOR.
+    let major = std::env::var("CARGO_PKG_VERSION_MAJOR").expect("CARGO_PKG_VERSION_MAJOR");
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libfe_php.so.{major}");
     println!("cargo:rustc-check-cfg=cfg(fephp_embedded)");
     build_sapi_shim(&dir, &out);
 }

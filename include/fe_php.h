@@ -7,6 +7,14 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+/* The version of fe-php this header belongs to; fephp_version() gives the
+ * library's at run time. Within one major version the ABI only grows: functions
+ * and enum values are added, never changed or removed. */
+#define FEPHP_VERSION_MAJOR 0
+#define FEPHP_VERSION_MINOR 1
+#define FEPHP_VERSION_PATCH 0
+#define FEPHP_VERSION "0.1.0"
+
 
 /**
  * Where `fephp_route` sends a request.

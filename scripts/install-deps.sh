@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential pkg-config curl wrk valgrind
+  build-essential pkg-config curl wrk valgrind golang-go
   clang libclang-dev
   libphp8.2-embed php8.2-dev php8.2-cli php8.2-fpm
   nginx nginx-dev

@@ -1,7 +1,7 @@
 //! Tests of the C ABI from Rust: header freshness, NULL handling, body reading.
 
 use super::*;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::ptr;
 
 #[test]
@@ -14,6 +14,27 @@ fn committed_header_is_fresh() {
         generated == committed,
         "include/fe_php.h is stale: run `make header` and commit it"
     );
+}
+
+#[test]
+fn header_version_macros_match_the_crate() {
+    let header = include_str!(concat!(env!("OUT_DIR"), "/fe_php.h"));
+    for (name, value) in [
+        ("FEPHP_VERSION_MAJOR", env!("CARGO_PKG_VERSION_MAJOR")),
+        ("FEPHP_VERSION_MINOR", env!("CARGO_PKG_VERSION_MINOR")),
+        ("FEPHP_VERSION_PATCH", env!("CARGO_PKG_VERSION_PATCH")),
+        (
+            "FEPHP_VERSION",
+            concat!("\"", env!("CARGO_PKG_VERSION"), "\""),
+        ),
+    ] {
+        assert!(
+            header.contains(&format!("#define {name} {value}\n")),
+            "{name} in cbindgen.toml must be {value}"
+        );
+    }
+    let v = unsafe { CStr::from_ptr(fephp_version()) };
+    assert_eq!(v.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
 }
 
 #[test]

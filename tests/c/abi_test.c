@@ -66,9 +66,47 @@ static void on_response(void *userdata, fephp_result result, fephp_response *res
     a->response = response;
 }
 
+/* Many requests of every kind against an engine with the embedded backend:
+ * PHP (GET and POST), static files, health, 404, traversal. */
+static void mixed_requests(const fephp_engine *engine, int rounds) {
+    fephp_header form[1] = {{S("Content-Type"), S("application/x-www-form-urlencoded")}};
+    for (int i = 0; i < rounds; i++) {
+        fephp_response *resp = NULL;
+        fephp_request req = get("/hello.php", NULL, 0);
+        CHECK(fephp_handle_request(engine, &req, &resp) == FEPHP_RESULT_OK);
+        CHECK(fephp_response_status(resp) == 200);
+        char body[256];
+        size_t n = 0, total = 0;
+        do {
+            CHECK(fephp_response_body_read(resp, (uint8_t *)body + total, sizeof body - 1 - total, &n) == FEPHP_RESULT_OK);
+            total += n;
+        } while (n > 0 && total < sizeof body - 1);
+        body[total] = 0;
+        CHECK(strstr(body, "Hello from PHP") != NULL);
+        fephp_response_free(resp);
+
+        req = get("/hello.php?x=1", form, 1);
+        req.method = S("POST");
+        req.body = (const uint8_t *)"a=1&b=2";
+        req.body_len = 7;
+        CHECK(fephp_handle_request(engine, &req, &resp) == FEPHP_RESULT_OK);
+        CHECK(fephp_response_status(resp) == 200);
+        fephp_response_free(resp);
+
+        const char *targets[] = {"/css/site.css", "/_health", "/missing.php", "/..%2fx", "/docs"};
+        const uint16_t want[] = {200, 200, 404, 400, 301};
+        for (size_t t = 0; t < sizeof targets / sizeof targets[0]; t++) {
+            req = get(targets[t], NULL, 0);
+            CHECK(fephp_handle_request(engine, &req, &resp) == FEPHP_RESULT_OK);
+            CHECK(fephp_response_status(resp) == want[t]);
+            fephp_response_free(resp);
+        }
+    }
+}
+
 int main(int argc, char **argv) {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s STATIC_ROOT\n", argv[0]);
+    if (argc < 2 || argc > 3) {
+        fprintf(stderr, "usage: %s STATIC_ROOT [LIBPHP]\n", argv[0]);
         return 2;
     }
     const char *root = argv[1];
@@ -179,6 +217,35 @@ int main(int argc, char **argv) {
     CHECK(len > 0);
 
     fephp_engine_free(engine);
+
+    /* With libphp: an engine with the embedded backend, then a reload (a new
+     * engine from the same configuration, the old one freed), each serving a mixed
+     * sequence of requests. */
+    if (argc == 3) {
+        snprintf(toml, sizeof toml,
+                 "[backend]\n"
+                 "default_backend = \"embedded\"\n"
+                 "[backend.static_files]\n"
+                 "enable = true\n"
+                 "root = \"%s\"\n"
+                 "[php]\n"
+                 "libphp_path = \"%s\"\n",
+                 root, argv[2]);
+        for (int generation = 0; generation < 2; generation++) {
+            const fephp_engine *php = NULL;
+            r = fephp_init(NULL, toml, &php);
+            if (r != FEPHP_RESULT_OK) {
+                fephp_last_error(msg, sizeof msg, &len);
+                fprintf(stderr, "fephp_init with PHP failed: %s\n", msg);
+                return 1;
+            }
+            CHECK(fephp_worker_start(php) == FEPHP_RESULT_OK);
+            mixed_requests(php, 25);
+            CHECK(fephp_health(php, msg, sizeof msg, &len, &status) == FEPHP_RESULT_OK);
+            CHECK(strstr(msg, "Embedded backend is healthy") != NULL);
+            fephp_engine_free(php);
+        }
+    }
     fephp_engine_free(NULL);
     fephp_response_free(NULL);
 

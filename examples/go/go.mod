@@ -1,0 +1,3 @@
+module fephp.example/demo
+
+go 1.19
