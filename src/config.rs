@@ -5,11 +5,18 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Default `[php] libphp_path`.
 pub const DEFAULT_LIBPHP_PATH: &str = "/usr/lib/libphp.so";
 /// Default `[server] listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default `[php] fpm_max_connections` (per worker process).
+pub const DEFAULT_FPM_MAX_CONNECTIONS: usize = 8;
+/// Upper bound of `[php] fpm_max_connections`.
+pub const MAX_FPM_MAX_CONNECTIONS: usize = 1024;
+/// Longest duration a timeout setting accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -139,6 +146,21 @@ pub struct PhpConfig {
     pub document_root: Option<PathBuf>,
     /// Script that receives requests matching no file (e.g. "index.php").
     pub front_controller: Option<String>,
+    /// Connections to PHP-FPM one worker process may hold (busy and idle together).
+    /// Keep `workers × fpm_max_connections` ≤ the pool's `pm.max_children`: an open
+    /// connection holds a php-fpm child even while idle.
+    pub fpm_max_connections: usize,
+    /// How long connecting to PHP-FPM may take.
+    pub fpm_connect_timeout: ConfigDuration,
+    /// Longest silence from PHP-FPM between two reads of a response.
+    pub fpm_read_timeout: ConfigDuration,
+    /// Longest wait for PHP-FPM to take more of the request.
+    pub fpm_send_timeout: ConfigDuration,
+    /// Idle pooled connections are closed after this long.
+    pub fpm_idle_timeout: ConfigDuration,
+    /// Health probe: request this path (e.g. php-fpm's `ping.path`) instead of
+    /// FCGI_GET_VALUES.
+    pub fpm_ping_path: Option<String>,
     /// php.ini overrides.
     pub ini: BTreeMap<String, IniValue>,
 }
@@ -151,7 +173,157 @@ impl Default for PhpConfig {
             use_fpm: false,
             document_root: None,
             front_controller: None,
+            fpm_max_connections: DEFAULT_FPM_MAX_CONNECTIONS,
+            fpm_connect_timeout: ConfigDuration(Duration::from_secs(5)),
+            fpm_read_timeout: ConfigDuration(Duration::from_secs(60)),
+            fpm_send_timeout: ConfigDuration(Duration::from_secs(60)),
+            fpm_idle_timeout: ConfigDuration(Duration::from_secs(30)),
+            fpm_ping_path: None,
             ini: BTreeMap::new(),
+        }
+    }
+}
+
+/// A duration as the configuration writes it: a whole number with a unit,
+/// `"500ms"`, `"5s"` or `"2m"` (like nginx's and php-fpm's own settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+impl ConfigDuration {
+    /// Parses `"500ms"`, `"5s"`, `"2m"`; the error says what is accepted.
+    pub fn parse(text: &str) -> Result<ConfigDuration, String> {
+        let t = text.trim();
+        let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+        let (number, unit) = t.split_at(digits);
+        let bad = || {
+            format!("invalid duration \"{text}\": write a whole number with a unit, e.g. \"500ms\", \"5s\" or \"2m\"")
+        };
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        let d = match unit.trim() {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            _ => return Err(bad()),
+        };
+        if d.is_zero() {
+            return Err(format!(
+                "invalid duration \"{text}\": it must be more than 0"
+            ));
+        }
+        if d > MAX_DURATION {
+            return Err(format!(
+                "invalid duration \"{text}\": at most 24 hours (\"1440m\")"
+            ));
+        }
+        Ok(ConfigDuration(d))
+    }
+}
+
+impl fmt::Display for ConfigDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ConfigDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration with a unit, e.g. \"500ms\", \"5s\" or \"2m\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ConfigDuration, E> {
+                ConfigDuration::parse(v).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ConfigDuration, E> {
+                Err(E::custom(format!(
+                    "durations need a unit: write \"{v}s\" (or \"500ms\", \"2m\"), not {v}"
+                )))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<ConfigDuration, E> {
+                Err(E::custom(format!(
+                    "durations need a unit: write e.g. \"500ms\" or \"5s\", not {v}"
+                )))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// Where PHP-FPM listens, from `[php] fpm_socket`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FpmAddress {
+    /// "127.0.0.1:9000", "[::1]:9000" or "host:9000" (resolved when connecting).
+    Tcp(String),
+    /// "/run/php/php8.2-fpm.sock" or "unix:/run/php/php8.2-fpm.sock".
+    Unix(PathBuf),
+}
+
+impl FpmAddress {
+    /// The accepted forms, for messages.
+    pub const FORMS: &'static str = "\"127.0.0.1:9000\", \"[::1]:9000\", \"localhost:9000\", \"/run/php/php8.2-fpm.sock\" or \"unix:/run/php/php8.2-fpm.sock\"";
+
+    /// Parses a non-empty `fpm_socket`; the error says what is wrong with it.
+    pub fn parse(text: &str) -> Result<FpmAddress, String> {
+        let t = text.trim();
+        if let Some(path) = t.strip_prefix("unix:") {
+            return if path.starts_with('/') {
+                Ok(FpmAddress::Unix(PathBuf::from(path)))
+            } else {
+                Err("a Unix socket path must be absolute".to_owned())
+            };
+        }
+        if t.starts_with('/') {
+            return Ok(FpmAddress::Unix(PathBuf::from(t)));
+        }
+        let (host, port) = if let Some(rest) = t.strip_prefix('[') {
+            let Some((v6, port)) = rest.split_once(']') else {
+                return Err("an IPv6 address needs its closing ']'".to_owned());
+            };
+            if v6.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("'{v6}' is not an IPv6 address"));
+            }
+            let Some(port) = port.strip_prefix(':') else {
+                return Err("a TCP address needs a port".to_owned());
+            };
+            (v6, port)
+        } else {
+            match t.rsplit_once(':') {
+                None if t.contains('/') || t.ends_with(".sock") => {
+                    return Err("a Unix socket path must be absolute".to_owned())
+                }
+                None => return Err("a TCP address needs a port".to_owned()),
+                Some((host, _)) if host.contains(':') => {
+                    return Err("write an IPv6 address in brackets".to_owned())
+                }
+                Some((host, port)) => (host, port),
+            }
+        };
+        let valid_host = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_'));
+        if !valid_host {
+            return Err(format!("'{host}' is not a host name or IP address"));
+        }
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(FpmAddress::Tcp(t.to_owned())),
+            _ => Err(format!("'{port}' is not a port (1-65535)")),
+        }
+    }
+}
+
+impl fmt::Display for FpmAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FpmAddress::Tcp(a) => f.write_str(a),
+            FpmAddress::Unix(p) => write!(f, "unix:{}", p.display()),
         }
     }
 }
@@ -499,6 +671,28 @@ impl Config {
                 ));
             }
         }
+        if fpm_configured {
+            if let Err(why) = FpmAddress::parse(&php.fpm_socket) {
+                problems.push(format!(
+                    "[php] fpm_socket \"{}\" is not a PHP-FPM address: {why}.\n    Use {}.",
+                    php.fpm_socket,
+                    FpmAddress::FORMS
+                ));
+            }
+        }
+        if php.fpm_max_connections == 0 || php.fpm_max_connections > MAX_FPM_MAX_CONNECTIONS {
+            problems.push(format!(
+                "[php] fpm_max_connections = {} is out of range: use 1 to {MAX_FPM_MAX_CONNECTIONS}.\n    It bounds the connections each worker process opens to PHP-FPM; keep workers × fpm_max_connections ≤ the pool's pm.max_children.",
+                php.fpm_max_connections
+            ));
+        }
+        if let Some(p) = &php.fpm_ping_path {
+            if !p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                problems.push(format!(
+                    "[php] fpm_ping_path '{p}' must be a path starting with '/' without spaces (e.g. \"/ping\", php-fpm's ping.path)."
+                ));
+            }
+        }
         if !self.backend.health_path.is_empty() && !self.backend.health_path.starts_with('/') {
             problems.push(format!(
                 "[backend] health_path '{}' must start with '/' (or be \"\" to disable it).",
@@ -788,6 +982,130 @@ mod tests {
             e.contains("root /no/such/dir is not a readable directory"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn fastcgi_keys_and_defaults() {
+        let php = parse("").php;
+        assert_eq!(php.fpm_max_connections, 8);
+        assert_eq!(php.fpm_connect_timeout.0, Duration::from_secs(5));
+        assert_eq!(php.fpm_read_timeout.0, Duration::from_secs(60));
+        assert_eq!(php.fpm_send_timeout.0, Duration::from_secs(60));
+        assert_eq!(php.fpm_idle_timeout.0, Duration::from_secs(30));
+        assert_eq!(php.fpm_ping_path, None);
+        let php = parse(
+            "[php]\nfpm_max_connections = 4\nfpm_connect_timeout = \"500ms\"\nfpm_read_timeout = \"2m\"\nfpm_send_timeout = \"10s\"\nfpm_idle_timeout = \"1s\"\nfpm_ping_path = \"/ping\"\n",
+        )
+        .php;
+        assert_eq!(php.fpm_max_connections, 4);
+        assert_eq!(php.fpm_connect_timeout.0, Duration::from_millis(500));
+        assert_eq!(php.fpm_read_timeout.0, Duration::from_secs(120));
+        assert_eq!(php.fpm_send_timeout.0, Duration::from_secs(10));
+        assert_eq!(php.fpm_idle_timeout.0, Duration::from_secs(1));
+        assert_eq!(php.fpm_ping_path.as_deref(), Some("/ping"));
+        assert_eq!(php.fpm_connect_timeout.to_string(), "500ms");
+        assert_eq!(php.fpm_read_timeout.to_string(), "120s");
+    }
+
+    #[test]
+    fn durations_need_a_unit() {
+        let e = Config::from_toml("[php]\n\nfpm_read_timeout = 60\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("fpm_read_timeout = 60"), "{e}");
+        assert!(
+            e.contains("durations need a unit: write \"60s\" (or \"500ms\", \"2m\"), not 60"),
+            "{e}"
+        );
+        for (value, why) in [
+            ("\"5 sec\"", "invalid duration \"5 sec\": write a whole number with a unit, e.g. \"500ms\", \"5s\" or \"2m\""),
+            ("\"1.5s\"", "invalid duration \"1.5s\": write a whole number with a unit"),
+            ("\"s\"", "invalid duration \"s\": write a whole number"),
+            ("\"0s\"", "invalid duration \"0s\": it must be more than 0"),
+            ("\"1441m\"", "invalid duration \"1441m\": at most 24 hours (\"1440m\")"),
+            ("1.5", "durations need a unit: write e.g. \"500ms\" or \"5s\", not 1.5"),
+        ] {
+            let e = Config::from_toml(&format!("[php]\nfpm_connect_timeout = {value}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{value}: {e}");
+            assert!(e.contains("line 2"), "{value}: {e}");
+        }
+    }
+
+    #[test]
+    fn fpm_socket_forms() {
+        for ok in [
+            "127.0.0.1:9000",
+            "[::1]:9000",
+            "localhost:9000",
+            "php-fpm_1.internal:9000",
+            "/run/php/php8.2-fpm.sock",
+            "unix:/run/php/php8.2-fpm.sock",
+        ] {
+            assert!(FpmAddress::parse(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(
+            FpmAddress::parse("unix:/run/php/x.sock").unwrap(),
+            FpmAddress::Unix(PathBuf::from("/run/php/x.sock"))
+        );
+        assert_eq!(
+            FpmAddress::parse("[::1]:9000").unwrap(),
+            FpmAddress::Tcp("[::1]:9000".to_owned())
+        );
+        for (bad, why) in [
+            ("localhost", "a TCP address needs a port"),
+            ("[::1]", "a TCP address needs a port"),
+            ("::1:9000", "write an IPv6 address in brackets"),
+            ("[::1:9000", "an IPv6 address needs its closing ']'"),
+            ("[nope]:9000", "'nope' is not an IPv6 address"),
+            ("127.0.0.1:0", "'0' is not a port (1-65535)"),
+            ("127.0.0.1:99999", "'99999' is not a port (1-65535)"),
+            (":9000", "'' is not a host name or IP address"),
+            ("php fpm:9000", "'php fpm' is not a host name or IP address"),
+            ("unix:run/php.sock", "a Unix socket path must be absolute"),
+            (
+                "run/php/php8.2-fpm.sock",
+                "a Unix socket path must be absolute",
+            ),
+        ] {
+            assert_eq!(FpmAddress::parse(bad).unwrap_err(), why, "{bad}");
+        }
+        let e = err(
+            "[backend]\ndefault_backend = \"fastcgi\"\n[php]\nfpm_socket = \"localhost\"\n",
+            BUILT,
+        );
+        assert!(
+            e.contains("[php] fpm_socket \"localhost\" is not a PHP-FPM address: a TCP address needs a port.\n    Use \"127.0.0.1:9000\", \"[::1]:9000\", \"localhost:9000\", \"/run/php/php8.2-fpm.sock\" or \"unix:/run/php/php8.2-fpm.sock\"."),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn fastcgi_limits_are_validated() {
+        let base =
+            "[backend]\ndefault_backend = \"fastcgi\"\n[php]\nfpm_socket = \"127.0.0.1:9000\"\n";
+        let e = err(&format!("{base}fpm_max_connections = 0\n"), BUILT);
+        assert!(
+            e.contains("[php] fpm_max_connections = 0 is out of range: use 1 to 1024.\n    It bounds the connections each worker process opens to PHP-FPM; keep workers × fpm_max_connections ≤ the pool's pm.max_children."),
+            "{e}"
+        );
+        let e = err(&format!("{base}fpm_max_connections = 5000\n"), BUILT);
+        assert!(
+            e.contains("fpm_max_connections = 5000 is out of range"),
+            "{e}"
+        );
+        let e = err(&format!("{base}fpm_ping_path = \"ping\"\n"), BUILT);
+        assert!(
+            e.contains("[php] fpm_ping_path 'ping' must be a path starting with '/' without spaces (e.g. \"/ping\", php-fpm's ping.path)."),
+            "{e}"
+        );
+        assert!(parse(&format!(
+            "{base}fpm_max_connections = 1\nfpm_ping_path = \"/ping\"\n"
+        ))
+        .validate(BUILT)
+        .is_ok());
     }
 
     #[test]

@@ -2,15 +2,16 @@
 //! Hosts reach it through the C ABI (`ffi`); tests drive it directly.
 
 use crate::backends::embedded::{self, Completion, Embedded, Job};
+use crate::backends::fastcgi::FastCgi;
 use crate::backends::static_files::{self, StaticFiles};
 use crate::backends::BUILT;
-use crate::cgi::{self, Resolution};
+use crate::cgi::{self, CgiVars, Resolution};
 use crate::config::{Availability, BackendKind, Config, ConfigError, Validated};
 use crate::health::{BackendHealth, Backends, Health};
 use crate::http::{Body, Request, Response};
 use crate::path::{self, PathError};
 use crate::router::{Route, Router};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where a request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,7 @@ pub struct Engine {
     static_files: Option<StaticFiles>,
     php: Option<PhpSite>,
     embedded: Option<Embedded>,
+    fastcgi: Option<FastCgi>,
 }
 
 impl Engine {
@@ -87,12 +89,19 @@ impl Engine {
         } else {
             None
         };
+        let fastcgi = match (&php, validated.fastcgi.is_available()) {
+            (Some(site), true) => {
+                Some(FastCgi::new(&validated.config.php, &site.root).map_err(fail)?)
+            }
+            _ => None,
+        };
         Ok(Engine {
             validated,
             router,
             static_files,
             php,
             embedded,
+            fastcgi,
         })
     }
 
@@ -114,11 +123,14 @@ impl Engine {
         self.embedded.as_ref().map(|e| e.php_version())
     }
 
-    /// Per-process start, after a host forks its workers: threads (the PHP thread)
-    /// start here, never before the fork.
+    /// Per-process start, after a host forks its workers: threads (the PHP thread,
+    /// the FastCGI thread) start here, never before the fork.
     pub fn worker_start(&self) -> Result<(), String> {
-        match &self.embedded {
-            Some(e) => e.worker_start(),
+        if let Some(e) = &self.embedded {
+            e.worker_start()?;
+        }
+        match &self.fastcgi {
+            Some(f) => f.worker_start(),
             None => Ok(()),
         }
     }
@@ -151,15 +163,15 @@ impl Engine {
     }
 
     /// Runs a request; `complete` gets the response exactly once — before this
-    /// returns for static files, health and errors, later (from the PHP thread) for
-    /// PHP.
+    /// returns for static files, health and errors, later (from the PHP or FastCGI
+    /// thread) for PHP, and for health when PHP-FPM is probed.
     pub fn handle_async(&self, req: &Request<'_>, complete: Completion) {
         let t = match path::split_target(req.target) {
             Ok(t) => t,
             Err(e) => return complete(bad_request(e)),
         };
         if self.is_health(t.raw_path) {
-            return complete(self.health_response(req));
+            return self.health_response(req, complete);
         }
         let normalized = match path::normalize(t.raw_path) {
             Ok(p) => p,
@@ -172,21 +184,38 @@ impl Engine {
                 None => unavailable(BackendKind::Static, self.availability(BackendKind::Static)),
             }),
             BackendKind::Embedded => match (&self.embedded, &self.php) {
-                (Some(e), Some(site)) => {
-                    self.php_request(req, &normalized, t.query, site, complete, |job| {
-                        e.submit(job)
-                    })
-                }
+                (Some(e), Some(site)) => self.php_request(
+                    req,
+                    &normalized,
+                    t.query,
+                    site,
+                    complete,
+                    |filename, vars, complete| e.submit(Job::new(req, filename, vars, complete)),
+                ),
                 _ => complete(unavailable(
                     BackendKind::Embedded,
                     self.availability(BackendKind::Embedded),
                 )),
             },
-            kind => complete(unavailable(kind, self.availability(kind))),
+            BackendKind::FastCgi => match (&self.fastcgi, &self.php) {
+                (Some(f), Some(site)) => self.php_request(
+                    req,
+                    &normalized,
+                    t.query,
+                    site,
+                    complete,
+                    |_, vars, complete| f.submit(req, vars, complete),
+                ),
+                _ => complete(unavailable(
+                    BackendKind::FastCgi,
+                    self.availability(BackendKind::FastCgi),
+                )),
+            },
         }
     }
 
-    /// Script resolution shared by the PHP backends; `run` queues the script.
+    /// Script resolution shared by the PHP backends; `run` queues the script
+    /// (its file name and CGI variables).
     fn php_request(
         &self,
         req: &Request<'_>,
@@ -194,7 +223,7 @@ impl Engine {
         query: Option<&str>,
         site: &PhpSite,
         complete: Completion,
-        run: impl FnOnce(Job),
+        run: impl FnOnce(&Path, CgiVars, Completion),
     ) {
         match cgi::resolve(&site.files, normalized, site.front_controller.as_deref()) {
             Resolution::Script {
@@ -203,7 +232,7 @@ impl Engine {
             } => {
                 let vars = cgi::variables(req, &site.root, &script_name, &path_info, query);
                 let filename = site.root.join(script_name.trim_start_matches('/'));
-                run(Job::new(req, &filename, vars, complete));
+                run(&filename, vars, complete);
             }
             Resolution::Static if site.serve_static => {
                 complete(site.files.serve(req, normalized, query))
@@ -213,26 +242,36 @@ impl Engine {
         }
     }
 
-    fn health_response(&self, req: &Request<'_>) -> Response {
+    /// Answers the health path; with FastCGI the probe runs on the FastCGI thread,
+    /// so the host's thread never waits for PHP-FPM.
+    fn health_response(&self, req: &Request<'_>, complete: Completion) {
         if req.method != "GET" && req.method != "HEAD" {
-            return Response::error(405, None).header("Allow", "GET, HEAD");
+            return complete(Response::error(405, None).header("Allow", "GET, HEAD"));
         }
-        let health = self.health();
-        let json = health.to_json().into_bytes();
-        let resp = Response::new(health.http_status())
-            .header("Content-Type", "application/json")
-            .header("Cache-Control", "no-store")
-            .header("Content-Length", json.len().to_string())
-            .with_body(Body::Bytes(json));
-        if req.is_head() {
-            resp.for_head()
-        } else {
-            resp
+        let head = req.is_head();
+        match &self.fastcgi {
+            Some(f) => {
+                let mut backends = self.health_without_fastcgi();
+                f.probe(Box::new(move |fastcgi| {
+                    backends.fastcgi = fastcgi;
+                    complete(health_document(Health::new(backends), head))
+                }));
+            }
+            None => complete(health_document(self.health(), head)),
         }
     }
 
-    /// Checks every backend.
+    /// Checks every backend (PHP-FPM probed from this thread).
     pub fn health(&self) -> Health {
+        let mut backends = self.health_without_fastcgi();
+        if let Some(f) = &self.fastcgi {
+            backends.fastcgi = f.probe_blocking();
+        }
+        Health::new(backends)
+    }
+
+    /// Every entry; the FastCGI one says "not available" until it is probed.
+    fn health_without_fastcgi(&self) -> Backends {
         let unavailable = |kind: BackendKind| {
             let why = match self.availability(kind) {
                 Availability::Unavailable(w) => w.clone(),
@@ -271,11 +310,11 @@ impl Engine {
             },
             None => unavailable(BackendKind::Embedded),
         };
-        Health::new(Backends {
+        Backends {
             embedded,
             fastcgi: unavailable(BackendKind::FastCgi),
             static_files,
-        })
+        }
     }
 
     /// Worker processes a host should run: `[server] workers`, 0 meaning one per core.
@@ -294,6 +333,21 @@ fn title(kind: BackendKind) -> &'static str {
         BackendKind::Embedded => "Embedded",
         BackendKind::FastCgi => "FastCGI",
         BackendKind::Static => "Static",
+    }
+}
+
+/// The health JSON as a response (headers only for HEAD).
+fn health_document(health: Health, head: bool) -> Response {
+    let json = health.to_json().into_bytes();
+    let resp = Response::new(health.http_status())
+        .header("Content-Type", "application/json")
+        .header("Cache-Control", "no-store")
+        .header("Content-Length", json.len().to_string())
+        .with_body(Body::Bytes(json));
+    if head {
+        resp.for_head()
+    } else {
+        resp
     }
 }
 
@@ -339,6 +393,45 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("libphp.so not found at: /nonexistent"));
+    }
+
+    #[test]
+    fn fastcgi_unreachable_is_502_and_unhealthy() {
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let missing = "/nonexistent/php-fpm.sock";
+        for socket in [closed.as_str(), missing] {
+            let e = engine(&format!(
+                "fpm_socket = \"{socket}\"\n[[backend.routing_rules]]\npattern = {{ type = \"suffix\", value = \".php\" }}\nbackend = \"fastcgi\"\n"
+            ));
+            e.worker_start().unwrap();
+            assert_eq!(
+                e.route("/hello.php").unwrap(),
+                Decision::Backend(Route {
+                    backend: BackendKind::FastCgi,
+                    rule: Some(0)
+                })
+            );
+            let resp = e.handle(&Request::get("/hello.php"));
+            assert_eq!(resp.status, 502, "{socket}");
+            let Body::Bytes(b) = &resp.body else { panic!() };
+            assert_eq!(
+                b.as_slice(),
+                b"502 Bad Gateway\nPHP-FPM is not reachable.\n"
+            );
+            // A missing script is 404 without asking PHP-FPM.
+            assert_eq!(e.handle(&Request::get("/missing.php")).status, 404);
+
+            let health = e.health();
+            assert_eq!(health.http_status(), 503);
+            let f = &health.backends.fastcgi;
+            assert!(f.enabled && !f.healthy && f.latency_ms.is_none());
+            assert!(f.message.contains(socket), "{}", f.message);
+            let resp = e.handle(&Request::get("/_health"));
+            assert_eq!(resp.status, 503);
+        }
     }
 
     #[test]

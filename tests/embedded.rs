@@ -383,11 +383,11 @@ fn connection_aborted_tells_the_script_the_client_left() {
     assert!(n > 0 && buf.starts_with(b"HTTP/1.1 200"));
     drop(s);
     let marker = h.dir.path().join("www/aborted.txt");
-    let deadline = Instant::now() + Duration::from_secs(8);
+    let deadline = Instant::now() + Duration::from_secs(15);
     while !marker.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let at = std::fs::read_to_string(&marker).expect("the script never finished");
+    let at = std::fs::read_to_string(&marker).unwrap_or_else(|_| panic!("the script never finished; log:\n{}", h.stderr()));
     assert_ne!(at, "never", "connection_aborted() never became true");
     assert!(
         at.parse::<u32>().unwrap() < 20,

@@ -552,8 +552,8 @@ pub unsafe extern "C" fn fephp_handle_request(
 
 /// Starts a request and returns without waiting for it. `callback` is called
 /// exactly once with the response (or an error): either on the calling thread
-/// before this function returns (static files, health, errors), or later on an
-/// engine thread. `request` is copied before this returns, except `body_read`,
+/// before this function returns (static files, errors, health without FastCGI),
+/// or later on an engine thread (PHP; health when it probes PHP-FPM). `request` is copied before this returns, except `body_read`,
 /// which must stay callable until the callback has run.
 ///
 /// Returns an error (and does not call `callback`) only for invalid arguments.

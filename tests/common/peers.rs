@@ -100,9 +100,17 @@ pub struct PhpFpmBuilder {
     max_children: usize,
     ini: Vec<(String, String)>,
     pool_lines: Vec<String>,
+    tcp_address: Option<String>,
 }
 
 impl PhpFpmBuilder {
+    /// With `FpmListen::Tcp`: listen on this address (e.g. "[::1]:PORT") instead of a
+    /// free port on 127.0.0.1.
+    pub fn tcp_address(mut self, address: &str) -> Self {
+        self.tcp_address = Some(address.to_owned());
+        self
+    }
+
     /// `pm = static` with this many children (default 4).
     pub fn max_children(mut self, n: usize) -> Self {
         self.max_children = n;
@@ -127,7 +135,10 @@ impl PhpFpmBuilder {
             .tempdir()
             .unwrap();
         let address = match self.listen {
-            FpmListen::Tcp => format!("127.0.0.1:{}", free_port()),
+            FpmListen::Tcp => self
+                .tcp_address
+                .clone()
+                .unwrap_or_else(|| format!("127.0.0.1:{}", free_port())),
             FpmListen::Unix => dir.path().join("php-fpm.sock").display().to_string(),
         };
         let d = dir.path().display();
@@ -198,6 +209,7 @@ impl PhpFpm {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             pool_lines: Vec::new(),
+            tcp_address: None,
         }
     }
 

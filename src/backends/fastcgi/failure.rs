@@ -1,0 +1,163 @@
+//! Why a request to PHP-FPM failed: the status and short page the client gets,
+//! and the log line that says what to check (in the tone of the design's
+//! troubleshooting section).
+
+use super::client::ConnectError;
+use super::Settings;
+use crate::http::Response;
+use std::io;
+use std::time::Duration;
+
+/// Why a request to PHP-FPM failed: the status and short page the client gets,
+/// and the log line that says what to check.
+#[derive(Debug)]
+pub struct Failure {
+    pub status: u16,
+    /// One line for the error page.
+    pub hint: String,
+    /// What happened and what to check; `None` when there is nothing to log.
+    pub log: Option<String>,
+    /// A stale kept-alive connection's symptoms (reset, EPIPE, EOF before any
+    /// response byte): the request may go again on a fresh connection.
+    pub stale: bool,
+}
+
+/// The usual reason every php-fpm child is taken.
+const HELD: &str = "every pm.max_children busy, or held by idle kept-alive connections (keep workers × fpm_max_connections ≤ pm.max_children)";
+
+const CHECK_LOG: &str = "check PHP-FPM's error log (e.g. /var/log/php8.2-fpm.log) for a crashed child or request_terminate_timeout";
+
+impl Failure {
+    pub fn new(status: u16, hint: &str, log: String) -> Failure {
+        Failure {
+            status,
+            hint: hint.to_owned(),
+            log: Some(log),
+            stale: false,
+        }
+    }
+
+    pub fn bad_response(detail: String) -> Failure {
+        Failure::new(
+            502,
+            "PHP sent an invalid response.",
+            format!("invalid CGI response from PHP: {detail}"),
+        )
+    }
+
+    pub fn bad_protocol(detail: String) -> Failure {
+        Failure::new(
+            502,
+            "PHP-FPM sent an invalid FastCGI response.",
+            format!("invalid FastCGI response: {detail}: is [php] fpm_socket really PHP-FPM's FastCGI socket (its pool's `listen =`), not an HTTP port?"),
+        )
+    }
+
+    pub fn refused(status_name: &str) -> Failure {
+        Failure::new(
+            502,
+            "PHP-FPM refused the request.",
+            format!("PHP-FPM ended the request with {status_name}: check its pool configuration and error log"),
+        )
+    }
+
+    pub fn client_gone() -> Failure {
+        Failure::abandoned("the client closed the connection")
+    }
+
+    /// The response has been answered already; the exchange stops here.
+    pub fn abandoned(why: &str) -> Failure {
+        Failure {
+            status: 502,
+            hint: why.to_owned(),
+            log: None,
+            stale: false,
+        }
+    }
+
+    pub fn eof(received: bool) -> Failure {
+        Failure {
+            stale: !received,
+            ..Failure::new(
+                502,
+                "PHP-FPM closed the connection before the response ended.",
+                format!("PHP-FPM closed the connection before END_REQUEST: {CHECK_LOG}"),
+            )
+        }
+    }
+
+    pub fn io(e: io::Error, received: bool) -> Failure {
+        use io::ErrorKind::*;
+        let stale =
+            !received && matches!(e.kind(), ConnectionReset | BrokenPipe | ConnectionAborted);
+        Failure {
+            stale,
+            ..Failure::new(
+                502,
+                "The connection to PHP-FPM failed.",
+                format!("the connection to PHP-FPM failed: {e}: {CHECK_LOG}"),
+            )
+        }
+    }
+
+    pub fn read_timeout(t: Duration) -> Failure {
+        Failure::new(
+            504,
+            "PHP-FPM did not answer in time.",
+            format!("PHP-FPM sent nothing for {} ([php] fpm_read_timeout): the script runs longer than that (raise fpm_read_timeout, or find it with php-fpm's request_slowlog_timeout), or no child took the request: {HELD}", show(t)),
+        )
+    }
+
+    pub fn pool_busy(max_connections: usize, waited: Duration) -> Failure {
+        Failure::new(
+            504,
+            "PHP-FPM is busy.",
+            format!("all {max_connections} connections to PHP-FPM ([php] fpm_max_connections, per worker process) stayed busy for {} ([php] fpm_read_timeout): raise pm.max_children and fpm_max_connections together, or find the slow scripts", show(waited)),
+        )
+    }
+
+    pub fn send_timeout(t: Duration) -> Failure {
+        Failure::new(
+            504,
+            "PHP-FPM did not take the request in time.",
+            format!("PHP-FPM read nothing of the request for {} ([php] fpm_send_timeout): no child took it: {HELD}; php-fpm's status page (pm.status_path) shows its children", show(t)),
+        )
+    }
+
+    pub fn connect(e: ConnectError, s: &Settings) -> Failure {
+        let running = format!(
+            "PHP-FPM is not running or fpm_socket is wrong: check `ps aux | grep php-fpm` and [php] fpm_socket = \"{}\" (it must match the pool's `listen =`)",
+            s.socket
+        );
+        match e {
+            ConnectError::Timeout => Failure::new(
+                504,
+                "PHP-FPM did not accept the connection in time.",
+                format!("connecting to PHP-FPM at {} took longer than {} ([php] fpm_connect_timeout): is the host reachable? Or php-fpm's listen queue is full: {HELD}", s.socket, show(s.timeouts.connect)),
+            ),
+            ConnectError::Io(e) => {
+                let why = match e.kind() {
+                    io::ErrorKind::ConnectionRefused => format!("connection refused: {running}"),
+                    io::ErrorKind::NotFound => format!("the socket does not exist: {running}"),
+                    io::ErrorKind::PermissionDenied => "permission denied: let fe-php's user use the socket (listen.owner, listen.group and listen.mode in the pool configuration)".to_owned(),
+                    _ => format!("{e}: {running}"),
+                };
+                Failure::new(
+                    502,
+                    "PHP-FPM is not reachable.",
+                    format!("cannot connect to PHP-FPM at {}: {why}", s.socket),
+                )
+            }
+        }
+    }
+
+    /// The error page.
+    pub fn response(&self) -> Response {
+        Response::error(self.status, Some(&self.hint))
+    }
+}
+
+/// "5s", "500ms".
+pub fn show(d: Duration) -> String {
+    crate::config::ConfigDuration(d).to_string()
+}

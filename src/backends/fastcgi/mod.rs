@@ -1,0 +1,321 @@
+//! The FastCGI backend: PHP-FPM over TCP or a Unix socket, with a bounded pool of
+//! kept-alive connections per worker process.
+//!
+//! Each worker process runs one thread with a current-thread tokio runtime (started
+//! after the fork, found by pid like the embedded backend's PHP thread); requests
+//! are queued to it and answered through their completion from it.
+//!
+//! - `protocol`: FastCGI records, encoded and decoded (pure);
+//! - `client`: one request over one connection;
+//! - `response`: PHP's CGI output turned into a `Response`, buffered or streamed;
+//! - `pool`: the bounded, kept-alive connections of one process, and a request's run;
+//! - `probe`: the `/_health` check;
+//! - `failure`: what went wrong, for the client's error page and the log.
+
+mod client;
+mod failure;
+mod pool;
+mod probe;
+mod protocol;
+mod response;
+
+use crate::backends::embedded::Completion;
+use crate::cgi::CgiVars;
+use crate::config::{FpmAddress, PhpConfig};
+use crate::health::BackendHealth;
+use crate::http::{Body, Request, Response};
+use parking_lot::Mutex;
+use pool::Pool;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Whether this build contains the FastCGI backend.
+pub const BUILT: bool = true;
+
+/// The timeouts of one exchange.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    pub connect: Duration,
+    /// Longest silence between two reads.
+    pub read: Duration,
+    /// Longest wait for one write of the request.
+    pub send: Duration,
+}
+
+/// Settings of the backend, from `[php]`.
+struct Settings {
+    address: FpmAddress,
+    /// `fpm_socket` as written, for messages.
+    socket: String,
+    max_connections: usize,
+    timeouts: Timeouts,
+    idle_timeout: Duration,
+    ping_path: Option<String>,
+    document_root: PathBuf,
+}
+
+/// One request, owned, ready for the FastCGI thread.
+struct FcgiJob {
+    /// BEGIN_REQUEST and PARAMS records, the empty one included.
+    request: Vec<u8>,
+    body: Vec<u8>,
+    head: bool,
+    /// For log lines: "GET /index.php?x".
+    log_uri: String,
+    complete: Option<Completion>,
+}
+
+/// A job dropped unrun (the FastCGI thread could not take it) still answers.
+impl Drop for FcgiJob {
+    fn drop(&mut self) {
+        if let Some(c) = self.complete.take() {
+            c(Response::error(
+                503,
+                Some("PHP-FPM is not available in this worker."),
+            ));
+        }
+    }
+}
+
+/// The 431 page for a header PHP-FPM cannot take (`http::reason` has no 431).
+fn header_too_large(e: &protocol::ParamTooLarge) -> Response {
+    let what = match e.name.strip_prefix("HTTP_") {
+        Some(h) => format!("The {} header", header_name(h)),
+        None => format!("The {} variable", e.name),
+    };
+    let text = format!(
+        "431 Request Header Fields Too Large\n{what} is {} bytes; PHP-FPM takes at most {}.\n",
+        e.value_len, e.max_value_len
+    );
+    Response::new(431)
+        .header("Content-Type", "text/plain; charset=utf-8")
+        .header("Content-Length", text.len().to_string())
+        .with_body(Body::Bytes(text.into_bytes()))
+}
+
+/// "X_FORWARDED_FOR" → "X-Forwarded-For".
+fn header_name(var: &str) -> String {
+    var.split('_')
+        .map(|w| {
+            let mut w = w.to_ascii_lowercase();
+            if let Some(f) = w.get_mut(..1) {
+                f.make_ascii_uppercase();
+            }
+            w
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+impl FcgiJob {
+    /// Encodes the request. CONTENT_LENGTH is the body's exact length; a variable
+    /// too large for one FastCGI record gives the 431 response back instead.
+    fn new(
+        req: &Request<'_>,
+        cgi: CgiVars,
+        complete: Completion,
+    ) -> Result<FcgiJob, (Response, Completion)> {
+        let exact_length = req.body.len().to_string();
+        let mut vars = cgi.vars;
+        for (name, value) in vars.iter_mut() {
+            if name == "CONTENT_LENGTH" && !(value.is_empty() && req.body.is_empty()) {
+                *value = exact_length.clone().into_bytes();
+            }
+        }
+        let size: usize = vars.iter().map(|(n, v)| n.len() + v.len() + 8).sum();
+        let mut request = Vec::with_capacity(size + 64);
+        protocol::push_begin_request(&mut request, true);
+        let pairs = vars.iter().map(|(n, v)| (n.as_bytes(), v.as_slice()));
+        if let Err(e) = protocol::push_params(&mut request, pairs, protocol::MAX_CONTENT) {
+            tracing::warn!(uri = %format!("{} {}", req.method, req.target), "answered 431: {} is {} bytes and PHP-FPM takes at most {} (one FastCGI record per variable)", e.name, e.value_len, e.max_value_len);
+            let resp = header_too_large(&e);
+            return Err((if req.is_head() { resp.for_head() } else { resp }, complete));
+        }
+        Ok(FcgiJob {
+            request,
+            body: req.body.to_vec(),
+            head: req.is_head(),
+            log_uri: format!("{} {}", req.method, req.target),
+            complete: Some(complete),
+        })
+    }
+}
+
+/// Work for the FastCGI thread.
+enum Task {
+    Request(FcgiJob),
+    Probe(Box<dyn FnOnce(BackendHealth) + Send>),
+}
+
+/// The FastCGI thread of one process.
+struct Worker {
+    tx: mpsc::UnboundedSender<Task>,
+}
+
+impl Worker {
+    fn start(settings: Arc<Settings>) -> io::Result<Worker> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            // Blocking work: streamed bodies waiting for slow clients (at most one
+            // per connection) and host name lookups.
+            .max_blocking_threads(settings.max_connections + 4)
+            .thread_name("fastcgi-blocking")
+            .build()?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Task>();
+        std::thread::Builder::new()
+            .name("fastcgi".into())
+            .spawn(move || {
+                let pool = Arc::new(Pool::new(settings));
+                rt.block_on(async move {
+                    let reaper = tokio::spawn({
+                        let pool = pool.clone();
+                        async move {
+                            let every = (pool.settings.idle_timeout / 4)
+                                .clamp(Duration::from_millis(100), Duration::from_secs(5));
+                            let mut tick = tokio::time::interval(every);
+                            loop {
+                                tick.tick().await;
+                                pool.close_idle();
+                            }
+                        }
+                    });
+                    let mut tasks = tokio::task::JoinSet::new();
+                    loop {
+                        tokio::select! {
+                            task = rx.recv() => match task {
+                                Some(Task::Request(job)) => { tasks.spawn(pool::run(pool.clone(), job)); }
+                                Some(Task::Probe(done)) => {
+                                    let settings = pool.settings.clone();
+                                    tasks.spawn(async move { done(probe::probe(&settings).await) });
+                                }
+                                None => break,
+                            },
+                            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                        }
+                    }
+                    // The engine is gone: let in-flight requests finish.
+                    while tasks.join_next().await.is_some() {}
+                    reaper.abort();
+                });
+            })?;
+        Ok(Worker { tx })
+    }
+}
+
+/// The FastCGI backend of one engine.
+pub struct FastCgi {
+    settings: Arc<Settings>,
+    /// This process's FastCGI thread: (pid, worker). Re-created after a fork, since
+    /// threads do not survive one.
+    worker: Mutex<Option<(u32, Arc<Worker>)>>,
+}
+
+impl FastCgi {
+    /// Reads the settings; starts nothing (threads start per process, after fork).
+    pub fn new(php: &PhpConfig, document_root: &Path) -> Result<FastCgi, String> {
+        let address = FpmAddress::parse(&php.fpm_socket)
+            .map_err(|e| format!("[php] fpm_socket \"{}\": {e}", php.fpm_socket))?;
+        Ok(FastCgi {
+            settings: Arc::new(Settings {
+                address,
+                socket: php.fpm_socket.trim().to_owned(),
+                max_connections: php.fpm_max_connections.max(1),
+                timeouts: Timeouts {
+                    connect: php.fpm_connect_timeout.0,
+                    read: php.fpm_read_timeout.0,
+                    send: php.fpm_send_timeout.0,
+                },
+                idle_timeout: php.fpm_idle_timeout.0,
+                ping_path: php.fpm_ping_path.clone(),
+                document_root: document_root.to_owned(),
+            }),
+            worker: Mutex::new(None),
+        })
+    }
+
+    /// Starts this process's FastCGI thread (after fork), if not running yet.
+    pub fn worker_start(&self) -> Result<(), String> {
+        self.worker().map(|_| ())
+    }
+
+    fn worker(&self) -> Result<Arc<Worker>, String> {
+        let pid = std::process::id();
+        let mut slot = self.worker.lock();
+        match slot.take() {
+            Some((p, w)) if p == pid => {
+                *slot = Some((p, w.clone()));
+                return Ok(w);
+            }
+            // Inherited through fork: its thread does not exist here, and dropping
+            // its channel could wake the parent's runtime through a shared eventfd.
+            Some(stale) => std::mem::forget(stale),
+            None => {}
+        }
+        let w = Arc::new(
+            Worker::start(self.settings.clone())
+                .map_err(|e| format!("cannot start the FastCGI thread: {e}"))?,
+        );
+        *slot = Some((pid, w.clone()));
+        Ok(w)
+    }
+
+    /// Queues a request; `complete` runs on the FastCGI thread (or here, at once,
+    /// when the request cannot be sent).
+    pub fn submit(&self, req: &Request<'_>, cgi: CgiVars, complete: Completion) {
+        let job = match FcgiJob::new(req, cgi, complete) {
+            Ok(job) => job,
+            Err((resp, complete)) => return complete(resp),
+        };
+        // A job that cannot be queued drops here and answers 503.
+        match self.worker() {
+            Ok(w) => {
+                if w.tx.send(Task::Request(job)).is_err() {
+                    tracing::error!("the FastCGI thread has stopped; answering 503");
+                }
+            }
+            Err(msg) => tracing::error!("{msg}; answering 503"),
+        }
+    }
+
+    /// Probes PHP-FPM on the FastCGI thread; `done` gets the health entry there.
+    pub fn probe(&self, done: Box<dyn FnOnce(BackendHealth) + Send>) {
+        match self.worker() {
+            Ok(w) => {
+                if let Err(mpsc::error::SendError(Task::Probe(done))) = w.tx.send(Task::Probe(done))
+                {
+                    done(self.probe_blocking());
+                }
+            }
+            Err(_) => done(self.probe_blocking()),
+        }
+    }
+
+    /// Probes PHP-FPM from the calling thread (on a short-lived helper thread with
+    /// its own runtime, so it works anywhere: before fork, inside a runtime).
+    pub fn probe_blocking(&self) -> BackendHealth {
+        let settings = self.settings.clone();
+        let run = move || match tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt.block_on(probe::probe(&settings)),
+            Err(e) => probe::unhealthy(format!("cannot start a runtime for the probe: {e}")),
+        };
+        std::thread::scope(|s| {
+            match std::thread::Builder::new()
+                .name("fastcgi-probe".into())
+                .spawn_scoped(s, run)
+            {
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|_| probe::unhealthy("the probe panicked".to_owned())),
+                Err(e) => probe::unhealthy(format!("cannot start the probe thread: {e}")),
+            }
+        })
+    }
+}
