@@ -394,3 +394,26 @@ fn connection_aborted_tells_the_script_the_client_left() {
         "noticed only after {at} iterations"
     );
 }
+
+#[test]
+fn a_slow_embedded_script_does_not_delay_fastcgi_responses() {
+    use common::peers::{FpmListen, PhpFpm};
+    let dir = tempfile::tempdir().unwrap();
+    site(dir.path());
+    let www = dir.path().join("www");
+    let fpm = PhpFpm::start(&www, FpmListen::Unix);
+    let config = format!(
+        "{CONFIG}\n[[backend.routing_rules]]\npattern = {{ type = \"exact\", value = \"/hello.php\" }}\nbackend = \"fastcgi\"\n"
+    )
+    .replace("[php.ini]", &format!("[php]\nfpm_socket = \"{}\"\ndocument_root = \"{}\"\n\n[php.ini]", fpm.address(), www.display()));
+    let h = Host::start(&config, site);
+    let url = h.url("/slow.php");
+    let slow = std::thread::spawn(move || get(&url));
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let r = get(&h.url("/hello.php"));
+    let took = started.elapsed();
+    assert_eq!((r.status, r.text().as_str()), (200, "Hello, World!"));
+    assert!(took < Duration::from_millis(500), "a FastCGI request took {took:?} behind a slow embedded one");
+    assert_eq!(slow.join().unwrap().text(), "slow done");
+}
