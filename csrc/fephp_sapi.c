@@ -207,6 +207,11 @@ int fephp_sapi_startup(const fephp_sapi_callbacks *callbacks, const char *sapi_n
         sapi_shutdown();
         return -1;
     }
+    /* Zend signals would re-install deferring handlers for SIGTERM, SIGINT, SIGHUP,
+     * SIGQUIT, SIGUSR1/2 and SIGPROF on every request (14 sigaction calls) and chain
+     * to the host's; the host owns those signals, so only the handlers PHP asks for
+     * itself (the SIGPROF time limit) are installed, once. */
+    SIGG(reset) = 0;
     return 0;
 }
 

@@ -417,3 +417,17 @@ fn a_slow_embedded_script_does_not_delay_fastcgi_responses() {
     assert!(took < Duration::from_millis(500), "a FastCGI request took {took:?} behind a slow embedded one");
     assert_eq!(slow.join().unwrap().text(), "slow done");
 }
+
+#[test]
+fn sigterm_lets_a_running_php_request_finish() {
+    let mut h = host(1);
+    let url = h.url("/slow.php");
+    let slow = std::thread::spawn(move || {
+        std::process::Command::new("curl").args(["-s", "-w", " %{http_code}", &url]).output().unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    h.signal(libc::SIGTERM);
+    let out = slow.join().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "slow done 200", "{}", h.stderr());
+    assert!(h.child.wait().unwrap().success());
+}

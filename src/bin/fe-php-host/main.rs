@@ -13,6 +13,11 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+/// mimalloc for the host process: requests allocate on the I/O thread and free on
+/// the PHP thread, which glibc malloc handles with lock contention.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "fe-php-host",
