@@ -90,7 +90,7 @@ enum Kind {
 }
 
 fn kind(root: &StaticFiles, path: &str) -> Kind {
-    match root.open(path).and_then(|f| f.metadata()) {
+    match root.metadata(path) {
         Ok(m) if m.is_file() => Kind::File,
         Ok(m) if m.is_dir() => Kind::Dir,
         _ => Kind::Missing,

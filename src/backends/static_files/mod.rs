@@ -93,10 +93,15 @@ impl StaticFiles {
         }
     }
 
-    /// Opens a file below the root for a PHP backend deciding what a path names.
-    /// `rel` is a normalized path (leading '/' allowed).
-    pub fn open(&self, rel: &str) -> io::Result<File> {
-        self.open_beneath(rel)
+    /// What `rel` (a normalized path, leading '/' allowed) is below the root: for
+    /// the PHP backends' script resolution. Opens with O_PATH, which checks the path
+    /// (with the same confinement to the root) without opening the file itself.
+    pub fn metadata(&self, rel: &str) -> io::Result<Metadata> {
+        let flags = libc::O_PATH | libc::O_CLOEXEC;
+        match self.open_beneath_with(rel, flags) {
+            Ok(f) => f.metadata(),
+            Err(e) => Err(e),
+        }
     }
 
     /// Serves a normalized `path`. `query` is the raw query, kept on redirects.
@@ -291,18 +296,25 @@ impl StaticFiles {
         }
     }
 
-    /// Opens `rel` (a normalized path) without ever leaving the root.
+    /// Opens `rel` (a normalized path) for reading without ever leaving the root.
     fn open_beneath(&self, rel: &str) -> io::Result<File> {
+        // O_NONBLOCK: opening a FIFO planted in the root must not hang the worker.
+        self.open_beneath_with(
+            rel,
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK,
+        )
+    }
+
+    fn open_beneath_with(&self, rel: &str, flags: libc::c_int) -> io::Result<File> {
         let rel = rel.trim_start_matches('/');
         let rel = if rel.is_empty() { "." } else { rel };
         if NO_OPENAT2.load(Ordering::Relaxed) {
-            return self.open_beneath_fallback(rel);
+            return self.open_beneath_fallback(rel, flags);
         }
         let c_rel = CString::new(rel).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: open_how is plain data; all-zero is a valid value.
         let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-        // O_NONBLOCK: opening a FIFO planted in the root must not hang the worker.
-        how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
+        how.flags = flags as u64;
         how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
         // SAFETY: `c_rel` is a valid NUL-terminated string and `how` a valid open_how
         // for the duration of the call; the kernel copies both. A non-negative result
@@ -323,19 +335,23 @@ impl StaticFiles {
         let err = io::Error::last_os_error();
         if err.raw_os_error() == Some(libc::ENOSYS) {
             NO_OPENAT2.store(true, Ordering::Relaxed);
-            return self.open_beneath_fallback(rel);
+            return self.open_beneath_fallback(rel, flags);
         }
         Err(err)
     }
 
     /// For kernels before 5.6: resolve, then check the result is still under the root.
-    fn open_beneath_fallback(&self, rel: &str) -> io::Result<File> {
+    fn open_beneath_fallback(&self, rel: &str, flags: libc::c_int) -> io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
         let root = self.root.canonicalize()?;
         let full = root.join(rel).canonicalize()?;
         if !full.starts_with(&root) {
             return Err(io::Error::from_raw_os_error(libc::EXDEV));
         }
-        File::open(full)
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags & !libc::O_ACCMODE)
+            .open(full)
     }
 }
 
