@@ -14,7 +14,7 @@ BINDIR   ?= $(PREFIX)/bin
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 MAJOR    := $(firstword $(subst ., ,$(VERSION)))
 
-.PHONY: all deps bench-deps build demo test test-rust test-c lint header bench bench-micro install clean
+.PHONY: all deps bench-deps build demo test test-rust test-c lint header bench bench-micro install nginx-module clean
 
 all: build
 
@@ -37,7 +37,8 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-test-rust:
+# tests/nginx_module.rs loads the module into a real nginx.
+test-rust: nginx-module
 	@mkdir -p target
 	set -o pipefail; $(CARGO) test 2>&1 | tee target/test-rust.log
 
@@ -46,6 +47,12 @@ test-rust:
 test-c:
 	@mkdir -p target
 	set -o pipefail; scripts/test-c.sh 2>&1 | tee target/test-c.log
+
+## The nginx dynamic module: target/nginx-module/ngx_http_fephp_module.so, built
+## against Debian's nginx-dev like Debian's nginx (--with-compat, conf_flags).
+nginx-module:
+	$(CARGO) build --lib
+	scripts/build-nginx-module.sh
 
 ## Regenerate include/fe_php.h from src/ffi (commit the result).
 header:

@@ -1,0 +1,1941 @@
+
+/*
+ * Copyright (C) fe-php contributors
+ *
+ * ngx_http_fephp_module: hands a location's requests to libfe_php, which
+ * routes each one to embedded PHP, PHP-FPM or static files (include/fe_php.h).
+ *
+ * Process model: fephp_init() runs while the configuration is parsed, in the
+ * master (PHP's module startup happens before the fork, so OPcache's shared
+ * memory is shared by the workers; a reload builds a new engine the same way);
+ * fephp_worker_start() runs in each worker's init_process.
+ *
+ * Threading: the event loop never waits for the engine.  Requests start with
+ * fephp_handle_request_async(); a completion (or a streamed body's notify)
+ * that arrives on an engine thread only queues its job under a mutex and
+ * writes to an eventfd that the event loop watches; every nginx call happens
+ * on the event loop thread.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+
+#include <fe_php.h>
+
+
+/* a streamed body is read into buffers of this size ... */
+#define NGX_HTTP_FEPHP_STREAM_BUF_SIZE  (64 * 1024)
+/* ... and at most this many are on their way to the client at once */
+#define NGX_HTTP_FEPHP_STREAM_BUFS      4
+/* the engine takes request bodies in memory: refuse larger ones with 413 */
+#define NGX_HTTP_FEPHP_MAX_BODY         (256 * 1024 * 1024)
+
+
+typedef struct {
+    ngx_str_t                   config;
+    const fephp_engine         *engine;
+    u_char                     *used_file;
+    ngx_uint_t                  used_line;
+} ngx_http_fephp_main_conf_t;
+
+
+typedef struct {
+    ngx_flag_t                  enable;
+    ngx_msec_t                  timeout;
+} ngx_http_fephp_loc_conf_t;
+
+
+typedef struct ngx_http_fephp_job_s  ngx_http_fephp_job_t;
+
+/*
+ * One request handed to the engine.  Allocated with ngx_alloc(), not from the
+ * request pool: it outlives the request when the client leaves while the
+ * engine still owes the completion.
+ */
+struct ngx_http_fephp_job_s {
+    /* under ngx_http_fephp_lock: engine threads touch these */
+    ngx_queue_t                 queue;       /* in ngx_http_fephp_ready */
+    ngx_rbtree_node_t           node;        /* in ngx_http_fephp_streams */
+    ngx_uint_t                  queued;
+    ngx_uint_t                  in_tree;
+    ngx_uint_t                  awaiting;    /* the completion has not run */
+    fephp_result                result;
+    fephp_response             *response;   /* ours once awaiting is 0 */
+
+    /* event loop only */
+    ngx_http_request_t         *request;     /* NULL once the request is gone */
+    ngx_event_t                 timer;       /* fephp_timeout on the engine */
+    ngx_msec_t                  timeout;
+    ngx_chain_t                *free;
+    ngx_chain_t                *busy;
+
+    unsigned                    inline_done:1;
+    unsigned                    started:1;
+    unsigned                    streaming:1;
+    unsigned                    done:1;
+};
+
+
+static ngx_int_t ngx_http_fephp_handler(ngx_http_request_t *r);
+static void ngx_http_fephp_body_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_fephp_start(ngx_http_request_t *r);
+static ngx_int_t ngx_http_fephp_build_request(ngx_http_request_t *r,
+    fephp_request *req, u_char **body_copy);
+static ngx_int_t ngx_http_fephp_request_body(ngx_http_request_t *r,
+    fephp_request *req, u_char **body_copy);
+static ngx_int_t ngx_http_fephp_respond(ngx_http_fephp_job_t *job);
+static ngx_int_t ngx_http_fephp_set_headers(ngx_http_request_t *r,
+    fephp_response *resp);
+static void ngx_http_fephp_set_content_type(ngx_http_request_t *r,
+    u_char *value, size_t len);
+static ngx_int_t ngx_http_fephp_send_last(ngx_http_request_t *r,
+    ngx_buf_t *b);
+static ngx_int_t ngx_http_fephp_pump(ngx_http_fephp_job_t *job);
+static void ngx_http_fephp_stream_write_handler(ngx_http_request_t *r);
+static void ngx_http_fephp_timeout_handler(ngx_event_t *ev);
+static void ngx_http_fephp_cleanup(void *data);
+static void ngx_http_fephp_job_free(ngx_http_fephp_job_t *job);
+
+static void ngx_http_fephp_on_response(void *userdata, fephp_result result,
+    fephp_response *response);
+static void ngx_http_fephp_on_body(void *userdata);
+static ngx_uint_t ngx_http_fephp_stream_alive(uintptr_t key);
+static ngx_uint_t ngx_http_fephp_enqueue(ngx_http_fephp_job_t *job);
+static void ngx_http_fephp_wake(void);
+static void ngx_http_fephp_wake_handler(ngx_event_t *rev);
+static void ngx_http_fephp_process(ngx_http_fephp_job_t *job);
+
+static ngx_int_t ngx_http_fephp_last_error(ngx_pool_t *pool, ngx_str_t *msg);
+static void ngx_http_fephp_free_engine(void *data);
+static ngx_int_t ngx_http_fephp_postconfiguration(ngx_conf_t *cf);
+static void *ngx_http_fephp_create_main_conf(ngx_conf_t *cf);
+static void *ngx_http_fephp_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_fephp_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_http_fephp_config(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_fephp(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static ngx_int_t ngx_http_fephp_init_process(ngx_cycle_t *cycle);
+static void ngx_http_fephp_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_command_t  ngx_http_fephp_commands[] = {
+
+    { ngx_string("fephp_config"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_fephp_config,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("fephp"),
+      NGX_HTTP_LOC_CONF|NGX_HTTP_LIF_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE1,
+      ngx_http_fephp,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("fephp_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_fephp_loc_conf_t, timeout),
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_fephp_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    ngx_http_fephp_postconfiguration,      /* postconfiguration */
+
+    ngx_http_fephp_create_main_conf,       /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_fephp_create_loc_conf,        /* create location configuration */
+    ngx_http_fephp_merge_loc_conf          /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_fephp_module = {
+    NGX_MODULE_V1,
+    &ngx_http_fephp_module_ctx,            /* module context */
+    ngx_http_fephp_commands,               /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_fephp_init_process,           /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_fephp_exit_process,           /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+/* response headers nginx's filters look for in r->headers_out */
+static ngx_http_header_t  ngx_http_fephp_headers_out[] = {
+    { ngx_string("server"),
+      offsetof(ngx_http_headers_out_t, server), NULL },
+    { ngx_string("date"),
+      offsetof(ngx_http_headers_out_t, date), NULL },
+    { ngx_string("content-encoding"),
+      offsetof(ngx_http_headers_out_t, content_encoding), NULL },
+    { ngx_string("etag"),
+      offsetof(ngx_http_headers_out_t, etag), NULL },
+    { ngx_string("expires"),
+      offsetof(ngx_http_headers_out_t, expires), NULL },
+    { ngx_string("refresh"),
+      offsetof(ngx_http_headers_out_t, refresh), NULL },
+    { ngx_string("www-authenticate"),
+      offsetof(ngx_http_headers_out_t, www_authenticate), NULL },
+    { ngx_string("content-range"),
+      offsetof(ngx_http_headers_out_t, content_range), NULL },
+    { ngx_string("accept-ranges"),
+      offsetof(ngx_http_headers_out_t, accept_ranges), NULL },
+    { ngx_null_string, 0, NULL }
+};
+
+
+/*
+ * Per-process state.  Not ngx_notify(): the epoll module keeps one handler
+ * for the whole process, which the thread pool ("aio threads") also sets, so
+ * two users would steal each other's wake-ups.  A private eventfd has none
+ * of that and works with every event method.
+ */
+
+static pthread_mutex_t       ngx_http_fephp_lock = PTHREAD_MUTEX_INITIALIZER;
+static ngx_queue_t           ngx_http_fephp_ready;     /* jobs with news */
+static ngx_uint_t            ngx_http_fephp_nready;
+static ngx_rbtree_t          ngx_http_fephp_streams;   /* notify targets */
+static ngx_rbtree_node_t     ngx_http_fephp_sentinel;
+
+static int                   ngx_http_fephp_efd = -1;
+static ngx_connection_t     *ngx_http_fephp_channel;
+static pthread_t             ngx_http_fephp_loop_thread;
+static ngx_http_fephp_job_t *ngx_http_fephp_submitting;  /* loop only */
+static ngx_uint_t            ngx_http_fephp_started;     /* threads run */
+static ngx_uint_t            ngx_http_fephp_jobs;        /* loop only */
+
+
+static ngx_int_t
+ngx_http_fephp_handler(ngx_http_request_t *r)
+{
+    ngx_int_t  rc;
+
+    /* content handler of a "fephp" location; fe-php answers any method */
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_fephp_body_handler);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_fephp_body_handler(ngx_http_request_t *r)
+{
+    ngx_int_t  rc;
+
+    /* event loop: the whole body is in r->request_body (memory or temp file) */
+
+    rc = ngx_http_fephp_start(r);
+
+    if (rc != NGX_DONE) {
+        ngx_http_finalize_request(r, rc);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_fephp_start(ngx_http_request_t *r)
+{
+    u_char                      *body_copy;
+    ngx_int_t                    rc;
+    ngx_str_t                    msg;
+    fephp_result                 res;
+    fephp_request                req;
+    ngx_pool_cleanup_t          *cln;
+    ngx_http_fephp_job_t        *job;
+    ngx_http_fephp_loc_conf_t   *flcf;
+    ngx_http_fephp_main_conf_t  *fmcf;
+
+    /* event loop: hands the request to the engine; NGX_DONE while it works */
+
+    fmcf = ngx_http_get_module_main_conf(r, ngx_http_fephp_module);
+    flcf = ngx_http_get_module_loc_conf(r, ngx_http_fephp_module);
+
+    if (fmcf->engine == NULL || ngx_http_fephp_channel == NULL) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "fephp: the engine is not running in this process");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    job = ngx_alloc(sizeof(ngx_http_fephp_job_t), r->connection->log);
+    if (job == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memzero(job, sizeof(ngx_http_fephp_job_t));
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        ngx_free(job);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_fephp_jobs++;
+
+    cln->handler = ngx_http_fephp_cleanup;
+    cln->data = job;
+
+    job->request = r;
+    job->timeout = flcf->timeout;
+    job->timer.handler = ngx_http_fephp_timeout_handler;
+    job->timer.data = job;
+    job->timer.log = r->connection->log;
+
+    ngx_http_set_ctx(r, job, ngx_http_fephp_module);
+
+    body_copy = NULL;
+
+    rc = ngx_http_fephp_build_request(r, &req, &body_copy);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    /* not shared yet: the engine learns of the job in the call below */
+    job->awaiting = 1;
+
+    ngx_http_fephp_submitting = job;
+
+    res = fephp_handle_request_async(fmcf->engine, &req,
+                                     ngx_http_fephp_on_response, job);
+
+    ngx_http_fephp_submitting = NULL;
+
+    /* the engine copied the request: the body copy is no longer needed */
+    if (body_copy) {
+        ngx_pfree(r->pool, body_copy);
+    }
+
+    if (res != FEPHP_RESULT_OK) {
+        /* the callback will not run */
+        job->awaiting = 0;
+
+        if (ngx_http_fephp_last_error(r->pool, &msg) != NGX_OK) {
+            ngx_str_set(&msg, "(no message)");
+        }
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "fephp_handle_request_async() failed (%ui): %V",
+                      (ngx_uint_t) res, &msg);
+
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (job->inline_done) {
+        return ngx_http_fephp_respond(job);
+    }
+
+    /* an engine thread has it: notice a client that leaves meanwhile */
+
+    r->read_event_handler = ngx_http_test_reading;
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    ngx_add_timer(&job->timer, job->timeout);
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_http_fephp_build_request(ngx_http_request_t *r, fephp_request *req,
+    u_char **body_copy)
+{
+    u_char            *p, *addr;
+    size_t             len;
+    uintptr_t          escape;
+    ngx_uint_t         i, n;
+    fephp_header      *hdr;
+    ngx_list_part_t   *part;
+    ngx_table_elt_t   *h;
+    ngx_connection_t  *c;
+
+    /* event loop: a view of r; everything it points to lives in r->pool */
+
+    c = r->connection;
+
+    ngx_memzero(req, sizeof(fephp_request));
+
+    req->method.ptr = (const char *) r->method_name.data;
+    req->method.len = r->method_name.len;
+
+    /*
+     * The raw target, unless a rewrite, try_files or error_page changed the
+     * URI: then the current one, escaped again (as proxy_pass does).
+     */
+
+    if (r->valid_unparsed_uri && r == r->main) {
+        req->target.ptr = (const char *) r->unparsed_uri.data;
+        req->target.len = r->unparsed_uri.len;
+
+    } else {
+        escape = 2 * ngx_escape_uri(NULL, r->uri.data, r->uri.len,
+                                    NGX_ESCAPE_URI);
+
+        len = r->uri.len + escape + (r->args.len ? 1 + r->args.len : 0);
+
+        p = ngx_pnalloc(r->pool, len);
+        if (p == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        req->target.ptr = (const char *) p;
+        req->target.len = len;
+
+        if (escape) {
+            p = (u_char *) ngx_escape_uri(p, r->uri.data, r->uri.len,
+                                          NGX_ESCAPE_URI);
+
+        } else {
+            p = ngx_cpymem(p, r->uri.data, r->uri.len);
+        }
+
+        if (r->args.len) {
+            *p++ = '?';
+            ngx_memcpy(p, r->args.data, r->args.len);
+        }
+    }
+
+    if (r->http_protocol.len) {
+        req->protocol.ptr = (const char *) r->http_protocol.data;
+        req->protocol.len = r->http_protocol.len;
+
+    } else {
+        /* HTTP/0.9 has no protocol token */
+        req->protocol.ptr = "HTTP/1.0";
+        req->protocol.len = sizeof("HTTP/1.0") - 1;
+    }
+
+    n = 0;
+
+    for (part = &r->headers_in.headers.part; part; part = part->next) {
+        n += part->nelts;
+    }
+
+    if (n) {
+        hdr = ngx_palloc(r->pool, n * sizeof(fephp_header));
+        if (hdr == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        n = 0;
+
+        for (part = &r->headers_in.headers.part; part; part = part->next) {
+            h = part->elts;
+
+            for (i = 0; i < part->nelts; i++) {
+                hdr[n].name.ptr = (const char *) h[i].key.data;
+                hdr[n].name.len = h[i].key.len;
+                hdr[n].value.ptr = (const char *) h[i].value.data;
+                hdr[n].value.len = h[i].value.len;
+                n++;
+            }
+        }
+
+        req->headers = hdr;
+        req->header_count = n;
+    }
+
+    req->remote_addr.ptr = (const char *) c->addr_text.data;
+    req->remote_addr.len = c->addr_text.len;
+    req->remote_port = ngx_inet_get_port(c->sockaddr);
+
+    if (ngx_connection_local_sockaddr(c, NULL, 0) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    addr = ngx_pnalloc(r->pool, NGX_SOCKADDR_STRLEN);
+    if (addr == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    req->local_addr.ptr = (const char *) addr;
+    req->local_addr.len = ngx_sock_ntop(c->local_sockaddr, c->local_socklen,
+                                        addr, NGX_SOCKADDR_STRLEN, 0);
+    req->local_port = ngx_inet_get_port(c->local_sockaddr);
+
+#if (NGX_SSL || NGX_COMPAT)
+    req->tls = (c->ssl != NULL);
+#endif
+
+    return ngx_http_fephp_request_body(r, req, body_copy);
+}
+
+
+static ngx_int_t
+ngx_http_fephp_request_body(ngx_http_request_t *r, fephp_request *req,
+    u_char **body_copy)
+{
+    u_char       *p;
+    off_t         total, size;
+    ssize_t       n;
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    /* event loop: the body as one block; *body_copy set if it was copied */
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL) {
+        return NGX_OK;
+    }
+
+    total = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        total += ngx_buf_size(cl->buf);
+    }
+
+    if (total == 0) {
+        return NGX_OK;
+    }
+
+    if (total > NGX_HTTP_FEPHP_MAX_BODY) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "fephp: a request body of %O bytes is larger than the "
+                      "%d bytes the engine takes", total,
+                      NGX_HTTP_FEPHP_MAX_BODY);
+        return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
+    }
+
+    b = r->request_body->bufs->buf;
+
+    if (r->request_body->bufs->next == NULL && ngx_buf_in_memory(b)) {
+        /* one buffer in memory: no copy */
+        req->body = b->pos;
+        req->body_len = b->last - b->pos;
+        return NGX_OK;
+    }
+
+    /* several buffers, or a body nginx spooled to a temp file: one copy */
+
+    p = ngx_palloc(r->pool, (size_t) total);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    *body_copy = p;
+    req->body = p;
+    req->body_len = (size_t) total;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (ngx_buf_in_memory(b)) {
+            p = ngx_cpymem(p, b->pos, b->last - b->pos);
+            continue;
+        }
+
+        if (!b->in_file) {
+            continue;
+        }
+
+        for (size = b->file_last - b->file_pos; size > 0; size -= n) {
+            n = ngx_read_file(b->file, p, (size_t) size,
+                              b->file_last - size);
+
+            if (n == NGX_ERROR) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            if (n == 0) {
+                ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                              "fephp: the request body file \"%V\" is "
+                              "shorter than expected", &b->file->name);
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            p += n;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_fephp_respond(ngx_http_fephp_job_t *job)
+{
+    int                  fd;
+    u_char               msg[128];
+    size_t               len;
+    uint64_t             offset, flen;
+    ngx_int_t            rc;
+    ngx_buf_t           *b;
+    fephp_result         res;
+    const uint8_t       *bytes;
+    fephp_response      *resp;
+    ngx_http_request_t  *r;
+
+    /* event loop: the head is here; a finalize code, NGX_DONE if streaming */
+
+    r = job->request;
+    resp = job->response;
+
+    job->started = 1;
+
+    if (job->result != FEPHP_RESULT_OK || resp == NULL) {
+        if (fephp_result_message(job->result, (char *) msg, sizeof(msg), &len)
+            != FEPHP_RESULT_OK)
+        {
+            len = 0;
+        }
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "fephp: the engine failed the request (%ui): %*s",
+                      (ngx_uint_t) job->result, len, msg);
+
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    r->headers_out.status = fephp_response_status(resp);
+
+    if (ngx_http_fephp_set_headers(r, resp) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    /*
+     * The library already evaluated conditional and range requests
+     * (RFC 9110 order, If-Range, multipart): nginx's filters must not
+     * evaluate them a second time.
+     */
+    r->allow_ranges = 0;
+    r->disable_not_modified = 1;
+
+    switch (fephp_response_body_kind(resp)) {
+
+    case FEPHP_BODY_KIND_BYTES:
+
+        res = fephp_response_body_bytes(resp, &bytes, &len);
+        if (res != FEPHP_RESULT_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        r->headers_out.content_length_n = len;
+
+        rc = ngx_http_send_header(r);
+
+        if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+            return rc;
+        }
+
+        if (len == 0) {
+            return ngx_http_send_special(r, NGX_HTTP_LAST);
+        }
+
+        b = ngx_calloc_buf(r->pool);
+        if (b == NULL) {
+            return NGX_ERROR;
+        }
+
+        /* fe-php's bytes: the response lives as long as the request pool */
+        b->pos = (u_char *) bytes;
+        b->last = (u_char *) bytes + len;
+        b->memory = 1;
+
+        return ngx_http_fephp_send_last(r, b);
+
+    case FEPHP_BODY_KIND_FILE:
+
+        res = fephp_response_body_file(resp, &fd, &offset, &flen);
+        if (res != FEPHP_RESULT_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        r->headers_out.content_length_n = (off_t) flen;
+
+        rc = ngx_http_send_header(r);
+
+        if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+            return rc;
+        }
+
+        if (flen == 0) {
+            return ngx_http_send_special(r, NGX_HTTP_LAST);
+        }
+
+        b = ngx_calloc_buf(r->pool);
+        if (b == NULL) {
+            return NGX_ERROR;
+        }
+
+        b->file = ngx_pcalloc(r->pool, sizeof(ngx_file_t));
+        if (b->file == NULL) {
+            return NGX_ERROR;
+        }
+
+        /* the response owns the descriptor: sendfile() it, never close it */
+        b->file->fd = fd;
+        b->file->name = r->uri;
+        b->file->log = r->connection->log;
+
+        b->in_file = 1;
+        b->file_pos = (off_t) offset;
+        b->file_last = (off_t) (offset + flen);
+
+        return ngx_http_fephp_send_last(r, b);
+
+    case FEPHP_BODY_KIND_STREAM:
+
+        job->streaming = 1;
+
+        rc = ngx_http_send_header(r);
+
+        if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+            /* the response is freed with the request: the producer stops */
+            return rc;
+        }
+
+        /* the head now: the first bytes of a stream may take long */
+        if (ngx_http_send_special(r, NGX_HTTP_FLUSH) == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        job->node.key = (ngx_rbtree_key_t) (uintptr_t) job;
+
+        pthread_mutex_lock(&ngx_http_fephp_lock);
+        ngx_rbtree_insert(&ngx_http_fephp_streams, &job->node);
+        job->in_tree = 1;
+        pthread_mutex_unlock(&ngx_http_fephp_lock);
+
+        /* may run ngx_http_fephp_on_body() here at once: it only queues */
+        res = fephp_response_set_body_notify(resp, ngx_http_fephp_on_body, job);
+        if (res != FEPHP_RESULT_OK) {
+            ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                          "fephp_response_set_body_notify() failed (%ui)",
+                          (ngx_uint_t) res);
+            return NGX_ERROR;
+        }
+
+        r->write_event_handler = ngx_http_fephp_stream_write_handler;
+
+        return ngx_http_fephp_pump(job);
+
+    default: /* FEPHP_BODY_KIND_EMPTY */
+
+        if (r->headers_out.content_length_n == -1
+            && r->method != NGX_HTTP_HEAD)
+        {
+            r->headers_out.content_length_n = 0;
+        }
+
+        rc = ngx_http_send_header(r);
+
+        if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+            return rc;
+        }
+
+        return ngx_http_send_special(r, NGX_HTTP_LAST);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_fephp_send_last(ngx_http_request_t *r, ngx_buf_t *b)
+{
+    ngx_chain_t  out;
+
+    /* event loop: sends b, which holds data, as the whole body */
+
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+static ngx_int_t
+ngx_http_fephp_set_headers(ngx_http_request_t *r, fephp_response *resp)
+{
+    u_char             *p;
+    off_t               n;
+    size_t              i, count;
+    fephp_str           name, value;
+    ngx_table_elt_t    *h;
+    ngx_http_header_t  *hh;
+
+    /* event loop: fe-php's headers into r->headers_out, as upstream does */
+
+    count = fephp_response_header_count(resp);
+
+    for (i = 0; i < count; i++) {
+
+        if (fephp_response_header(resp, i, &name, &value) != FEPHP_RESULT_OK) {
+            return NGX_ERROR;
+        }
+
+        if (name.len == 0) {
+            continue;
+        }
+
+        /* hop-by-hop headers are nginx's to send */
+
+        if ((name.len == 10
+             && ngx_strncasecmp((u_char *) name.ptr, (u_char *) "Connection",
+                                10) == 0)
+            || (name.len == 10
+                && ngx_strncasecmp((u_char *) name.ptr,
+                                   (u_char *) "Keep-Alive", 10) == 0)
+            || (name.len == 17
+                && ngx_strncasecmp((u_char *) name.ptr,
+                                   (u_char *) "Transfer-Encoding", 17) == 0))
+        {
+            continue;
+        }
+
+        if (name.len == 14
+            && ngx_strncasecmp((u_char *) name.ptr,
+                               (u_char *) "Content-Length", 14) == 0)
+        {
+            /* content_length_n, not a header; a body in hand overrides it */
+            n = ngx_atoof((u_char *) value.ptr, value.len);
+            if (n == NGX_ERROR) {
+                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                              "fephp: invalid Content-Length \"%*s\"",
+                              value.len, value.ptr);
+                return NGX_ERROR;
+            }
+
+            r->headers_out.content_length_n = n;
+            continue;
+        }
+
+        if (name.len == 12
+            && ngx_strncasecmp((u_char *) name.ptr,
+                               (u_char *) "Content-Type", 12) == 0)
+        {
+            /* r->headers_out.content_type, not a list entry */
+            p = ngx_pnalloc(r->pool, value.len + 1);
+            if (p == NULL) {
+                return NGX_ERROR;
+            }
+
+            ngx_memcpy(p, value.ptr, value.len);
+            p[value.len] = '\0';
+
+            ngx_http_fephp_set_content_type(r, p, value.len);
+            continue;
+        }
+
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_ERROR;
+        }
+
+        /* key, value (NUL-terminated for nginx's filters), lowercase key */
+
+        p = ngx_pnalloc(r->pool, name.len + 1 + value.len + 1 + name.len);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        h->key.len = name.len;
+        h->key.data = p;
+        p = ngx_cpymem(p, name.ptr, name.len);
+        *p++ = '\0';
+
+        h->value.len = value.len;
+        h->value.data = p;
+        p = ngx_cpymem(p, value.ptr, value.len);
+        *p++ = '\0';
+
+        h->lowcase_key = p;
+        ngx_strlow(h->lowcase_key, h->key.data, h->key.len);
+
+        h->hash = ngx_hash_key(h->lowcase_key, h->key.len);
+
+        if (h->key.len == 8
+            && ngx_strncmp(h->lowcase_key, "location", 8) == 0)
+        {
+            /*
+             * As upstream: a relative Location stays relative; setting
+             * headers_out.location would make nginx prefix scheme and host.
+             */
+            if (h->value.len && h->value.data[0] != '/') {
+                r->headers_out.location = h;
+            }
+
+            continue;
+        }
+
+        if (h->key.len == 13
+            && ngx_strncmp(h->lowcase_key, "last-modified", 13) == 0)
+        {
+            r->headers_out.last_modified = h;
+            r->headers_out.last_modified_time =
+                               ngx_parse_http_time(h->value.data, h->value.len);
+            continue;
+        }
+
+        /* headers nginx's filters look at (gzip weakens ETag, and so on) */
+
+        for (hh = ngx_http_fephp_headers_out; hh->name.len; hh++) {
+            if (hh->name.len == h->key.len
+                && ngx_strncmp(hh->name.data, h->lowcase_key, h->key.len) == 0)
+            {
+                *((ngx_table_elt_t **)
+                    ((char *) &r->headers_out + hh->offset)) = h;
+                break;
+            }
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_fephp_set_content_type(ngx_http_request_t *r, u_char *value,
+    size_t len)
+{
+    u_char  *p, *last;
+
+    /* event loop: as upstream, a charset parameter goes to .charset */
+
+    r->headers_out.content_type_len = len;
+    r->headers_out.content_type.len = len;
+    r->headers_out.content_type.data = value;
+    r->headers_out.content_type_lowcase = NULL;
+
+    for (p = value; *p; p++) {
+
+        if (*p != ';') {
+            continue;
+        }
+
+        last = p;
+
+        while (*++p == ' ') { /* void */ }
+
+        if (*p == '\0') {
+            return;
+        }
+
+        if (ngx_strncasecmp(p, (u_char *) "charset=", 8) != 0) {
+            continue;
+        }
+
+        p += 8;
+
+        r->headers_out.content_type_len = last - value;
+
+        if (*p == '"') {
+            p++;
+        }
+
+        last = value + len;
+
+        if (last > p && *(last - 1) == '"') {
+            last--;
+        }
+
+        r->headers_out.charset.len = last - p;
+        r->headers_out.charset.data = p;
+
+        return;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_fephp_pump(ngx_http_fephp_job_t *job)
+{
+    size_t                     n;
+    ngx_int_t                  rc;
+    ngx_str_t                  msg;
+    ngx_buf_t                 *b, *last;
+    ngx_uint_t                 inflight, engine_wait, rounds, wake;
+    ngx_chain_t               *cl, *out, **ll;
+    ngx_event_t               *wev;
+    fephp_result               res;
+    ngx_connection_t          *c;
+    ngx_http_request_t        *r;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    /* event loop: stream to client; NGX_DONE if more, else finalize code */
+
+    r = job->request;
+    c = r->connection;
+
+    engine_wait = 0;
+    rc = NGX_OK;
+
+    for (rounds = 0; /* void */; rounds++) {
+
+        if (rounds == 16) {
+            /* fast producer, fast client: let other events run first */
+            pthread_mutex_lock(&ngx_http_fephp_lock);
+            wake = ngx_http_fephp_enqueue(job);
+            pthread_mutex_unlock(&ngx_http_fephp_lock);
+
+            if (wake) {
+                ngx_http_fephp_wake();
+            }
+
+            break;
+        }
+
+        inflight = 0;
+
+        for (cl = job->busy; cl; cl = cl->next) {
+            inflight++;
+        }
+
+        out = NULL;
+        ll = &out;
+        last = NULL;
+
+        while (!job->done && inflight < NGX_HTTP_FEPHP_STREAM_BUFS) {
+
+            cl = ngx_chain_get_free_buf(r->pool, &job->free);
+            if (cl == NULL) {
+                return NGX_ERROR;
+            }
+
+            b = cl->buf;
+
+            if (b->start == NULL) {
+                b->start = ngx_palloc(r->pool, NGX_HTTP_FEPHP_STREAM_BUF_SIZE);
+                if (b->start == NULL) {
+                    return NGX_ERROR;
+                }
+
+                b->end = b->start + NGX_HTTP_FEPHP_STREAM_BUF_SIZE;
+            }
+
+            /* a recycled buffer keeps its flags */
+            b->pos = b->start;
+            b->last = b->start;
+            b->temporary = 1;
+            b->flush = 0;
+            b->sync = 0;
+            b->last_buf = 0;
+            b->last_in_chain = 0;
+            b->tag = (ngx_buf_tag_t) &ngx_http_fephp_module;
+
+            n = 0;
+
+            res = fephp_response_body_try_read(job->response, b->start,
+                                               b->end - b->start, &n);
+
+            ngx_log_debug3(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                           "fephp stream read: %ui, %uz bytes, %ui in flight",
+                           (ngx_uint_t) res, n, inflight);
+
+            if (res == FEPHP_RESULT_AGAIN) {
+                cl->next = job->free;
+                job->free = cl;
+                engine_wait = 1;
+                break;
+            }
+
+            if (res != FEPHP_RESULT_OK) {
+                if (ngx_http_fephp_last_error(r->pool, &msg) != NGX_OK) {
+                    ngx_str_set(&msg, "(no message)");
+                }
+
+                ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                              "fephp: the response body failed after it "
+                              "started (%ui): %V", (ngx_uint_t) res, &msg);
+                return NGX_ERROR;
+            }
+
+            if (n == 0) {
+                job->done = 1;
+                b->temporary = 0;
+                b->last_buf = (r == r->main) ? 1 : 0;
+                b->last_in_chain = 1;
+                b->sync = (r == r->main) ? 0 : 1;
+
+            } else {
+                b->last = b->start + n;
+                inflight++;
+            }
+
+            *ll = cl;
+            ll = &cl->next;
+            last = b;
+        }
+
+        if (last && !job->done) {
+            /* a stream is incremental (flush()): no filter may hold it */
+            last->flush = 1;
+        }
+
+        rc = ngx_http_output_filter(r, out);
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                       "fephp stream output: %i, done:%ui", rc,
+                       (ngx_uint_t) job->done);
+
+        if (rc == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        ngx_chain_update_chains(r->pool, &job->free, &job->busy, &out,
+                                (ngx_buf_tag_t) &ngx_http_fephp_module);
+
+        if (job->done || engine_wait) {
+            break;
+        }
+
+        inflight = 0;
+
+        for (cl = job->busy; cl; cl = cl->next) {
+            inflight++;
+        }
+
+        if (inflight >= NGX_HTTP_FEPHP_STREAM_BUFS) {
+            /* the client is slower than the engine: wait for write events */
+            break;
+        }
+    }
+
+    if (job->done) {
+        if (job->timer.timer_set) {
+            ngx_del_timer(&job->timer);
+        }
+
+        return rc;
+    }
+
+    if (engine_wait) {
+        ngx_add_timer(&job->timer, job->timeout);
+
+    } else if (job->timer.timer_set) {
+        ngx_del_timer(&job->timer);
+    }
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    wev = c->write;
+
+    if (c->data == r) {
+        if (ngx_handle_write_event(wev, clcf->send_lowat) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    if (wev->active && !wev->ready) {
+        if (!wev->delayed) {
+            ngx_add_timer(wev, clcf->send_timeout);
+        }
+
+    } else if (wev->timer_set && !wev->delayed) {
+        ngx_del_timer(wev);
+    }
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_fephp_stream_write_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                  rc;
+    ngx_event_t               *wev;
+    ngx_connection_t          *c;
+    ngx_http_fephp_job_t      *job;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    /* event loop: the client can take more, or send_timeout expired */
+
+    c = r->connection;
+    wev = c->write;
+
+    if (wev->timedout) {
+
+        if (!wev->delayed) {
+            c->timedout = 1;
+            ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT,
+                          "client timed out");
+            ngx_http_finalize_request(r, NGX_HTTP_REQUEST_TIME_OUT);
+            return;
+        }
+
+        /* limit_rate's pause is over */
+        wev->timedout = 0;
+        wev->delayed = 0;
+
+    } else if (wev->delayed) {
+        clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+        if (ngx_handle_write_event(wev, clcf->send_lowat) != NGX_OK) {
+            ngx_http_finalize_request(r, NGX_ERROR);
+        }
+
+        return;
+    }
+
+    job = ngx_http_get_module_ctx(r, ngx_http_fephp_module);
+
+    rc = ngx_http_fephp_pump(job);
+
+    if (rc != NGX_DONE) {
+        ngx_http_finalize_request(r, rc);
+    }
+}
+
+
+static void
+ngx_http_fephp_timeout_handler(ngx_event_t *ev)
+{
+    ngx_connection_t      *c;
+    ngx_http_request_t    *r;
+    ngx_http_fephp_job_t  *job;
+
+    /* event loop: fephp_timeout; r is alive (cleanup deletes the timer) */
+
+    job = ev->data;
+    r = job->request;
+    c = r->connection;
+
+    ngx_http_set_log_request(c->log, r);
+
+    ngx_log_error(NGX_LOG_ERR, c->log, NGX_ETIMEDOUT,
+                  "fephp: no answer from the engine within fephp_timeout");
+
+    ngx_http_finalize_request(r, job->started ? NGX_ERROR
+                                              : NGX_HTTP_GATEWAY_TIME_OUT);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_fephp_cleanup(void *data)
+{
+    ngx_http_fephp_job_t  *job = data;
+
+    ngx_uint_t  awaiting;
+
+    /* event loop, r->pool goes: free all, or leave the job to its completion */
+
+    if (job->timer.timer_set) {
+        ngx_del_timer(&job->timer);
+    }
+
+    job->request = NULL;
+
+    pthread_mutex_lock(&ngx_http_fephp_lock);
+
+    awaiting = job->awaiting;
+
+    if (!awaiting) {
+        if (job->queued) {
+            ngx_queue_remove(&job->queue);
+            job->queued = 0;
+            ngx_http_fephp_nready--;
+        }
+
+        if (job->in_tree) {
+            ngx_rbtree_delete(&ngx_http_fephp_streams, &job->node);
+            job->in_tree = 0;
+        }
+    }
+
+    pthread_mutex_unlock(&ngx_http_fephp_lock);
+
+    if (awaiting) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "fephp: request gone while the engine works on it");
+        return;
+    }
+
+    /* out of the tree first: a notify racing with this finds nothing */
+    fephp_response_free(job->response);
+    ngx_http_fephp_job_free(job);
+}
+
+
+static void
+ngx_http_fephp_job_free(ngx_http_fephp_job_t *job)
+{
+    /* event loop: the last reference to the job */
+
+    ngx_http_fephp_jobs--;
+    ngx_free(job);
+}
+
+
+static void
+ngx_http_fephp_on_response(void *userdata, fephp_result result,
+    fephp_response *response)
+{
+    ngx_uint_t             wake;
+    ngx_http_fephp_job_t  *job;
+
+    /* once, any thread, no nginx calls; the job lives until the loop has it */
+
+    job = userdata;
+    wake = 0;
+
+    pthread_mutex_lock(&ngx_http_fephp_lock);
+
+    job->result = result;
+    job->response = response;
+    job->awaiting = 0;
+
+    if (pthread_equal(pthread_self(), ngx_http_fephp_loop_thread)
+        && ngx_http_fephp_submitting == job)
+    {
+        /* inside fephp_handle_request_async(): the caller takes it from here */
+        job->inline_done = 1;
+
+    } else {
+        wake = ngx_http_fephp_enqueue(job);
+    }
+
+    pthread_mutex_unlock(&ngx_http_fephp_lock);
+
+    if (wake) {
+        ngx_http_fephp_wake();
+    }
+}
+
+
+static void
+ngx_http_fephp_on_body(void *userdata)
+{
+    uintptr_t   key;
+    ngx_uint_t  wake;
+
+    /*
+     * A stream may have moved; any thread.  The library can call this just
+     * after the response was freed, so userdata is only compared with live
+     * jobs, never dereferenced, until found in the tree under the lock.
+     */
+
+    key = (uintptr_t) userdata;
+    wake = 0;
+
+    pthread_mutex_lock(&ngx_http_fephp_lock);
+
+    if (ngx_http_fephp_stream_alive(key)) {
+        wake = ngx_http_fephp_enqueue((ngx_http_fephp_job_t *) key);
+    }
+
+    pthread_mutex_unlock(&ngx_http_fephp_lock);
+
+    if (wake) {
+        ngx_http_fephp_wake();
+    }
+}
+
+
+static ngx_uint_t
+ngx_http_fephp_stream_alive(uintptr_t key)
+{
+    ngx_rbtree_node_t  *node, *sentinel;
+
+    /* under the lock: whether a job with this address waits for its stream */
+
+    node = ngx_http_fephp_streams.root;
+    sentinel = ngx_http_fephp_streams.sentinel;
+
+    while (node != sentinel) {
+
+        if ((ngx_rbtree_key_t) key < node->key) {
+            node = node->left;
+
+        } else if ((ngx_rbtree_key_t) key > node->key) {
+            node = node->right;
+
+        } else {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+static ngx_uint_t
+ngx_http_fephp_enqueue(ngx_http_fephp_job_t *job)
+{
+    /* under the lock: queues the job once; 1 when the loop must be woken */
+
+    if (job->queued) {
+        return 0;
+    }
+
+    ngx_queue_insert_tail(&ngx_http_fephp_ready, &job->queue);
+    job->queued = 1;
+    ngx_http_fephp_nready++;
+
+    return 1;
+}
+
+
+static void
+ngx_http_fephp_wake(void)
+{
+    ssize_t   n;
+    uint64_t  one;
+
+    /* any thread: makes the eventfd readable; no logging (the loop's) */
+
+    one = 1;
+
+    do {
+        n = write(ngx_http_fephp_efd, &one, sizeof(uint64_t));
+    } while (n == -1 && ngx_errno == NGX_EINTR);
+
+    /* EAGAIN means the counter is at its maximum: readable, nothing lost */
+}
+
+
+static void
+ngx_http_fephp_wake_handler(ngx_event_t *rev)
+{
+    ssize_t                n;
+    uint64_t               count;
+    ngx_uint_t             todo;
+    ngx_queue_t           *q;
+    ngx_http_fephp_job_t  *job;
+
+    /*
+     * Event loop: the eventfd is readable, so jobs are queued.  Every
+     * enqueue writes the eventfd after it, so what arrives meanwhile brings
+     * us back.  c->close from the shutdown timer is ignored: this
+     * connection is ours, released in exit_process.
+     */
+
+    n = read(ngx_http_fephp_efd, &count, sizeof(uint64_t));
+
+    if (n == -1 && ngx_errno != NGX_EAGAIN) {
+        ngx_log_error(NGX_LOG_ALERT, rev->log, ngx_errno,
+                      "fephp: read() from the eventfd failed");
+    }
+
+    rev->ready = 0;
+
+    pthread_mutex_lock(&ngx_http_fephp_lock);
+    todo = ngx_http_fephp_nready;
+    pthread_mutex_unlock(&ngx_http_fephp_lock);
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, rev->log, 0,
+                   "fephp wake: %z, %ui job(s) ready", n, todo);
+
+    while (todo--) {
+
+        pthread_mutex_lock(&ngx_http_fephp_lock);
+
+        if (ngx_queue_empty(&ngx_http_fephp_ready)) {
+            pthread_mutex_unlock(&ngx_http_fephp_lock);
+            break;
+        }
+
+        q = ngx_queue_head(&ngx_http_fephp_ready);
+        ngx_queue_remove(q);
+        ngx_http_fephp_nready--;
+
+        job = ngx_queue_data(q, ngx_http_fephp_job_t, queue);
+        job->queued = 0;
+
+        pthread_mutex_unlock(&ngx_http_fephp_lock);
+
+        ngx_http_fephp_process(job);
+    }
+}
+
+
+static void
+ngx_http_fephp_process(ngx_http_fephp_job_t *job)
+{
+    ngx_int_t            rc;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    /* event loop, job dequeued: its response arrived or its stream moved */
+
+    r = job->request;
+
+    if (r == NULL) {
+        /* only a completion reaches a job whose request is gone */
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "fephp: discarded a response: its client had gone");
+
+        fephp_response_free(job->response);
+        ngx_http_fephp_job_free(job);
+        return;
+    }
+
+    c = r->connection;
+
+    ngx_http_set_log_request(c->log, r);
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "fephp process: started:%ui streaming:%ui done:%ui",
+                   (ngx_uint_t) job->started, (ngx_uint_t) job->streaming,
+                   (ngx_uint_t) job->done);
+
+    if (!job->started) {
+        if (job->timer.timer_set) {
+            ngx_del_timer(&job->timer);
+        }
+
+        rc = ngx_http_fephp_respond(job);
+
+    } else if (job->streaming && !job->done) {
+        rc = ngx_http_fephp_pump(job);
+
+    } else {
+        /* a notify after the end of the stream */
+        return;
+    }
+
+    if (rc != NGX_DONE) {
+        ngx_http_finalize_request(r, rc);
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static ngx_int_t
+ngx_http_fephp_last_error(ngx_pool_t *pool, ngx_str_t *msg)
+{
+    size_t  len;
+
+    /* the message of this thread's last failed library call, into pool */
+
+    if (fephp_last_error(NULL, 0, &len) != FEPHP_RESULT_BUFFER_TOO_SMALL) {
+        return NGX_ERROR;
+    }
+
+    msg->data = ngx_pnalloc(pool, len + 1);
+    if (msg->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (fephp_last_error((char *) msg->data, len + 1, &len)
+        != FEPHP_RESULT_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    msg->len = len;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_fephp_free_engine(void *data)
+{
+    ngx_http_fephp_main_conf_t  *fmcf = data;
+
+    /* the cycle pool goes: in the master after a reload, or at exit */
+
+    if (ngx_http_fephp_started) {
+        /*
+         * Only at exit, in a process whose engine threads run (a worker's
+         * cycle pool goes nowhere else).  Freeing the engine would make
+         * them tear down (thread-local destructors, OpenSSL's among them)
+         * while exit() runs the libraries' destructors, and nothing can
+         * wait for them.  Left alone they stay parked, and the process ends
+         * them.
+         */
+        return;
+    }
+
+    fephp_engine_free(fmcf->engine);
+    fmcf->engine = NULL;
+}
+
+
+static ngx_int_t
+ngx_http_fephp_postconfiguration(ngx_conf_t *cf)
+{
+    ngx_http_fephp_main_conf_t  *fmcf;
+
+    /* the http block is read: a "fephp" location needs an engine */
+
+    fmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_fephp_module);
+
+    if (fmcf->used_file && fmcf->config.data == NULL) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"fephp\" in %s:%ui needs "
+                      "\"fephp_config /path/to/fe-php.toml;\" "
+                      "in the http block", fmcf->used_file, fmcf->used_line);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void *
+ngx_http_fephp_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_fephp_main_conf_t  *fmcf;
+
+    fmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_fephp_main_conf_t));
+    if (fmcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     fmcf->config = { 0, NULL };
+     *     fmcf->engine = NULL;
+     *     fmcf->used_file = NULL;
+     *     fmcf->used_line = 0;
+     */
+
+    return fmcf;
+}
+
+
+static void *
+ngx_http_fephp_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_fephp_loc_conf_t  *flcf;
+
+    flcf = ngx_palloc(cf->pool, sizeof(ngx_http_fephp_loc_conf_t));
+    if (flcf == NULL) {
+        return NULL;
+    }
+
+    flcf->enable = NGX_CONF_UNSET;
+    flcf->timeout = NGX_CONF_UNSET_MSEC;
+
+    return flcf;
+}
+
+
+static char *
+ngx_http_fephp_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_fephp_loc_conf_t  *prev = parent;
+    ngx_http_fephp_loc_conf_t  *conf = child;
+
+    ngx_conf_merge_msec_value(conf->timeout, prev->timeout, 60000);
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_fephp_config(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_fephp_main_conf_t  *fmcf = conf;
+
+    u_char              *p;
+    size_t               len;
+    ngx_str_t           *value, msg;
+    fephp_result         rc;
+    ngx_pool_cleanup_t  *cln;
+    const fephp_engine  *engine;
+
+    /* "fephp_config path": in the master, the engine for this http block */
+
+    if (fmcf->config.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    fmcf->config = value[1];
+
+    if (ngx_conf_full_name(cf->cycle, &fmcf->config, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_process == NGX_PROCESS_SIGNALLER) {
+        /* "nginx -s ..." reads the configuration only to find the pid file */
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_http_fephp_started) {
+        /*
+         * A reload with "master_process off": this process already serves
+         * with an engine, and a second one would start a second PHP thread
+         * in the same process, which NTS PHP does not allow.
+         */
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "fephp cannot reload with \"master_process off\"; "
+                           "restart nginx");
+        return NGX_CONF_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    cln->handler = ngx_http_fephp_free_engine;
+    cln->data = fmcf;
+
+    /*
+     * Here, in the master, while the configuration is read: fephp_init()
+     * validates the file and starts PHP's modules before the workers fork.
+     * An error refuses the configuration (a reload keeps the old one); later
+     * hooks such as init_module could only exit.
+     */
+
+    engine = NULL;
+
+    rc = fephp_init((const char *) fmcf->config.data, NULL, &engine);
+
+    if (rc != FEPHP_RESULT_OK) {
+        if (ngx_http_fephp_last_error(cf->temp_pool, &msg) != NGX_OK) {
+            ngx_str_set(&msg, "(no message)");
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid fe-php configuration \"%V\":\n%V\n",
+                           &fmcf->config, &msg);
+        return NGX_CONF_ERROR;
+    }
+
+    fmcf->engine = engine;
+
+    /* the "[i]" lines: reduced modes the server still starts in */
+
+    if (fephp_engine_messages(engine, NULL, 0, &len)
+            == FEPHP_RESULT_BUFFER_TOO_SMALL
+        && len > 0)
+    {
+        p = ngx_pnalloc(cf->temp_pool, len + 1);
+        if (p == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        if (fephp_engine_messages(engine, (char *) p, len + 1, &len)
+            == FEPHP_RESULT_OK)
+        {
+            ngx_conf_log_error(NGX_LOG_NOTICE, cf, 0, "fe-php: %*s", len, p);
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_fephp(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_fephp_loc_conf_t  *flcf = conf;
+
+    ngx_str_t                   *value;
+    ngx_http_core_loc_conf_t    *clcf;
+    ngx_http_fephp_main_conf_t  *fmcf;
+
+    /* "fephp [on|off]": this location's content handler becomes ours */
+
+    if (flcf->enable != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts == 1 || ngx_strcmp(value[1].data, "on") == 0) {
+        flcf->enable = 1;
+
+    } else if (ngx_strcmp(value[1].data, "off") == 0) {
+        /* the default: content handlers are not inherited anyway */
+        flcf->enable = 0;
+        return NGX_CONF_OK;
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "it must be \"on\" or \"off\"",
+                           &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_fephp_handler;
+
+    fmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_fephp_module);
+
+    if (fmcf->used_file == NULL) {
+        fmcf->used_file = cf->conf_file->file.name.data;
+        fmcf->used_line = cf->conf_file->line;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_fephp_init_process(ngx_cycle_t *cycle)
+{
+    int                          err;
+    sigset_t                     set, old;
+    ngx_str_t                    msg;
+    fephp_result                 rc;
+    ngx_connection_t            *c;
+    ngx_http_fephp_main_conf_t  *fmcf;
+
+    /* each worker, after the fork: the eventfd channel, the engine's threads */
+
+    fmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_fephp_module);
+
+    if (fmcf == NULL || fmcf->engine == NULL) {
+        return NGX_OK;
+    }
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        /* the cache manager and loader serve no requests */
+        return NGX_OK;
+    }
+
+    ngx_queue_init(&ngx_http_fephp_ready);
+    ngx_rbtree_init(&ngx_http_fephp_streams, &ngx_http_fephp_sentinel,
+                    ngx_rbtree_insert_value);
+
+    ngx_http_fephp_loop_thread = pthread_self();
+
+    ngx_http_fephp_efd = eventfd(0, EFD_NONBLOCK|EFD_CLOEXEC);
+
+    if (ngx_http_fephp_efd == -1) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      "fephp: eventfd() failed");
+        return NGX_ERROR;
+    }
+
+    c = ngx_get_connection(ngx_http_fephp_efd, cycle->log);
+    if (c == NULL) {
+        return NGX_ERROR;
+    }
+
+    c->log = cycle->log;
+    c->read->log = cycle->log;
+    c->write->log = cycle->log;
+    c->read->handler = ngx_http_fephp_wake_handler;
+
+    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_fephp_channel = c;
+
+    /*
+     * The engine's threads start in fephp_worker_start() and inherit this
+     * thread's signal mask: with nginx's signals blocked there, a signal
+     * sent to the worker reaches the event loop, never a PHP thread.
+     * SIGPROF stays deliverable: it is PHP's max_execution_time.
+     */
+
+    if (sigfillset(&set) == -1
+        || sigdelset(&set, SIGPROF) == -1
+        || sigdelset(&set, SIGSEGV) == -1
+        || sigdelset(&set, SIGBUS) == -1
+        || sigdelset(&set, SIGFPE) == -1
+        || sigdelset(&set, SIGILL) == -1
+        || sigdelset(&set, SIGABRT) == -1)
+    {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      "fephp: sigset operations failed");
+        return NGX_ERROR;
+    }
+
+    err = pthread_sigmask(SIG_BLOCK, &set, &old);
+    if (err) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, err,
+                      "fephp: pthread_sigmask() failed");
+        return NGX_ERROR;
+    }
+
+    rc = fephp_worker_start(fmcf->engine);
+
+    ngx_http_fephp_started = 1;
+
+    /* nginx's mask again, plus the SIGPROF fephp_worker_start() blocked */
+
+    if (sigaddset(&old, SIGPROF) == -1) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      "fephp: sigaddset() failed");
+        return NGX_ERROR;
+    }
+
+    err = pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (err) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, err,
+                      "fephp: pthread_sigmask() failed");
+        return NGX_ERROR;
+    }
+
+    if (rc != FEPHP_RESULT_OK) {
+        if (ngx_http_fephp_last_error(cycle->pool, &msg) != NGX_OK) {
+            ngx_str_set(&msg, "(no message)");
+        }
+
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "fephp_worker_start() failed: %V", &msg);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_fephp_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_connection_t  *c;
+
+    /*
+     * Worker exit.  An engine thread may still finish a request whose client
+     * left, and write to the eventfd: it stays open until the process ends
+     * (closed, its number could be reused by another file).  Only the
+     * connection is given back, so nginx does not report it as left open.
+     */
+
+    c = ngx_http_fephp_channel;
+
+    if (c == NULL) {
+        return;
+    }
+
+    ngx_http_fephp_channel = NULL;
+
+    if (c->read->active) {
+        if (ngx_del_event(c->read, NGX_READ_EVENT, 0) != NGX_OK) {
+            ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                          "fephp: could not remove the eventfd from the "
+                          "event loop");
+        }
+    }
+
+    c->fd = (ngx_socket_t) -1;
+    ngx_free_connection(c);
+
+    if (ngx_http_fephp_jobs) {
+        ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                      "fephp: %ui request(s) still in the engine at exit",
+                      ngx_http_fephp_jobs);
+    }
+}
