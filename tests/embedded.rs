@@ -387,7 +387,8 @@ fn connection_aborted_tells_the_script_the_client_left() {
     while !marker.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let at = std::fs::read_to_string(&marker).unwrap_or_else(|_| panic!("the script never finished; log:\n{}", h.stderr()));
+    let at = std::fs::read_to_string(&marker)
+        .unwrap_or_else(|_| panic!("the script never finished; log:\n{}", h.stderr()));
     assert_ne!(at, "never", "connection_aborted() never became true");
     assert!(
         at.parse::<u32>().unwrap() < 20,
@@ -414,7 +415,10 @@ fn a_slow_embedded_script_does_not_delay_fastcgi_responses() {
     let r = get(&h.url("/hello.php"));
     let took = started.elapsed();
     assert_eq!((r.status, r.text().as_str()), (200, "Hello, World!"));
-    assert!(took < Duration::from_millis(500), "a FastCGI request took {took:?} behind a slow embedded one");
+    assert!(
+        took < Duration::from_millis(500),
+        "a FastCGI request took {took:?} behind a slow embedded one"
+    );
     assert_eq!(slow.join().unwrap().text(), "slow done");
 }
 
@@ -423,11 +427,19 @@ fn sigterm_lets_a_running_php_request_finish() {
     let mut h = host(1);
     let url = h.url("/slow.php");
     let slow = std::thread::spawn(move || {
-        std::process::Command::new("curl").args(["-s", "-w", " %{http_code}", &url]).output().unwrap()
+        std::process::Command::new("curl")
+            .args(["-s", "-w", " %{http_code}", &url])
+            .output()
+            .unwrap()
     });
     std::thread::sleep(Duration::from_millis(400));
     h.signal(libc::SIGTERM);
     let out = slow.join().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "slow done 200", "{}", h.stderr());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "slow done 200",
+        "{}",
+        h.stderr()
+    );
     assert!(h.child.wait().unwrap().success());
 }
