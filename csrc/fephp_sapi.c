@@ -23,6 +23,7 @@
 
 #include <signal.h>
 #include <string.h>
+#include <unistd.h>
 
 /* The engine's callbacks, set once at startup. */
 static fephp_sapi_callbacks engine;
@@ -32,6 +33,42 @@ static const fephp_sapi_request *current;
 
 /* Whether fastcgi_finish_request() has ended the response. */
 static int finished;
+
+/* The working directory: the directory of the last script run. Scripts run in
+ * their own directory, as under php-fpm; consecutive requests for scripts in one
+ * directory then cost no chdir/getcwd at all (PHP would chdir there and back). */
+static char current_dir[MAXPATHLEN];
+
+/* PHP's own chdir(), wrapped so that a script moving away is noticed. */
+static zif_handler php_chdir_handler;
+
+static ZEND_NAMED_FUNCTION(fephp_chdir)
+{
+    current_dir[0] = '\0';
+    php_chdir_handler(INTERNAL_FUNCTION_PARAM_PASSTHRU);
+}
+
+/* Moves the process into the directory of `script` unless it is there already. */
+static void enter_script_dir(const char *script)
+{
+    const char *slash = strrchr(script, '/');
+    size_t len = slash ? (size_t) (slash - script) : 0;
+    if (len == 0) {
+        len = 1; /* "/x.php" or no slash: the root */
+    }
+    if (len >= sizeof(current_dir)) {
+        current_dir[0] = '\0';
+        return;
+    }
+    if (strncmp(current_dir, script, len) == 0 && current_dir[len] == '\0') {
+        return;
+    }
+    memcpy(current_dir, slash ? script : "/", len);
+    current_dir[len] = '\0';
+    if (chdir(current_dir) != 0) {
+        current_dir[0] = '\0';
+    }
+}
 
 static size_t sapi_fephp_ub_write(const char *str, size_t len)
 {
@@ -212,6 +249,13 @@ int fephp_sapi_startup(const fephp_sapi_callbacks *callbacks, const char *sapi_n
      * to the host's; the host owns those signals, so only the handlers PHP asks for
      * itself (the SIGPROF time limit) are installed, once. */
     SIGG(reset) = 0;
+    /* fephp_sapi_execute enters the script's directory itself (enter_script_dir). */
+    SG(options) |= SAPI_OPTION_NO_CHDIR;
+    zend_function *chdir_fn = zend_hash_str_find_ptr(CG(function_table), "chdir", sizeof("chdir") - 1);
+    if (chdir_fn && chdir_fn->type == ZEND_INTERNAL_FUNCTION) {
+        php_chdir_handler = chdir_fn->internal_function.handler;
+        chdir_fn->internal_function.handler = fephp_chdir;
+    }
     return 0;
 }
 
@@ -237,6 +281,8 @@ int fephp_sapi_execute(const fephp_sapi_request *req)
     } else {
         SG(request_info).auth_user = SG(request_info).auth_password = SG(request_info).auth_digest = NULL;
     }
+
+    enter_script_dir(req->script_filename);
 
     if (php_request_startup() == FAILURE) {
         SG(server_context) = NULL;

@@ -21,6 +21,9 @@ struct State {
     error: Option<String>,
     reader_gone: bool,
     notify: Option<Arc<Notify>>,
+    /// Notify calls running right now (outside the lock); the reader's drop waits
+    /// for them, so a callback never runs after its response is freed.
+    notifying: usize,
 }
 
 #[derive(Default)]
@@ -87,12 +90,10 @@ impl BodySender {
             }
             st.buffered += chunk.len();
             st.chunks.push_back(chunk);
-            notify = st.notify.clone();
+            notify = begin_notify(&mut st);
         }
         self.shared.changed.notify_all();
-        if let Some(n) = notify {
-            n();
-        }
+        self.shared.run_notify(notify);
         true
     }
 
@@ -113,11 +114,30 @@ impl Drop for BodySender {
         let notify = {
             let mut st = self.shared.state.lock();
             st.finished = true;
-            st.notify.clone()
+            begin_notify(&mut st)
         };
         self.shared.changed.notify_all();
+        self.shared.run_notify(notify);
+    }
+}
+
+/// Takes the notify callback for a call outside the lock, counting it as running.
+fn begin_notify(st: &mut State) -> Option<Arc<Notify>> {
+    let n = st.notify.clone();
+    if n.is_some() {
+        st.notifying += 1;
+    }
+    n
+}
+
+impl Shared {
+    fn run_notify(&self, notify: Option<Arc<Notify>>) {
         if let Some(n) = notify {
             n();
+            let mut st = self.state.lock();
+            st.notifying -= 1;
+            drop(st);
+            self.changed.notify_all();
         }
     }
 }
@@ -142,6 +162,8 @@ impl BodyStream {
 
     /// Registers a callback run on the producer's thread whenever `try_read` may
     /// make progress. It runs once at once if data or the end is already there.
+    /// Dropping the stream waits for a callback that is running, so the callback
+    /// must not drop the stream itself.
     pub fn set_notify(&self, notify: Notify) {
         let notify = Arc::new(notify);
         let ready = {
@@ -195,8 +217,11 @@ impl Drop for BodyStream {
         st.notify = None;
         st.chunks.clear();
         st.buffered = 0;
-        drop(st);
         self.shared.changed.notify_all();
+        // A notify already taken may still be running on the producer's thread.
+        while st.notifying > 0 {
+            self.shared.changed.wait(&mut st);
+        }
     }
 }
 

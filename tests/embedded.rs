@@ -56,12 +56,15 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("post.php", "<?php header('Content-Type: application/json'); echo json_encode(['post' => $_POST, 'files' => array_map(fn($f) => [$f['name'], $f['size'], md5_file($f['tmp_name'])], $_FILES), 'input' => strlen(file_get_contents('php://input'))]);"),
     ("big.php", "<?php for ($i = 0; $i < 40000; $i++) { echo str_pad((string)$i, 99, '.'), \"\\n\"; }"),
     ("abort.php", "<?php while (ob_get_level()) { ob_end_flush(); } ignore_user_abort(true); for ($i = 0; $i < 100; $i++) { echo str_repeat('x', 100), \"\\n\"; flush(); if (connection_aborted()) { file_put_contents(__DIR__ . '/aborted.txt', (string)$i); exit; } usleep(50000); } file_put_contents(__DIR__ . '/aborted.txt', 'never');"),
+    ("cwd.php", "<?php echo getcwd(), '|'; chdir('/'); echo getcwd();"),
+    ("sub/cwd.php", "<?php echo getcwd();"),
     ("style.css", "body{}"),
 ];
 
 fn site(dir: &Path) {
     let www = dir.join("www");
     std::fs::create_dir_all(www.join("uploads")).unwrap();
+    std::fs::create_dir_all(www.join("sub")).unwrap();
     for (name, body) in SCRIPTS {
         std::fs::write(www.join(name), body).unwrap();
     }
@@ -442,4 +445,29 @@ fn sigterm_lets_a_running_php_request_finish() {
         h.stderr()
     );
     assert!(h.child.wait().unwrap().success());
+}
+
+#[test]
+fn scripts_run_in_their_own_directory() {
+    let h = host(1);
+    let www = h.dir.path().join("www").canonicalize().unwrap();
+    let www = www.display().to_string();
+    for _ in 0..2 {
+        // A script that moves away does not move the next one.
+        assert_eq!(get(&h.url("/cwd.php")).text(), format!("{www}|/"));
+        assert_eq!(get(&h.url("/sub/cwd.php")).text(), format!("{www}/sub"));
+    }
+}
+
+#[test]
+fn head_of_a_php_response_has_no_body_and_no_false_length() {
+    let h = host(1);
+    let r = curl(&["-I", &h.url("/hello.php")]);
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    assert_ne!(
+        r.header("content-length"),
+        Some("0"),
+        "HEAD must not claim an empty body"
+    );
 }

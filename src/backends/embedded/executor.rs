@@ -162,6 +162,7 @@ fn finish(ctx: &mut Ctx) {
                 .iter()
                 .any(|(n, _)| n.eq_ignore_ascii_case("content-length"))
                 && ctx.status_allows_body()
+                && !ctx.job.head
             {
                 resp.push_header("Content-Length", ctx.out_len.to_string());
             }

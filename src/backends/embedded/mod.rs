@@ -142,16 +142,17 @@ impl Job {
     }
 }
 
+/// The PHP thread of this process, shared by every engine in it (NTS PHP allows
+/// one): (pid, executor). Re-created after a fork, since threads do not survive one.
+#[cfg(fephp_embedded)]
+static EXECUTOR: Mutex<Option<(u32, Arc<executor::Executor>)>> = Mutex::new(None);
+
 /// The embedded backend of one engine.
 pub struct Embedded {
     #[cfg(fephp_embedded)]
     runtime: &'static runtime::Runtime,
-    /// The PHP thread of the current process: (pid, executor). Re-created after a
-    /// fork, since threads do not survive one.
-    #[cfg(fephp_embedded)]
-    executor: Mutex<Option<(u32, Arc<executor::Executor>)>>,
     #[cfg(not(fephp_embedded))]
-    _unused: Mutex<Option<Arc<()>>>,
+    _unused: (),
 }
 
 impl Embedded {
@@ -167,10 +168,7 @@ impl Embedded {
             }
         }
         let runtime = runtime::start(libphp_path, ini, &executor::CALLBACKS)?;
-        Ok(Embedded {
-            runtime,
-            executor: Mutex::new(None),
-        })
+        Ok(Embedded { runtime })
     }
 
     #[cfg(not(fephp_embedded))]
@@ -202,7 +200,7 @@ impl Embedded {
     #[cfg(fephp_embedded)]
     fn executor(&self) -> Result<Arc<executor::Executor>, String> {
         let pid = std::process::id();
-        let mut slot = self.executor.lock();
+        let mut slot = EXECUTOR.lock();
         if let Some((p, e)) = slot.as_ref() {
             if *p == pid {
                 return Ok(e.clone());

@@ -26,6 +26,8 @@ pub struct Runtime {
     pub shim: SapiShim,
     pub libphp_path: PathBuf,
     pub php_version: String,
+    /// The `[php.ini]` lines PHP started with.
+    pub ini: String,
     /// Keep libphp mapped for the life of the process.
     _libphp: Library,
     _shim_file: std::fs::File,
@@ -55,7 +57,15 @@ pub fn start(
             libphp_path.display()
         ));
     }
+    if rt.ini != ini_entries(ini) {
+        return Err("[php.ini] differs from the settings PHP started with in this process: php.ini settings apply when PHP starts, so changing them needs a restart (not a reload).".to_owned());
+    }
     Ok(rt)
+}
+
+/// `[php.ini]` as PHP's ini_entries text: "key=value\n" lines.
+fn ini_entries(ini: &BTreeMap<String, crate::config::IniValue>) -> String {
+    ini.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -114,13 +124,11 @@ fn load(
         ));
     }
 
-    let mut entries = String::new();
-    for (k, v) in ini {
-        entries.push_str(&format!("{k}={v}\n"));
-    }
+    let entries = ini_entries(ini);
     let name = CString::new(SAPI_NAME).expect("no NUL");
     // Both strings must outlive PHP: the shim copies the ini text; the name is leaked.
     let name = Box::leak(name.into_boxed_c_str());
+    let ini_text = entries.clone();
     let entries = CString::new(entries)
         .map_err(|_| "[php.ini] values must not contain NUL bytes".to_owned())?;
     let mut err = [0 as c_char; 512];
@@ -144,6 +152,7 @@ fn load(
         shim,
         libphp_path: libphp_path.to_owned(),
         php_version: built_php,
+        ini: ini_text,
         _libphp: libphp,
         _shim_file: shim_file,
     })

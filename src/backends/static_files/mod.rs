@@ -71,7 +71,8 @@ impl StaticFiles {
             ));
         }
         Ok(StaticFiles {
-            root: root.to_owned(),
+            // Absolute: the PHP thread changes the process's working directory.
+            root: root.canonicalize().unwrap_or_else(|_| root.to_owned()),
             root_fd: dir.into(),
             index_files: index_files.to_vec(),
         })
