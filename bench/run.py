@@ -98,10 +98,12 @@ def write(path, text):
     return path
 
 
-def start_fe_php(tmp, name="fe-php", backend="embedded", fpm=None):
+def start_fe_php(tmp, name="fe-php", backend="embedded", fpm=None, fpm_connections=None):
     s = Server(name, tmp)
     s.port = free_port()
     php = f'fpm_socket = "{fpm}"\n' if fpm else ""
+    if fpm_connections:
+        php += f"fpm_max_connections = {fpm_connections}\n"
     conf = write(os.path.join(tmp, f"{name}.toml"), f"""
 [server]
 listen = "127.0.0.1:{s.port}"
@@ -120,14 +122,14 @@ root = "{WWW}"
     return s
 
 
-def start_php_fpm(tmp, children):
-    s = Server("php-fpm", tmp)
-    sock = os.path.join(tmp, "php-fpm.sock")
-    conf = write(os.path.join(tmp, "php-fpm.conf"), f"""
+def start_php_fpm(tmp, children, name="php-fpm"):
+    s = Server(name, tmp)
+    sock = os.path.join(tmp, f"{name}.sock")
+    conf = write(os.path.join(tmp, f"{name}.conf"), f"""
 [global]
-error_log = {tmp}/php-fpm-error.log
+error_log = {tmp}/{name}-error.log
 daemonize = no
-pid = {tmp}/php-fpm.pid
+pid = {tmp}/{name}.pid
 [www]
 listen = {sock}
 listen.mode = 0666
@@ -191,6 +193,57 @@ http {{
     return s
 
 
+MODULE = os.path.join(ROOT, "target", "nginx-module", "ngx_http_fephp_module.so")
+
+
+def start_nginx_fephp(tmp):
+    """nginx with fe-php's module: PHP embedded in the nginx workers."""
+    s = Server("nginx+fephp", tmp)
+    s.port = free_port()
+    d = tempfile.mkdtemp(dir=tmp)
+    toml = write(os.path.join(d, "fe-php.toml"), f"""
+[backend]
+default_backend = "embedded"
+[backend.static_files]
+enable = true
+root = "{WWW}"
+""")
+    conf = write(os.path.join(d, "nginx.conf"), f"""
+load_module {MODULE};
+worker_processes {CORES};
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+    include /etc/nginx/mime.types;
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    client_body_temp_path {d}/body;
+    fastcgi_temp_path {d}/fastcgi;
+    proxy_temp_path {d}/proxy;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    fephp_config {toml};
+    server {{
+        listen 127.0.0.1:{s.port} reuseport;
+        location / {{ fephp; }}
+    }}
+}}
+""")
+    # The module records libfe_php's soname; use the release build of the library.
+    release = os.path.join(ROOT, "target", "release")
+    so = os.path.join(release, "libfe_php.so.0")
+    if not os.path.exists(so):
+        os.symlink("libfe_php.so", so)
+    s.spawn(["/usr/sbin/nginx", "-p", d, "-c", conf, "-e", f"{d}/error.log"],
+            env={**os.environ, "LD_LIBRARY_PATH": release})
+    wait_port(s.port)
+    return s
+
+
 def start_apache(tmp):
     s = Server("apache+mod_php", tmp)
     s.port = free_port()
@@ -248,15 +301,21 @@ def wrk(url, seconds, connections, close=False):
             "socket_errors": sum(map(int, sockerr.groups())) if sockerr else 0}
 
 
+PHP_SERVERS = ["fe-php", "fe-php-fastcgi", "nginx+fephp", "nginx+php-fpm", "apache+mod_php"]
+STATIC_SERVERS = ["fe-php", "nginx+fephp", "nginx"]
 SCENARIOS = {
-    # name: (path, [(server key, is_peer_for_ratio)])
-    "hello": ("/hello.php", ["fe-php", "nginx+php-fpm", "apache+mod_php"]),
-    "json": ("/json.php", ["fe-php", "nginx+php-fpm", "apache+mod_php"]),
-    "page": ("/page.php", ["fe-php", "nginx+php-fpm", "apache+mod_php"]),
-    "static-1k": ("/1k.txt", ["fe-php", "nginx"]),
-    "static-100k": ("/100k.bin", ["fe-php", "nginx"]),
-    "static-10m": ("/10m.bin", ["fe-php", "nginx"]),
+    # name: (path, servers); fe-php variants are compared with the peers after them.
+    "hello": ("/hello.php", PHP_SERVERS),
+    "json": ("/json.php", PHP_SERVERS),
+    "page": ("/page.php", PHP_SERVERS),
+    "static-1k": ("/1k.txt", STATIC_SERVERS),
+    "static-100k": ("/100k.bin", STATIC_SERVERS),
+    "static-10m": ("/10m.bin", STATIC_SERVERS),
 }
+# Who each fe-php variant is measured against.
+PEERS = {"hello": ["nginx+php-fpm", "apache+mod_php"], "json": ["nginx+php-fpm", "apache+mod_php"],
+         "page": ["nginx+php-fpm", "apache+mod_php"], "static-1k": ["nginx"], "static-100k": ["nginx"],
+         "static-10m": ["nginx"]}
 
 
 def main():
@@ -285,6 +344,15 @@ def main():
     try:
         servers["fe-php"] = start_fe_php(tmp)
         fpm = start_php_fpm(tmp, args.fpm_children)
+        # fe-php's FastCGI backend gets an identical pool of its own: kept-alive
+        # connections hold php-fpm children, so two clients must not share one.
+        # Keep workers x fpm_max_connections within the pool's children.
+        fpm2 = start_php_fpm(tmp, args.fpm_children, "php-fpm-2")
+        servers["fe-php-fastcgi"] = start_fe_php(tmp, "fe-php-fastcgi", "fastcgi", fpm2.sock,
+                                                 max(1, args.fpm_children // CORES))
+        servers["fe-php-fastcgi"].procs.insert(0, fpm2.procs[0])
+        if os.path.exists(MODULE):
+            servers["nginx+fephp"] = start_nginx_fephp(tmp)
         servers["nginx+php-fpm"] = start_nginx(tmp, fpm.sock, keepalive=CORES)
         servers["nginx+php-fpm"].procs.insert(0, fpm.procs[0])
         servers["nginx"] = start_nginx(tmp)
@@ -332,6 +400,8 @@ def main():
             s.stop()
         if "fpm" in locals():
             fpm.stop()
+        if "fpm2" in locals():
+            fpm2.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -349,11 +419,13 @@ def report(results, args):
     m = machine()
     print(f"\nfe-php benchmark: {m['cores']} cores ({m['cpu']}), wrk -t1 -c{args.connections}, "
           f"{args.rounds}x{args.seconds}s interleaved rounds{', Connection: close' if args.close else ''}\n")
-    print(f"{'scenario':<12} {'server':<16} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'RSS MiB':>8} {'errors':>7}  ratio")
+    print(f"{'scenario':<12} {'server':<16} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'RSS MiB':>8} {'errors':>7}  ratios")
     for sc, rows in results.items():
-        fe = rows.get("fe-php", {}).get("rps")
+        peers = [p for p in PEERS.get(sc, []) if p in rows and rows[p]["rps"]]
         for n, r in rows.items():
-            ratio = "" if n == "fe-php" or not r["rps"] else f"fe-php = {fe / r['rps']:.2f}x"
+            ratio = ""
+            if n.startswith("fe-php") or n == "nginx+fephp":
+                ratio = "  ".join(f"{r['rps'] / rows[p]['rps']:.2f}x {p}" for p in peers)
             print(f"{sc:<12} {n:<16} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['peak_rss_mib']:>8} {r['errors']:>7}  {ratio}")
         print()
 
