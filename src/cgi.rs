@@ -3,7 +3,7 @@
 //! variables a script sees — the ones Debian's nginx passes to php-fpm
 //! (`fastcgi.conf` + `SCRIPT_FILENAME`, `PATH_INFO`, `SERVER_NAME $host`).
 
-use crate::backends::static_files::StaticFiles;
+use crate::backends::static_files::{PathKind as Kind, StaticFiles};
 use crate::http::Request;
 use std::path::Path;
 
@@ -83,18 +83,8 @@ fn is_php_script(path: &str) -> bool {
     path.len() >= 4 && path.as_bytes()[path.len() - 4..].eq_ignore_ascii_case(b".php")
 }
 
-enum Kind {
-    File,
-    Dir,
-    Missing,
-}
-
 fn kind(root: &StaticFiles, path: &str) -> Kind {
-    match root.metadata(path) {
-        Ok(m) if m.is_file() => Kind::File,
-        Ok(m) if m.is_dir() => Kind::Dir,
-        _ => Kind::Missing,
-    }
+    root.kind(path)
 }
 
 /// The CGI environment of one request.

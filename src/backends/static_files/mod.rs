@@ -45,6 +45,27 @@ pub struct StaticFiles {
     root: PathBuf,
     root_fd: OwnedFd,
     index_files: Vec<String>,
+    /// What recently resolved paths are, for PHP script resolution.
+    kinds: parking_lot::Mutex<KindCache>,
+}
+
+/// What a path below the root is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    File,
+    Dir,
+    Missing,
+}
+
+/// How long a path's kind is remembered: as long as PHP's own stat caches at
+/// their shortest (OPcache revalidates scripts every 2 s by default).
+const KIND_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Entries kept before the cache starts over.
+const KIND_CACHE_SIZE: usize = 4096;
+
+#[derive(Debug, Default)]
+struct KindCache {
+    entries: std::collections::HashMap<Box<str>, (std::time::Instant, PathKind)>,
 }
 
 /// A file opened for serving, with what the headers need.
@@ -75,6 +96,7 @@ impl StaticFiles {
             root: root.canonicalize().unwrap_or_else(|_| root.to_owned()),
             root_fd: dir.into(),
             index_files: index_files.to_vec(),
+            kinds: parking_lot::Mutex::new(KindCache::default()),
         })
     }
 
@@ -103,6 +125,28 @@ impl StaticFiles {
             Ok(f) => f.metadata(),
             Err(e) => Err(e),
         }
+    }
+
+    /// What `rel` is, remembered for a second: script resolution asks for the same
+    /// few paths on every request, and each answer costs three system calls.
+    pub fn kind(&self, rel: &str) -> PathKind {
+        let now = std::time::Instant::now();
+        if let Some(&(at, kind)) = self.kinds.lock().entries.get(rel) {
+            if now.duration_since(at) < KIND_TTL {
+                return kind;
+            }
+        }
+        let kind = match self.metadata(rel) {
+            Ok(m) if m.is_file() => PathKind::File,
+            Ok(m) if m.is_dir() => PathKind::Dir,
+            _ => PathKind::Missing,
+        };
+        let mut cache = self.kinds.lock();
+        if cache.entries.len() >= KIND_CACHE_SIZE {
+            cache.entries.clear();
+        }
+        cache.entries.insert(rel.into(), (now, kind));
+        kind
     }
 
     /// Serves a normalized `path`. `query` is the raw query, kept on redirects.
@@ -505,6 +549,22 @@ mod tests {
         for p in ["/x.php.txt", "/php", "/x.html", "/phpinfo"] {
             assert!(!is_php_source(p), "{p}");
         }
+    }
+
+    #[test]
+    fn path_kinds_are_remembered_for_a_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let sf = StaticFiles::new(dir.path(), &[]).unwrap();
+        assert_eq!(sf.kind("/new.php"), PathKind::Missing);
+        std::fs::write(dir.path().join("new.php"), "<?php").unwrap();
+        assert_eq!(
+            sf.kind("/new.php"),
+            PathKind::Missing,
+            "answered from the cache"
+        );
+        std::thread::sleep(KIND_TTL + std::time::Duration::from_millis(100));
+        assert_eq!(sf.kind("/new.php"), PathKind::File);
+        assert_eq!(sf.kind("/"), PathKind::Dir);
     }
 
     #[test]
