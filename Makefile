@@ -63,9 +63,9 @@ header:
 bench: bench-deps build
 	python3 bench/run.py $(BENCH_ARGS)
 
-## criterion micro-benchmarks (router, path normalization).
+## criterion micro-benchmarks (router, path normalization, CGI variables, static path).
 bench-micro:
-	$(CARGO) bench --bench router
+	$(CARGO) bench --bench router --bench engine
 
 bench-deps: deps
 	@FEPHP_EXTRA_PACKAGES="apache2 libapache2-mod-php8.2 python3" ./scripts/install-deps.sh

@@ -208,17 +208,23 @@ impl StaticFiles {
         if is_compressible(content_type) {
             let accept = req.header_str("accept-encoding").unwrap_or("");
             for (coding, ext) in [("br", "br"), ("gzip", "gz")] {
+                // Whether a sidecar exists is remembered (it decides Vary for every
+                // client); it is opened only for a client that takes it.
                 let sidecar = format!("{path}.{ext}");
+                if self.kind(&sidecar) != PathKind::File {
+                    continue;
+                }
+                has_sidecar = true;
+                if encoding.is_some() || !accepts_encoding(accept, coding) {
+                    continue;
+                }
                 if let Ok(f) = self.open_beneath(&sidecar) {
-                    let Ok(m) = f.metadata() else { continue };
-                    if !m.is_file() {
-                        continue;
-                    }
-                    has_sidecar = true;
-                    if encoding.is_none() && accepts_encoding(accept, coding) {
-                        file = f;
-                        meta = m;
-                        encoding = Some(coding);
+                    if let Ok(m) = f.metadata() {
+                        if m.is_file() {
+                            file = f;
+                            meta = m;
+                            encoding = Some(coding);
+                        }
                     }
                 }
             }
