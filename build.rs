@@ -19,6 +19,8 @@ fn main() {
     let major = std::env::var("CARGO_PKG_VERSION_MAJOR").expect("CARGO_PKG_VERSION_MAJOR");
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libfe_php.so.{major}");
     println!("cargo:rustc-check-cfg=cfg(fephp_embedded)");
+    // `cargo fuzz` builds with --cfg fuzzing (src/backends/fastcgi/mod.rs).
+    println!("cargo:rustc-check-cfg=cfg(fuzzing)");
     build_sapi_shim(&dir, &out);
 }
 

@@ -133,7 +133,8 @@ typedef uint32_t fephp_result;
 #endif // __cplusplus
 
 /**
- * The engine: configuration, router and backends. Opaque.
+ * The engine: configuration, router and backends (replaced as a whole by
+ * `fephp_engine_reload`), and its metrics. Opaque.
  */
 typedef struct fephp_engine fephp_engine;
 
@@ -141,6 +142,38 @@ typedef struct fephp_engine fephp_engine;
  * A response. Opaque.
  */
 typedef struct fephp_response fephp_response;
+
+/**
+ * `[server]`'s connection limits, for hosts that own the socket: plain numbers
+ * the host copies (timeouts in milliseconds, sizes in bytes).
+ */
+typedef struct fephp_server_limits {
+  /**
+   * Longest time to receive a request's head, counted from its first byte (from
+   * the connection's start for the first request); exceeded: 408 and close.
+   */
+  uint64_t header_read_timeout_ms;
+  /**
+   * Longest wait between two reads of a request body; exceeded: 408 and close.
+   */
+  uint64_t body_read_timeout_ms;
+  /**
+   * How long an idle keep-alive connection waits for its next request.
+   */
+  uint64_t keepalive_timeout_ms;
+  /**
+   * Largest request head (request line and headers) in bytes; larger: 431.
+   */
+  uint64_t max_header_size;
+  /**
+   * Largest request body in bytes; larger: 413.
+   */
+  uint64_t max_body_size;
+  /**
+   * Connections one worker process serves at once.
+   */
+  uint32_t max_connections;
+} fephp_server_limits;
 
 /**
  * A borrowed string: `len` bytes at `ptr`, not NUL-terminated. `ptr` may be NULL
@@ -256,6 +289,54 @@ fephp_result fephp_init(const char *config_path,
 void fephp_engine_free(const struct fephp_engine *engine);
 
 /**
+ * Replaces the engine's configuration with exactly one of `config_path` (a TOML
+ * file) or `config_toml` (TOML text); the other must be NULL. Both are
+ * NUL-terminated and borrowed for the call.
+ *
+ * The new configuration is read, validated and built first; only then does it
+ * take over, atomically: requests started after this returns use it, requests
+ * already running finish on the old one, whose backends (FastCGI connections
+ * included) close once the last of them is done. On `FEPHP_RESULT_CONFIG_ERROR`
+ * nothing changes: the old configuration keeps serving and `fephp_last_error`
+ * gives every problem. PHP's runtime is loaded once per process, so a change of
+ * `[php] libphp_path` or `[php.ini]` is refused that way ("needs a restart").
+ *
+ * Thread-safe; any thread may call it while others run requests. Engine settings
+ * the host read before (listen address, workers, access log, limits) are the new
+ * ones from here on: the host decides what to do with them. In a forking host,
+ * call it in the master and fork new workers (they start with the new
+ * configuration), or in each worker (after `fephp_worker_start` there, the new
+ * engine's threads start at once). Metrics carry over.
+ */
+fephp_result fephp_engine_reload(const struct fephp_engine *engine,
+                                 const char *config_path,
+                                 const char *config_toml);
+
+/**
+ * Writes the engine's metrics in Prometheus' text exposition format (version
+ * 0.0.4; what `[backend] metrics_path` answers) into `buf`. The counters live in
+ * memory shared by the processes forked after `fephp_init`, so any worker reports
+ * the totals of all of them. The text grows between calls as new series appear:
+ * leave room (e.g. 64 KiB) rather than sizing `buf` by a previous `*len_out`.
+ */
+fephp_result fephp_metrics(const struct fephp_engine *engine,
+                           char *buf,
+                           size_t cap,
+                           size_t *len_out);
+
+/**
+ * For a forking host's master, when it reaps worker process `pid`: `signal` is
+ * the signal that killed it unexpectedly (0 when it exited, or when the master
+ * stopped it on purpose), `replaced` whether a new worker starts in its place.
+ * Counts `fephp_worker_crashes_total` and `fephp_worker_restarts_total`, and
+ * drops the worker's gauges (e.g. the requests it had in flight) at once.
+ */
+fephp_result fephp_metrics_worker_exited(const struct fephp_engine *engine,
+                                         int32_t pid,
+                                         int32_t signal,
+                                         bool replaced);
+
+/**
  * Per-worker start: call once in each worker process after fork and before its
  * first request. Starts what must not exist before a fork (the PHP thread). A
  * host that does not fork may skip it (the first PHP request starts the thread).
@@ -296,6 +377,34 @@ fephp_result fephp_engine_access_log(const struct fephp_engine *engine,
  * file means one per CPU core).
  */
 fephp_result fephp_engine_workers(const struct fephp_engine *engine, uint32_t *workers_out);
+
+/**
+ * Writes `[server]`'s connection limits (timeouts, sizes, connections; the
+ * defaults where the file sets none) into `*limits_out`. For hosts that own the
+ * socket; an embedding server such as nginx keeps its own. The values change only
+ * with `fephp_engine_reload`: read them once per worker, e.g. right after forking.
+ */
+fephp_result fephp_engine_server_limits(const struct fephp_engine *engine,
+                                        struct fephp_server_limits *limits_out);
+
+/**
+ * Writes `[server] user` into `buf`; "" when unset. A host that starts as root
+ * binds its socket, then switches each worker process to this user (with
+ * `fephp_engine_group`'s group) before `fephp_worker_start`.
+ */
+fephp_result fephp_engine_user(const struct fephp_engine *engine,
+                               char *buf,
+                               size_t cap,
+                               size_t *len_out);
+
+/**
+ * Writes `[server] group` into `buf`; "" when unset (then the workers take the
+ * user's primary group).
+ */
+fephp_result fephp_engine_group(const struct fephp_engine *engine,
+                                char *buf,
+                                size_t cap,
+                                size_t *len_out);
 
 /**
  * Whether a backend is available in this configuration. For an unavailable one,

@@ -42,7 +42,7 @@ test "${PIPESTATUS[0]}" -eq 0 && ok valgrind
 # handle: run PHP without conf.d extensions here (valgrind above covers them).
 $CC $CFLAGS -fsanitize=address -fno-omit-frame-pointer -Iinclude -o "$LIB/abi_test_asan" tests/c/abi_test.c -L"$LIB" -lfe_php
 PHP_INI_SCAN_DIR= LD_LIBRARY_PATH="$LIB" ASAN_OPTIONS=detect_leaks=1 \
-    LSAN_OPTIONS=suppressions=tests/c/lsan.supp:print_suppressions=0 \
+    LSAN_OPTIONS=suppressions=$PWD/tests/c/lsan.supp:print_suppressions=0 \
     "$LIB/abi_test_asan" examples/public "${php_args[@]}"
 ok asan
 

@@ -37,6 +37,26 @@ pub struct ServerConfig {
     pub listen: String,
     /// Access log in combined log format: "-" (stdout), "off", or a file path.
     pub access_log: String,
+    /// Longest time to receive a request's head, counted from its first byte (from
+    /// the connection's start for the first request); exceeded → 408 and close.
+    pub header_read_timeout: ConfigDuration,
+    /// Longest wait between two reads of a request body (nginx's
+    /// `client_body_timeout`); exceeded → 408 and close.
+    pub body_read_timeout: ConfigDuration,
+    /// How long an idle keep-alive connection waits for its next request.
+    pub keepalive_timeout: ConfigDuration,
+    /// Largest request head (request line and headers); larger → 431.
+    pub max_header_size: ConfigSize,
+    /// Largest request body; larger → 413.
+    pub max_body_size: ConfigSize,
+    /// Connections one worker process serves at once; at the limit it stops accepting
+    /// and the kernel's backlog (or another worker) holds new connections.
+    pub max_connections: usize,
+    /// User the worker processes run as: the master starts as root, binds the
+    /// socket, and workers drop to this user before serving. Unset: no change.
+    pub user: Option<String>,
+    /// Group of the workers; unset: the user's primary group. Needs `user`.
+    pub group: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -45,9 +65,29 @@ impl Default for ServerConfig {
             workers: 0,
             listen: DEFAULT_LISTEN.to_owned(),
             access_log: "-".to_owned(),
+            header_read_timeout: ConfigDuration(Duration::from_secs(10)),
+            body_read_timeout: ConfigDuration(Duration::from_secs(60)),
+            keepalive_timeout: ConfigDuration(Duration::from_secs(75)),
+            max_header_size: ConfigSize(DEFAULT_MAX_HEADER_SIZE),
+            max_body_size: ConfigSize(DEFAULT_MAX_BODY_SIZE),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            user: None,
+            group: None,
         }
     }
 }
+
+/// Default `[server] max_header_size`: more than the largest header php-fpm takes
+/// (64 KiB, one FastCGI record), so any header PHP can receive gets through.
+pub const DEFAULT_MAX_HEADER_SIZE: u64 = 128 << 10;
+/// Accepted range of `[server] max_header_size`.
+pub const MAX_HEADER_SIZE_RANGE: std::ops::RangeInclusive<u64> = (1 << 10)..=(1 << 20);
+/// Default `[server] max_body_size` (bodies are held in memory before PHP runs).
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 64 << 20;
+/// Default `[server] max_connections` (per worker process).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Upper bound of `[server] max_connections`.
+pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 
 /// `[backend]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +101,8 @@ pub struct BackendConfig {
     pub routing_rules: Vec<RoutingRule>,
     /// Path answered by the engine with the health JSON; "" disables it.
     pub health_path: String,
+    /// Path answered by the engine with Prometheus metrics; "" disables it.
+    pub metrics_path: String,
 }
 
 impl Default for BackendConfig {
@@ -71,6 +113,7 @@ impl Default for BackendConfig {
             static_files: StaticFilesConfig::default(),
             routing_rules: Vec::new(),
             health_path: "/_health".to_owned(),
+            metrics_path: "/_metrics".to_owned(),
         }
     }
 }
@@ -256,6 +299,76 @@ impl<'de> Deserialize<'de> for ConfigDuration {
     }
 }
 
+/// A size in bytes as the configuration writes it: a number of bytes (`65536` or
+/// `"65536"`) or a whole number with a binary unit, `"16K"`, `"64M"`, `"1G"`
+/// (like nginx's sizes and php.ini's; `k`, `m`, `g` work too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigSize(pub u64);
+
+impl ConfigSize {
+    /// Parses `"16K"`, `"64M"`, `"1G"` or `"4096"`; the error says what is accepted.
+    pub fn parse(text: &str) -> Result<ConfigSize, String> {
+        let t = text.trim();
+        let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+        let (number, unit) = t.split_at(digits);
+        let bad = || {
+            format!("invalid size \"{text}\": write a number of bytes or a whole number with K, M or G, e.g. \"16K\", \"64M\" or \"1G\"")
+        };
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        let shift = match unit {
+            "" => 0,
+            "k" | "K" => 10,
+            "m" | "M" => 20,
+            "g" | "G" => 30,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(1 << shift)
+            .map(ConfigSize)
+            .ok_or_else(|| format!("invalid size \"{text}\": too large"))
+    }
+}
+
+impl fmt::Display for ConfigSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (shift, unit) in [(30, "G"), (20, "M"), (10, "K")] {
+            if n != 0 && n % (1 << shift) == 0 {
+                return write!(f, "\"{}{unit}\"", n >> shift);
+            }
+        }
+        write!(f, "{n}")
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ConfigSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: a number of bytes or e.g. \"16K\", \"64M\", \"1G\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ConfigSize, E> {
+                ConfigSize::parse(v).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ConfigSize, E> {
+                u64::try_from(v)
+                    .map(ConfigSize)
+                    .map_err(|_| E::custom(format!("invalid size {v}: sizes cannot be negative")))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ConfigSize, E> {
+                Ok(ConfigSize(v))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<ConfigSize, E> {
+                Err(E::custom(format!(
+                    "invalid size {v}: write a whole number of bytes or e.g. \"1536K\""
+                )))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// Where PHP-FPM listens, from `[php] fpm_socket`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FpmAddress {
@@ -346,6 +459,21 @@ impl fmt::Display for IniValue {
             IniValue::Float(x) => write!(f, "{x}"),
             IniValue::String(s) => f.write_str(s),
         }
+    }
+}
+
+/// The directory the process was in when it first read a configuration; PHP
+/// requests change the working directory later, so relative paths are taken
+/// against this one.
+static START_DIR: once_cell::sync::Lazy<PathBuf> =
+    once_cell::sync::Lazy::new(|| std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")));
+
+/// `path` made absolute against the start directory ("" stays empty).
+pub fn absolute(path: &Path) -> PathBuf {
+    if path.as_os_str().is_empty() || path.is_absolute() {
+        path.to_owned()
+    } else {
+        START_DIR.join(path)
     }
 }
 
@@ -462,6 +590,42 @@ impl Validated {
     }
 }
 
+impl ServerConfig {
+    /// What is wrong with the `[server]` limits and identity, one message each.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !MAX_HEADER_SIZE_RANGE.contains(&self.max_header_size.0) {
+            problems.push(format!(
+                "[server] max_header_size = {} is out of range: use \"1K\" to \"1M\".\n    It bounds the request line and headers together; the default is \"128K\".",
+                self.max_header_size
+            ));
+        }
+        if self.max_body_size.0 == 0 {
+            problems.push("[server] max_body_size = 0 is out of range: use at least 1 byte, e.g. \"64M\".\n    Bodies are held in memory before the backend runs, so there is no \"unlimited\".".to_owned());
+        }
+        if self.max_connections == 0 || self.max_connections > MAX_MAX_CONNECTIONS {
+            problems.push(format!(
+                "[server] max_connections = {} is out of range: use 1 to {MAX_MAX_CONNECTIONS}.\n    It bounds the connections each worker process serves at once.",
+                self.max_connections
+            ));
+        }
+        for (key, value) in [("user", &self.user), ("group", &self.group)] {
+            if let Some(name) = value {
+                if name.is_empty() || name.bytes().any(|b| b <= b' ' || b == b':' || b == 0x7f) {
+                    problems.push(format!(
+                        "[server] {key} \"{}\" is not a {key} name.\n    Name an existing {key}, e.g. {key} = \"www-data\", or remove the key.",
+                        name.escape_debug()
+                    ));
+                }
+            }
+        }
+        if self.group.is_some() && self.user.is_none() {
+            problems.push("[server] group is set without [server] user.\n    Workers change their group together with their user: add user = \"www-data\" (group defaults to the user's own).".to_owned());
+        }
+        problems
+    }
+}
+
 impl Config {
     /// Parses TOML text. Unknown keys and wrong types are errors naming the key and line.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
@@ -470,6 +634,7 @@ impl Config {
 
     /// Reads and parses a file; errors name the file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let path = &absolute(path);
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::one(format!(
                 "cannot read configuration file {}: {e}\n    Check the path given to --config (or fephp_init) and its permissions.",
@@ -485,7 +650,18 @@ impl Config {
     }
 
     /// Decides which backends are available and checks every rule against them.
-    pub fn validate(self, built: Built) -> Result<Validated, ConfigError> {
+    pub fn validate(mut self, built: Built) -> Result<Validated, ConfigError> {
+        // Relative paths mean relative to where the process started: the PHP thread
+        // moves the working directory to each script's directory.
+        for p in [
+            &mut self.backend.static_files.root,
+            &mut self.php.libphp_path,
+        ] {
+            *p = absolute(p);
+        }
+        if let Some(p) = &mut self.php.document_root {
+            *p = absolute(p);
+        }
         let mut messages = Vec::new();
         let mut problems = Vec::new();
         let php = &self.php;
@@ -693,10 +869,21 @@ impl Config {
                 ));
             }
         }
+        problems.extend(self.server.problems());
         if !self.backend.health_path.is_empty() && !self.backend.health_path.starts_with('/') {
             problems.push(format!(
                 "[backend] health_path '{}' must start with '/' (or be \"\" to disable it).",
                 self.backend.health_path
+            ));
+        }
+        let mp = &self.backend.metrics_path;
+        if !mp.is_empty() && !mp.starts_with('/') {
+            problems.push(format!(
+                "[backend] metrics_path '{mp}' must start with '/' (or be \"\" to disable it)."
+            ));
+        } else if !mp.is_empty() && *mp == self.backend.health_path {
+            problems.push(format!(
+                "[backend] metrics_path '{mp}' is also the health_path: give each its own path."
             ));
         }
 
@@ -1103,6 +1290,104 @@ mod tests {
         );
         assert!(parse(&format!(
             "{base}fpm_max_connections = 1\nfpm_ping_path = \"/ping\"\n"
+        ))
+        .validate(BUILT)
+        .is_ok());
+    }
+
+    #[test]
+    fn server_limits_defaults_and_forms() {
+        let server = parse("").server;
+        assert_eq!(server.header_read_timeout.0, Duration::from_secs(10));
+        assert_eq!(server.body_read_timeout.0, Duration::from_secs(60));
+        assert_eq!(server.keepalive_timeout.0, Duration::from_secs(75));
+        assert_eq!(server.max_header_size.0, 128 << 10);
+        assert_eq!(server.max_body_size.0, 64 << 20);
+        assert_eq!(server.max_connections, 10_000);
+        assert_eq!((server.user, server.group), (None, None));
+        let server = parse(
+            "[server]\nheader_read_timeout = \"500ms\"\nbody_read_timeout = \"2m\"\nkeepalive_timeout = \"5s\"\nmax_header_size = \"8k\"\nmax_body_size = 1048576\nmax_connections = 3\nuser = \"www-data\"\ngroup = \"nogroup\"\n",
+        )
+        .server;
+        assert_eq!(server.header_read_timeout.0, Duration::from_millis(500));
+        assert_eq!(server.body_read_timeout.0, Duration::from_secs(120));
+        assert_eq!(server.keepalive_timeout.0, Duration::from_secs(5));
+        assert_eq!(server.max_header_size.0, 8192);
+        assert_eq!(server.max_body_size.0, 1 << 20);
+        assert_eq!(server.max_connections, 3);
+        assert_eq!(server.user.as_deref(), Some("www-data"));
+        assert_eq!(server.group.as_deref(), Some("nogroup"));
+        for (text, bytes) in [
+            ("0", 0),
+            ("4096", 4096),
+            ("16K", 16 << 10),
+            ("64M", 64 << 20),
+            ("1G", 1 << 30),
+            ("3g", 3 << 30),
+        ] {
+            assert_eq!(ConfigSize::parse(text), Ok(ConfigSize(bytes)), "{text}");
+        }
+        assert_eq!(ConfigSize(64 << 20).to_string(), "\"64M\"");
+        assert_eq!(ConfigSize(1536).to_string(), "1536");
+        assert_eq!(ConfigSize(0).to_string(), "0");
+    }
+
+    #[test]
+    fn sizes_are_bytes_or_have_a_binary_unit() {
+        for (value, why) in [
+            ("\"64 MB\"", "invalid size \"64 MB\": write a number of bytes or a whole number with K, M or G, e.g. \"16K\", \"64M\" or \"1G\""),
+            ("\"64MB\"", "invalid size \"64MB\": write a number of bytes"),
+            ("\"1.5M\"", "invalid size \"1.5M\": write a number of bytes"),
+            ("\"M\"", "invalid size \"M\": write a number of bytes"),
+            ("\"1T\"", "invalid size \"1T\": write a number of bytes"),
+            ("\"99999999999G\"", "invalid size \"99999999999G\": too large"),
+            ("-1", "invalid size -1: sizes cannot be negative"),
+            ("1.5", "invalid size 1.5: write a whole number of bytes or e.g. \"1536K\""),
+        ] {
+            let e = Config::from_toml(&format!("[server]\nmax_body_size = {value}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{value}: {e}");
+            assert!(e.contains("line 2"), "{value}: {e}");
+        }
+        let e = Config::from_toml("[server]\nkeepalive_timeout = 75\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("durations need a unit: write \"75s\" (or \"500ms\", \"2m\"), not 75"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn server_limits_are_validated() {
+        let base = format!(
+            "[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{}\"\n[server]\n",
+            static_root()
+        );
+        for (keys, want) in [
+            ("max_header_size = 512", "[server] max_header_size = 512 is out of range: use \"1K\" to \"1M\".\n    It bounds the request line and headers together; the default is \"128K\"."),
+            ("max_header_size = \"2M\"", "[server] max_header_size = \"2M\" is out of range: use \"1K\" to \"1M\"."),
+            ("max_body_size = 0", "[server] max_body_size = 0 is out of range: use at least 1 byte, e.g. \"64M\".\n    Bodies are held in memory before the backend runs, so there is no \"unlimited\"."),
+            ("max_connections = 0", "[server] max_connections = 0 is out of range: use 1 to 1000000.\n    It bounds the connections each worker process serves at once."),
+            ("max_connections = 1000001", "[server] max_connections = 1000001 is out of range"),
+            ("user = \"\"", "[server] user \"\" is not a user name.\n    Name an existing user, e.g. user = \"www-data\", or remove the key."),
+            ("user = \"www data\"", "[server] user \"www data\" is not a user name."),
+            ("user = \"a:b\"", "[server] user \"a:b\" is not a user name."),
+            ("user = \"www-data\"\ngroup = \"\\n\"", "[server] group \"\\n\" is not a group name."),
+            ("group = \"www-data\"", "[server] group is set without [server] user.\n    Workers change their group together with their user: add user = \"www-data\" (group defaults to the user's own)."),
+        ] {
+            let e = err(&format!("{base}{keys}\n"), BUILT);
+            assert!(e.contains(want), "{keys}: {e}");
+        }
+        let v = parse(&format!(
+            "{base}max_header_size = \"1K\"\nmax_body_size = 1\nmax_connections = 1\nuser = \"nobody\"\ngroup = \"nogroup\"\n"
+        ))
+        .validate(BUILT)
+        .unwrap();
+        assert_eq!(v.config.server.max_header_size.0, 1024);
+        assert!(parse(&format!(
+            "{base}max_header_size = \"1M\"\nmax_connections = 1000000\n"
         ))
         .validate(BUILT)
         .is_ok());

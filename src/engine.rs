@@ -9,14 +9,24 @@ use crate::cgi::{self, CgiVars, Resolution};
 use crate::config::{Availability, BackendKind, Config, ConfigError, Validated};
 use crate::health::{BackendHealth, Backends, Health};
 use crate::http::{Body, Request, Response};
+use crate::metrics::{Metrics, Source, StreamBytes};
 use crate::path::{self, PathError};
 use crate::router::{Route, Router};
+use parking_lot::{Mutex, RwLock};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Receives a response and, for a streamed body, the counter its reader feeds
+/// (`StreamBytes::add` for every chunk read) so that `fephp_response_bytes_total`
+/// includes it.
+pub type MeteredCompletion = Box<dyn FnOnce(Response, Option<StreamBytes>) + Send>;
 
 /// Where a request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    /// Answered by the engine itself (`/_health`).
+    /// Answered by the engine itself (`/_health`, `/_metrics`).
     Internal,
     Backend(Route),
 }
@@ -39,12 +49,19 @@ pub struct Engine {
     php: Option<PhpSite>,
     embedded: Option<Embedded>,
     fastcgi: Option<FastCgi>,
+    metrics: Arc<Metrics>,
 }
 
 impl Engine {
     /// Validates `config`, builds the router and backends, and (when the embedded
-    /// backend is available) starts PHP in this process.
+    /// backend is available) starts PHP in this process. The engine gets metrics
+    /// of its own.
     pub fn new(config: Config) -> Result<Engine, ConfigError> {
+        Engine::with_metrics(config, Arc::new(Metrics::new()))
+    }
+
+    /// As `new`, adding to `metrics` (which a reload carries over).
+    pub fn with_metrics(config: Config, metrics: Arc<Metrics>) -> Result<Engine, ConfigError> {
         let validated = config.validate(BUILT)?;
         let fail = |msg: String| ConfigError {
             problems: vec![msg],
@@ -83,16 +100,20 @@ impl Engine {
 
         let embedded = if validated.embedded.is_available() {
             Some(
-                Embedded::start(&validated.config.php.libphp_path, &validated.config.php.ini)
-                    .map_err(fail)?,
+                Embedded::start(
+                    &validated.config.php.libphp_path,
+                    &validated.config.php.ini,
+                    metrics.clone(),
+                )
+                .map_err(fail)?,
             )
         } else {
             None
         };
         let fastcgi = match (&php, validated.fastcgi.is_available()) {
-            (Some(site), true) => {
-                Some(FastCgi::new(&validated.config.php, &site.root).map_err(fail)?)
-            }
+            (Some(site), true) => Some(
+                FastCgi::new(&validated.config.php, &site.root, metrics.clone()).map_err(fail)?,
+            ),
             _ => None,
         };
         Ok(Engine {
@@ -102,11 +123,16 @@ impl Engine {
             php,
             embedded,
             fastcgi,
+            metrics,
         })
     }
 
     pub fn config(&self) -> &Config {
         &self.validated.config
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The seed's `[i]` lines for this configuration.
@@ -138,7 +164,7 @@ impl Engine {
     /// Decides where a request goes without running it.
     pub fn route(&self, target: &str) -> Result<Decision, PathError> {
         let t = path::split_target(target)?;
-        if self.is_health(t.raw_path) {
+        if self.is_health(t.raw_path) || self.is_metrics(t.raw_path) {
             return Ok(Decision::Internal);
         }
         let normalized = path::normalize(t.raw_path)?;
@@ -150,79 +176,138 @@ impl Engine {
         !hp.is_empty() && raw_path == hp
     }
 
+    fn is_metrics(&self, raw_path: &str) -> bool {
+        let mp = &self.validated.config.backend.metrics_path;
+        !mp.is_empty() && raw_path == mp
+    }
+
     /// Runs a request and waits for its response head.
     pub fn handle(&self, req: &Request<'_>) -> Response {
+        self.handle_metered(req).0
+    }
+
+    /// As `handle`, with the byte counter of a streamed body (see
+    /// `MeteredCompletion`).
+    pub fn handle_metered(&self, req: &Request<'_>) -> (Response, Option<StreamBytes>) {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.handle_async(
+        self.handle_async_metered(
             req,
-            Box::new(move |resp| {
-                let _ = tx.send(resp);
+            Box::new(move |resp, bytes| {
+                let _ = tx.send((resp, bytes));
             }),
         );
-        rx.recv().unwrap_or_else(|_| Response::error(500, None))
+        rx.recv()
+            .unwrap_or_else(|_| (Response::error(500, None), None))
     }
 
     /// Runs a request; `complete` gets the response exactly once — before this
     /// returns for static files, health and errors, later (from the PHP or FastCGI
     /// thread) for PHP, and for health when PHP-FPM is probed.
     pub fn handle_async(&self, req: &Request<'_>, complete: Completion) {
+        self.handle_async_metered(req, Box::new(move |resp, _| complete(resp)))
+    }
+
+    /// As `handle_async`, recording the request in the metrics by the backend that
+    /// answers it (a PHP route's existing non-PHP file counts as static).
+    pub fn handle_async_metered(&self, req: &Request<'_>, complete: MeteredCompletion) {
+        let started = Instant::now();
         let t = match path::split_target(req.target) {
             Ok(t) => t,
-            Err(e) => return complete(bad_request(e)),
+            Err(e) => return self.answer(Source::Internal, started, bad_request(e), complete),
         };
         if self.is_health(t.raw_path) {
+            let complete = self.metered(Source::Internal, started, complete);
             return self.health_response(req, complete);
+        }
+        if self.is_metrics(t.raw_path) {
+            let resp = self.metrics_response(req);
+            return self.answer(Source::Internal, started, resp, complete);
         }
         let normalized = match path::normalize(t.raw_path) {
             Ok(p) => p,
-            Err(e) => return complete(bad_request(e)),
+            Err(e) => return self.answer(Source::Internal, started, bad_request(e), complete),
         };
         let route = self.router.route(&normalized);
         match route.backend {
-            BackendKind::Static => complete(match &self.static_files {
-                Some(sf) => sf.serve(req, &normalized, t.query),
-                None => unavailable(BackendKind::Static, self.availability(BackendKind::Static)),
-            }),
+            BackendKind::Static => {
+                let resp = match &self.static_files {
+                    Some(sf) => sf.serve(req, &normalized, t.query),
+                    None => {
+                        unavailable(BackendKind::Static, self.availability(BackendKind::Static))
+                    }
+                };
+                self.answer(Source::Static, started, resp, complete)
+            }
             BackendKind::Embedded => match (&self.embedded, &self.php) {
                 (Some(e), Some(site)) => self.php_request(
                     req,
-                    &normalized,
-                    t.query,
+                    (&normalized, t.query),
                     site,
-                    complete,
+                    (Source::Embedded, started, complete),
                     |filename, vars, complete| e.submit(Job::new(req, filename, vars, complete)),
                 ),
-                _ => complete(unavailable(
-                    BackendKind::Embedded,
-                    self.availability(BackendKind::Embedded),
-                )),
+                _ => self.answer(
+                    Source::Embedded,
+                    started,
+                    unavailable(
+                        BackendKind::Embedded,
+                        self.availability(BackendKind::Embedded),
+                    ),
+                    complete,
+                ),
             },
             BackendKind::FastCgi => match (&self.fastcgi, &self.php) {
                 (Some(f), Some(site)) => self.php_request(
                     req,
-                    &normalized,
-                    t.query,
+                    (&normalized, t.query),
                     site,
-                    complete,
+                    (Source::FastCgi, started, complete),
                     |_, vars, complete| f.submit(req, vars, complete),
                 ),
-                _ => complete(unavailable(
-                    BackendKind::FastCgi,
-                    self.availability(BackendKind::FastCgi),
-                )),
+                _ => self.answer(
+                    Source::FastCgi,
+                    started,
+                    unavailable(
+                        BackendKind::FastCgi,
+                        self.availability(BackendKind::FastCgi),
+                    ),
+                    complete,
+                ),
             },
         }
     }
 
+    /// Records a response produced right here and hands it on.
+    fn answer(
+        &self,
+        source: Source,
+        started: Instant,
+        resp: Response,
+        complete: MeteredCompletion,
+    ) {
+        let bytes = self.metrics.request_finished(source, started, false, &resp);
+        complete(resp, bytes)
+    }
+
+    /// A completion for a backend that answers later: in flight until it does.
+    fn metered(&self, source: Source, started: Instant, complete: MeteredCompletion) -> Completion {
+        self.metrics.request_started(source);
+        let metrics = self.metrics.clone();
+        Box::new(move |resp| {
+            let bytes = metrics.request_finished(source, started, true, &resp);
+            complete(resp, bytes)
+        })
+    }
+
     /// Script resolution shared by the PHP backends; `run` queues the script
-    /// (its file name and CGI variables).
+    /// (its file name and CGI variables). `target` is the normalized path and the
+    /// query; `answer` whom the answer is counted for, since when, and who gets it.
     fn php_request(
         &self,
         req: &Request<'_>,
-        normalized: &str,
-        query: Option<&str>,
+        (normalized, query): (&str, Option<&str>),
         site: &PhpSite,
-        complete: Completion,
+        (source, started, complete): (Source, Instant, MeteredCompletion),
         run: impl FnOnce(&Path, CgiVars, Completion),
     ) {
         match cgi::resolve(&site.files, normalized, site.front_controller.as_deref()) {
@@ -232,13 +317,37 @@ impl Engine {
             } => {
                 let vars = cgi::variables(req, &site.root, &script_name, &path_info, query);
                 let filename = site.root.join(script_name.trim_start_matches('/'));
-                run(&filename, vars, complete);
+                run(&filename, vars, self.metered(source, started, complete));
             }
             Resolution::Static if site.serve_static => {
-                complete(site.files.serve(req, normalized, query))
+                let resp = site.files.serve(req, normalized, query);
+                self.answer(Source::Static, started, resp, complete)
             }
-            Resolution::AddSlash => complete(static_files::add_slash(normalized, query)),
-            Resolution::Static | Resolution::NotFound => complete(Response::error(404, None)),
+            Resolution::AddSlash => {
+                let resp = static_files::add_slash(normalized, query);
+                self.answer(source, started, resp, complete)
+            }
+            Resolution::Static | Resolution::NotFound => {
+                self.answer(source, started, Response::error(404, None), complete)
+            }
+        }
+    }
+
+    /// The metrics text (for GET and HEAD).
+    fn metrics_response(&self, req: &Request<'_>) -> Response {
+        if req.method != "GET" && req.method != "HEAD" {
+            return Response::error(405, None).header("Allow", "GET, HEAD");
+        }
+        let text = self.metrics.render().into_bytes();
+        let resp = Response::new(200)
+            .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            .header("Cache-Control", "no-store")
+            .header("Content-Length", text.len().to_string())
+            .with_body(Body::Bytes(text));
+        if req.is_head() {
+            resp.for_head()
+        } else {
+            resp
         }
     }
 
@@ -325,6 +434,79 @@ impl Engine {
                 .unwrap_or(1),
             n => n,
         }
+    }
+}
+
+/// An engine whose configuration can be replaced while it serves (what a C host's
+/// `fephp_engine` is). Each request takes the current `Engine` when it starts and
+/// finishes on it: a reload never disturbs requests in flight, and the old engine
+/// (its FastCGI connections included) goes away when the last of them is done.
+/// The metrics carry over.
+pub struct ReloadableEngine {
+    current: RwLock<Arc<Engine>>,
+    metrics: Arc<Metrics>,
+    /// The process in which `worker_start` ran (0: none yet). A reload there starts
+    /// the new engine's threads too; a master that never started keeps none.
+    started_in: AtomicU32,
+    reloading: Mutex<()>,
+}
+
+impl ReloadableEngine {
+    pub fn new(config: Config) -> Result<ReloadableEngine, ConfigError> {
+        // Pin the start directory now, before PHP moves the process: relative paths
+        // in a file reloaded later are resolved against it.
+        let _ = crate::config::absolute(Path::new("."));
+        let metrics = Arc::new(Metrics::new());
+        let engine = Engine::with_metrics(config, metrics.clone())?;
+        Ok(ReloadableEngine {
+            current: RwLock::new(Arc::new(engine)),
+            metrics,
+            started_in: AtomicU32::new(0),
+            reloading: Mutex::new(()),
+        })
+    }
+
+    /// The engine new requests go to.
+    pub fn current(&self) -> Arc<Engine> {
+        self.current.read().clone()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Builds an engine from `config` and makes it current. On error nothing
+    /// changes. PHP's runtime is per process: `[php] libphp_path` or `[php.ini]`
+    /// changes are refused ("needs a restart").
+    pub fn reload(&self, config: Config) -> Result<(), ConfigError> {
+        let _one = self.reloading.lock();
+        let built = Engine::with_metrics(config, self.metrics.clone()).and_then(|e| {
+            if self.started_in.load(Ordering::Relaxed) == std::process::id() {
+                e.worker_start().map_err(|msg| ConfigError {
+                    problems: vec![msg],
+                })?;
+            }
+            Ok(e)
+        });
+        let engine = match built {
+            Ok(e) => e,
+            Err(e) => {
+                self.metrics.reloaded(false);
+                return Err(e);
+            }
+        };
+        let old = std::mem::replace(&mut *self.current.write(), Arc::new(engine));
+        self.metrics.reloaded(true);
+        // Requests still running on `old` hold it; the last one drops it.
+        drop(old);
+        Ok(())
+    }
+
+    /// Per-process start (see `Engine::worker_start`).
+    pub fn worker_start(&self) -> Result<(), String> {
+        self.current().worker_start()?;
+        self.started_in.store(std::process::id(), Ordering::Relaxed);
+        Ok(())
     }
 }
 

@@ -13,8 +13,9 @@ pub mod engine;
 pub mod ffi;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod path;
 pub mod router;
 
 pub use config::{BackendKind, Config, ConfigError};
-pub use engine::Engine;
+pub use engine::{Engine, ReloadableEngine};

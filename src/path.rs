@@ -45,7 +45,10 @@ pub struct Target<'a> {
 pub fn split_target(target: &str) -> Result<Target<'_>, PathError> {
     let mut rest = target;
     for scheme in ["http://", "https://"] {
-        if rest.len() >= scheme.len() && rest[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        // Compared as bytes: byte 7 or 8 of a UTF-8 target may fall inside a
+        // character ("/résumé.pdf"), where slicing the str would panic.
+        let head = rest.as_bytes().get(..scheme.len());
+        if head.is_some_and(|h| h.eq_ignore_ascii_case(scheme.as_bytes())) {
             let after = &rest[scheme.len()..];
             rest = match after.find(['/', '?']) {
                 Some(i) if after.as_bytes()[i] == b'/' => &after[i..],
@@ -152,6 +155,24 @@ mod tests {
         assert_eq!(split_target("*"), Err(PathError::NotOriginForm));
         assert_eq!(split_target("a/b"), Err(PathError::NotOriginForm));
         assert_eq!(split_target("/a\0b"), Err(PathError::Nul));
+    }
+
+    /// Found by `cargo fuzz` (path_router): a multi-byte character across byte 7 or
+    /// 8 made the scheme check slice inside it and panic.
+    #[test]
+    fn split_does_not_slice_inside_a_character() {
+        assert_eq!(split_target("/résumé.pdf").unwrap().raw_path, "/résumé.pdf");
+        assert_eq!(split_target("/abcdeé/x").unwrap().raw_path, "/abcdeé/x");
+        assert_eq!(
+            split_target("/api/v1\u{600}/?x=1").unwrap(),
+            Target {
+                raw_path: "/api/v1\u{600}/",
+                query: Some("x=1")
+            }
+        );
+        assert_eq!(split_target("é"), Err(PathError::NotOriginForm));
+        assert_eq!(split_target("httpé://h/p"), Err(PathError::NotOriginForm));
+        assert_eq!(split_target("http://hé/p").unwrap().raw_path, "/p");
     }
 
     #[test]

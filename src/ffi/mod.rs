@@ -23,8 +23,9 @@
 
 use crate::body::ReadOutcome;
 use crate::config::{BackendKind, Config};
-use crate::engine::{Decision, Engine};
+use crate::engine::{Decision, Engine, ReloadableEngine};
 use crate::http::{Body, Request, Response};
+use crate::metrics::StreamBytes;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::os::fd::AsRawFd;
@@ -157,7 +158,28 @@ pub struct fephp_request {
     pub tls: bool,
 }
 
-/// The engine: configuration, router and backends. Opaque.
+/// `[server]`'s connection limits, for hosts that own the socket: plain numbers
+/// the host copies (timeouts in milliseconds, sizes in bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct fephp_server_limits {
+    /// Longest time to receive a request's head, counted from its first byte (from
+    /// the connection's start for the first request); exceeded: 408 and close.
+    pub header_read_timeout_ms: u64,
+    /// Longest wait between two reads of a request body; exceeded: 408 and close.
+    pub body_read_timeout_ms: u64,
+    /// How long an idle keep-alive connection waits for its next request.
+    pub keepalive_timeout_ms: u64,
+    /// Largest request head (request line and headers) in bytes; larger: 431.
+    pub max_header_size: u64,
+    /// Largest request body in bytes; larger: 413.
+    pub max_body_size: u64,
+    /// Connections one worker process serves at once.
+    pub max_connections: u32,
+}
+
+/// The engine: configuration, router and backends (replaced as a whole by
+/// `fephp_engine_reload`), and its metrics. Opaque.
 pub struct fephp_engine {
     _private: [u8; 0],
 }
@@ -171,6 +193,18 @@ pub struct fephp_response {
 struct ResponseHandle {
     resp: Response,
     pos: u64,
+    /// Counts what is read of a streamed body (`fephp_response_bytes_total`).
+    stream_bytes: Option<StreamBytes>,
+}
+
+impl ResponseHandle {
+    fn into_raw(resp: Response, stream_bytes: Option<StreamBytes>) -> *mut fephp_response {
+        Box::into_raw(Box::new(ResponseHandle {
+            resp,
+            pos: 0,
+            stream_bytes,
+        })) as *mut fephp_response
+    }
 }
 
 thread_local! {
@@ -257,10 +291,55 @@ unsafe fn write_out(
     fephp_result::Ok
 }
 
+/// The engine handle: the current engine, replaced by `fephp_engine_reload`.
+///
 /// # Safety
 /// `engine` must come from `fephp_init` and not be freed.
-unsafe fn engine_ref<'a>(engine: *const fephp_engine) -> &'a Engine {
-    &*(engine as *const Engine)
+unsafe fn holder_ref<'a>(engine: *const fephp_engine) -> &'a ReloadableEngine {
+    &*(engine as *const ReloadableEngine)
+}
+
+/// The current engine. A call works on the one it took, whatever a concurrent
+/// reload does; bind it (`let e = engine_ref(engine);`) to borrow from it.
+///
+/// # Safety
+/// As `holder_ref`.
+unsafe fn engine_ref(engine: *const fephp_engine) -> Arc<Engine> {
+    holder_ref(engine).current()
+}
+
+/// Reads exactly one of a config file path and TOML text (`what` names the caller
+/// in the error).
+///
+/// # Safety
+/// Each pointer is NULL or a NUL-terminated string.
+unsafe fn read_config(
+    config_path: *const c_char,
+    config_toml: *const c_char,
+    what: &str,
+) -> Result<Result<Config, crate::config::ConfigError>, fephp_result> {
+    match (config_path.is_null(), config_toml.is_null()) {
+        (false, true) => {
+            let Ok(p) = CStr::from_ptr(config_path).to_str() else {
+                set_last_error("config_path is not valid UTF-8");
+                return Err(fephp_result::InvalidArgument);
+            };
+            Ok(Config::from_file(Path::new(p)))
+        }
+        (true, false) => {
+            let Ok(t) = CStr::from_ptr(config_toml).to_str() else {
+                set_last_error("config_toml is not valid UTF-8");
+                return Err(fephp_result::InvalidArgument);
+            };
+            Ok(Config::from_toml(t))
+        }
+        _ => {
+            set_last_error(format!(
+                "{what}: pass exactly one of config_path and config_toml"
+            ));
+            Err(fephp_result::InvalidArgument)
+        }
+    }
 }
 
 /// Builds the engine's view of a request.
@@ -321,27 +400,11 @@ pub unsafe extern "C" fn fephp_init(
 ) -> fephp_result {
     guard(|| {
         non_null!(engine_out);
-        let config = match (config_path.is_null(), config_toml.is_null()) {
-            (false, true) => {
-                let Ok(p) = CStr::from_ptr(config_path).to_str() else {
-                    set_last_error("config_path is not valid UTF-8");
-                    return fephp_result::InvalidArgument;
-                };
-                Config::from_file(Path::new(p))
-            }
-            (true, false) => {
-                let Ok(t) = CStr::from_ptr(config_toml).to_str() else {
-                    set_last_error("config_toml is not valid UTF-8");
-                    return fephp_result::InvalidArgument;
-                };
-                Config::from_toml(t)
-            }
-            _ => {
-                set_last_error("fephp_init: pass exactly one of config_path and config_toml");
-                return fephp_result::InvalidArgument;
-            }
+        let config = match read_config(config_path, config_toml, "fephp_init") {
+            Ok(c) => c,
+            Err(r) => return r,
         };
-        match config.and_then(Engine::new) {
+        match config.and_then(ReloadableEngine::new) {
             Ok(engine) => {
                 *engine_out = Arc::into_raw(Arc::new(engine)) as *const fephp_engine;
                 fephp_result::Ok
@@ -361,7 +424,97 @@ pub unsafe extern "C" fn fephp_engine_free(engine: *const fephp_engine) {
     if engine.is_null() {
         return;
     }
-    guard_value((), || drop(Arc::from_raw(engine as *const Engine)));
+    guard_value((), || {
+        drop(Arc::from_raw(engine as *const ReloadableEngine))
+    });
+}
+
+/// Replaces the engine's configuration with exactly one of `config_path` (a TOML
+/// file) or `config_toml` (TOML text); the other must be NULL. Both are
+/// NUL-terminated and borrowed for the call.
+///
+/// The new configuration is read, validated and built first; only then does it
+/// take over, atomically: requests started after this returns use it, requests
+/// already running finish on the old one, whose backends (FastCGI connections
+/// included) close once the last of them is done. On `FEPHP_RESULT_CONFIG_ERROR`
+/// nothing changes: the old configuration keeps serving and `fephp_last_error`
+/// gives every problem. PHP's runtime is loaded once per process, so a change of
+/// `[php] libphp_path` or `[php.ini]` is refused that way ("needs a restart").
+///
+/// Thread-safe; any thread may call it while others run requests. Engine settings
+/// the host read before (listen address, workers, access log, limits) are the new
+/// ones from here on: the host decides what to do with them. In a forking host,
+/// call it in the master and fork new workers (they start with the new
+/// configuration), or in each worker (after `fephp_worker_start` there, the new
+/// engine's threads start at once). Metrics carry over.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_engine_reload(
+    engine: *const fephp_engine,
+    config_path: *const c_char,
+    config_toml: *const c_char,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine);
+        let config = match read_config(config_path, config_toml, "fephp_engine_reload") {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let holder = holder_ref(engine);
+        let result = match config {
+            Ok(c) => holder.reload(c),
+            Err(e) => {
+                holder.metrics().reloaded(false);
+                Err(e)
+            }
+        };
+        match result {
+            Ok(()) => fephp_result::Ok,
+            Err(e) => {
+                set_last_error(e.to_string());
+                fephp_result::ConfigError
+            }
+        }
+    })
+}
+
+/// Writes the engine's metrics in Prometheus' text exposition format (version
+/// 0.0.4; what `[backend] metrics_path` answers) into `buf`. The counters live in
+/// memory shared by the processes forked after `fephp_init`, so any worker reports
+/// the totals of all of them. The text grows between calls as new series appear:
+/// leave room (e.g. 64 KiB) rather than sizing `buf` by a previous `*len_out`.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_metrics(
+    engine: *const fephp_engine,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine, len_out);
+        let text = holder_ref(engine).metrics().render();
+        write_out(text.as_bytes(), buf, cap, len_out)
+    })
+}
+
+/// For a forking host's master, when it reaps worker process `pid`: `signal` is
+/// the signal that killed it unexpectedly (0 when it exited, or when the master
+/// stopped it on purpose), `replaced` whether a new worker starts in its place.
+/// Counts `fephp_worker_crashes_total` and `fephp_worker_restarts_total`, and
+/// drops the worker's gauges (e.g. the requests it had in flight) at once.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_metrics_worker_exited(
+    engine: *const fephp_engine,
+    pid: i32,
+    signal: i32,
+    replaced: bool,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine);
+        holder_ref(engine)
+            .metrics()
+            .worker_exited(pid, signal, replaced);
+        fephp_result::Ok
+    })
 }
 
 /// Per-worker start: call once in each worker process after fork and before its
@@ -374,7 +527,7 @@ pub unsafe extern "C" fn fephp_engine_free(engine: *const fephp_engine) {
 pub unsafe extern "C" fn fephp_worker_start(engine: *const fephp_engine) -> fephp_result {
     guard(|| {
         non_null!(engine);
-        match engine_ref(engine).worker_start() {
+        match holder_ref(engine).worker_start() {
             Ok(()) => fephp_result::Ok,
             Err(e) => {
                 set_last_error(e);
@@ -457,6 +610,67 @@ pub unsafe extern "C" fn fephp_engine_workers(
     })
 }
 
+/// Writes `[server]`'s connection limits (timeouts, sizes, connections; the
+/// defaults where the file sets none) into `*limits_out`. For hosts that own the
+/// socket; an embedding server such as nginx keeps its own. The values change only
+/// with `fephp_engine_reload`: read them once per worker, e.g. right after forking.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_engine_server_limits(
+    engine: *const fephp_engine,
+    limits_out: *mut fephp_server_limits,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine, limits_out);
+        let e = engine_ref(engine);
+        let s = &e.config().server;
+        let ms = |d: crate::config::ConfigDuration| d.0.as_millis().min(u64::MAX as u128) as u64;
+        *limits_out = fephp_server_limits {
+            header_read_timeout_ms: ms(s.header_read_timeout),
+            body_read_timeout_ms: ms(s.body_read_timeout),
+            keepalive_timeout_ms: ms(s.keepalive_timeout),
+            max_header_size: s.max_header_size.0,
+            max_body_size: s.max_body_size.0,
+            max_connections: s.max_connections.min(u32::MAX as usize) as u32,
+        };
+        fephp_result::Ok
+    })
+}
+
+/// Writes `[server] user` into `buf`; "" when unset. A host that starts as root
+/// binds its socket, then switches each worker process to this user (with
+/// `fephp_engine_group`'s group) before `fephp_worker_start`.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_engine_user(
+    engine: *const fephp_engine,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine, len_out);
+        let e = engine_ref(engine);
+        let user = e.config().server.user.as_deref();
+        write_out(user.unwrap_or("").as_bytes(), buf, cap, len_out)
+    })
+}
+
+/// Writes `[server] group` into `buf`; "" when unset (then the workers take the
+/// user's primary group).
+#[no_mangle]
+pub unsafe extern "C" fn fephp_engine_group(
+    engine: *const fephp_engine,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine, len_out);
+        let e = engine_ref(engine);
+        let group = e.config().server.group.as_deref();
+        write_out(group.unwrap_or("").as_bytes(), buf, cap, len_out)
+    })
+}
+
 /// Whether a backend is available in this configuration. For an unavailable one,
 /// `fephp_last_error` explains why.
 #[no_mangle]
@@ -476,7 +690,8 @@ pub unsafe extern "C" fn fephp_engine_backend_available(
             fephp_backend::Fastcgi => BackendKind::FastCgi,
             fephp_backend::Static => BackendKind::Static,
         };
-        let a = engine_ref(engine).availability(kind);
+        let e = engine_ref(engine);
+        let a = e.availability(kind);
         if let crate::config::Availability::Unavailable(why) = a {
             set_last_error(why.clone());
         }
@@ -543,9 +758,8 @@ pub unsafe extern "C" fn fephp_handle_request(
             Ok(r) => r,
             Err(e) => return e,
         };
-        let resp = engine_ref(engine).handle(&req);
-        *response_out =
-            Box::into_raw(Box::new(ResponseHandle { resp, pos: 0 })) as *mut fephp_response;
+        let (resp, stream_bytes) = engine_ref(engine).handle_metered(&req);
+        *response_out = ResponseHandle::into_raw(resp, stream_bytes);
         fephp_result::Ok
     })
 }
@@ -578,12 +792,11 @@ pub unsafe extern "C" fn fephp_handle_request_async(
         struct UserData(*mut c_void);
         unsafe impl Send for UserData {}
         let ud = UserData(userdata);
-        engine_ref(engine).handle_async(
+        engine_ref(engine).handle_async_metered(
             &req,
-            Box::new(move |resp| {
+            Box::new(move |resp, stream_bytes| {
                 let ud = ud;
-                let handle =
-                    Box::into_raw(Box::new(ResponseHandle { resp, pos: 0 })) as *mut fephp_response;
+                let handle = ResponseHandle::into_raw(resp, stream_bytes);
                 // SAFETY: the host guarantees `cb` and `userdata` are valid until this
                 // single call; it takes ownership of `handle`.
                 unsafe { cb(ud.0, fephp_result::Ok, handle) }
@@ -839,6 +1052,9 @@ fn read_body(
             match outcome {
                 ReadOutcome::Data(n) => {
                     h.pos += n as u64;
+                    if let Some(counter) = &h.stream_bytes {
+                        counter.add(n);
+                    }
                     Ok(n)
                 }
                 ReadOutcome::End => Ok(0),

@@ -103,7 +103,7 @@ fn config_errors_reach_last_error() {
 fn stream_body_reads_through_the_abi() {
     let (tx, rx) = crate::body::channel();
     let resp = Response::new(200).with_body(Body::Stream(rx));
-    let handle = Box::into_raw(Box::new(ResponseHandle { resp, pos: 0 })) as *mut fephp_response;
+    let handle = ResponseHandle::into_raw(resp, None);
     let mut buf = [0u8; 8];
     let mut n = 0;
     unsafe {

@@ -11,9 +11,11 @@ use super::sapi::{fephp_sapi_callbacks, fephp_sapi_pair, fephp_sapi_request};
 use super::Job;
 use crate::body::{self, BodySender};
 use crate::http::{Body, Response};
+use crate::metrics::Metrics;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
+use std::sync::Arc;
 
 /// Output past this size is streamed instead of buffered.
 const STREAM_AFTER: usize = 1 << 20;
@@ -39,14 +41,18 @@ pub struct Executor {
 }
 
 impl Executor {
-    pub fn start(rt: &'static Runtime) -> std::io::Result<Executor> {
+    /// Starts the PHP thread; it reports busy/idle to `metrics`.
+    pub fn start(rt: &'static Runtime, metrics: Arc<Metrics>) -> std::io::Result<Executor> {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("php".into())
             .stack_size(PHP_STACK)
             .spawn(move || {
+                metrics.php_thread_started();
                 while let Ok(job) = rx.recv() {
+                    metrics.php_busy(true);
                     run(rt, job);
+                    metrics.php_busy(false);
                 }
             })?;
         Ok(Executor { tx })

@@ -14,6 +14,7 @@ mod sapi;
 use crate::cgi::CgiVars;
 use crate::config::IniValue;
 use crate::http::{Request, Response};
+use crate::metrics::Metrics;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -151,14 +152,19 @@ static EXECUTOR: Mutex<Option<(u32, Arc<executor::Executor>)>> = Mutex::new(None
 pub struct Embedded {
     #[cfg(fephp_embedded)]
     runtime: &'static runtime::Runtime,
-    #[cfg(not(fephp_embedded))]
-    _unused: (),
+    /// Where this process's PHP thread reports busy/idle, if this engine starts it.
+    #[cfg_attr(not(fephp_embedded), allow(dead_code))]
+    metrics: Arc<Metrics>,
 }
 
 impl Embedded {
     /// Loads libphp and starts PHP in this process (once).
     #[cfg(fephp_embedded)]
-    pub fn start(libphp_path: &Path, ini: &BTreeMap<String, IniValue>) -> Result<Embedded, String> {
+    pub fn start(
+        libphp_path: &Path,
+        ini: &BTreeMap<String, IniValue>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Embedded, String> {
         for (k, v) in ini {
             let text = v.to_string();
             if k.contains(['=', '\n']) || text.contains('\n') {
@@ -168,13 +174,14 @@ impl Embedded {
             }
         }
         let runtime = runtime::start(libphp_path, ini, &executor::CALLBACKS)?;
-        Ok(Embedded { runtime })
+        Ok(Embedded { runtime, metrics })
     }
 
     #[cfg(not(fephp_embedded))]
     pub fn start(
         _libphp_path: &Path,
         _ini: &BTreeMap<String, IniValue>,
+        _metrics: Arc<Metrics>,
     ) -> Result<Embedded, String> {
         Err("the embedded backend is not built into this library (PHP headers were missing at build time)".to_owned())
     }
@@ -207,7 +214,7 @@ impl Embedded {
             }
         }
         let e = Arc::new(
-            executor::Executor::start(self.runtime)
+            executor::Executor::start(self.runtime, self.metrics.clone())
                 .map_err(|e| format!("cannot start the PHP thread: {e}"))?,
         );
         *slot = Some((pid, e.clone()));

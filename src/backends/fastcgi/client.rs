@@ -163,7 +163,7 @@ async fn now<F: Future>(fut: F) -> Option<F::Output> {
 }
 
 /// Reads records until END_REQUEST; returns the bytes left after it (0 when clean).
-async fn read_response(
+pub async fn read_response(
     r: &mut ReadHalf<'_>,
     timeout: Duration,
     responder: &mut Responder,

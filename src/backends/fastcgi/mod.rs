@@ -13,17 +13,35 @@
 //! - `failure`: what went wrong, for the client's error page and the log.
 
 mod client;
+// `fuzzing` below makes `Failure` reachable; its constructors take private types.
+#[cfg_attr(fuzzing, allow(private_interfaces))]
 mod failure;
 mod pool;
 mod probe;
 mod protocol;
 mod response;
 
+/// The FastCGI internals the `cargo fuzz` targets drive (`fuzz/`). Compiled only
+/// under `--cfg fuzzing`, which cargo-fuzz sets: no part of the normal API.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::client::read_response;
+    pub use super::response::Responder;
+    pub mod protocol {
+        pub use super::super::protocol::*;
+    }
+    pub mod response {
+        pub use super::super::response::*;
+    }
+}
+
 use crate::backends::embedded::Completion;
 use crate::cgi::CgiVars;
 use crate::config::{FpmAddress, PhpConfig};
 use crate::health::BackendHealth;
 use crate::http::{Body, Request, Response};
+use crate::metrics::Metrics;
 use parking_lot::Mutex;
 use pool::Pool;
 use std::io;
@@ -55,6 +73,8 @@ struct Settings {
     idle_timeout: Duration,
     ping_path: Option<String>,
     document_root: PathBuf,
+    /// Pool gauges and counters.
+    metrics: Arc<Metrics>,
 }
 
 /// One request, owned, ready for the FastCGI thread.
@@ -216,7 +236,11 @@ pub struct FastCgi {
 
 impl FastCgi {
     /// Reads the settings; starts nothing (threads start per process, after fork).
-    pub fn new(php: &PhpConfig, document_root: &Path) -> Result<FastCgi, String> {
+    pub fn new(
+        php: &PhpConfig,
+        document_root: &Path,
+        metrics: Arc<Metrics>,
+    ) -> Result<FastCgi, String> {
         let address = FpmAddress::parse(&php.fpm_socket)
             .map_err(|e| format!("[php] fpm_socket \"{}\": {e}", php.fpm_socket))?;
         Ok(FastCgi {
@@ -232,6 +256,7 @@ impl FastCgi {
                 idle_timeout: php.fpm_idle_timeout.0,
                 ping_path: php.fpm_ping_path.clone(),
                 document_root: document_root.to_owned(),
+                metrics,
             }),
             worker: Mutex::new(None),
         })

@@ -6,14 +6,35 @@ use super::client::{self, Conn};
 use super::failure::Failure;
 use super::response::Responder;
 use super::{FcgiJob, Settings};
+use crate::metrics::OpenConnection;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Semaphore;
 
+/// A connection of the pool, counted in `fephp_fastcgi_connections_open` while it
+/// exists.
+struct PoolConn {
+    conn: Conn,
+    _open: OpenConnection,
+}
+
+impl std::ops::Deref for PoolConn {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for PoolConn {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+}
+
 /// A pooled connection and when it went idle.
 struct Idle {
-    conn: Conn,
+    conn: PoolConn,
     since: Instant,
 }
 
@@ -36,9 +57,12 @@ impl Pool {
     }
 
     /// A kept-alive connection still open, else a new one. `bool` = reused.
-    async fn checkout(&self) -> Result<(Conn, bool), Failure> {
+    async fn checkout(&self) -> Result<(PoolConn, bool), Failure> {
         loop {
             let candidate = self.idle.lock().pop();
+            if candidate.is_some() {
+                self.settings.metrics.fastcgi_idle(-1);
+            }
             match candidate {
                 Some(i)
                     if i.since.elapsed() < self.settings.idle_timeout && i.conn.is_reusable() =>
@@ -52,24 +76,43 @@ impl Pool {
         self.connect().await.map(|c| (c, false))
     }
 
-    async fn connect(&self) -> Result<Conn, Failure> {
+    async fn connect(&self) -> Result<PoolConn, Failure> {
         let s = &self.settings;
-        Conn::connect(&s.address, s.timeouts.connect)
+        let conn = Conn::connect(&s.address, s.timeouts.connect)
             .await
-            .map_err(|e| Failure::connect(e, s))
+            .map_err(|e| Failure::connect(e, s))?;
+        Ok(PoolConn {
+            conn,
+            _open: s.metrics.fastcgi_connection(),
+        })
     }
 
-    fn checkin(&self, conn: Conn) {
+    fn checkin(&self, conn: PoolConn) {
         self.idle.lock().push(Idle {
             conn,
             since: Instant::now(),
         });
+        self.settings.metrics.fastcgi_idle(1);
     }
 
     /// Closes connections idle for longer than `idle_timeout`.
     pub fn close_idle(&self) {
         let limit = self.settings.idle_timeout;
-        self.idle.lock().retain(|i| i.since.elapsed() < limit);
+        let mut idle = self.idle.lock();
+        let before = idle.len();
+        idle.retain(|i| i.since.elapsed() < limit);
+        let closed = before - idle.len();
+        drop(idle);
+        self.settings.metrics.fastcgi_idle(-(closed as i64));
+    }
+}
+
+/// The idle connections still pooled when the pool goes (its engine was replaced
+/// and its last request is done) close with it.
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let n = self.idle.get_mut().len();
+        self.settings.metrics.fastcgi_idle(-(n as i64));
     }
 }
 
@@ -82,10 +125,16 @@ pub async fn run(pool: Arc<Pool>, mut job: FcgiJob) {
     let mut responder = Responder::new(job.log_uri.clone(), job.head, complete);
     let s = pool.settings.clone();
     let outcome = async {
-        let permit = pool.permits.clone().acquire_owned();
-        let _permit = match tokio::time::timeout(s.timeouts.read, permit).await {
-            Ok(Ok(p)) => p,
-            _ => return Err(Failure::pool_busy(s.max_connections, s.timeouts.read)),
+        let _permit = match pool.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                s.metrics.fastcgi_wait();
+                let permit = pool.permits.clone().acquire_owned();
+                match tokio::time::timeout(s.timeouts.read, permit).await {
+                    Ok(Ok(p)) => p,
+                    _ => return Err(Failure::pool_busy(s.max_connections, s.timeouts.read)),
+                }
+            }
         };
         let (mut conn, mut reused) = pool.checkout().await?;
         loop {
@@ -98,6 +147,7 @@ pub async fn run(pool: Arc<Pool>, mut job: FcgiJob) {
                 }
                 Err(f) if f.stale && reused && !responder.responded() => {
                     tracing::debug!(uri = %job.log_uri, "a kept-alive connection was closed; retrying");
+                    s.metrics.fastcgi_retry();
                     conn = pool.connect().await?;
                     reused = false;
                 }

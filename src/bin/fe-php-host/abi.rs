@@ -72,6 +72,23 @@ impl Engine {
         self.string(fephp_engine_access_log)
     }
 
+    /// `[server] user` and `group`; None when unset.
+    pub fn user(&self) -> Option<String> {
+        Some(self.string(fephp_engine_user)).filter(|s| !s.is_empty())
+    }
+
+    pub fn group(&self) -> Option<String> {
+        Some(self.string(fephp_engine_group)).filter(|s| !s.is_empty())
+    }
+
+    /// `[server]`'s connection limits.
+    pub fn server_limits(&self) -> fephp_server_limits {
+        let mut limits = fephp_server_limits::default();
+        // SAFETY: live engine, writable out pointer.
+        unsafe { fephp_engine_server_limits(self.0, &mut limits) };
+        limits
+    }
+
     pub fn workers(&self) -> u32 {
         let mut n = 1;
         // SAFETY: live engine, writable out pointer.
@@ -89,6 +106,22 @@ impl Engine {
         } else {
             Err(last_error())
         }
+    }
+
+    /// Re-reads the configuration file; on error the running one stays.
+    pub fn reload(&self, path: &str) -> Result<(), String> {
+        let c = CString::new(path).map_err(|_| "config path contains a NUL byte".to_owned())?;
+        // SAFETY: live engine; `c` is NUL-terminated and lives across the call.
+        match unsafe { fephp_engine_reload(self.0, c.as_ptr(), ptr::null()) } {
+            fephp_result::Ok => Ok(()),
+            _ => Err(last_error()),
+        }
+    }
+
+    /// Tells the metrics that worker `pid` was reaped (see master::run).
+    pub fn worker_exited(&self, pid: i32, signal: i32, replaced: bool) {
+        // SAFETY: live engine.
+        unsafe { fephp_metrics_worker_exited(self.0, pid, signal, replaced) };
     }
 
     pub fn worker_start(&self) -> Result<(), String> {

@@ -4,7 +4,9 @@
 
 mod abi;
 mod access_log;
+mod conn;
 mod master;
+mod privileges;
 mod server;
 
 use clap::Parser;
@@ -68,8 +70,25 @@ fn main() -> ExitCode {
         eprintln!("{messages}");
     }
     let backends = describe_backends(&engine);
+    let identity = match privileges::resolve(engine.user().as_deref(), engine.group().as_deref()) {
+        Ok(id) => id,
+        Err(msg) => {
+            eprintln!("{msg}");
+            if args.check {
+                eprintln!(
+                    "fe-php-host: configuration file {} test failed",
+                    args.config
+                );
+            }
+            return ExitCode::from(1);
+        }
+    };
+    let limits = server::Limits::from_abi(&engine.server_limits());
     if args.check {
         eprintln!("backends: {backends}");
+        if let Some(id) = &identity {
+            eprintln!("workers run as {id}");
+        }
         eprintln!(
             "fe-php-host: configuration file {} test is successful",
             args.config
@@ -78,13 +97,7 @@ fn main() -> ExitCode {
     }
 
     let listen = args.listen.clone().unwrap_or_else(|| engine.listen());
-    let workers = match args.workers {
-        Some(0) => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        Some(n) => n,
-        None => engine.workers() as usize,
-    };
+    let workers = worker_count(&args, &engine);
     let listener = match bind(&listen) {
         Ok(l) => l,
         Err(e) => {
@@ -102,13 +115,36 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    server::raise_open_file_limit(limits.max_connections);
     tracing::info!(
         "fe-php-host {} listening on http://{listen} with {workers} workers; backends: {backends}",
         env!("CARGO_PKG_VERSION")
     );
+    match &identity {
+        Some(id) => tracing::info!("workers run as {id}"),
+        None => {
+            // SAFETY: plain identity query.
+            if unsafe { libc::geteuid() } == 0 {
+                tracing::warn!("workers run as root: set [server] user (e.g. \"www-data\") so that PHP runs unprivileged");
+            }
+        }
+    }
 
     let engine = Arc::new(engine);
-    let code = master::run(workers, || {
+    // SAFETY: plain identity query.
+    let master_pid = unsafe { libc::getpid() };
+    let worker = || {
+        // Before the engine starts any thread: every thread of the worker is unprivileged.
+        if let Some(id) = &identity {
+            if let Err(e) = privileges::drop_to(id) {
+                tracing::error!("cannot switch the worker to {id}: {e}");
+                return 1;
+            }
+            // A change of credentials clears the parent-death signal: arm it again.
+            if !master::die_with_master(master_pid) {
+                return 0;
+            }
+        }
         if let Err(e) = engine.worker_start() {
             tracing::error!("worker start failed: {e}");
             return 1;
@@ -120,15 +156,60 @@ fn main() -> ExitCode {
                 return 1;
             }
         };
-        match server::run(engine.clone(), listener, log.clone()) {
+        // Read here, after the fork: a reload may have changed them.
+        let limits = server::Limits::from_abi(&engine.server_limits());
+        match server::run(engine.clone(), listener, log.clone(), limits) {
             Ok(()) => 0,
             Err(e) => {
                 tracing::error!("worker failed: {e}");
                 1
             }
         }
-    });
+    };
+    let exited = |pid, signal, replaced| engine.worker_exited(pid, signal, replaced);
+    let code = master::run(workers, worker, || reload(&engine, &args), exited);
     ExitCode::from(code as u8)
+}
+
+/// `--workers`, else `[server] workers` (0: one per CPU core).
+fn worker_count(args: &Args, engine: &abi::Engine) -> usize {
+    match args.workers {
+        Some(0) => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        Some(n) => n,
+        None => engine.workers() as usize,
+    }
+}
+
+/// SIGHUP in the master: the engine re-reads the file (refusing an invalid one,
+/// or a PHP runtime change, which needs a restart); returns how many workers to
+/// fork with it. What the master set up once (socket, access log, user) stays.
+fn reload(engine: &abi::Engine, args: &Args) -> Result<usize, String> {
+    let settled = || {
+        let e = engine;
+        (e.listen(), e.access_log(), e.user(), e.group())
+    };
+    let before = settled();
+    engine.reload(&args.config)?;
+    let after = settled();
+    let kept = [
+        ("listen", args.listen.is_none() && before.0 != after.0),
+        ("access_log", before.1 != after.1),
+        ("user", before.2 != after.2),
+        ("group", before.3 != after.3),
+    ];
+    for (key, changed) in kept {
+        if changed {
+            tracing::warn!("[server] {key} changed: it takes effect when fe-php-host restarts; the reload applies everything else");
+        }
+    }
+    let messages = engine.messages();
+    if !messages.is_empty() {
+        tracing::info!("{messages}");
+    }
+    tracing::info!("new configuration; backends: {}", describe_backends(engine));
+    Ok(worker_count(args, engine))
 }
 
 /// "static (embedded: not available: …; fastcgi: …)".

@@ -1,6 +1,8 @@
 //! The master process: forks the workers after the engine is initialized (so
 //! whatever the engine loaded is shared copy-on-write), respawns a worker that
-//! dies, and on SIGTERM/SIGINT stops them gracefully.
+//! dies, on SIGHUP reloads the configuration by rolling the workers over (new ones
+//! forked with the new engine, old ones drained), and on SIGTERM/SIGINT stops them
+//! gracefully.
 //!
 //! The master never starts a thread: signals are blocked and taken synchronously
 //! with `sigtimedwait`, which keeps `fork` safe.
@@ -10,6 +12,8 @@ use std::time::{Duration, Instant};
 
 /// How long workers get to drain after SIGTERM before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(35);
+/// How often the master looks at draining workers' deadlines.
+const DRAIN_TICK: Duration = Duration::from_secs(1);
 /// A worker that dies sooner than this after its start counts as failing fast.
 const FAST_FAILURE: Duration = Duration::from_secs(2);
 
@@ -32,13 +36,25 @@ fn signal_set() -> libc::sigset_t {
 }
 
 /// Runs `worker` in `count` child processes until the master is told to stop.
-/// Returns the exit code for the master.
-pub fn run(count: usize, worker: impl Fn() -> i32) -> i32 {
+/// On SIGHUP, `reload` re-reads the configuration (in this process, before any
+/// fork) and gives the number of workers to run with it, or why it was refused;
+/// then new workers are forked and the old ones drained. `exited(pid, signal,
+/// replaced)` learns of every worker reaped (`signal`: what killed it, 0 when it
+/// exited or the master stopped it). Returns the exit code for the master.
+pub fn run(
+    count: usize,
+    worker: impl Fn() -> i32,
+    mut reload: impl FnMut() -> Result<usize, String>,
+    exited: impl Fn(libc::pid_t, i32, bool),
+) -> i32 {
     let set = signal_set();
     // SAFETY: blocking signals in this single-threaded process; children undo it.
     unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 
     let mut children: HashMap<libc::pid_t, Instant> = HashMap::new();
+    // Workers of a configuration reloaded since: pid → when they get SIGKILL
+    // (None: they got it).
+    let mut draining: HashMap<libc::pid_t, Option<Instant>> = HashMap::new();
     let mut fast_failures = 0u32;
     for _ in 0..count {
         if let Some(pid) = spawn(&set, &worker) {
@@ -51,13 +67,23 @@ pub fn run(count: usize, worker: impl Fn() -> i32) -> i32 {
     }
 
     loop {
-        let sig = wait_signal(&set, None);
+        let sig = wait_signal(&set, (!draining.is_empty()).then_some(DRAIN_TICK));
+        kill_overdue(&mut draining);
         match sig {
             libc::SIGCHLD => {
-                for (pid, how) in reap() {
+                for (pid, how, signal) in reap() {
+                    if let Some(deadline) = draining.remove(&pid) {
+                        // Our SIGTERM (before its handler was set) or SIGKILL
+                        // (kill_overdue) stopped it on purpose: not a crash.
+                        let ours = deadline.is_none() || signal == libc::SIGTERM;
+                        exited(pid, if ours { 0 } else { signal }, false);
+                        tracing::debug!(pid, "old worker {how}");
+                        continue;
+                    }
                     let Some(started) = children.remove(&pid) else {
                         continue;
                     };
+                    exited(pid, signal, true);
                     tracing::warn!(pid, "worker {how}; starting a new one");
                     if started.elapsed() < FAST_FAILURE {
                         fast_failures += 1;
@@ -73,14 +99,70 @@ pub fn run(count: usize, worker: impl Fn() -> i32) -> i32 {
                     }
                 }
             }
-            libc::SIGHUP => tracing::info!(
-                "SIGHUP received; configuration reload is not supported yet, ignoring"
-            ),
+            libc::SIGHUP => {
+                tracing::info!("SIGHUP received: reloading the configuration");
+                match reload() {
+                    Ok(n) => roll_over(n, &set, &worker, &mut children, &mut draining),
+                    Err(msg) => tracing::error!(
+                        "reload refused; the running configuration keeps serving:\n{msg}"
+                    ),
+                }
+            }
             libc::SIGTERM | libc::SIGINT | libc::SIGQUIT => {
                 tracing::info!("stopping: waiting for in-flight requests to finish");
+                children.extend(draining.drain().map(|(pid, _)| (pid, Instant::now())));
                 return stop(children, &set);
             }
             _ => {}
+        }
+    }
+}
+
+/// Forks `count` workers (which start with the engine as it is now) and sends the
+/// current ones SIGTERM: they stop accepting, finish their requests and exit,
+/// while the new ones take the listening socket's connections.
+fn roll_over(
+    count: usize,
+    set: &libc::sigset_t,
+    worker: &impl Fn() -> i32,
+    children: &mut HashMap<libc::pid_t, Instant>,
+    draining: &mut HashMap<libc::pid_t, Option<Instant>>,
+) {
+    let mut fresh = HashMap::new();
+    for _ in 0..count {
+        if let Some(pid) = spawn(set, worker) {
+            fresh.insert(pid, Instant::now());
+        }
+    }
+    if fresh.is_empty() {
+        tracing::error!(
+            "no worker with the new configuration could be started; the old workers keep serving"
+        );
+        return;
+    }
+    let old = std::mem::replace(children, fresh);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    for &pid in old.keys() {
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        draining.insert(pid, Some(deadline));
+    }
+    tracing::info!(
+        "configuration reloaded: {} new workers; {} old ones finish their requests",
+        children.len(),
+        old.len()
+    );
+}
+
+/// SIGKILLs draining workers past their deadline.
+fn kill_overdue(draining: &mut HashMap<libc::pid_t, Option<Instant>>) {
+    let now = Instant::now();
+    for (&pid, deadline) in draining.iter_mut() {
+        if deadline.is_some_and(|d| now >= d) {
+            tracing::warn!(pid, "old worker did not finish in time; killing it");
+            // SAFETY: plain kill(2) of our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            *deadline = None;
         }
     }
 }
@@ -102,6 +184,16 @@ fn spawn(set: &libc::sigset_t, worker: &impl Fn() -> i32) -> Option<libc::pid_t>
         std::process::exit(code);
     }
     Some(pid)
+}
+
+/// In a worker: asks for SIGTERM when the master exits. Returns false when the
+/// master (`master_pid`) is already gone.
+pub fn die_with_master(master_pid: libc::pid_t) -> bool {
+    // SAFETY: prctl/getppid on this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        libc::getppid() == master_pid
+    }
 }
 
 /// Waits for one of the blocked signals, up to `timeout`. Returns 0 on timeout.
@@ -131,8 +223,8 @@ fn wait_signal(set: &libc::sigset_t, timeout: Option<Duration>) -> i32 {
     }
 }
 
-/// Collects every exited child: (pid, description).
-fn reap() -> Vec<(libc::pid_t, String)> {
+/// Collects every exited child: (pid, description, signal that killed it or 0).
+fn reap() -> Vec<(libc::pid_t, String, i32)> {
     let mut out = Vec::new();
     loop {
         let mut status = 0;
@@ -141,12 +233,16 @@ fn reap() -> Vec<(libc::pid_t, String)> {
         if pid <= 0 {
             return out;
         }
-        let how = if libc::WIFSIGNALED(status) {
-            format!("killed by signal {}", libc::WTERMSIG(status))
+        let (how, signal) = if libc::WIFSIGNALED(status) {
+            let sig = libc::WTERMSIG(status);
+            (format!("killed by signal {sig}"), sig)
         } else {
-            format!("exited with status {}", libc::WEXITSTATUS(status))
+            (
+                format!("exited with status {}", libc::WEXITSTATUS(status)),
+                0,
+            )
         };
-        out.push((pid, how));
+        out.push((pid, how, signal));
     }
 }
 
@@ -157,7 +253,7 @@ fn stop(mut children: HashMap<libc::pid_t, Instant>, set: &libc::sigset_t) -> i3
     }
     let deadline = Instant::now() + STOP_TIMEOUT;
     while !children.is_empty() {
-        for (pid, _) in reap() {
+        for (pid, _, _) in reap() {
             children.remove(&pid);
         }
         if children.is_empty() {

@@ -4,10 +4,11 @@
 
 use crate::abi::{BodyKind, Engine, Response};
 use crate::access_log::AccessLog;
+use crate::conn::{Busy, ConnState, Timeouts, WatchedStream};
 use bytes::{Bytes, BytesMut};
-use fe_php::ffi::{fephp_header, fephp_request, fephp_str};
+use fe_php::ffi::{fephp_header, fephp_request, fephp_server_limits, fephp_str};
 use http_body::{Body as _, Frame, SizeHint};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
@@ -19,20 +20,83 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Request bodies above this are refused with 413 (until per-route limits exist).
-const MAX_BODY: usize = 64 << 20;
 /// Bytes read per frame of a file or stream body.
 const CHUNK: usize = 64 * 1024;
 /// How long in-flight requests may take to finish after SIGTERM.
 const GRACE: Duration = Duration::from_secs(30);
+/// After SIGTERM, how long kept-alive connections get to come back for one more
+/// request (answered with `Connection: close`) before idle ones are closed.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Set when the worker stops (SIGTERM, also a reload's rollover): every response
+/// then carries `Connection: close`, so keep-alive clients reconnect — to the
+/// workers still accepting — instead of racing the close of an idle connection.
+static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// hyper's own read buffer limit; raised when `max_header_size` needs more.
+const HYPER_MAX_BUF: usize = 8192 + 4096 * 100;
+/// Least time between two "max_connections reached" warnings.
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+/// `[server]`'s limits as the worker applies them.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub timeouts: Timeouts,
+    pub body_read_timeout: Duration,
+    pub max_header_size: usize,
+    pub max_body_size: u64,
+    pub max_connections: usize,
+}
+
+impl Limits {
+    pub fn from_abi(l: &fephp_server_limits) -> Limits {
+        Limits {
+            timeouts: Timeouts {
+                header: Duration::from_millis(l.header_read_timeout_ms),
+                keepalive: Duration::from_millis(l.keepalive_timeout_ms),
+            },
+            body_read_timeout: Duration::from_millis(l.body_read_timeout_ms),
+            max_header_size: usize::try_from(l.max_header_size).unwrap_or(usize::MAX),
+            max_body_size: l.max_body_size,
+            max_connections: l.max_connections.max(1) as usize,
+        }
+    }
+}
+
+/// Raises this process's soft open-file limit (up to the hard one) so that
+/// `connections` sockets fit beside the files, logs and PHP-FPM connections a
+/// worker also holds. Inherited by the workers; call it in the master.
+pub fn raise_open_file_limit(connections: usize) {
+    let want = connections as u64 + 1024;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a valid out pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= want {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: want.min(lim.rlim_max),
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: raising the soft limit within the hard one.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
+    if raised.rlim_cur < want {
+        tracing::warn!(
+            "[server] max_connections = {connections} needs about {want} open files, but the limit is {}: workers refuse connections (EMFILE) before reaching it. Raise it (ulimit -n, systemd LimitNOFILE=) or lower max_connections.",
+            raised.rlim_cur
+        );
+    }
+}
 
 /// Runs the worker until SIGTERM/SIGINT, then drains connections.
 pub fn run(
     engine: Arc<Engine>,
     listener: std::net::TcpListener,
     log: Arc<AccessLog>,
+    limits: Limits,
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -53,38 +117,70 @@ pub fn run(
                 }
             }
         });
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            // EMFILE and friends: back off instead of spinning.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let local = stream.local_addr().unwrap_or(peer);
-                    let engine = engine.clone();
-                    let log = log.clone();
-                    let svc = service_fn(move |req| handle(engine.clone(), log.clone(), peer, local, req));
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(TokioIo::new(stream), svc);
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                    });
-                }
-                _ = term.recv() => break,
-                _ = int.recv() => break,
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.keep_alive(true)
+            // conn.rs times heads and idle keep-alive connections (hyper's timer
+            // would run through the idle time too).
+            .header_read_timeout(None)
+            .max_header_size(limits.max_header_size)
+            .max_buf_size(HYPER_MAX_BUF.max(limits.max_header_size + 8192));
+        // At the limit the worker stops accepting: new connections wait in the
+        // kernel's backlog, where another worker with room takes them.
+        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+        let mut warned_full: Option<Instant> = None;
+        'serve: loop {
+            if slots.available_permits() == 0
+                && warned_full.is_none_or(|t| t.elapsed() >= FULL_WARNING_EVERY)
+            {
+                tracing::warn!(
+                    "[server] max_connections ({}) reached in this worker: not accepting until a connection closes",
+                    limits.max_connections
+                );
+                warned_full = Some(Instant::now());
             }
+            let slot = tokio::select! {
+                s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+                _ = term.recv() => break 'serve,
+                _ = int.recv() => break 'serve,
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = term.recv() => break 'serve,
+                _ = int.recv() => break 'serve,
+            };
+            let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().unwrap_or(peer);
+            let state = ConnState::new();
+            let io = WatchedStream::new(stream, state.clone(), limits.timeouts);
+            let engine = engine.clone();
+            let log = log.clone();
+            let svc = service_fn(move |req| {
+                let busy = state.begin_request();
+                let resp = handle(engine.clone(), log.clone(), limits, peer, local, req);
+                async move { Ok::<_, Infallible>(resp.await.map(|body| ConnBody { body, _busy: busy })) }
+            });
+            let conn = graceful.watch(http.serve_connection(TokioIo::new(io), svc));
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                drop(slot);
+            });
         }
+        DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
         drop(listener);
+        let linger = Instant::now() + LINGER;
+        while graceful.count() > 0 && Instant::now() < linger {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         tokio::select! {
             _ = graceful.shutdown() => {}
             _ = tokio::time::sleep(GRACE) => tracing::warn!("in-flight requests did not finish within {GRACE:?}"),
@@ -93,6 +189,34 @@ pub fn run(
         log.flush();
         Ok(())
     })
+}
+
+/// Reads the whole request body: at most `max` bytes, waiting at most `idle`
+/// between two reads. Err is the status to answer.
+async fn read_body(mut body: Incoming, max: u64, idle: Duration) -> Result<Bytes, StatusCode> {
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    let announced = body.size_hint().lower();
+    if announced > max {
+        return Err(StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    // An announced length is a claim, not bytes: reserve at most 1 MiB up front.
+    let mut buf = BytesMut::with_capacity(announced.min(max).min(1 << 20) as usize);
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(StatusCode::REQUEST_TIMEOUT),
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(_))) => return Err(StatusCode::BAD_REQUEST),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() as u64 + data.len() as u64 > max {
+                return Err(StatusCode::PAYLOAD_TOO_LARGE);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
 }
 
 fn protocol(v: hyper::Version) -> &'static str {
@@ -114,29 +238,12 @@ fn fstr(s: &[u8]) -> fephp_str {
 async fn handle(
     engine: Arc<Engine>,
     log: Arc<AccessLog>,
+    limits: Limits,
     peer: SocketAddr,
     local: SocketAddr,
     req: Request<Incoming>,
-) -> Result<hyper::Response<HostBody>, Infallible> {
+) -> hyper::Response<HostBody> {
     let (parts, body) = req.into_parts();
-    let body = if body.is_end_stream() {
-        Bytes::new()
-    } else {
-        match Limited::new(body, MAX_BODY).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) => {
-                let too_big = e
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some();
-                let status = if too_big {
-                    StatusCode::PAYLOAD_TOO_LARGE
-                } else {
-                    StatusCode::BAD_REQUEST
-                };
-                return Ok(plain(status));
-            }
-        }
-    };
     let target = match parts.uri.scheme() {
         Some(_) => parts.uri.to_string(),
         None => parts
@@ -146,9 +253,37 @@ async fn handle(
             .unwrap_or("/")
             .to_owned(),
     };
+    let proto = protocol(parts.version);
+    // RFC 9112 §3.2: exactly one Host in HTTP/1.1, never two (applications build
+    // links from it; two would let a cache and the application disagree).
+    let hosts = parts.headers.get_all(hyper::header::HOST).iter().count();
+    let host_ok = hosts == 1 || (hosts == 0 && parts.version < hyper::Version::HTTP_11);
+    let body = match host_ok {
+        false => Err(StatusCode::BAD_REQUEST),
+        true => read_body(body, limits.max_body_size, limits.body_read_timeout).await,
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(status) => {
+            // The body may be unread: the connection cannot carry another request.
+            let mut r = plain(status);
+            r.headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            let length = r.body().size_hint().exact();
+            log.log(
+                &peer,
+                &parts.method,
+                &target,
+                proto,
+                status.as_u16(),
+                length,
+                &parts.headers,
+            );
+            return r;
+        }
+    };
     let remote_ip = peer.ip().to_canonical().to_string();
     let local_ip = local.ip().to_canonical().to_string();
-    let proto = protocol(parts.version);
     // The C view borrows from locals; it is dropped before the first await.
     let rx = {
         let headers: Vec<fephp_header> = parts
@@ -183,9 +318,9 @@ async fn handle(
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "request failed inside the engine");
-            return Ok(plain(StatusCode::INTERNAL_SERVER_ERROR));
+            return plain(StatusCode::INTERNAL_SERVER_ERROR);
         }
-        Err(_) => return Ok(plain(StatusCode::INTERNAL_SERVER_ERROR)),
+        Err(_) => return plain(StatusCode::INTERNAL_SERVER_ERROR),
     };
 
     let status = StatusCode::from_u16(resp.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -233,9 +368,11 @@ async fn handle(
         length,
         &parts.headers,
     );
-    Ok(out
-        .body(body)
-        .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR)))
+    if DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
+        out = out.header(hyper::header::CONNECTION, "close");
+    }
+    out.body(body)
+        .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR))
 }
 
 fn plain(status: StatusCode) -> hyper::Response<HostBody> {
@@ -264,6 +401,32 @@ impl StreamWaker {
         if let Some(w) = self.waker.lock().take() {
             w.wake();
         }
+    }
+}
+
+/// A response body that keeps its connection marked busy until hyper has sent it.
+pub struct ConnBody {
+    body: HostBody,
+    _busy: Busy,
+}
+
+impl http_body::Body for ConnBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -1,0 +1,239 @@
+//! The two waits of a connection that hyper's HTTP/1 server does not keep apart:
+//! receiving a request head (`header_read_timeout`) and a keep-alive connection
+//! idling between requests (`keepalive_timeout`). hyper's own
+//! `header_read_timeout` also runs while a kept-alive connection is idle, so one
+//! value would have to serve both; here the socket itself enforces them.
+
+use parking_lot::Mutex;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+/// What a client whose request head is late gets before the connection closes.
+const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 20\r\nConnection: close\r\n\r\n408 Request Timeout\n";
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub header: Duration,
+    pub keepalive: Duration,
+}
+
+/// Where a connection stands between requests; shared by its socket, its service
+/// and the body of its current response.
+pub struct ConnState {
+    phase: Mutex<Phase>,
+}
+
+struct Phase {
+    /// A request is being served: its head was parsed, its response not yet sent.
+    busy: bool,
+    /// Bytes of the next request have arrived.
+    head_started: bool,
+    /// When the current wait began: the connection's start, the end of the last
+    /// response (or its last write), or the first byte of the next request.
+    since: Instant,
+    /// Responses sent on this connection.
+    served: u64,
+    /// The task that found nothing to read while the connection was busy.
+    idle_reader: Option<Waker>,
+}
+
+/// Marks the connection busy while alive. It travels with the response body, so
+/// dropping it (when hyper has sent the body) starts the keep-alive wait.
+pub struct Busy(Arc<ConnState>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let waker = {
+            let mut p = self.0.phase.lock();
+            p.busy = false;
+            p.head_started = false;
+            p.served += 1;
+            p.since = Instant::now();
+            p.idle_reader.take()
+        };
+        // hyper may already be waiting on the socket (it polls it while a request
+        // runs): have it read again so the keep-alive wait gets its timer.
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl ConnState {
+    pub fn new() -> Arc<ConnState> {
+        Arc::new(ConnState {
+            phase: Mutex::new(Phase {
+                busy: false,
+                head_started: false,
+                since: Instant::now(),
+                served: 0,
+                idle_reader: None,
+            }),
+        })
+    }
+
+    /// Called when hyper hands a parsed request to the service.
+    pub fn begin_request(self: &Arc<Self>) -> Busy {
+        let mut p = self.phase.lock();
+        p.busy = true;
+        p.head_started = false;
+        Busy(self.clone())
+    }
+
+    fn on_read(&self) {
+        let mut p = self.phase.lock();
+        if !p.busy && !p.head_started {
+            p.head_started = true;
+            // The first request's head is timed from the connection's start.
+            if p.served > 0 {
+                p.since = Instant::now();
+            }
+        }
+    }
+
+    fn on_write(&self) {
+        let mut p = self.phase.lock();
+        // The tail of a response still going out: the idle wait starts after it.
+        if !p.busy && !p.head_started && p.served > 0 {
+            p.since = Instant::now();
+        }
+    }
+
+    /// When the current wait ends, and whether a request head is under way. While
+    /// busy there is none, and `cx` is woken when the request ends.
+    fn deadline(&self, t: Timeouts, cx: &Context<'_>) -> Option<(Instant, bool)> {
+        let mut p = self.phase.lock();
+        if p.busy {
+            if !p
+                .idle_reader
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                p.idle_reader = Some(cx.waker().clone());
+            }
+            None
+        } else if p.head_started || p.served == 0 {
+            Some((p.since + t.header, p.head_started))
+        } else {
+            Some((p.since + t.keepalive, false))
+        }
+    }
+}
+
+/// A client socket that fails its reads with `TimedOut` when a wait runs out:
+/// hyper then closes the connection. A late request head is answered 408 first.
+pub struct WatchedStream {
+    stream: TcpStream,
+    state: Arc<ConnState>,
+    timeouts: Timeouts,
+    sleep: Pin<Box<Sleep>>,
+    /// The last write did not go through: hyper still has response bytes queued.
+    write_blocked: bool,
+}
+
+impl WatchedStream {
+    pub fn new(stream: TcpStream, state: Arc<ConnState>, timeouts: Timeouts) -> WatchedStream {
+        WatchedStream {
+            stream,
+            state,
+            timeouts,
+            sleep: Box::pin(tokio::time::sleep(timeouts.header)),
+            write_blocked: false,
+        }
+    }
+
+    fn note_write<T>(&mut self, r: &Poll<io::Result<T>>, wrote: impl Fn(&T) -> bool) {
+        match r {
+            Poll::Ready(Ok(n)) if wrote(n) => {
+                self.write_blocked = false;
+                self.state.on_write();
+            }
+            Poll::Pending => self.write_blocked = true,
+            _ => {}
+        }
+    }
+}
+
+impl AsyncRead for WatchedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.state.on_read();
+                }
+                return Poll::Ready(Ok(()));
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {}
+        }
+        let Some((deadline, mid_head)) = this.state.deadline(this.timeouts, cx) else {
+            return Poll::Pending;
+        };
+        if this.sleep.deadline() != deadline {
+            this.sleep.as_mut().reset(deadline);
+        }
+        if this.sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let what = if mid_head {
+            // Best effort, and only when no response bytes are still queued.
+            if !this.write_blocked {
+                let _ = this.stream.try_write(REQUEST_TIMEOUT);
+            }
+            "the request head did not arrive within header_read_timeout"
+        } else {
+            "idle connection closed"
+        };
+        tracing::debug!(timeout = ?this.timeouts, "{what}");
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)))
+    }
+}
+
+impl AsyncWrite for WatchedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.stream).poll_write(cx, data);
+        this.note_write(&r, |&n| n > 0);
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.note_write(&r, |&n| n > 0);
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}

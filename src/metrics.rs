@@ -1,0 +1,693 @@
+//! Metrics in Prometheus' text format, kept in one small shared-memory region.
+//!
+//! The region is an anonymous `MAP_SHARED` mapping made when the engine is created
+//! — in a forking host, in the master before the fork — so every worker process
+//! adds to the same atomic counters and whichever worker answers `/_metrics`
+//! reports the totals of all of them. Gauges (requests in flight, PHP threads,
+//! FastCGI connections) are kept per process in slots claimed by pid: a slot whose
+//! process has died no longer counts, so a crashed worker's in-flight requests do
+//! not stay in the gauge. Label sets are fixed: four backends, status codes
+//! 100–599 (+ "other"), fixed histogram buckets.
+
+use crate::http::{Body, Response};
+use parking_lot::Mutex;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Once};
+use std::time::Instant;
+
+/// Who answered a request: the `backend` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Embedded = 0,
+    FastCgi = 1,
+    Static = 2,
+    /// The engine itself: health, metrics, malformed request targets.
+    Internal = 3,
+}
+
+const SOURCES: [(Source, &str); 4] = [
+    (Source::Embedded, "embedded"),
+    (Source::FastCgi, "fastcgi"),
+    (Source::Static, "static"),
+    (Source::Internal, "internal"),
+];
+
+/// Status codes 100..=599 each have a counter; anything else counts as "other".
+const CODES: usize = 501;
+
+/// Upper bounds of the duration histogram, as printed and in nanoseconds.
+const BUCKETS: [(&str, u64); 15] = [
+    ("0.0005", 500_000),
+    ("0.001", 1_000_000),
+    ("0.0025", 2_500_000),
+    ("0.005", 5_000_000),
+    ("0.01", 10_000_000),
+    ("0.025", 25_000_000),
+    ("0.05", 50_000_000),
+    ("0.1", 100_000_000),
+    ("0.25", 250_000_000),
+    ("0.5", 500_000_000),
+    ("1", 1_000_000_000),
+    ("2.5", 2_500_000_000),
+    ("5", 5_000_000_000),
+    ("10", 10_000_000_000),
+    ("30", 30_000_000_000),
+];
+
+/// Processes that can hold gauges at once (workers, and old ones draining).
+const MAX_PROCS: usize = 256;
+
+/// One process's gauges. Aligned so processes never write the same cache line.
+#[repr(C, align(128))]
+struct Proc {
+    /// Owner, 0 when free.
+    pid: AtomicI32,
+    in_flight: [AtomicI64; 4],
+    php_busy: AtomicI64,
+    php_idle: AtomicI64,
+    fastcgi_open: AtomicI64,
+    fastcgi_idle: AtomicI64,
+}
+
+impl Proc {
+    fn clear(&self) {
+        for g in self.gauges() {
+            g.store(0, Relaxed);
+        }
+    }
+
+    fn gauges(&self) -> impl Iterator<Item = &AtomicI64> {
+        self.in_flight.iter().chain([
+            &self.php_busy,
+            &self.php_idle,
+            &self.fastcgi_open,
+            &self.fastcgi_idle,
+        ])
+    }
+}
+
+/// The shared region. All-zero bytes are its initial state (fresh anonymous pages).
+#[repr(C)]
+struct Region {
+    requests: [[AtomicU64; CODES]; 4],
+    /// Per bucket, not cumulative; the last one is +Inf.
+    duration: [[AtomicU64; BUCKETS.len() + 1]; 4],
+    duration_sum_ns: [AtomicU64; 4],
+    response_bytes: [AtomicU64; 4],
+    static_not_modified: AtomicU64,
+    static_ranges: AtomicU64,
+    static_sendfile_bytes: AtomicU64,
+    fastcgi_waits: AtomicU64,
+    fastcgi_retries: AtomicU64,
+    worker_restarts: AtomicU64,
+    worker_crashes: AtomicU64,
+    reloads: AtomicU64,
+    reload_failures: AtomicU64,
+    procs: [Proc; MAX_PROCS],
+}
+
+/// This process's pid, cached; reset in a forked child.
+static PID: AtomicU32 = AtomicU32::new(0);
+static AT_FORK: Once = Once::new();
+
+extern "C" fn forget_pid() {
+    PID.store(0, Relaxed);
+}
+
+fn current_pid() -> i32 {
+    let p = PID.load(Relaxed);
+    if p != 0 {
+        return p as i32;
+    }
+    // SAFETY: registers a handler that only stores to an atomic.
+    AT_FORK.call_once(|| unsafe {
+        libc::pthread_atfork(None, None, Some(forget_pid));
+    });
+    let p = std::process::id();
+    PID.store(p, Relaxed);
+    p as i32
+}
+
+fn alive(pid: i32) -> bool {
+    if pid == current_pid() {
+        return true;
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    exists || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// The metrics of one engine (and of the engines that replace it on reload).
+pub struct Metrics {
+    region: *const Region,
+    /// Whether `region` is a mapping (else a heap allocation, if mmap failed).
+    mapped: bool,
+    /// This process's slot: pid << 32 | index.
+    slot: AtomicU64,
+    claiming: Mutex<()>,
+}
+
+// SAFETY: the region holds only atomics; the pointer is valid until drop.
+unsafe impl Send for Metrics {}
+unsafe impl Sync for Metrics {}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Drop for Metrics {
+    fn drop(&mut self) {
+        let size = std::mem::size_of::<Region>();
+        // SAFETY: `region` came from the matching mmap or alloc_zeroed in `new`.
+        unsafe {
+            if self.mapped {
+                libc::munmap(self.region as *mut libc::c_void, size);
+            } else {
+                std::alloc::dealloc(self.region as *mut u8, std::alloc::Layout::new::<Region>());
+            }
+        }
+    }
+}
+
+impl Metrics {
+    /// A zeroed region shared with processes forked from here on.
+    pub fn new() -> Metrics {
+        let size = std::mem::size_of::<Region>();
+        // SAFETY: a fresh anonymous mapping; zero-filled, which is a valid Region.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        let (region, mapped) = if p == libc::MAP_FAILED {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot map shared memory for metrics; each worker process reports only its own");
+            // SAFETY: Region has a non-zero size; zeroed memory is a valid Region.
+            let p = unsafe { std::alloc::alloc_zeroed(std::alloc::Layout::new::<Region>()) };
+            if p.is_null() {
+                std::alloc::handle_alloc_error(std::alloc::Layout::new::<Region>());
+            }
+            (p as *const Region, false)
+        } else {
+            (p as *const Region, true)
+        };
+        Metrics {
+            region,
+            mapped,
+            slot: AtomicU64::new(0),
+            claiming: Mutex::new(()),
+        }
+    }
+
+    fn r(&self) -> &Region {
+        // SAFETY: valid until drop (see `new`).
+        unsafe { &*self.region }
+    }
+
+    /// This process's gauges, claiming a slot on first use.
+    fn proc(&self) -> &Proc {
+        let pid = current_pid();
+        let s = self.slot.load(Relaxed);
+        if (s >> 32) as i32 == pid && s != 0 {
+            return &self.r().procs[(s & 0xffff) as usize];
+        }
+        let _one = self.claiming.lock();
+        let s = self.slot.load(Relaxed);
+        if (s >> 32) as i32 == pid && s != 0 {
+            return &self.r().procs[(s & 0xffff) as usize];
+        }
+        let i = self.claim(pid);
+        self.slot
+            .store(((pid as u32 as u64) << 32) | i as u64, Relaxed);
+        &self.r().procs[i]
+    }
+
+    fn claim(&self, pid: i32) -> usize {
+        let procs = &self.r().procs;
+        if let Some(i) = procs.iter().position(|p| p.pid.load(Relaxed) == pid) {
+            return i;
+        }
+        for (i, p) in procs.iter().enumerate() {
+            let owner = p.pid.load(Relaxed);
+            if (owner == 0 || !alive(owner))
+                && p.pid.compare_exchange(owner, pid, Relaxed, Relaxed).is_ok()
+            {
+                p.clear();
+                return i;
+            }
+        }
+        // Every slot is taken by a live process: share the last one.
+        MAX_PROCS - 1
+    }
+
+    /// A request was handed to a backend that answers later.
+    pub fn request_started(&self, source: Source) {
+        self.proc().in_flight[source as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Records a response; `in_flight` when `request_started` counted it. Returns
+    /// the counter a streamed body's reader feeds.
+    pub fn request_finished(
+        self: &Arc<Self>,
+        source: Source,
+        started: Instant,
+        in_flight: bool,
+        resp: &Response,
+    ) -> Option<StreamBytes> {
+        let r = self.r();
+        let b = source as usize;
+        if in_flight {
+            self.proc().in_flight[b].fetch_sub(1, Relaxed);
+        }
+        let code = match resp.status {
+            s @ 100..=599 => (s - 100) as usize,
+            _ => CODES - 1,
+        };
+        r.requests[b][code].fetch_add(1, Relaxed);
+        let ns = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        let bucket = BUCKETS
+            .iter()
+            .position(|&(_, le)| ns <= le)
+            .unwrap_or(BUCKETS.len());
+        r.duration[b][bucket].fetch_add(1, Relaxed);
+        r.duration_sum_ns[b].fetch_add(ns, Relaxed);
+        if let Some(n) = resp.body.len() {
+            if n > 0 {
+                r.response_bytes[b].fetch_add(n, Relaxed);
+            }
+        }
+        if source == Source::Static {
+            match resp.status {
+                304 => r.static_not_modified.fetch_add(1, Relaxed),
+                206 => r.static_ranges.fetch_add(1, Relaxed),
+                _ => 0,
+            };
+            if let Body::File { len, .. } = resp.body {
+                r.static_sendfile_bytes.fetch_add(len, Relaxed);
+            }
+        }
+        matches!(resp.body, Body::Stream(_)).then(|| StreamBytes {
+            metrics: self.clone(),
+            source,
+        })
+    }
+
+    /// The PHP thread of this process started (idle).
+    pub fn php_thread_started(&self) {
+        self.proc().php_idle.fetch_add(1, Relaxed);
+    }
+
+    /// The PHP thread of this process starts (`true`) or ends (`false`) a script.
+    pub fn php_busy(&self, busy: bool) {
+        let p = self.proc();
+        let (from, to) = if busy {
+            (&p.php_idle, &p.php_busy)
+        } else {
+            (&p.php_busy, &p.php_idle)
+        };
+        from.fetch_sub(1, Relaxed);
+        to.fetch_add(1, Relaxed);
+    }
+
+    /// A connection to PHP-FPM was opened; the gauge drops with the guard.
+    pub fn fastcgi_connection(self: &Arc<Self>) -> OpenConnection {
+        self.proc().fastcgi_open.fetch_add(1, Relaxed);
+        OpenConnection(self.clone())
+    }
+
+    /// Connections entering (positive) or leaving (negative) the idle pool.
+    pub fn fastcgi_idle(&self, delta: i64) {
+        if delta != 0 {
+            self.proc().fastcgi_idle.fetch_add(delta, Relaxed);
+        }
+    }
+
+    /// A request waited for a free connection.
+    pub fn fastcgi_wait(&self) {
+        self.r().fastcgi_waits.fetch_add(1, Relaxed);
+    }
+
+    /// A request was retried after a kept-alive connection turned out closed.
+    pub fn fastcgi_retry(&self) {
+        self.r().fastcgi_retries.fetch_add(1, Relaxed);
+    }
+
+    /// A host's master reaped worker `pid`: `signal` killed it unexpectedly (0:
+    /// it exited or was stopped on purpose); `replaced` when a new one starts in
+    /// its place. Its gauges stop counting.
+    pub fn worker_exited(&self, pid: i32, signal: i32, replaced: bool) {
+        let r = self.r();
+        if signal != 0 {
+            r.worker_crashes.fetch_add(1, Relaxed);
+        }
+        if replaced {
+            r.worker_restarts.fetch_add(1, Relaxed);
+        }
+        if pid > 0 {
+            for p in r.procs.iter().filter(|p| p.pid.load(Relaxed) == pid) {
+                p.clear();
+                let _ = p.pid.compare_exchange(pid, 0, Relaxed, Relaxed);
+            }
+        }
+    }
+
+    /// A reload was applied (`true`) or refused.
+    pub fn reloaded(&self, ok: bool) {
+        let r = self.r();
+        if ok {
+            r.reloads.fetch_add(1, Relaxed);
+        } else {
+            r.reload_failures.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Every metric in Prometheus' text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let r = self.r();
+        let mut gauges = [0i64; 8];
+        for p in &r.procs {
+            let pid = p.pid.load(Relaxed);
+            if pid != 0 && alive(pid) {
+                for (sum, g) in gauges.iter_mut().zip(p.gauges()) {
+                    *sum += g.load(Relaxed);
+                }
+            }
+        }
+        let gauge = |i: usize| gauges[i].max(0);
+        let mut out = String::with_capacity(8 << 10);
+        header(
+            &mut out,
+            "fephp_requests_total",
+            "counter",
+            "Requests answered, by the backend that answered (internal: health, metrics, malformed targets) and status code.",
+        );
+        for (s, name) in SOURCES {
+            for (i, c) in r.requests[s as usize].iter().enumerate() {
+                let n = c.load(Relaxed);
+                if n > 0 {
+                    let code = if i == CODES - 1 {
+                        "other".to_owned()
+                    } else {
+                        (i + 100).to_string()
+                    };
+                    let _ = writeln!(
+                        out,
+                        "fephp_requests_total{{backend=\"{name}\",code=\"{code}\"}} {n}"
+                    );
+                }
+            }
+        }
+        header(
+            &mut out,
+            "fephp_request_duration_seconds",
+            "histogram",
+            "Time from the request reaching the engine to its response head being ready.",
+        );
+        for (s, name) in SOURCES {
+            let b = s as usize;
+            let mut cumulative = 0u64;
+            for (i, bucket) in r.duration[b].iter().enumerate() {
+                cumulative += bucket.load(Relaxed);
+                let le = BUCKETS.get(i).map_or("+Inf", |&(le, _)| le);
+                let _ = writeln!(
+                    out,
+                    "fephp_request_duration_seconds_bucket{{backend=\"{name}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let sum = r.duration_sum_ns[b].load(Relaxed) as f64 / 1e9;
+            let _ = writeln!(
+                out,
+                "fephp_request_duration_seconds_sum{{backend=\"{name}\"}} {sum}\nfephp_request_duration_seconds_count{{backend=\"{name}\"}} {cumulative}"
+            );
+        }
+        header(
+            &mut out,
+            "fephp_requests_in_flight",
+            "gauge",
+            "Requests handed to a backend whose response head is not ready yet.",
+        );
+        for (s, name) in SOURCES {
+            let _ = writeln!(
+                out,
+                "fephp_requests_in_flight{{backend=\"{name}\"}} {}",
+                gauge(s as usize)
+            );
+        }
+        header(
+            &mut out,
+            "fephp_response_bytes_total",
+            "counter",
+            "Response body bytes: in-memory and file bodies by length, streamed bodies as hosts read them.",
+        );
+        for (s, name) in SOURCES {
+            let _ = writeln!(
+                out,
+                "fephp_response_bytes_total{{backend=\"{name}\"}} {}",
+                r.response_bytes[s as usize].load(Relaxed)
+            );
+        }
+        let scalars: [(&str, &str, &str, i128); 13] = [
+            ("fephp_static_not_modified_total", "counter", "Static responses 304 Not Modified.", r.static_not_modified.load(Relaxed).into()),
+            ("fephp_static_range_responses_total", "counter", "Static responses 206 Partial Content.", r.static_ranges.load(Relaxed).into()),
+            ("fephp_static_sendfile_bytes_total", "counter", "Static file bytes handed to the host as file ranges (descriptor, offset, length) it can sendfile.", r.static_sendfile_bytes.load(Relaxed).into()),
+            ("fephp_fastcgi_connections_open", "gauge", "Connections to PHP-FPM, busy or idle, in all worker processes.", gauge(6).into()),
+            ("fephp_fastcgi_connections_idle", "gauge", "Kept-alive connections to PHP-FPM waiting for a request.", gauge(7).into()),
+            ("fephp_fastcgi_pool_waits_total", "counter", "FastCGI requests that waited for a free connection (fpm_max_connections busy).", r.fastcgi_waits.load(Relaxed).into()),
+            ("fephp_fastcgi_retries_total", "counter", "FastCGI requests retried on a new connection after a kept-alive one turned out closed.", r.fastcgi_retries.load(Relaxed).into()),
+            ("fephp_embedded_workers_busy", "gauge", "PHP threads (one per worker process) running a script.", gauge(4).into()),
+            ("fephp_embedded_workers_idle", "gauge", "PHP threads (one per worker process) waiting for a request.", gauge(5).into()),
+            ("fephp_worker_restarts_total", "counter", "Worker processes started in place of one that died.", r.worker_restarts.load(Relaxed).into()),
+            ("fephp_worker_crashes_total", "counter", "Worker processes killed by a signal they were not sent by the master (e.g. a segfault in a PHP extension).", r.worker_crashes.load(Relaxed).into()),
+            ("fephp_config_reloads_total", "counter", "Configuration reloads applied.", r.reloads.load(Relaxed).into()),
+            ("fephp_config_reload_failures_total", "counter", "Configuration reloads refused (the previous configuration kept serving).", r.reload_failures.load(Relaxed).into()),
+        ];
+        for (name, kind, help, value) in scalars {
+            header(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Counts the bytes a host reads of one streamed body.
+pub struct StreamBytes {
+    metrics: Arc<Metrics>,
+    source: Source,
+}
+
+impl StreamBytes {
+    pub fn add(&self, n: usize) {
+        self.metrics.r().response_bytes[self.source as usize].fetch_add(n as u64, Relaxed);
+    }
+}
+
+/// An open connection to PHP-FPM, for the gauge: dropping it closes the count.
+pub struct OpenConnection(Arc<Metrics>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.proc().fastcgi_open.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{series} missing in\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn counts_codes_buckets_bytes_and_static_extras() {
+        let m = Arc::new(Metrics::new());
+        let t = Instant::now();
+        let ok = Response::new(200).with_body(Body::Bytes(b"hello".to_vec()));
+        m.request_finished(Source::Embedded, t, false, &ok);
+        m.request_finished(Source::Embedded, t, false, &ok);
+        m.request_finished(Source::Static, t, false, &Response::new(304));
+        m.request_finished(Source::Static, t, false, &Response::new(999));
+        let file = std::fs::File::open("Cargo.toml").unwrap();
+        let partial = Response::new(206).with_body(Body::File {
+            file,
+            offset: 3,
+            len: 10,
+        });
+        assert!(m
+            .request_finished(Source::Static, t, false, &partial)
+            .is_none());
+        let text = m.render();
+        assert_eq!(
+            value(
+                &text,
+                "fephp_requests_total{backend=\"embedded\",code=\"200\"}"
+            ),
+            2.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                "fephp_requests_total{backend=\"static\",code=\"304\"}"
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                "fephp_requests_total{backend=\"static\",code=\"other\"}"
+            ),
+            1.0
+        );
+        assert!(!text.contains("backend=\"fastcgi\",code="));
+        assert_eq!(
+            value(&text, "fephp_response_bytes_total{backend=\"embedded\"}"),
+            10.0
+        );
+        assert_eq!(value(&text, "fephp_static_not_modified_total"), 1.0);
+        assert_eq!(value(&text, "fephp_static_range_responses_total"), 1.0);
+        assert_eq!(value(&text, "fephp_static_sendfile_bytes_total"), 10.0);
+        assert_eq!(
+            value(
+                &text,
+                "fephp_request_duration_seconds_count{backend=\"static\"}"
+            ),
+            3.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                "fephp_request_duration_seconds_bucket{backend=\"static\",le=\"+Inf\"}"
+            ),
+            3.0
+        );
+    }
+
+    #[test]
+    fn bucket_bounds_are_inclusive() {
+        let m = Arc::new(Metrics::new());
+        // An instant 2 ms in the past lands in le="0.0025" and above, not below.
+        let t = Instant::now() - std::time::Duration::from_millis(2);
+        m.request_finished(Source::FastCgi, t, false, &Response::new(200));
+        let text = m.render();
+        let b = |le: &str| {
+            value(
+                &text,
+                &format!(
+                    "fephp_request_duration_seconds_bucket{{backend=\"fastcgi\",le=\"{le}\"}}"
+                ),
+            )
+        };
+        assert_eq!(b("0.001"), 0.0);
+        assert_eq!(b("0.0025"), 1.0);
+        assert_eq!(b("30"), 1.0);
+        assert!(
+            value(
+                &text,
+                "fephp_request_duration_seconds_sum{backend=\"fastcgi\"}"
+            ) >= 0.002
+        );
+    }
+
+    #[test]
+    fn streams_count_as_read_and_in_flight_balances() {
+        let m = Arc::new(Metrics::new());
+        m.request_started(Source::Embedded);
+        assert_eq!(
+            value(
+                &m.render(),
+                "fephp_requests_in_flight{backend=\"embedded\"}"
+            ),
+            1.0
+        );
+        let (_tx, rx) = crate::body::channel();
+        let resp = Response::new(200).with_body(Body::Stream(rx));
+        let counter = m
+            .request_finished(Source::Embedded, Instant::now(), true, &resp)
+            .expect("a stream gets a counter");
+        counter.add(100);
+        counter.add(23);
+        let text = m.render();
+        assert_eq!(
+            value(&text, "fephp_requests_in_flight{backend=\"embedded\"}"),
+            0.0
+        );
+        assert_eq!(
+            value(&text, "fephp_response_bytes_total{backend=\"embedded\"}"),
+            123.0
+        );
+    }
+
+    #[test]
+    fn gauges_of_a_dead_process_stop_counting_and_counters_stay() {
+        let m = Arc::new(Metrics::new());
+        m.php_thread_started();
+        // SAFETY: the child only touches atomics in the shared region, then _exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            m.php_thread_started();
+            m.php_busy(true);
+            m.fastcgi_retry();
+            let c = m.fastcgi_connection();
+            std::mem::forget(c);
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // Before reaping, the child is a zombie and still counts as alive.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let text = m.render();
+        // The child's gauges are gone with it; its counter stays.
+        assert_eq!(value(&text, "fephp_embedded_workers_idle"), 1.0);
+        assert_eq!(value(&text, "fephp_embedded_workers_busy"), 0.0);
+        assert_eq!(value(&text, "fephp_fastcgi_connections_open"), 0.0);
+        assert_eq!(value(&text, "fephp_fastcgi_retries_total"), 1.0);
+        m.worker_exited(pid, libc::SIGSEGV, true);
+        m.worker_exited(pid + 1_000_000, 0, false);
+        let text = m.render();
+        assert_eq!(value(&text, "fephp_worker_crashes_total"), 1.0);
+        assert_eq!(value(&text, "fephp_worker_restarts_total"), 1.0);
+        // Its slot is free again; this process still holds its own.
+        let used = m
+            .r()
+            .procs
+            .iter()
+            .filter(|p| p.pid.load(Relaxed) != 0)
+            .count();
+        assert_eq!(used, 1);
+    }
+
+    #[test]
+    fn a_forked_child_adds_to_the_same_counters() {
+        let m = Arc::new(Metrics::new());
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            for _ in 0..5 {
+                m.request_finished(Source::Static, Instant::now(), false, &Response::new(404));
+            }
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(
+            value(
+                &m.render(),
+                "fephp_requests_total{backend=\"static\",code=\"404\"}"
+            ),
+            5.0
+        );
+    }
+}
