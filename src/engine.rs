@@ -623,4 +623,88 @@ mod tests {
             assert_eq!(e.handle(&Request::get(t)).status, 400, "{t}");
         }
     }
+
+    fn text(resp: Response) -> String {
+        let Body::Bytes(b) = resp.body else { panic!() };
+        String::from_utf8(b).unwrap()
+    }
+
+    #[test]
+    fn metrics_are_answered_before_routing_and_count_who_answered() {
+        let e = engine("");
+        assert_eq!(e.route("/_metrics").unwrap(), Decision::Internal);
+        assert_eq!(e.handle(&Request::get("/index.html")).status, 200);
+        assert_eq!(e.handle(&Request::get("/nope")).status, 404);
+        assert_eq!(e.handle(&Request::get("/%00")).status, 400);
+        let resp = e.handle(&Request::get("/_metrics"));
+        assert_eq!(resp.status, 200);
+        assert_eq!(
+            resp.get_header("content-type"),
+            Some(&b"text/plain; version=0.0.4; charset=utf-8"[..])
+        );
+        let t = text(resp);
+        for line in [
+            "fephp_requests_total{backend=\"static\",code=\"200\"} 1\n",
+            "fephp_requests_total{backend=\"static\",code=\"404\"} 1\n",
+            "fephp_requests_total{backend=\"internal\",code=\"400\"} 1\n",
+        ] {
+            assert!(t.contains(line), "{line} in\n{t}");
+        }
+        let mut head = Request::get("/_metrics");
+        head.method = "HEAD";
+        let resp = e.handle(&head);
+        assert!(resp.status == 200 && matches!(resp.body, Body::Empty));
+        let mut post = Request::get("/_metrics");
+        post.method = "POST";
+        assert_eq!(e.handle(&post).status, 405);
+
+        let root = env!("CARGO_MANIFEST_DIR").to_owned() + "/examples/public";
+        let off = Engine::new(
+            Config::from_toml(&format!(
+                "[backend]\ndefault_backend = \"static\"\nmetrics_path = \"\"\n[backend.static_files]\nenable = true\nroot = \"{root}\"\n[php]\nlibphp_path = \"/nonexistent\"\n"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(
+            off.route("/_metrics").unwrap(),
+            Decision::Backend(_)
+        ));
+        assert_eq!(off.handle(&Request::get("/_metrics")).status, 404);
+    }
+
+    #[test]
+    fn a_reload_swaps_the_engine_for_new_requests_and_keeps_the_metrics() {
+        let root = env!("CARGO_MANIFEST_DIR").to_owned() + "/examples/public";
+        let config = |health: &str| {
+            Config::from_toml(&format!(
+                "[backend]\ndefault_backend = \"static\"\nhealth_path = \"{health}\"\n[backend.static_files]\nenable = true\nroot = \"{root}\"\n[php]\nlibphp_path = \"/nonexistent\"\n"
+            ))
+            .unwrap()
+        };
+        let r = ReloadableEngine::new(config("/_health")).unwrap();
+        let old = r.current();
+        assert_eq!(old.handle(&Request::get("/index.html")).status, 200);
+        r.reload(config("/_h2")).unwrap();
+        assert_eq!(r.current().route("/_h2").unwrap(), Decision::Internal);
+        // A request that took the old engine still runs on it.
+        assert_eq!(old.route("/_health").unwrap(), Decision::Internal);
+        assert!(matches!(
+            r.current().route("/_health").unwrap(),
+            Decision::Backend(_)
+        ));
+        let bad = config("no-slash");
+        assert!(r.reload(bad).is_err());
+        assert_eq!(r.current().route("/_h2").unwrap(), Decision::Internal);
+        let t = text(r.current().handle(&Request::get("/_metrics")));
+        assert!(t.contains("\nfephp_config_reloads_total 1\n"), "{t}");
+        assert!(
+            t.contains("\nfephp_config_reload_failures_total 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("fephp_requests_total{backend=\"static\",code=\"200\"} 1\n"),
+            "{t}"
+        );
+    }
 }
