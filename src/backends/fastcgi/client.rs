@@ -152,6 +152,10 @@ async fn write_timed(w: &mut WriteHalf<'_>, data: &[u8], timeout: Duration) -> i
     }
 }
 
+/// How long PHP-FPM may be silent in the middle of a response before what it sent
+/// so far goes to the client (`flush()`): shorter gaps are just its write pattern.
+const IDLE_GRACE: Duration = Duration::from_millis(2);
+
 /// Polls `fut` once: `None` when it would wait.
 async fn now<F: Future>(fut: F) -> Option<F::Output> {
     let mut fut = pin!(fut);
@@ -209,13 +213,18 @@ pub async fn read_response(
         // pausing, then wait for more.
         let n = match now(r.read_buf(dec.read_buffer())).await {
             Some(n) => n,
-            None => {
-                responder.idle().await?;
-                match tokio::time::timeout(timeout, r.read_buf(dec.read_buffer())).await {
-                    Ok(n) => n,
-                    Err(_) => return Err(Failure::read_timeout(timeout)),
+            // php-fpm writes a response in pieces a few microseconds apart (one per
+            // output buffer): only a gap longer than IDLE_GRACE is PHP pausing.
+            None => match tokio::time::timeout(IDLE_GRACE, r.read_buf(dec.read_buffer())).await {
+                Ok(n) => n,
+                Err(_) => {
+                    responder.idle().await?;
+                    match tokio::time::timeout(timeout, r.read_buf(dec.read_buffer())).await {
+                        Ok(n) => n,
+                        Err(_) => return Err(Failure::read_timeout(timeout)),
+                    }
                 }
-            }
+            },
         };
         match n {
             Ok(0) => {
