@@ -14,7 +14,7 @@ BINDIR   ?= $(PREFIX)/bin
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 MAJOR    := $(firstword $(subst ., ,$(VERSION)))
 
-.PHONY: all deps bench-deps build demo test test-rust test-c lint header bench bench-micro install nginx-module clean
+.PHONY: all deps bench-deps build demo test test-rust test-c lint header bench bench-micro install nginx-module fuzz clean
 
 all: build
 
@@ -69,6 +69,12 @@ bench-micro:
 
 bench-deps: deps
 	@FEPHP_EXTRA_PACKAGES="apache2 libapache2-mod-php8.2 python3" ./scripts/install-deps.sh
+
+## Fuzz every target (config, path + router, static resolution, FastCGI responses,
+## CGI params) with cargo fuzz for FUZZ_SECONDS each (default 60), from fuzz/corpus.
+FUZZ_SECONDS ?= 60
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 ## Install the library (soname libfe_php.so.MAJOR), header, pkg-config file and
 ## fe-php-host under PREFIX (DESTDIR for staging; PROFILE=debug for a debug build).

@@ -266,7 +266,8 @@ impl Decoder {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
-        self.buf.reserve(READ_CHUNK);
+        // Exact: `reserve` may double the buffer past the bound documented above.
+        self.buf.reserve_exact(READ_CHUNK);
         &mut self.buf
     }
 
@@ -473,6 +474,39 @@ mod tests {
         d.feed(&vec![0; 0xffff + 0xff]);
         assert_eq!(d.next_record().unwrap().unwrap().content.len(), 0xffff);
         assert!(d.read_buffer().capacity() < 4 * READ_CHUNK);
+    }
+
+    /// Found by `cargo fuzz` (fastcgi_response): reads ending inside the last bytes
+    /// of a maximal record made `reserve` double the buffer to 256 KiB, twice the
+    /// bound documented on `Decoder`.
+    #[test]
+    fn decoder_buffer_stays_within_one_record_plus_one_read() {
+        let mut stream = Vec::new();
+        push_record(&mut stream, STDOUT, 1, b"X: 1\r\n\r\n");
+        // The largest record a peer can announce: 65535 bytes + 255 of padding.
+        stream.extend_from_slice(&[1, STDOUT, 0, 1, 0xff, 0xff, 0xff, 0]);
+        stream.resize(stream.len() + 0xffff + 0xff, b'z');
+        push_record(&mut stream, END_REQUEST, 1, &[0; 8]);
+        let bound = HEADER_LEN + 0xffff + 0xff - 1 + READ_CHUNK;
+        for step in [5, 1000, 4096, 4100, 65536] {
+            let mut d = Decoder::new();
+            let (mut pos, mut records) = (0, 0);
+            while pos < stream.len() {
+                while d.next_record().unwrap().is_some() {
+                    records += 1;
+                }
+                // A read brings at most what fits in the spare room, like read_buf.
+                let buf = d.read_buffer();
+                assert!(buf.capacity() <= bound, "step {step}: {}", buf.capacity());
+                let n = step.min(buf.capacity() - buf.len()).min(stream.len() - pos);
+                buf.extend_from_slice(&stream[pos..pos + n]);
+                pos += n;
+            }
+            while d.next_record().unwrap().is_some() {
+                records += 1;
+            }
+            assert_eq!(records, 3, "step {step}");
+        }
     }
 
     #[test]

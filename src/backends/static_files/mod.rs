@@ -150,7 +150,17 @@ impl StaticFiles {
     }
 
     /// Serves a normalized `path`. `query` is the raw query, kept on redirects.
+    /// HEAD gets what GET would, without a body: error pages and redirects too.
     pub fn serve(&self, req: &Request<'_>, path: &str, query: Option<&str>) -> Response {
+        let resp = self.serve_get(req, path, query);
+        if req.is_head() {
+            resp.for_head()
+        } else {
+            resp
+        }
+    }
+
+    fn serve_get(&self, req: &Request<'_>, path: &str, query: Option<&str>) -> Response {
         if req.method != "GET" && req.method != "HEAD" {
             return Response::error(405, None).header("Allow", "GET, HEAD");
         }
@@ -571,6 +581,49 @@ mod tests {
         std::thread::sleep(KIND_TTL + std::time::Duration::from_millis(100));
         assert_eq!(sf.kind("/new.php"), PathKind::File);
         assert_eq!(sf.kind("/"), PathKind::Dir);
+    }
+
+    /// Found by `cargo fuzz` (static_resolution): `HEAD /.txt` got the 404 page as
+    /// its body; the C ABI promises no body for HEAD.
+    #[test]
+    fn head_errors_and_redirects_have_no_body() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::create_dir(dir.path().join("noindex")).unwrap();
+        std::fs::write(dir.path().join(".env"), "x").unwrap();
+        std::fs::write(dir.path().join("a.txt"), "hello").unwrap();
+        let sf = StaticFiles::new(dir.path(), &[]).unwrap();
+        let mut head = Request::get("/");
+        head.method = "HEAD";
+        for (path, status) in [
+            ("/.txt", 404),
+            ("/.env", 404),
+            ("/x.php", 404),
+            ("/missing", 404),
+            ("/sub", 301),
+            ("/noindex/", 403),
+        ] {
+            let resp = sf.serve(&head, path, None);
+            assert_eq!(resp.status, status, "{path}");
+            assert!(
+                matches!(resp.body, Body::Empty),
+                "HEAD {path}: {:?}",
+                resp.body
+            );
+            let get = sf.serve(&Request::get(path), path, None);
+            assert_eq!(get.status, status, "{path}");
+            // The same headers as GET, Content-Length of the GET body included.
+            assert_eq!(resp.headers, get.headers, "{path}");
+        }
+        let mut range = head.clone();
+        range.headers = vec![(b"Range", b"bytes=99-")];
+        let resp = sf.serve(&range, "/a.txt", None);
+        assert_eq!(resp.status, 416);
+        assert!(matches!(resp.body, Body::Empty));
+        let resp = sf.serve(&head, "/a.txt", None);
+        assert_eq!(resp.status, 200);
+        assert!(matches!(resp.body, Body::Empty));
+        assert_eq!(resp.get_header("content-length"), Some(&b"5"[..]));
     }
 
     #[test]
