@@ -376,6 +376,26 @@ unsafe fn request_view<'a>(req: &'a fephp_request) -> Result<Request<'a>, fephp_
     })
 }
 
+/// The body of the exports that write a text of the current engine into the
+/// caller's buffer.
+///
+/// # Safety
+/// As for those exports: `engine` from `fephp_init`, `buf` writable for `cap`
+/// bytes, `len_out` writable.
+unsafe fn engine_text(
+    engine: *const fephp_engine,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+    text: impl FnOnce(&Engine) -> String,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine, len_out);
+        let e = engine_ref(engine);
+        write_out(text(&e).as_bytes(), buf, cap, len_out)
+    })
+}
+
 /// The library version, e.g. "0.1.0". Static storage; never free it.
 #[no_mangle]
 pub extern "C" fn fephp_version() -> *const c_char {
@@ -546,15 +566,7 @@ pub unsafe extern "C" fn fephp_engine_messages(
     cap: usize,
     len_out: *mut usize,
 ) -> fephp_result {
-    guard(|| {
-        non_null!(engine, len_out);
-        write_out(
-            engine_ref(engine).messages().join("\n").as_bytes(),
-            buf,
-            cap,
-            len_out,
-        )
-    })
+    engine_text(engine, buf, cap, len_out, |e| e.messages().join("\n"))
 }
 
 /// Writes `[server] listen` (e.g. "127.0.0.1:8080") into `buf`: for hosts that own
@@ -566,14 +578,8 @@ pub unsafe extern "C" fn fephp_engine_listen(
     cap: usize,
     len_out: *mut usize,
 ) -> fephp_result {
-    guard(|| {
-        non_null!(engine, len_out);
-        write_out(
-            engine_ref(engine).config().server.listen.as_bytes(),
-            buf,
-            cap,
-            len_out,
-        )
+    engine_text(engine, buf, cap, len_out, |e| {
+        e.config().server.listen.clone()
     })
 }
 
@@ -585,14 +591,8 @@ pub unsafe extern "C" fn fephp_engine_access_log(
     cap: usize,
     len_out: *mut usize,
 ) -> fephp_result {
-    guard(|| {
-        non_null!(engine, len_out);
-        write_out(
-            engine_ref(engine).config().server.access_log.as_bytes(),
-            buf,
-            cap,
-            len_out,
-        )
+    engine_text(engine, buf, cap, len_out, |e| {
+        e.config().server.access_log.clone()
     })
 }
 
@@ -646,11 +646,8 @@ pub unsafe extern "C" fn fephp_engine_user(
     cap: usize,
     len_out: *mut usize,
 ) -> fephp_result {
-    guard(|| {
-        non_null!(engine, len_out);
-        let e = engine_ref(engine);
-        let user = e.config().server.user.as_deref();
-        write_out(user.unwrap_or("").as_bytes(), buf, cap, len_out)
+    engine_text(engine, buf, cap, len_out, |e| {
+        e.config().server.user.clone().unwrap_or_default()
     })
 }
 
@@ -663,11 +660,8 @@ pub unsafe extern "C" fn fephp_engine_group(
     cap: usize,
     len_out: *mut usize,
 ) -> fephp_result {
-    guard(|| {
-        non_null!(engine, len_out);
-        let e = engine_ref(engine);
-        let group = e.config().server.group.as_deref();
-        write_out(group.unwrap_or("").as_bytes(), buf, cap, len_out)
+    engine_text(engine, buf, cap, len_out, |e| {
+        e.config().server.group.clone().unwrap_or_default()
     })
 }
 
