@@ -14,7 +14,7 @@ BINDIR   ?= $(PREFIX)/bin
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 MAJOR    := $(firstword $(subst ., ,$(VERSION)))
 
-.PHONY: all deps bench-deps build demo test test-rust test-c lint header bench bench-micro install nginx-module fuzz clean
+.PHONY: all deps bench-deps build demo test test-rust test-c test-fuzz lint header bench bench-micro install nginx-module fuzz clean
 
 all: build
 
@@ -30,7 +30,7 @@ demo: deps build
 
 ## Everything CI checks: format, lints, header freshness, unit + integration tests,
 ## and the C program under valgrind.
-test: deps lint test-rust test-c
+test: deps lint test-rust test-c test-fuzz
 	@scripts/test-summary.sh target/test-rust.log target/test-c.log
 
 lint:
@@ -75,6 +75,10 @@ bench-deps: deps
 FUZZ_SECONDS ?= 60
 fuzz:
 	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# The short pass `make test` runs: 20 s per target from the committed seeds.
+test-fuzz:
+	scripts/fuzz.sh 20
 
 ## Install the library (soname libfe_php.so.MAJOR), header, pkg-config file and
 ## fe-php-host under PREFIX (DESTDIR for staging; PROFILE=debug for a debug build).

@@ -210,6 +210,12 @@ impl Engine {
     /// As `handle_async`, recording the request in the metrics by the backend that
     /// answers it (a PHP route's existing non-PHP file counts as static).
     pub fn handle_async_metered(&self, req: &Request<'_>, complete: MeteredCompletion) {
+        // HEAD gets GET's headers and never a body, whatever answers (400, 404, 503 too).
+        let complete: MeteredCompletion = if req.is_head() {
+            Box::new(move |resp, backend| complete(resp.for_head(), backend))
+        } else {
+            complete
+        };
         let started = Instant::now();
         let t = match path::split_target(req.target) {
             Ok(t) => t,
@@ -613,6 +619,19 @@ mod tests {
             assert!(f.message.contains(socket), "{}", f.message);
             let resp = e.handle(&Request::get("/_health"));
             assert_eq!(resp.status, 503);
+        }
+    }
+
+    #[test]
+    fn head_errors_have_no_body() {
+        let e = engine("");
+        for t in ["/../etc/passwd", "/missing.txt"] {
+            let mut req = Request::get(t);
+            req.method = "HEAD";
+            let resp = e.handle(&req);
+            assert!(resp.status >= 400, "{t}");
+            assert!(matches!(resp.body, Body::Empty), "{t}: {:?}", resp.body);
+            assert!(resp.get_header("content-length").is_some(), "{t}");
         }
     }
 

@@ -110,7 +110,7 @@ impl Chunks {
     }
 
     fn pause(&mut self) -> bool {
-        self.next() % 3 == 0
+        self.next().is_multiple_of(3)
     }
 }
 
