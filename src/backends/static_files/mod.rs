@@ -349,12 +349,8 @@ impl StaticFiles {
         if let Some(c) = encoding {
             resp.push_header("Content-Encoding", c);
         }
-        let resp = with_validators(resp).with_body(body);
-        if req.is_head() {
-            resp.for_head()
-        } else {
-            resp
-        }
+        // `serve` drops the body of a HEAD response.
+        with_validators(resp).with_body(body)
     }
 
     /// Opens `rel` (a normalized path) for reading without ever leaving the root.
