@@ -419,6 +419,124 @@ fn large_file_streams_intact() {
     assert_eq!(r.body, big()[10485760..10485776]);
 }
 
+/// Large files go out by sendfile from stand-in chunks: several of them, ranges and
+/// small files mixed on one kept-alive connection must each arrive exact.
+#[test]
+fn file_bodies_in_sequence_on_one_connection() {
+    let h = host();
+    std::fs::write(h.dir.path().join("public/mid.bin"), &big()[..100 << 10]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let urls = [
+        "/big.bin",
+        "/mid.bin",
+        "/digits.txt",
+        "/big.bin",
+        "/mid.bin",
+    ];
+    let mut args = vec!["-s".to_owned(), "-S".to_owned()];
+    for (i, u) in urls.iter().enumerate() {
+        args.push(h.url(u));
+        args.push("-o".to_owned());
+        args.push(dir.path().join(i.to_string()).display().to_string());
+    }
+    let out = std::process::Command::new("curl")
+        .args(&args)
+        .arg("-w")
+        .arg("%{num_connects} ")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One connection for all five.
+    let connects: Vec<&str> = std::str::from_utf8(&out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        connects.iter().filter(|c| **c == "1").count(),
+        1,
+        "{connects:?}"
+    );
+    let want: [&[u8]; 5] = [
+        &big(),
+        &big()[..100 << 10],
+        b"0123456789abcdefghij",
+        &big(),
+        &big()[..100 << 10],
+    ];
+    for (i, w) in want.iter().enumerate() {
+        let got = std::fs::read(dir.path().join(i.to_string())).unwrap();
+        assert!(
+            got == *w,
+            "response {i} ({}) differs: {} bytes",
+            urls[i],
+            got.len()
+        );
+    }
+    // A range in the middle of a sendfile chunk, and one across two chunks.
+    for (from, to) in [(1_500_000usize, 1_500_099usize), (1_048_000, 1_049_999)] {
+        let r = curl(&[
+            "-H",
+            &format!("Range: bytes={from}-{to}"),
+            &h.url("/big.bin"),
+        ]);
+        assert_eq!(r.status, 206);
+        assert!(r.body == big()[from..=to], "range {from}-{to}");
+    }
+}
+
+/// A file cut short while it is being sent ends the connection early, before its
+/// announced length, and the worker keeps serving.
+#[test]
+fn a_file_truncated_while_sent_closes_the_connection() {
+    use std::io::{Read, Write};
+    let h = host();
+    let path = h.dir.path().join("public/shrinks.bin");
+    let data: Vec<u8> = big().into_iter().chain(big()).chain(big()).collect(); // 60 MiB
+    std::fs::write(&path, &data).unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(b"GET /shrinks.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut got = vec![0u8; 64 << 10];
+    let n = s.read(&mut got).unwrap();
+    got.truncate(n);
+    // The client stops reading; the socket buffers fill; the file shrinks to 1 MiB.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    got.extend_from_slice(&rest);
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(std::str::from_utf8(&got[..head_end])
+        .unwrap()
+        .contains("content-length: 62914560"));
+    let body = &got[head_end..];
+    assert!(
+        body.len() < data.len(),
+        "the whole file arrived although it shrank"
+    );
+    // What the socket already held past the new end is the kernel's business (a
+    // sendfile'd page may be dropped from the page cache under it, as with nginx);
+    // what lies before it is the file.
+    let bad = body[..body.len().min(1 << 20)]
+        .iter()
+        .zip(&data)
+        .position(|(a, b)| a != b);
+    assert!(bad.is_none(), "the file's first MiB differs at {bad:?}");
+    // The worker goes on serving.
+    assert_eq!(get(&h.url("/digits.txt")).body, b"0123456789abcdefghij");
+}
+
 #[test]
 fn health_reports_backends() {
     let h = host();

@@ -4,14 +4,16 @@
 //! `header_read_timeout` also runs while a kept-alive connection is idle, so one
 //! value would have to serve both; here the socket itself enforces them.
 
+use crate::sendfile::{self, SendQueue};
 use parking_lot::Mutex;
 use std::future::Future;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -28,6 +30,8 @@ pub struct Timeouts {
 /// and the body of its current response.
 pub struct ConnState {
     phase: Mutex<Phase>,
+    /// File ranges of the responses being sent, for `sendfile`.
+    pub files: SendQueue,
 }
 
 struct Phase {
@@ -47,6 +51,13 @@ struct Phase {
 /// Marks the connection busy while alive. It travels with the response body, so
 /// dropping it (when hyper has sent the body) starts the keep-alive wait.
 pub struct Busy(Arc<ConnState>);
+
+impl Busy {
+    /// The file ranges queued for this connection's socket.
+    pub fn files(&self) -> &SendQueue {
+        &self.0.files
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -76,6 +87,7 @@ impl ConnState {
                 served: 0,
                 idle_reader: None,
             }),
+            files: SendQueue::default(),
         })
     }
 
@@ -202,6 +214,53 @@ impl AsyncRead for WatchedStream {
     }
 }
 
+impl WatchedStream {
+    /// Writes hyper's next slices. A run of ordinary bytes that ends at a file
+    /// stand-in goes out with `MSG_MORE` (so headers and the file's first bytes
+    /// share a packet); a stand-in itself becomes a `sendfile` of its range.
+    fn poll_write_slices(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let Some(first_file) = bufs.iter().position(|b| sendfile::is_stand_in(b.as_ptr())) else {
+            return Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        };
+        let sock = self.stream.as_raw_fd();
+        let state = &self.state;
+        loop {
+            std::task::ready!(self.stream.poll_write_ready(cx))?;
+            let r = self.stream.try_io(Interest::WRITABLE, || {
+                if first_file == 0 {
+                    return state.files.send(sock, &bufs[0]);
+                }
+                send_more(sock, &bufs[..first_file])
+            });
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+}
+
+/// `sendmsg` of `bufs` with `MSG_MORE`: the kernel holds them back for the bytes
+/// that follow.
+fn send_more(sock: i32, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: an all-zero msghdr is valid; iov points at `bufs`, whose layout is
+    // that of iovec (IoSlice is documented ABI-compatible with it on Unix).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len().min(1024) as _;
+    // SAFETY: msg describes live buffers for the duration of the call.
+    let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_MORE | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 impl AsyncWrite for WatchedStream {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -209,7 +268,7 @@ impl AsyncWrite for WatchedStream {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.stream).poll_write(cx, data);
+        let r = this.poll_write_slices(cx, &[io::IoSlice::new(data)]);
         this.note_write(&r, |&n| n > 0);
         r
     }
@@ -220,13 +279,15 @@ impl AsyncWrite for WatchedStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        let r = this.poll_write_slices(cx, bufs);
         this.note_write(&r, |&n| n > 0);
         r
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        // hyper queues body chunks as they are (sendfile stand-ins need that) only
+        // for sockets that take vectored writes.
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

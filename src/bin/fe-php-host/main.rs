@@ -7,6 +7,7 @@ mod access_log;
 mod conn;
 mod master;
 mod privileges;
+mod sendfile;
 mod server;
 
 use clap::Parser;

@@ -5,6 +5,7 @@
 use crate::abi::{BodyKind, Engine, Response};
 use crate::access_log::AccessLog;
 use crate::conn::{Busy, ConnState, Timeouts, WatchedStream};
+use crate::sendfile::{self, FileOwner, SendQueue};
 use bytes::{Bytes, BytesMut};
 use fe_php::ffi::{fephp_header, fephp_request, fephp_server_limits, fephp_str};
 use http_body::{Body as _, Frame, SizeHint};
@@ -117,6 +118,8 @@ pub fn run(
                 }
             }
         });
+        // Never `pipeline_flush(true)`: it makes hyper copy body chunks into one
+        // buffer, which would send the zeros of sendfile stand-ins (sendfile.rs).
         let mut http = hyper::server::conn::http1::Builder::new();
         http.keep_alive(true)
             // conn.rs times heads and idle keep-alive connections (hyper's timer
@@ -343,7 +346,8 @@ async fn handle(
         BodyKind::Empty => HostBody::Empty,
         BodyKind::Bytes => HostBody::Bytes(Some(Bytes::copy_from_slice(resp.body_bytes()))),
         BodyKind::File { fd, offset, len } => HostBody::File {
-            _owner: resp,
+            sendfile: len >= sendfile::MIN_SENDFILE && sendfile::available(),
+            owner: FileOwner::new(resp),
             fd,
             pos: offset,
             remaining: len,
@@ -418,7 +422,8 @@ impl http_body::Body for ConnBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        this.body.poll_frame_to(cx, Some(this._busy.files()))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -434,12 +439,14 @@ impl http_body::Body for ConnBody {
 pub enum HostBody {
     Empty,
     Bytes(Option<Bytes>),
-    /// `remaining` bytes of `fd` from `pos`; `_owner` keeps the descriptor open.
+    /// `remaining` bytes of `fd` from `pos`; `owner` keeps the descriptor open.
+    /// With `sendfile` the chunks are stand-ins for the socket to send from the file.
     File {
-        _owner: Response,
+        owner: Arc<FileOwner>,
         fd: i32,
         pos: u64,
         remaining: u64,
+        sendfile: bool,
     },
     Stream {
         resp: Response,
@@ -456,7 +463,37 @@ impl http_body::Body for HostBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        match self.get_mut() {
+        self.get_mut().poll_frame_to(cx, None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            HostBody::Empty => true,
+            HostBody::Bytes(b) => b.as_ref().is_none_or(|b| b.is_empty()),
+            HostBody::File { remaining, .. } => *remaining == 0,
+            HostBody::Stream { done, .. } => *done,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            HostBody::Empty => SizeHint::with_exact(0),
+            HostBody::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            HostBody::File { remaining, .. } => SizeHint::with_exact(*remaining),
+            HostBody::Stream { .. } => SizeHint::default(),
+        }
+    }
+}
+
+impl HostBody {
+    /// The next frame, for a connection whose socket sends file stand-ins from
+    /// `files` (None: file bytes are read into memory).
+    fn poll_frame_to(
+        &mut self,
+        cx: &mut Context<'_>,
+        files: Option<&SendQueue>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        match self {
             HostBody::Empty => Poll::Ready(None),
             HostBody::Bytes(b) => Poll::Ready(
                 b.take()
@@ -464,15 +501,26 @@ impl http_body::Body for HostBody {
                     .map(|b| Ok(Frame::data(b))),
             ),
             HostBody::File {
-                fd, pos, remaining, ..
+                owner,
+                fd,
+                pos,
+                remaining,
+                sendfile,
             } => {
                 if *remaining == 0 {
                     return Poll::Ready(None);
                 }
+                if let (true, Some(files)) = (*sendfile, files) {
+                    let n = (*remaining).min(sendfile::SPAN as u64) as usize;
+                    let stand_in = files.push(owner, *fd, *pos, n);
+                    *pos += n as u64;
+                    *remaining -= n as u64;
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(stand_in)))));
+                }
                 let want = (*remaining).min(CHUNK as u64) as usize;
                 let mut buf = BytesMut::zeroed(want);
                 // Page-cache reads; a blocking pread of one chunk is what nginx does too.
-                // SAFETY: fd stays open while `resp` lives; buf is valid for `want` bytes.
+                // SAFETY: fd stays open while `owner` lives; buf is valid for `want` bytes.
                 let n = unsafe {
                     libc::pread(*fd, buf.as_mut_ptr() as *mut _, want, *pos as libc::off_t)
                 };
@@ -517,24 +565,6 @@ impl http_body::Body for HostBody {
                     }
                 }
             }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            HostBody::Empty => true,
-            HostBody::Bytes(b) => b.as_ref().is_none_or(|b| b.is_empty()),
-            HostBody::File { remaining, .. } => *remaining == 0,
-            HostBody::Stream { done, .. } => *done,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            HostBody::Empty => SizeHint::with_exact(0),
-            HostBody::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            HostBody::File { remaining, .. } => SizeHint::with_exact(*remaining),
-            HostBody::Stream { .. } => SizeHint::default(),
         }
     }
 }
