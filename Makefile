@@ -58,9 +58,10 @@ nginx-module:
 header:
 	FEPHP_UPDATE_HEADER=1 $(CARGO) build --lib
 
-## Side-by-side: fe-php-host against nginx, nginx + php-fpm and Apache + mod_php
-## (BENCH_ARGS="--rounds 5 --scenarios hello,json" to narrow it; --help for all).
-bench: bench-deps build
+## Side-by-side: fe-php-host (embedded, FastCGI), nginx + fe-php module, nginx,
+## nginx + php-fpm and Apache + mod_php, every scenario and load shape (~12 min);
+## BENCH_ARGS="--shapes ka32 --scenarios hello,json" narrows it (--help for all).
+bench: bench-deps build nginx-module
 	python3 bench/run.py $(BENCH_ARGS)
 
 ## criterion micro-benchmarks (router, path normalization, CGI variables, static path).

@@ -6,8 +6,12 @@ Rounds are interleaved (A B C A B C ...) so that drift hits every server alike;
 the table shows the median req/s, p50/p99 latency and the peak RSS of each
 server's whole process tree, with ratios to the named peer.
 
-    bench/run.py [--rounds 3] [--seconds 3] [--connections 32] [--scenarios hello,json]
+    bench/run.py [--rounds 3] [--seconds 2] [--scenarios hello,json,...]
+                 [--shapes ka32,ka256,close32,close256] [--servers fe-php,nginx,...]
                  [--json results.json]
+
+Every server listens on a loopback address of its own, so connection churn in the
+Connection: close shapes (TIME_WAIT, the client's port search) stays per server.
 """
 import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 
@@ -17,23 +21,34 @@ HOST_BIN = os.path.join(ROOT, "target", "release", "fe-php-host")
 CORES = os.cpu_count() or 1
 
 
-def free_port():
+_next_addr = [1]
+
+
+def loopback_addr():
+    """A loopback address of its own for each server (127.0.0.2, .3, ...): without
+    keep-alive every request is a new connection, and TIME_WAIT sockets and the
+    client's port search then stay per server instead of piling up on one address."""
+    _next_addr[0] += 1
+    return f"127.0.0.{_next_addr[0]}"
+
+
+def free_port(addr="127.0.0.1"):
     s = socket.socket()
-    s.bind(("127.0.0.1", 0))
+    s.bind((addr, 0))
     port = s.getsockname()[1]
     s.close()
     return port
 
 
-def wait_port(port, timeout=15):
+def wait_port(port, timeout=15, addr="127.0.0.1"):
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            socket.create_connection((addr, port), 0.2).close()
             return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
+    raise RuntimeError(f"nothing listens on {addr}:{port}")
 
 
 def tree_rss_kib(pid):
@@ -66,7 +81,9 @@ class Server:
     """A server under test: started once, stopped by its own pid."""
 
     def __init__(self, name, tmp):
-        self.name, self.tmp, self.procs, self.port = name, tmp, [], None
+        self.name, self.tmp, self.procs = name, tmp, []
+        self.addr = loopback_addr()
+        self.port = free_port(self.addr)
 
     def spawn(self, args, **kw):
         log = open(os.path.join(self.tmp, f"{self.name}-{len(self.procs)}.log"), "w")
@@ -75,7 +92,10 @@ class Server:
         return p
 
     def url(self, path):
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.addr}:{self.port}{path}"
+
+    def wait(self):
+        wait_port(self.port, addr=self.addr)
 
     def rss(self):
         return sum(tree_rss_kib(p.pid) for p in self.procs)
@@ -100,13 +120,12 @@ def write(path, text):
 
 def start_fe_php(tmp, name="fe-php", backend="embedded", fpm=None, fpm_connections=None):
     s = Server(name, tmp)
-    s.port = free_port()
     php = f'fpm_socket = "{fpm}"\n' if fpm else ""
     if fpm_connections:
         php += f"fpm_max_connections = {fpm_connections}\n"
     conf = write(os.path.join(tmp, f"{name}.toml"), f"""
 [server]
-listen = "127.0.0.1:{s.port}"
+listen = "{s.addr}:{s.port}"
 workers = {CORES}
 access_log = "off"
 [backend]
@@ -118,7 +137,7 @@ root = "{WWW}"
 {php}
 """)
     s.spawn([HOST_BIN, "--config", conf], env={**os.environ, "RUST_LOG": "warn"})
-    wait_port(s.port)
+    s.wait()
     return s
 
 
@@ -146,7 +165,6 @@ pm.max_children = {children}
 
 def start_nginx(tmp, fpm_sock=None, keepalive=2):
     s = Server("nginx" if not fpm_sock else "nginx+php-fpm", tmp)
-    s.port = free_port()
     d = tempfile.mkdtemp(dir=tmp)
     php = ""
     if fpm_sock:
@@ -181,7 +199,7 @@ http {{
     scgi_temp_path {d}/scgi;
     {upstream}
     server {{
-        listen 127.0.0.1:{s.port} reuseport;
+        listen {s.addr}:{s.port} reuseport;
         root {WWW};
         location / {{ try_files $uri $uri/ =404; }}
         {php}
@@ -189,7 +207,7 @@ http {{
 }}
 """)
     s.spawn(["/usr/sbin/nginx", "-p", d, "-c", conf, "-e", f"{d}/error.log"])
-    wait_port(s.port)
+    s.wait()
     return s
 
 
@@ -199,7 +217,6 @@ MODULE = os.path.join(ROOT, "target", "nginx-module", "ngx_http_fephp_module.so"
 def start_nginx_fephp(tmp):
     """nginx with fe-php's module: PHP embedded in the nginx workers."""
     s = Server("nginx+fephp", tmp)
-    s.port = free_port()
     d = tempfile.mkdtemp(dir=tmp)
     toml = write(os.path.join(d, "fe-php.toml"), f"""
 [backend]
@@ -228,7 +245,7 @@ http {{
     scgi_temp_path {d}/scgi;
     fephp_config {toml};
     server {{
-        listen 127.0.0.1:{s.port} reuseport;
+        listen {s.addr}:{s.port} reuseport;
         location / {{ fephp; }}
     }}
 }}
@@ -240,20 +257,19 @@ http {{
         os.symlink("libfe_php.so", so)
     s.spawn(["/usr/sbin/nginx", "-p", d, "-c", conf, "-e", f"{d}/error.log"],
             env={**os.environ, "LD_LIBRARY_PATH": release})
-    wait_port(s.port)
+    s.wait()
     return s
 
 
 def start_apache(tmp):
     s = Server("apache+mod_php", tmp)
-    s.port = free_port()
     d = tempfile.mkdtemp(dir=tmp)
     conf = write(os.path.join(d, "apache2.conf"), f"""
 ServerRoot /etc/apache2
 ServerName localhost
 PidFile {d}/apache2.pid
 Mutex file:{d} default
-Listen 127.0.0.1:{s.port}
+Listen {s.addr}:{s.port}
 LoadModule mpm_prefork_module /usr/lib/apache2/modules/mod_mpm_prefork.so
 LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
 LoadModule dir_module /usr/lib/apache2/modules/mod_dir.so
@@ -277,11 +293,12 @@ DocumentRoot {WWW}
 """)
     env = {**os.environ, "APACHE_RUN_USER": "www-data", "APACHE_RUN_GROUP": "www-data", "APACHE_LOG_DIR": d, "APACHE_RUN_DIR": d, "APACHE_LOCK_DIR": d}
     s.spawn(["/usr/sbin/apache2", "-f", conf, "-DFOREGROUND"], env=env)
-    wait_port(s.port)
+    s.wait()
     return s
 
 
 def wrk(url, seconds, connections, close=False):
+    """One bounded wrk run (a timeout stops a hung one)."""
     args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
     if close:
         args[1:1] = ["-H", "Connection: close"]
@@ -318,14 +335,55 @@ PEERS = {"hello": ["nginx+php-fpm", "apache+mod_php"], "json": ["nginx+php-fpm",
          "static-10m": ["nginx"]}
 
 
+SHAPES = {
+    # name: (connections, Connection: close)
+    "ka32": (32, False), "ka256": (256, False), "close32": (32, True), "close256": (256, True),
+}
+
+
+def measure(servers, names, path, rounds, seconds, connections, close):
+    """Interleaved rounds of wrk against each server; median figures and peak RSS."""
+    for n in names:  # warm-up (OPcache, page cache, pools)
+        wrk(servers[n].url(path), 1, connections, close)
+    runs = {n: [] for n in names}
+    peak = {n: 0 for n in names}
+    for _ in range(rounds):
+        for n in names:
+            sampler_stop = threading.Event()
+
+            def sample(n=n):
+                while not sampler_stop.is_set():
+                    peak[n] = max(peak[n], servers[n].rss())
+                    sampler_stop.wait(0.5)
+
+            t = threading.Thread(target=sample)
+            t.start()
+            runs[n].append(wrk(servers[n].url(path), seconds, connections, close))
+            sampler_stop.set()
+            t.join()
+    out = {}
+    for n in names:
+        rs = runs[n]
+        out[n] = {
+            "rps": statistics.median(r["rps"] for r in rs),
+            "p50_ms": statistics.median(r["p50_ms"] for r in rs),
+            "p99_ms": statistics.median(r["p99_ms"] for r in rs),
+            "errors": sum(r["non2xx"] + r["socket_errors"] for r in rs),
+            "peak_rss_mib": round(peak[n] / 1024, 1),
+            "rounds": [r["rps"] for r in rs],
+        }
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=3)
-    ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--scenarios", default="hello,json,page,static-1k,static-100k")
+    ap.add_argument("--seconds", type=int, default=2)
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--shapes", default=",".join(SHAPES),
+                    help="load shapes: ka32, ka256 (keep-alive, 32/256 connections), close32, close256")
+    ap.add_argument("--servers", help="only these servers (comma-separated names)")
     ap.add_argument("--fpm-children", type=int, default=4 * CORES)
-    ap.add_argument("--close", action="store_true", help="send Connection: close (no keep-alive)")
     ap.add_argument("--json", help="also write the results as JSON to this file")
     args = ap.parse_args()
     for tool in ["wrk", "/usr/sbin/nginx", "/usr/sbin/php-fpm8.2"]:
@@ -334,6 +392,11 @@ def main():
     if not os.path.exists(HOST_BIN):
         sys.exit("target/release/fe-php-host is missing: run `make build`")
     scenarios = [s for s in args.scenarios.split(",") if s]
+    shapes = [s for s in args.shapes.split(",") if s]
+    for name, known in [(n, SCENARIOS) for n in scenarios] + [(n, SHAPES) for n in shapes]:
+        if name not in known:
+            sys.exit(f"unknown scenario or shape {name!r}: choose from {', '.join(known)}")
+    only = set(args.servers.split(",")) if args.servers else None
     if "static-10m" in scenarios and not os.path.exists(os.path.join(WWW, "10m.bin")):
         with open(os.path.join(WWW, "10m.bin"), "wb") as f:
             f.write(os.urandom(10 << 20))
@@ -341,6 +404,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="fephp-bench-")
     os.chmod(tmp, 0o755)  # nginx and Apache workers run as www-data
     servers = {}
+    started = time.time()
     try:
         servers["fe-php"] = start_fe_php(tmp)
         fpm = start_php_fpm(tmp, args.fpm_children)
@@ -353,45 +417,23 @@ def main():
         servers["fe-php-fastcgi"].procs.insert(0, fpm2.procs[0])
         if os.path.exists(MODULE):
             servers["nginx+fephp"] = start_nginx_fephp(tmp)
+        else:
+            print(f"note: {MODULE} is missing (make nginx-module): nginx + fe-php module left out", file=sys.stderr)
         servers["nginx+php-fpm"] = start_nginx(tmp, fpm.sock, keepalive=CORES)
         servers["nginx+php-fpm"].procs.insert(0, fpm.procs[0])
         servers["nginx"] = start_nginx(tmp)
         if os.path.exists("/usr/lib/apache2/modules/libphp8.2.so"):
             servers["apache+mod_php"] = start_apache(tmp)
         results = {}
-        for sc in scenarios:
-            path, names = SCENARIOS[sc]
-            names = [n for n in names if n in servers]
-            for n in names:  # warm-up (OPcache, page cache, pools)
-                wrk(servers[n].url(path), 1, args.connections, args.close)
-            runs = {n: [] for n in names}
-            peak = {n: 0 for n in names}
-            for _ in range(args.rounds):
-                for n in names:
-                    sampler_stop = threading.Event()
-
-                    def sample(n=n):
-                        while not sampler_stop.is_set():
-                            peak[n] = max(peak[n], servers[n].rss())
-                            sampler_stop.wait(0.5)
-
-                    t = threading.Thread(target=sample)
-                    t.start()
-                    runs[n].append(wrk(servers[n].url(path), args.seconds, args.connections, args.close))
-                    sampler_stop.set()
-                    t.join()
-            results[sc] = {}
-            for n in names:
-                rs = runs[n]
-                results[sc][n] = {
-                    "rps": statistics.median(r["rps"] for r in rs),
-                    "p50_ms": statistics.median(r["p50_ms"] for r in rs),
-                    "p99_ms": statistics.median(r["p99_ms"] for r in rs),
-                    "errors": sum(r["non2xx"] + r["socket_errors"] for r in rs),
-                    "peak_rss_mib": round(peak[n] / 1024, 1),
-                    "rounds": [r["rps"] for r in rs],
-                }
-        report(results, args)
+        for shape in shapes:
+            connections, close = SHAPES[shape]
+            results[shape] = {}
+            for sc in scenarios:
+                path, names = SCENARIOS[sc]
+                names = [n for n in names if n in servers and (only is None or n in only)]
+                results[shape][sc] = measure(servers, names, path, args.rounds, args.seconds, connections, close)
+            report(shape, results[shape], args)
+        print(f"({time.time() - started:.0f} s)")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"machine": machine(), "args": vars(args), "results": results}, f, indent=2)
@@ -415,11 +457,12 @@ def machine():
     return {"cores": CORES, "cpu": model, "kernel": os.uname().release}
 
 
-def report(results, args):
+def report(shape, results, args):
     m = machine()
-    print(f"\nfe-php benchmark: {m['cores']} cores ({m['cpu']}), wrk -t1 -c{args.connections}, "
-          f"{args.rounds}x{args.seconds}s interleaved rounds{', Connection: close' if args.close else ''}\n")
-    print(f"{'scenario':<12} {'server':<16} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'RSS MiB':>8} {'errors':>7}  ratios")
+    connections, close = SHAPES[shape]
+    print(f"\nfe-php benchmark: {m['cores']} cores ({m['cpu']}), wrk -t1 -c{connections}, "
+          f"{'Connection: close' if close else 'keep-alive'}, {args.rounds}x{args.seconds}s interleaved rounds\n")
+    print(f"{'scenario':<12} {'server':<16} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'RSS MiB':>8} {'errors':>7}  ratios (req/s)")
     for sc, rows in results.items():
         peers = [p for p in PEERS.get(sc, []) if p in rows and rows[p]["rps"]]
         for n, r in rows.items():
