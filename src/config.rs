@@ -50,7 +50,7 @@ pub struct ServerConfig {
     /// Largest request body; larger → 413.
     pub max_body_size: ConfigSize,
     /// Connections one worker process serves at once; at the limit it stops accepting
-    /// and the kernel's backlog (or another worker) holds new connections.
+    /// and its listening socket's backlog holds new connections.
     pub max_connections: usize,
     /// User the worker processes run as: the master starts as root, binds the
     /// socket, and workers drop to this user before serving. Unset: no change.

@@ -119,6 +119,91 @@ fn workers_run_and_a_killed_worker_is_replaced() {
     assert!(h.stderr().contains("killed by signal 9"), "{}", h.stderr());
 }
 
+/// Socket inodes a process holds open.
+fn socket_inodes(pid: i32) -> std::collections::HashSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// How many of the established connections to `port` each worker holds.
+fn connections_per_worker(h: &Host) -> Vec<usize> {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let server_side: Vec<u64> = tcp
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
+            (local_port == h.port && f[3] == "01").then(|| f[9].parse().ok())?
+        })
+        .collect();
+    h.workers()
+        .into_iter()
+        .map(|pid| {
+            let mine = socket_inodes(pid);
+            server_side.iter().filter(|i| mine.contains(i)).count()
+        })
+        .collect()
+}
+
+fn wait_for_workers(h: &Host, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.workers().len() != n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(h.workers().len(), n);
+}
+
+/// 40 connections opened at once spread over the workers (one listening socket per
+/// worker with SO_REUSEPORT), also after a reload raises the worker count.
+#[test]
+fn connections_spread_over_all_workers() {
+    use std::io::{Read, Write};
+    let h = Host::start(CONFIG, site);
+    for workers in [2usize, 3] {
+        wait_for_workers(&h, workers);
+        std::thread::sleep(Duration::from_millis(200));
+        let mut conns: Vec<std::net::TcpStream> = (0..40)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", h.port)).unwrap())
+            .collect();
+        for c in &mut conns {
+            c.write_all(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+        }
+        for c in &mut conns {
+            let mut buf = [0u8; 512];
+            let n = c.read(&mut buf).unwrap();
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        }
+        let spread = connections_per_worker(&h);
+        assert_eq!(spread.iter().sum::<usize>(), 40, "{spread:?}");
+        // Binomial spread: each worker gets a fair share (p ≈ 1e-4 to fail by chance).
+        let least = if workers == 2 { 8 } else { 4 };
+        assert!(
+            spread.len() == workers && spread.iter().all(|&n| n >= least),
+            "{workers} workers hold {spread:?} of 40 connections"
+        );
+        drop(conns);
+        if workers == 2 {
+            let text = std::fs::read_to_string(&h.config).unwrap();
+            std::fs::write(&h.config, text.replace("workers = 2", "workers = 3")).unwrap();
+            h.signal(libc::SIGHUP);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !h.stderr().contains("configuration reloaded") && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 #[test]
 fn sigterm_lets_in_flight_responses_finish() {
     let mut h = Host::start(CONFIG, site);

@@ -5,6 +5,7 @@
 mod abi;
 mod access_log;
 mod conn;
+mod listen;
 mod master;
 mod privileges;
 mod sendfile;
@@ -12,7 +13,6 @@ mod server;
 
 use clap::Parser;
 use fe_php::ffi::fephp_backend;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -99,8 +99,8 @@ fn main() -> ExitCode {
 
     let listen = args.listen.clone().unwrap_or_else(|| engine.listen());
     let workers = worker_count(&args, &engine);
-    let listener = match bind(&listen) {
-        Ok(l) => l,
+    let listeners = match listen::Listeners::bind(&listen, workers) {
+        Ok(l) => std::cell::RefCell::new(l),
         Err(e) => {
             eprintln!("fe-php-host: cannot listen on {listen}: {e}\n    Choose a free address with --listen or [server] listen.");
             return ExitCode::from(1);
@@ -134,7 +134,7 @@ fn main() -> ExitCode {
     let engine = Arc::new(engine);
     // SAFETY: plain identity query.
     let master_pid = unsafe { libc::getpid() };
-    let worker = || {
+    let worker = |slot: usize, count: usize| {
         // Before the engine starts any thread: every thread of the worker is unprivileged.
         if let Some(id) = &identity {
             if let Err(e) = privileges::drop_to(id) {
@@ -150,7 +150,7 @@ fn main() -> ExitCode {
             tracing::error!("worker start failed: {e}");
             return 1;
         }
-        let listener = match listener.try_clone() {
+        let listeners = match listeners.borrow().for_slot(slot, count) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("cannot use the listening socket: {e}");
@@ -159,7 +159,7 @@ fn main() -> ExitCode {
         };
         // Read here, after the fork: a reload may have changed them.
         let limits = server::Limits::from_abi(&engine.server_limits());
-        match server::run(engine.clone(), listener, log.clone(), limits) {
+        match server::run(engine.clone(), listeners, log.clone(), limits) {
             Ok(()) => 0,
             Err(e) => {
                 tracing::error!("worker failed: {e}");
@@ -168,7 +168,15 @@ fn main() -> ExitCode {
         }
     };
     let exited = |pid, signal, replaced| engine.worker_exited(pid, signal, replaced);
-    let code = master::run(workers, worker, || reload(&engine, &args), exited);
+    let reload = || {
+        let n = reload(&engine, &args)?;
+        listeners
+            .borrow_mut()
+            .ensure(n)
+            .map_err(|e| format!("cannot open listening sockets for {n} workers: {e}"))?;
+        Ok(n)
+    };
+    let code = master::run(workers, worker, reload, exited);
     ExitCode::from(code as u8)
 }
 
@@ -236,22 +244,4 @@ fn describe_backends(engine: &abi::Engine) -> String {
         s.push_str(&format!(" (unavailable: {})", off.join("; ")));
     }
     s
-}
-
-fn bind(addr: &str) -> std::io::Result<std::net::TcpListener> {
-    let addr: SocketAddr = addr.parse().map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "expected IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080",
-        )
-    })?;
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
 }

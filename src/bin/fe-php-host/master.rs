@@ -35,7 +35,8 @@ fn signal_set() -> libc::sigset_t {
     }
 }
 
-/// Runs `worker` in `count` child processes until the master is told to stop.
+/// Runs `worker(slot, count)` in `count` child processes (slots 0..count) until the
+/// master is told to stop; a replaced worker gets the slot of the one it replaces.
 /// On SIGHUP, `reload` re-reads the configuration (in this process, before any
 /// fork) and gives the number of workers to run with it, or why it was refused;
 /// then new workers are forked and the old ones drained. `exited(pid, signal,
@@ -43,7 +44,7 @@ fn signal_set() -> libc::sigset_t {
 /// exited or the master stopped it). Returns the exit code for the master.
 pub fn run(
     count: usize,
-    worker: impl Fn() -> i32,
+    worker: impl Fn(usize, usize) -> i32,
     mut reload: impl FnMut() -> Result<usize, String>,
     exited: impl Fn(libc::pid_t, i32, bool),
 ) -> i32 {
@@ -51,14 +52,16 @@ pub fn run(
     // SAFETY: blocking signals in this single-threaded process; children undo it.
     unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 
-    let mut children: HashMap<libc::pid_t, Instant> = HashMap::new();
+    // pid → (start, slot).
+    let mut children: HashMap<libc::pid_t, (Instant, usize)> = HashMap::new();
+    let mut count = count;
     // Workers of a configuration reloaded since: pid → when they get SIGKILL
     // (None: they got it).
     let mut draining: HashMap<libc::pid_t, Option<Instant>> = HashMap::new();
     let mut fast_failures = 0u32;
-    for _ in 0..count {
-        if let Some(pid) = spawn(&set, &worker) {
-            children.insert(pid, Instant::now());
+    for slot in 0..count {
+        if let Some(pid) = spawn(&set, || worker(slot, count)) {
+            children.insert(pid, (Instant::now(), slot));
         }
     }
     if children.is_empty() {
@@ -80,7 +83,7 @@ pub fn run(
                         tracing::debug!(pid, "old worker {how}");
                         continue;
                     }
-                    let Some(started) = children.remove(&pid) else {
+                    let Some((started, slot)) = children.remove(&pid) else {
                         continue;
                     };
                     exited(pid, signal, true);
@@ -94,15 +97,19 @@ pub fn run(
                     } else {
                         fast_failures = 0;
                     }
-                    if let Some(pid) = spawn(&set, &worker) {
-                        children.insert(pid, Instant::now());
+                    if let Some(pid) = spawn(&set, || worker(slot, count)) {
+                        children.insert(pid, (Instant::now(), slot));
                     }
                 }
             }
             libc::SIGHUP => {
                 tracing::info!("SIGHUP received: reloading the configuration");
                 match reload() {
-                    Ok(n) => roll_over(n, &set, &worker, &mut children, &mut draining),
+                    Ok(n) => {
+                        if roll_over(n, &set, &worker, &mut children, &mut draining) {
+                            count = n;
+                        }
+                    }
                     Err(msg) => tracing::error!(
                         "reload refused; the running configuration keeps serving:\n{msg}"
                     ),
@@ -110,8 +117,10 @@ pub fn run(
             }
             libc::SIGTERM | libc::SIGINT | libc::SIGQUIT => {
                 tracing::info!("stopping: waiting for in-flight requests to finish");
-                children.extend(draining.drain().map(|(pid, _)| (pid, Instant::now())));
-                return stop(children, &set);
+                let mut all: HashMap<libc::pid_t, Instant> =
+                    children.into_iter().map(|(pid, (t, _))| (pid, t)).collect();
+                all.extend(draining.drain().map(|(pid, _)| (pid, Instant::now())));
+                return stop(all, &set);
             }
             _ => {}
         }
@@ -120,25 +129,26 @@ pub fn run(
 
 /// Forks `count` workers (which start with the engine as it is now) and sends the
 /// current ones SIGTERM: they stop accepting, finish their requests and exit,
-/// while the new ones take the listening socket's connections.
+/// while the new ones take the listening sockets' connections. False when no new
+/// worker started (the old ones keep serving).
 fn roll_over(
     count: usize,
     set: &libc::sigset_t,
-    worker: &impl Fn() -> i32,
-    children: &mut HashMap<libc::pid_t, Instant>,
+    worker: &impl Fn(usize, usize) -> i32,
+    children: &mut HashMap<libc::pid_t, (Instant, usize)>,
     draining: &mut HashMap<libc::pid_t, Option<Instant>>,
-) {
+) -> bool {
     let mut fresh = HashMap::new();
-    for _ in 0..count {
-        if let Some(pid) = spawn(set, worker) {
-            fresh.insert(pid, Instant::now());
+    for slot in 0..count {
+        if let Some(pid) = spawn(set, || worker(slot, count)) {
+            fresh.insert(pid, (Instant::now(), slot));
         }
     }
     if fresh.is_empty() {
         tracing::error!(
             "no worker with the new configuration could be started; the old workers keep serving"
         );
-        return;
+        return false;
     }
     let old = std::mem::replace(children, fresh);
     let deadline = Instant::now() + STOP_TIMEOUT;
@@ -152,6 +162,7 @@ fn roll_over(
         children.len(),
         old.len()
     );
+    true
 }
 
 /// SIGKILLs draining workers past their deadline.
@@ -167,7 +178,7 @@ fn kill_overdue(draining: &mut HashMap<libc::pid_t, Option<Instant>>) {
     }
 }
 
-fn spawn(set: &libc::sigset_t, worker: &impl Fn() -> i32) -> Option<libc::pid_t> {
+fn spawn(set: &libc::sigset_t, worker: impl Fn() -> i32) -> Option<libc::pid_t> {
     // SAFETY: the master is single-threaded, so the child may run arbitrary code.
     let pid = unsafe { libc::fork() };
     if pid < 0 {

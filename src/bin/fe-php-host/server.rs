@@ -95,7 +95,7 @@ pub fn raise_open_file_limit(connections: usize) {
 /// Runs the worker until SIGTERM/SIGINT, then drains connections.
 pub fn run(
     engine: Arc<Engine>,
-    listener: std::net::TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     log: Arc<AccessLog>,
     limits: Limits,
 ) -> std::io::Result<()> {
@@ -103,8 +103,14 @@ pub fn run(
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        listener.set_nonblocking(true)?;
-        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let listeners = listeners
+            .into_iter()
+            .map(|l| {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let mut first = 0usize;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -147,7 +153,7 @@ pub fn run(
                 _ = int.recv() => break 'serve,
             };
             let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
+                accepted = accept(&listeners, &mut first) => match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -179,7 +185,7 @@ pub fn run(
             });
         }
         DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
-        drop(listener);
+        drop(listeners);
         let linger = Instant::now() + LINGER;
         while graceful.count() > 0 && Instant::now() < linger {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -192,6 +198,26 @@ pub fn run(
         log.flush();
         Ok(())
     })
+}
+
+/// The next connection from any of `listeners`, looking at them in turn from
+/// `first` so that none is starved.
+async fn accept(
+    listeners: &[tokio::net::TcpListener],
+    first: &mut usize,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        let n = listeners.len();
+        for i in 0..n {
+            let k = (*first + i) % n;
+            if let Poll::Ready(r) = listeners[k].poll_accept(cx) {
+                *first = (k + 1) % n;
+                return Poll::Ready(r);
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Reads the whole request body: at most `max` bytes, waiting at most `idle`
