@@ -87,12 +87,80 @@ fn kind(root: &StaticFiles, path: &str) -> Kind {
     root.kind(path)
 }
 
+/// Name/value pairs packed into one buffer: two allocations for a whole request's
+/// variables instead of two per variable. Each name is followed by a NUL, so the
+/// embedded backend hands PHP C strings without copying.
+#[derive(Debug, Clone, Default)]
+pub struct Pairs {
+    buf: Vec<u8>,
+    spans: Vec<Span>,
+}
+
+/// Where one pair lies in `Pairs`' buffer: (name offset, name length without the
+/// NUL, value offset, value length).
+pub type Span = (usize, usize, usize, usize);
+
+impl Pairs {
+    pub fn with_capacity(bytes: usize, pairs: usize) -> Pairs {
+        Pairs {
+            buf: Vec::with_capacity(bytes),
+            spans: Vec::with_capacity(pairs),
+        }
+    }
+
+    pub fn push(&mut self, name: &str, value: &[u8]) {
+        self.push_with(
+            |b| b.extend_from_slice(name.as_bytes()),
+            |b| b.extend_from_slice(value),
+        );
+    }
+
+    /// Appends a pair whose name and value are written straight into the buffer.
+    pub fn push_with(&mut self, name: impl FnOnce(&mut Vec<u8>), value: impl FnOnce(&mut Vec<u8>)) {
+        let name_at = self.buf.len();
+        name(&mut self.buf);
+        let name_len = self.buf.len() - name_at;
+        self.buf.push(0);
+        let value_at = self.buf.len();
+        value(&mut self.buf);
+        self.spans
+            .push((name_at, name_len, value_at, self.buf.len() - value_at));
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// (name, value) in the order they were pushed.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans
+            .iter()
+            .map(|&(n, nl, v, vl)| (&self.buf[n..n + nl], &self.buf[v..v + vl]))
+    }
+
+    /// The first value named `name`.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter()
+            .find(|(n, _)| *n == name.as_bytes())
+            .map(|(_, v)| v)
+    }
+
+    /// The buffer and the spans in it, for handing the pairs to C.
+    pub fn raw(&self) -> (&[u8], &[Span]) {
+        (&self.buf, &self.spans)
+    }
+}
+
 /// The CGI environment of one request.
 pub struct CgiVars {
     /// (name, value) in the order nginx sends them.
-    pub vars: Vec<(String, Vec<u8>)>,
+    pub vars: Pairs,
     /// getallheaders(): names as php-fpm spells them ("Accept-Encoding").
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Pairs,
 }
 
 /// Builds the variables for running `script_name` for `req`.
@@ -103,68 +171,106 @@ pub fn variables(
     path_info: &str,
     query: Option<&str>,
 ) -> CgiVars {
-    let root = document_root.to_string_lossy();
-    let root = root.trim_end_matches('/');
-    let mut vars: Vec<(String, Vec<u8>)> = Vec::with_capacity(32 + req.headers.len());
-    let mut set = |name: &str, value: &[u8]| vars.push((name.to_owned(), value.to_vec()));
-
+    let root = document_root.as_os_str().as_encoded_bytes();
+    let root = trim_end_slashes(root);
+    let header_bytes: usize = req.headers.iter().map(|(n, v)| n.len() + v.len() + 8).sum();
+    let guess = 2 * root.len() + 3 * script_name.len() + 2 * req.target.len() + 512;
+    let mut vars = Pairs::with_capacity(guess + header_bytes, 32 + req.headers.len());
+    let content_length = content_length(req);
     let host = req.header("host").unwrap_or(b"");
-    set("SCRIPT_FILENAME", format!("{root}{script_name}").as_bytes());
-    set("QUERY_STRING", query.unwrap_or("").as_bytes());
-    set("REQUEST_METHOD", req.method.as_bytes());
-    set("CONTENT_TYPE", req.header("content-type").unwrap_or(b""));
-    set("CONTENT_LENGTH", content_length(req).as_bytes());
-    set("SCRIPT_NAME", script_name.as_bytes());
-    set("REQUEST_URI", req.target.as_bytes());
+    let put = |b: &mut Vec<u8>, parts: &[&[u8]]| parts.iter().for_each(|p| b.extend_from_slice(p));
+
+    vars.push_with(
+        |b| b.extend_from_slice(b"SCRIPT_FILENAME"),
+        |b| put(b, &[root, script_name.as_bytes()]),
+    );
+    vars.push("QUERY_STRING", query.unwrap_or("").as_bytes());
+    vars.push("REQUEST_METHOD", req.method.as_bytes());
+    vars.push("CONTENT_TYPE", req.header("content-type").unwrap_or(b""));
+    vars.push("CONTENT_LENGTH", &content_length);
+    vars.push("SCRIPT_NAME", script_name.as_bytes());
+    vars.push("REQUEST_URI", req.target.as_bytes());
     // nginx's $document_uri after `try_files $fastcgi_script_name`: the script.
-    set("DOCUMENT_URI", script_name.as_bytes());
-    set("DOCUMENT_ROOT", root.as_bytes());
-    set("SERVER_PROTOCOL", req.protocol.as_bytes());
-    set("REQUEST_SCHEME", if req.tls { b"https" } else { b"http" });
+    vars.push("DOCUMENT_URI", script_name.as_bytes());
+    vars.push("DOCUMENT_ROOT", root);
+    vars.push("SERVER_PROTOCOL", req.protocol.as_bytes());
+    vars.push("REQUEST_SCHEME", if req.tls { b"https" } else { b"http" });
     if req.tls {
-        set("HTTPS", b"on");
+        vars.push("HTTPS", b"on");
     }
-    set("GATEWAY_INTERFACE", b"CGI/1.1");
-    set(
+    vars.push("GATEWAY_INTERFACE", b"CGI/1.1");
+    vars.push(
         "SERVER_SOFTWARE",
         concat!("fe-php/", env!("CARGO_PKG_VERSION")).as_bytes(),
     );
-    set("REMOTE_ADDR", req.remote_addr.as_bytes());
-    set("REMOTE_PORT", req.remote_port.to_string().as_bytes());
-    set("SERVER_ADDR", req.local_addr.as_bytes());
-    set("SERVER_PORT", req.local_port.to_string().as_bytes());
-    set("SERVER_NAME", host_without_port(host));
-    set("REDIRECT_STATUS", b"200");
-    set("PATH_INFO", path_info.as_bytes());
+    vars.push("REMOTE_ADDR", req.remote_addr.as_bytes());
+    vars.push("REMOTE_PORT", itoa(req.remote_port).as_bytes());
+    vars.push("SERVER_ADDR", req.local_addr.as_bytes());
+    vars.push("SERVER_PORT", itoa(req.local_port).as_bytes());
+    vars.push("SERVER_NAME", host_without_port(host));
+    vars.push("REDIRECT_STATUS", b"200");
+    vars.push("PATH_INFO", path_info.as_bytes());
     if !path_info.is_empty() {
-        set("PATH_TRANSLATED", format!("{root}{path_info}").as_bytes());
+        vars.push_with(
+            |b| b.extend_from_slice(b"PATH_TRANSLATED"),
+            |b| put(b, &[root, path_info.as_bytes()]),
+        );
     }
-    set("PHP_SELF", format!("{script_name}{path_info}").as_bytes());
+    vars.push_with(
+        |b| b.extend_from_slice(b"PHP_SELF"),
+        |b| put(b, &[script_name.as_bytes(), path_info.as_bytes()]),
+    );
 
-    let http = http_headers(req);
-    let mut headers = Vec::with_capacity(http.len() + 2);
-    for (name, value) in &http {
-        headers.push((fpm_header_name(&name[5..]), value.clone()));
-    }
-    for (name, value) in http {
-        vars.push((name, value));
-    }
-    headers.push((
-        "Content-Type".to_owned(),
-        req.header("content-type").unwrap_or(b"").to_vec(),
-    ));
-    headers.push((
-        "Content-Length".to_owned(),
-        content_length(req).into_bytes(),
-    ));
+    let mut headers = Pairs::with_capacity(header_bytes + 64, req.headers.len() + 2);
+    for_each_http_header(req, |name, first| {
+        let join = |b: &mut Vec<u8>| join_values(b, req, name, first);
+        vars.push_with(|b| http_var_name(b, name), join);
+        headers.push_with(|b| fpm_header_name(b, name), join);
+    });
+    headers.push("Content-Type", req.header("content-type").unwrap_or(b""));
+    headers.push("Content-Length", &content_length);
     CgiVars { vars, headers }
 }
 
-fn content_length(req: &Request<'_>) -> String {
+fn trim_end_slashes(mut b: &[u8]) -> &[u8] {
+    while let [rest @ .., b'/'] = b {
+        b = rest;
+    }
+    b
+}
+
+/// A port as decimal digits, without allocating.
+fn itoa(n: u16) -> ItoaBuf {
+    let mut buf = [0u8; 5];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    ItoaBuf { buf, start: i }
+}
+
+struct ItoaBuf {
+    buf: [u8; 5],
+    start: usize,
+}
+
+impl ItoaBuf {
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+fn content_length(req: &Request<'_>) -> Vec<u8> {
     match req.header("content-length") {
-        Some(v) => String::from_utf8_lossy(v).trim().to_owned(),
-        None if !req.body.is_empty() => req.body.len().to_string(),
-        None => String::new(),
+        Some(v) => v.trim_ascii().to_vec(),
+        None if !req.body.is_empty() => req.body.len().to_string().into_bytes(),
+        None => Vec::new(),
     }
 }
 
@@ -182,54 +288,69 @@ fn host_without_port(host: &[u8]) -> &[u8] {
     }
 }
 
-/// Request headers as `HTTP_*` variables: repeated headers joined with ", "
-/// (Cookie with "; "). Names with anything but letters, digits and '-' are dropped —
-/// so `Foo_Bar` can never pose as `Foo-Bar` — and so is `Proxy` (httpoxy).
-pub fn http_headers(req: &Request<'_>) -> Vec<(String, Vec<u8>)> {
-    let mut out: Vec<(String, Vec<u8>)> = Vec::with_capacity(req.headers.len());
-    for &(name, value) in &req.headers {
-        if name.is_empty() || !name.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-') {
-            continue;
-        }
-        if name.eq_ignore_ascii_case(b"proxy") {
-            continue;
-        }
-        let mut key = String::with_capacity(5 + name.len());
-        key.push_str("HTTP_");
-        for &b in name {
-            key.push(if b == b'-' {
-                '_'
-            } else {
-                b.to_ascii_uppercase() as char
-            });
-        }
-        match out.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, v)) => {
-                v.extend_from_slice(if key == "HTTP_COOKIE" { b"; " } else { b", " });
-                v.extend_from_slice(value);
-            }
-            None => out.push((key, value.to_vec())),
+/// Calls `f(name, i)` once per distinct request header that becomes an `HTTP_*`
+/// variable, in order of first appearance (`i`: the index of that first one).
+/// Names with anything but letters, digits and '-' are dropped — so `Foo_Bar` can
+/// never pose as `Foo-Bar` — and so is `Proxy` (httpoxy). With only those
+/// characters, two names give the same variable exactly when they are equal
+/// ignoring ASCII case.
+fn for_each_http_header<'r>(req: &Request<'r>, mut f: impl FnMut(&'r [u8], usize)) {
+    for (i, &(name, _)) in req.headers.iter().enumerate() {
+        let valid = !name.is_empty()
+            && name.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-')
+            && !name.eq_ignore_ascii_case(b"proxy");
+        if valid
+            && !req.headers[..i]
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            f(name, i);
         }
     }
-    out
 }
 
-/// "ACCEPT_ENCODING" → "Accept-Encoding", as php-fpm's getallheaders() spells it.
-fn fpm_header_name(var: &str) -> String {
-    let mut out = String::with_capacity(var.len());
-    let mut upper = true;
-    for c in var.chars() {
-        if c == '_' {
-            out.push('-');
-            upper = true;
-        } else if upper {
-            out.push(c.to_ascii_uppercase());
-            upper = false;
-        } else {
-            out.push(c.to_ascii_lowercase());
+/// The values of every header named `name` from index `first` on, joined with
+/// ", " (Cookie with "; ").
+fn join_values(b: &mut Vec<u8>, req: &Request<'_>, name: &[u8], first: usize) {
+    let sep: &[u8] = if name.eq_ignore_ascii_case(b"cookie") {
+        b"; "
+    } else {
+        b", "
+    };
+    let same = req.headers[first..]
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name));
+    for (k, (_, v)) in same.enumerate() {
+        if k > 0 {
+            b.extend_from_slice(sep);
         }
+        b.extend_from_slice(v);
     }
-    out
+}
+
+/// "accept-encoding" → "HTTP_ACCEPT_ENCODING".
+fn http_var_name(b: &mut Vec<u8>, name: &[u8]) {
+    b.extend_from_slice(b"HTTP_");
+    b.extend(name.iter().map(|&c| {
+        if c == b'-' {
+            b'_'
+        } else {
+            c.to_ascii_uppercase()
+        }
+    }));
+}
+
+/// "accept-encoding" → "Accept-Encoding", as php-fpm's getallheaders() spells it.
+fn fpm_header_name(b: &mut Vec<u8>, name: &[u8]) {
+    let mut upper = true;
+    for &c in name {
+        b.push(if upper {
+            c.to_ascii_uppercase()
+        } else {
+            c.to_ascii_lowercase()
+        });
+        upper = c == b'-';
+    }
 }
 
 #[cfg(test)]
@@ -315,24 +436,22 @@ mod tests {
             (b"accept", b"*/*"),
             (b"Bad Name", b"x"),
         ];
-        let h = http_headers(&req);
+        let v = variables(&req, Path::new("/srv/www/"), "/index.php", "/x", None);
         let get = |k: &str| {
-            h.iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            v.vars
+                .get(k)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
         };
         assert_eq!(get("HTTP_X_SPOOF").as_deref(), Some("real"));
         assert_eq!(get("HTTP_PROXY"), None);
         assert_eq!(get("HTTP_COOKIE").as_deref(), Some("a=1; b=2"));
         assert_eq!(get("HTTP_ACCEPT").as_deref(), Some("text/html, */*"));
-        assert_eq!(h.len(), 4, "{h:?}");
-        let v = variables(&req, Path::new("/srv/www/"), "/index.php", "/x", None);
-        let get = |k: &str| {
-            v.vars
-                .iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        };
+        let http: Vec<_> = v
+            .vars
+            .iter()
+            .filter(|(n, _)| n.starts_with(b"HTTP_"))
+            .collect();
+        assert_eq!(http.len(), 4, "{http:?}");
         assert_eq!(get("SERVER_NAME").as_deref(), Some("example.com"));
         assert_eq!(
             get("SCRIPT_FILENAME").as_deref(),
@@ -342,8 +461,31 @@ mod tests {
         assert_eq!(get("PHP_SELF").as_deref(), Some("/index.php/x"));
         assert_eq!(get("HTTP_HOST").as_deref(), Some("example.com:8080"));
         assert_eq!(get("HTTPS"), None);
-        assert!(v.headers.iter().any(|(n, _)| n == "X-Spoof"));
+        assert_eq!(get("REMOTE_PORT").as_deref(), Some("0"));
+        let names: Vec<&[u8]> = v.headers.iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                &b"Host"[..],
+                b"X-Spoof",
+                b"Cookie",
+                b"Accept",
+                b"Content-Type",
+                b"Content-Length"
+            ]
+        );
+        assert_eq!(v.headers.get("Accept"), Some(&b"text/html, */*"[..]));
+        // Every name is followed by a NUL in the packed buffer (PHP takes C strings).
+        let (buf, spans) = v.vars.raw();
+        assert!(spans.iter().all(|&(n, nl, _, _)| buf[n + nl] == 0));
+        let mut r2 = Request::get("/");
+        r2.remote_port = 65535;
+        r2.local_port = 8080;
+        let v = variables(&r2, Path::new("/"), "/i.php", "", None);
+        assert_eq!(v.vars.get("REMOTE_PORT"), Some(&b"65535"[..]));
+        assert_eq!(v.vars.get("SERVER_PORT"), Some(&b"8080"[..]));
+        assert_eq!(v.vars.get("SCRIPT_FILENAME"), Some(&b"/i.php"[..]));
+        assert_eq!(v.vars.get("DOCUMENT_ROOT"), Some(&b""[..]));
         assert_eq!(host_without_port(b"[::1]:80"), b"[::1]");
-        assert_eq!(fpm_header_name("ACCEPT_ENCODING"), "Accept-Encoding");
     }
 }

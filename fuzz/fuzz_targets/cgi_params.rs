@@ -128,7 +128,16 @@ fn check(
     query: Option<&str>,
 ) {
     let cgi = cgi::variables(req, root, script_name, path_info, query);
-    let vars = &cgi.vars;
+    let (buf, spans) = cgi.vars.raw();
+    for &(n, nl, _, _) in spans {
+        assert_eq!(buf[n + nl], 0, "a variable name without its NUL");
+    }
+    let vars: Vec<(String, Vec<u8>)> = cgi
+        .vars
+        .iter()
+        .map(|(n, v)| (String::from_utf8(n.to_vec()).expect("ASCII names"), v.to_vec()))
+        .collect();
+    let vars = &vars;
     let mut seen = HashSet::new();
     for (name, _) in vars {
         assert!(valid_var_name(name), "invalid variable name {name:?}");
@@ -141,9 +150,9 @@ fn check(
         .cloned()
         .collect();
     assert_eq!(http, model_http(&req.headers), "HTTP_* variables");
-    for (name, _) in &cgi.headers {
+    for (name, _) in cgi.headers.iter() {
         assert!(
-            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+            !name.is_empty() && name.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-'),
             "getallheaders() name {name:?}"
         );
     }

@@ -87,11 +87,13 @@ struct Ctx {
 }
 
 fn run(rt: &'static Runtime, job: Job) {
-    let pairs = |p: &super::Pairs| -> Vec<fephp_sapi_pair> {
-        let base = p.buf.as_ptr() as *const c_char;
-        p.spans
+    let pairs = |p: &crate::cgi::Pairs| -> Vec<fephp_sapi_pair> {
+        let (buf, spans) = p.raw();
+        let base = buf.as_ptr() as *const c_char;
+        spans
             .iter()
-            // SAFETY: every span lies inside `p.buf` (built by Pairs::pack).
+            // SAFETY: every span lies inside `buf`, and each name is followed by a
+            // NUL there (cgi::Pairs::push_with).
             .map(|&(n, nl, v, vl)| unsafe {
                 fephp_sapi_pair {
                     name: base.add(n),

@@ -11,7 +11,7 @@ mod runtime;
 #[cfg(fephp_embedded)]
 mod sapi;
 
-use crate::cgi::CgiVars;
+use crate::cgi::{CgiVars, Pairs};
 use crate::config::IniValue;
 use crate::http::{Request, Response};
 use crate::metrics::Metrics;
@@ -60,39 +60,10 @@ impl Drop for Job {
 
 fn cstring(bytes: &[u8]) -> CString {
     // Values come from a parsed HTTP request, which cannot carry NUL; drop any anyway.
-    CString::new(
-        bytes
-            .iter()
-            .copied()
-            .filter(|&b| b != 0)
-            .collect::<Vec<u8>>(),
-    )
-    .expect("NULs removed")
-}
-
-/// Name/value pairs packed into one buffer (two allocations instead of two per
-/// pair); each name is followed by a NUL, as PHP wants variable names.
-pub struct Pairs {
-    pub buf: Vec<u8>,
-    /// (name offset, name length without the NUL, value offset, value length).
-    pub spans: Vec<(usize, usize, usize, usize)>,
-}
-
-impl Pairs {
-    fn pack(list: &[(String, Vec<u8>)]) -> Pairs {
-        let size = list.iter().map(|(n, v)| n.len() + 1 + v.len()).sum();
-        let mut buf = Vec::with_capacity(size);
-        let mut spans = Vec::with_capacity(list.len());
-        for (n, v) in list {
-            let name_at = buf.len();
-            buf.extend_from_slice(n.as_bytes());
-            buf.push(0);
-            let value_at = buf.len();
-            buf.extend_from_slice(v);
-            spans.push((name_at, n.len(), value_at, v.len()));
-        }
-        Pairs { buf, spans }
-    }
+    // Room for the terminator up front: CString::new then does not reallocate.
+    let mut v = Vec::with_capacity(bytes.len() + 1);
+    v.extend(bytes.iter().copied().filter(|&b| b != 0));
+    CString::new(v).expect("NULs removed")
 }
 
 impl Job {
@@ -134,8 +105,8 @@ impl Job {
                 1100
             },
             head: req.is_head(),
-            vars: Pairs::pack(&cgi.vars),
-            headers: Pairs::pack(&cgi.headers),
+            vars: cgi.vars,
+            headers: cgi.headers,
             body: req.body.to_vec(),
             log_uri: format!("{} {}", req.method, req.target),
             complete: Some(complete),

@@ -139,16 +139,16 @@ impl FcgiJob {
         complete: Completion,
     ) -> Result<FcgiJob, (Response, Completion)> {
         let exact_length = req.body.len().to_string();
-        let mut vars = cgi.vars;
-        for (name, value) in vars.iter_mut() {
-            if name == "CONTENT_LENGTH" && !(value.is_empty() && req.body.is_empty()) {
-                *value = exact_length.clone().into_bytes();
-            }
-        }
-        let size: usize = vars.iter().map(|(n, v)| n.len() + v.len() + 8).sum();
+        let size: usize = cgi.vars.iter().map(|(n, v)| n.len() + v.len() + 8).sum();
         let mut request = Vec::with_capacity(size + 64);
         protocol::push_begin_request(&mut request, true);
-        let pairs = vars.iter().map(|(n, v)| (n.as_bytes(), v.as_slice()));
+        let pairs = cgi.vars.iter().map(|(n, v)| {
+            if n == b"CONTENT_LENGTH" && !(v.is_empty() && req.body.is_empty()) {
+                (n, exact_length.as_bytes())
+            } else {
+                (n, v)
+            }
+        });
         if let Err(e) = protocol::push_params(&mut request, pairs, protocol::MAX_CONTENT) {
             tracing::warn!(uri = %format!("{} {}", req.method, req.target), "answered 431: {} is {} bytes and PHP-FPM takes at most {} (one FastCGI record per variable)", e.name, e.value_len, e.max_value_len);
             let resp = header_too_large(&e);
