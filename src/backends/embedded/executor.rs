@@ -12,9 +12,10 @@ use super::Job;
 use crate::body::{self, BodySender};
 use crate::http::{Body, Response};
 use crate::metrics::Metrics;
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc;
 use std::sync::Arc;
 
 /// Output past this size is streamed instead of buffered.
@@ -37,30 +38,96 @@ pub static CALLBACKS: fephp_sapi_callbacks = fephp_sapi_callbacks {
 
 /// A worker's PHP thread.
 pub struct Executor {
-    tx: mpsc::Sender<Job>,
+    queue: Arc<Queue>,
+}
+
+/// Jobs waiting for the PHP thread. A plain mutex-guarded deque: the I/O thread
+/// pushes, the PHP thread pops, and the condition variable is only signalled when
+/// the PHP thread sleeps on it.
+struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+struct QueueState {
+    jobs: VecDeque<Job>,
+    /// The PHP thread is waiting on `ready`.
+    sleeping: bool,
+    /// The PHP thread has ended (it never does unless a bug makes it panic).
+    gone: bool,
+}
+
+/// Marks the queue gone when the PHP thread ends, however it ends.
+struct Gone(Arc<Queue>);
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        let jobs = {
+            let mut q = self.0.state.lock();
+            q.gone = true;
+            std::mem::take(&mut q.jobs)
+        };
+        // Dropped jobs answer 500 (Job's Drop), outside the lock.
+        drop(jobs);
+    }
+}
+
+impl Queue {
+    /// The next job, sleeping until there is one.
+    fn pop(&self) -> Job {
+        let mut q = self.state.lock();
+        loop {
+            if let Some(job) = q.jobs.pop_front() {
+                return job;
+            }
+            q.sleeping = true;
+            self.ready.wait(&mut q);
+            q.sleeping = false;
+        }
+    }
 }
 
 impl Executor {
     /// Starts the PHP thread; it reports busy/idle to `metrics`.
     pub fn start(rt: &'static Runtime, metrics: Arc<Metrics>) -> std::io::Result<Executor> {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState {
+                jobs: VecDeque::new(),
+                sleeping: false,
+                gone: false,
+            }),
+            ready: Condvar::new(),
+        });
+        let gone = Gone(queue.clone());
         std::thread::Builder::new()
             .name("php".into())
             .stack_size(PHP_STACK)
             .spawn(move || {
+                let gone = gone;
                 metrics.php_thread_started();
-                while let Ok(job) = rx.recv() {
+                loop {
+                    let job = gone.0.pop();
                     metrics.php_busy(true);
                     run(rt, job);
                     metrics.php_busy(false);
                 }
             })?;
-        Ok(Executor { tx })
+        Ok(Executor { queue })
     }
 
     /// Queues a job; gives it back when the PHP thread is gone.
     pub fn submit(&self, job: Job) -> Result<(), Box<Job>> {
-        self.tx.send(job).map_err(|e| Box::new(e.0))
+        let mut q = self.queue.state.lock();
+        if q.gone {
+            return Err(Box::new(job));
+        }
+        q.jobs.push_back(job);
+        let wake = q.sleeping;
+        drop(q);
+        if wake {
+            self.queue.ready.notify_one();
+        }
+        Ok(())
     }
 }
 

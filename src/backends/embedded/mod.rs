@@ -115,9 +115,28 @@ impl Job {
 }
 
 /// The PHP thread of this process, shared by every engine in it (NTS PHP allows
-/// one): (pid, executor). Re-created after a fork, since threads do not survive one.
+/// one): (fork generation, executor). Re-created after a fork, since threads do not
+/// survive one.
 #[cfg(fephp_embedded)]
-static EXECUTOR: Mutex<Option<(u32, Arc<executor::Executor>)>> = Mutex::new(None);
+static EXECUTOR: Mutex<Option<(u64, Arc<executor::Executor>)>> = Mutex::new(None);
+
+/// Forks of this process since it started (counted in the child by an atfork
+/// handler): tells a forked child from its parent without a getpid per request.
+#[cfg(fephp_embedded)]
+static FORKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[cfg(fephp_embedded)]
+fn fork_generation() -> u64 {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    extern "C" fn forked() {
+        FORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    // SAFETY: registers a handler that only touches an atomic (async-signal-safe).
+    REGISTER.call_once(|| unsafe {
+        libc::pthread_atfork(None, None, Some(forked));
+    });
+    FORKS.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// The embedded backend of one engine.
 pub struct Embedded {
@@ -177,10 +196,10 @@ impl Embedded {
 
     #[cfg(fephp_embedded)]
     fn executor(&self) -> Result<Arc<executor::Executor>, String> {
-        let pid = std::process::id();
+        let generation = fork_generation();
         let mut slot = EXECUTOR.lock();
-        if let Some((p, e)) = slot.as_ref() {
-            if *p == pid {
+        if let Some((g, e)) = slot.as_ref() {
+            if *g == generation {
                 return Ok(e.clone());
             }
         }
@@ -188,7 +207,7 @@ impl Embedded {
             executor::Executor::start(self.runtime, self.metrics.clone())
                 .map_err(|e| format!("cannot start the PHP thread: {e}"))?,
         );
-        *slot = Some((pid, e.clone()));
+        *slot = Some((generation, e.clone()));
         // PHP's max_execution_time is a process-wide SIGPROF timer: keep the signal
         // off this (host) thread so it lands on the PHP thread, which started with
         // the mask as it was.
