@@ -9,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod diff;
+pub mod load;
 pub mod peers;
+pub mod proc;
 
 pub const HOST_BIN: &str = env!("CARGO_BIN_EXE_fe-php-host");
 
@@ -197,4 +199,18 @@ pub fn raw_request(port: u16, request: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     out
+}
+
+/// The sum of every series of `name` in Prometheus text whose labels contain all of
+/// `labels` (e.g. `backend="fastcgi"`); 0 when there is none.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name && labels.iter().all(|want| rest.contains(want))
+        })
+        .map(|(_, v)| v.parse::<f64>().unwrap_or(0.0))
+        .sum()
 }
