@@ -450,3 +450,154 @@ fn an_upload_into_a_full_temp_dir_is_500_and_leaves_nothing() {
             .join("\n")
     );
 }
+
+/// A host serving `SCRIPTS`, with `/fpm/` routed to php-fpm, started with
+/// RLIMIT_NOFILE (soft and hard) set to `limit`.
+fn host_with_fd_limit(server: &str, fpm: &common::peers::PhpFpm, limit: u64) -> Host {
+    use std::os::unix::process::CommandExt;
+    let config = CONFIG
+        .replace("{server}", server)
+        .replace("{ini}", "")
+        .replace("workers = 2", "workers = 1")
+        .replace(
+            "[php.ini]",
+            &format!(
+                "[php]\nfpm_socket = \"{}\"\n\n[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"/fpm/\" }}\nbackend = \"fastcgi\"\n\n[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"/static/\" }}\nbackend = \"static\"\n\n[php.ini]",
+                fpm.address()
+            ),
+        );
+    Host::start_with(&config, site, |cmd| {
+        // SAFETY: setrlimit is async-signal-safe and touches nothing but the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    })
+}
+
+/// Sends `path` on a kept-alive connection and reads one answer with a body of
+/// at most a few KiB: (status, body).
+fn ask(c: &mut TcpStream, path: &str) -> (u16, String) {
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = c.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let r = parse_reply(&got);
+            let len: usize = r.header("content-length").map_or(0, |l| l.parse().unwrap());
+            if got.len() >= end + 4 + len {
+                return (r.status, r.text());
+            }
+        }
+    }
+    (0, String::from_utf8_lossy(&got).into_owned())
+}
+
+#[test]
+fn running_out_of_file_descriptors() {
+    use common::peers::{FpmListen, PhpFpm};
+    const LIMIT: u64 = 64;
+    // php-fpm runs whatever SCRIPT_FILENAME names: the host's own document root.
+    let unused = tempfile::tempdir().unwrap();
+    let fpm = PhpFpm::start(unused.path(), FpmListen::Tcp);
+    let h = host_with_fd_limit("header_read_timeout = \"30s\"", &fpm, LIMIT);
+    std::fs::create_dir_all(h.dir.path().join("www/fpm")).unwrap();
+    std::fs::write(
+        h.dir.path().join("www/fpm/hello.php"),
+        "<?php echo 'Hello from FPM';",
+    )
+    .unwrap();
+    std::fs::create_dir_all(h.dir.path().join("www/static")).unwrap();
+    std::fs::write(h.dir.path().join("www/static/a.txt"), "a").unwrap();
+    assert_eq!(get(&h.url("/hello.php")).text(), "Hello, World!");
+    let worker = h.workers()[0];
+    let idle_fds = proc::fd_count(worker);
+
+    // More connections than descriptors: the worker takes what it can.
+    let mut conns: Vec<TcpStream> = (0..150)
+        .map(|_| {
+            let c = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            c
+        })
+        .collect();
+    eventually("the worker at its descriptor limit", || {
+        proc::fd_count(worker) as u64 >= LIMIT
+    });
+    let cpu = proc::cpu_time(worker);
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu = proc::cpu_time(worker) - cpu;
+    assert!(
+        cpu < Duration::from_millis(300),
+        "the worker spent {cpu:?} of CPU in 2 s at the limit"
+    );
+
+    // A connection it did accept gets answers that say what is wrong: opening a
+    // file, connecting to php-fpm or looking up a script needs a descriptor.
+    for path in [
+        "/static/a.txt",
+        "/style.css",
+        "/fpm/hello.php",
+        "/hello.php",
+    ] {
+        let (status, body) = ask(&mut conns[0], path);
+        assert_eq!(status, 503, "{path}: {body}");
+    }
+    // The last one waits in the backlog; its request is sent already.
+    let mut waiting = conns.pop().unwrap();
+    waiting
+        .write_all(b"GET /hello.php HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+
+    let log = h.stderr();
+    assert_eq!(
+        log.matches("cannot accept connections: Too many open files")
+            .count(),
+        1,
+        "one warning per minute:\n{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "all of its {LIMIT} file descriptors open (RLIMIT_NOFILE): raise the limit"
+        )),
+        "{log}"
+    );
+    for what in ["static: cannot open file", "cannot tell what the path is"] {
+        assert!(log.contains(what), "{what}:\n{log}");
+    }
+
+    // The clients go away: the waiting one is served, then everyone.
+    drop(conns);
+    let mut answer = Vec::new();
+    waiting.read_to_end(&mut answer).unwrap();
+    let r = parse_reply(&answer);
+    assert_eq!((r.status, r.text().as_str()), (200, "Hello, World!"));
+    assert_eq!(get(&h.url("/hello.php")).text(), "Hello, World!");
+    assert_eq!(get(&h.url("/style.css")).text(), "body{}");
+    assert_eq!(get(&h.url("/fpm/hello.php")).text(), "Hello from FPM");
+    assert_eq!(get(&h.url("/static/a.txt")).text(), "a");
+    eventually("the worker's descriptors back to idle", || {
+        proc::fd_count(worker) <= idle_fds + 2
+    });
+    assert_eq!(h.workers(), vec![worker], "the worker died");
+    let log = h.stderr();
+    assert!(log.contains("accepting connections again after"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    eprintln!(
+        "out of descriptors: worker at {LIMIT} fds used {cpu:?} of CPU in 2 s; 503 for files and scripts; the waiting connection was served once clients left"
+    );
+}

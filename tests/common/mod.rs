@@ -36,6 +36,16 @@ impl Host {
     /// Writes `config` (with `{port}` and `{dir}` substituted) into a temp dir and
     /// starts the host on it, waiting until it accepts connections.
     pub fn start(config: &str, setup: impl FnOnce(&Path)) -> Host {
+        Host::start_with(config, setup, |_| {})
+    }
+
+    /// Like `start`; `command` adjusts the host's command before it is spawned
+    /// (environment, resource limits through `pre_exec`).
+    pub fn start_with(
+        config: &str,
+        setup: impl FnOnce(&Path),
+        command: impl FnOnce(&mut Command),
+    ) -> Host {
         let dir = tempfile::tempdir().unwrap();
         setup(dir.path());
         let port = free_port();
@@ -44,13 +54,13 @@ impl Host {
             .replace("{dir}", dir.path().to_str().unwrap());
         let config = dir.path().join("fe-php.toml");
         std::fs::write(&config, text).unwrap();
-        let child = Command::new(HOST_BIN)
-            .arg("--config")
+        let mut cmd = Command::new(HOST_BIN);
+        cmd.arg("--config")
             .arg(&config)
             .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
+        command(&mut cmd);
+        let child = cmd.spawn().unwrap();
         let host = Host {
             child,
             port,
