@@ -601,3 +601,155 @@ fn running_out_of_file_descriptors() {
         "out of descriptors: worker at {LIMIT} fds used {cpu:?} of CPU in 2 s; 503 for files and scripts; the waiting connection was served once clients left"
     );
 }
+
+/// Waits for the marker `endless.php?tag=TAG` writes when it ends: (bytes it
+/// wrote, when it was seen).
+fn endless_ended(h: &Host, tag: &str, limit: Duration) -> Option<(u64, Instant)> {
+    let marker = h.dir.path().join(format!("www/endless-{tag}.txt"));
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(&marker) {
+            if !text.is_empty() {
+                return Some((text.parse().unwrap(), Instant::now()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn php_faults_under_load_cost_only_their_own_request() {
+    let h = host("send_timeout = \"2s\"", "");
+    let load = load(&h, 8);
+    let mut observed = Vec::new();
+
+    // Faults PHP survives: each is its own request's answer only.
+    for (path, status, body) in [
+        ("/fatal.php", 500, None),
+        ("/exit.php", 200, Some("partial")),
+        ("/memory.php", 500, None),
+        ("/timeout.php", 500, None),
+        ("/recurse.php", 500, None),
+    ] {
+        let started = Instant::now();
+        let r = parse_reply(&raw_get(h.port, path));
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+        if let Some(b) = body {
+            assert_eq!(r.text(), b, "{path}");
+        }
+        observed.push(format!("{path} {} in {:?}", r.status, started.elapsed()));
+        load.wait_ok(100, Duration::from_secs(20));
+    }
+
+    // Endless output to a client that stops reading: memory stays bounded, and
+    // send_timeout ends the connection and with it the script.
+    let workers = h.workers();
+    let rss_before: Vec<u64> = workers.iter().map(|&w| proc::rss_kib(w)).collect();
+    let mut stalled = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+    stalled
+        .write_all(b"GET /endless.php?tag=stalled HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let stalled_at = Instant::now();
+    let mut grown = 0u64;
+    let ended = loop {
+        for (w, before) in workers.iter().zip(&rss_before) {
+            grown = grown.max(proc::rss_kib(*w).saturating_sub(*before));
+        }
+        if let Some(end) = endless_ended(&h, "stalled", Duration::from_millis(100)) {
+            break end;
+        }
+        assert!(
+            stalled_at.elapsed() < Duration::from_secs(15),
+            "the script writing to a stalled client never ended"
+        );
+    };
+    let took = ended.1 - stalled_at;
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        "the stalled client's script ended after {took:?} (send_timeout 2 s)"
+    );
+    assert!(grown < 16 * 1024, "a worker grew by {grown} KiB");
+    // The server has closed it: what the socket holds ends.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut sink = vec![0u8; 1 << 20];
+    let mut received = 0u64;
+    loop {
+        match stalled.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received += n as u64,
+        }
+    }
+    assert!(received < ended.0, "{received} of {} bytes", ended.0);
+    observed.push(format!(
+        "endless output to a stalled client: script ended after {took:?}, {} MiB written, {received} bytes buffered in sockets, worker RSS +{grown} KiB",
+        ended.0 >> 20
+    ));
+    load.wait_ok(100, Duration::from_secs(20));
+
+    // The same to a client that leaves: the script ends at once.
+    let mut leaving = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+    leaving
+        .write_all(b"GET /endless.php?tag=closed HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut head = [0u8; 64 << 10];
+    leaving.read_exact(&mut head).unwrap();
+    drop(leaving);
+    let left = Instant::now();
+    let (_, seen) = endless_ended(&h, "closed", Duration::from_secs(10))
+        .expect("the script writing to a client that left never ended");
+    assert!(seen - left < Duration::from_secs(1), "{:?}", seen - left);
+    observed.push(format!(
+        "endless output, client leaves: script ended after {:?}",
+        seen - left
+    ));
+    load.wait_ok(100, Duration::from_secs(20));
+
+    // Recursion through array_map recurses in C: the stack overflows and the
+    // worker dies; only the requests on its connections may fail.
+    let pids: Vec<i32> = load
+        .conn_pids
+        .iter()
+        .map(|p| p.load(std::sync::atomic::Ordering::SeqCst))
+        .collect();
+    let workers = h.workers();
+    let crash = raw_get(h.port, "/overflow.php");
+    assert_eq!(status_of(&crash), 0, "{}", String::from_utf8_lossy(&crash));
+    let mut victim = 0;
+    eventually("the crashed worker's replacement", || {
+        let now = h.workers();
+        match workers.iter().find(|w| !now.contains(w)) {
+            Some(&dead) if now.len() == 2 => {
+                victim = dead;
+                true
+            }
+            _ => false,
+        }
+    });
+    let on_victim = pids.iter().filter(|&&p| p == victim).count();
+    load.wait_ok(1000, Duration::from_secs(20));
+    let report = load.stop();
+    only_the_dead_workers_requests_failed(&report, victim, on_victim);
+    let log = h.stderr();
+    let how = log
+        .lines()
+        .find(|l| l.contains(&format!("pid={victim}")) && l.contains("killed by signal"))
+        .unwrap_or_else(|| panic!("no crash line for {victim}:\n{log}"));
+    observed.push(format!(
+        "stack overflow: worker {victim} {}; {} of {} good requests failed ({on_victim} connections on it)",
+        how.split("worker ").nth(1).unwrap_or(how),
+        report.failed.len(),
+        report.total()
+    ));
+    for needle in [
+        "undefined_function_xyz",
+        "Allowed memory size of 33554432 bytes",
+        "Allowed memory size of 268435456 bytes",
+        "Maximum execution time of 1 second",
+    ] {
+        assert!(log.contains(needle), "{needle}:\n{log}");
+    }
+    eprintln!("PHP faults under load:\n  {}", observed.join("\n  "));
+}
