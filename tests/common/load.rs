@@ -309,10 +309,8 @@ fn client(
             Ok((status, status == req.expect_status && body_ok))
         })();
         let pid = conn.as_ref().map_or(0, |c| c.pid);
-        let (status, ok) = match result {
-            Ok(r) => r,
-            Err(_) => (0, false),
-        };
+        // A connection failure is status 0.
+        let (status, ok) = result.unwrap_or_default();
         let sample = Sample {
             client: id,
             req: idx as u32,
