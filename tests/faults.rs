@@ -90,8 +90,12 @@ fn good_mix() -> Vec<Req> {
 fn load(h: &Host, clients: usize) -> Load {
     let mut spec = LoadSpec::new(h.port, clients, good_mix());
     spec.probe = Some("/pid.php".to_owned());
+    spec.spread_over = Some(h.workers().len());
     let load = Load::start(spec);
     load.wait_ok(200, Duration::from_secs(20));
+    for w in h.workers() {
+        assert!(load.clients_on(w) > 0, "no load connection on worker {w}");
+    }
     load
 }
 

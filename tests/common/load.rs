@@ -89,6 +89,10 @@ pub struct LoadSpec {
     pub clients: usize,
     /// A path answering the worker's pid as the body, sent first on every connection.
     pub probe: Option<String>,
+    /// With `probe`: spread the clients' connections evenly over this many worker
+    /// processes (a client whose new connection lands on a worker that already has
+    /// its share connects again, a few times at most).
+    pub spread_over: Option<usize>,
     pub mix: Vec<Req>,
     /// Stop after this many requests in all (None: until `stop`).
     pub total: Option<u64>,
@@ -103,6 +107,7 @@ impl LoadSpec {
             port,
             clients,
             probe: None,
+            spread_over: None,
             mix,
             total: None,
             keep_samples: true,
@@ -177,9 +182,7 @@ impl Load {
                     done.clone(),
                     conn_pids.clone(),
                 );
-                std::thread::spawn(move || {
-                    client(c as u32, &spec, &stop, &ok, &done, &pids[c], started)
-                })
+                std::thread::spawn(move || client(c, &spec, &stop, &ok, &done, &pids, started))
             })
             .collect();
         Load {
@@ -256,15 +259,49 @@ fn connect(spec: &LoadSpec) -> std::io::Result<Conn> {
     })
 }
 
+/// Connects and, with a probe, learns the connection's worker (spreading the
+/// clients over the workers when asked). Err with a status: the probe failed.
+fn open(spec: &LoadSpec, me: usize, pids: &[AtomicI32]) -> std::io::Result<Result<Conn, u16>> {
+    let mut tries = 0;
+    loop {
+        let mut c = connect(spec)?;
+        let Some(probe) = &spec.probe else {
+            return Ok(Ok(c));
+        };
+        let raw = format!("GET {probe} HTTP/1.1\r\nHost: load\r\n\r\n");
+        let (status, body, close) = exchange(&mut c, raw.as_bytes(), false)?;
+        if status != 200 || close {
+            return Ok(Err(status));
+        }
+        c.pid = String::from_utf8_lossy(&body).trim().parse().unwrap_or(0);
+        tries += 1;
+        if let Some(workers) = spec.spread_over {
+            let share = spec.clients.div_ceil(workers.max(1));
+            let others = pids
+                .iter()
+                .enumerate()
+                .filter(|&(i, p)| i != me && p.load(Ordering::SeqCst) == c.pid)
+                .count();
+            if others >= share && tries < 50 {
+                continue;
+            }
+        }
+        pids[me].store(c.pid, Ordering::SeqCst);
+        return Ok(Ok(c));
+    }
+}
+
 fn client(
-    id: u32,
+    me: usize,
     spec: &LoadSpec,
     stop: &AtomicBool,
     ok_count: &AtomicU64,
     done: &AtomicU64,
-    my_pid: &AtomicI32,
+    pids: &[AtomicI32],
     started: Instant,
 ) -> ClientLog {
+    let id = me as u32;
+    let my_pid = &pids[me];
     let mut log = ClientLog::default();
     let mut conn: Option<Conn> = None;
     let mut n = id as usize;
@@ -282,17 +319,10 @@ fn client(
         let mut fresh = false;
         let result = (|| -> std::io::Result<(u16, bool)> {
             if conn.is_none() {
-                let mut c = connect(spec)?;
-                if let Some(probe) = &spec.probe {
-                    let raw = format!("GET {probe} HTTP/1.1\r\nHost: load\r\n\r\n");
-                    let (status, body, close) = exchange(&mut c, raw.as_bytes(), false)?;
-                    if status != 200 || close {
-                        return Ok((status, false));
-                    }
-                    c.pid = String::from_utf8_lossy(&body).trim().parse().unwrap_or(0);
-                    my_pid.store(c.pid, Ordering::SeqCst);
+                match open(spec, me, pids)? {
+                    Ok(c) => conn = Some(c),
+                    Err(status) => return Ok((status, false)),
                 }
-                conn = Some(c);
             }
             let c = conn.as_mut().unwrap();
             fresh = !c.used;
