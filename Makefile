@@ -14,7 +14,7 @@ BINDIR   ?= $(PREFIX)/bin
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 MAJOR    := $(firstword $(subst ., ,$(VERSION)))
 
-.PHONY: all deps bench-deps build demo test test-rust test-c test-fuzz lint header bench bench-micro install nginx-module fuzz clean
+.PHONY: all deps bench-deps build demo test test-rust test-c test-fuzz lint header bench bench-micro install nginx-module fuzz soak clean
 
 all: build
 
@@ -80,6 +80,14 @@ fuzz:
 # The short pass `make test` runs: 20 s per target from the committed seeds.
 test-fuzz:
 	scripts/fuzz.sh 20
+
+## Soak: SOAK_REQUESTS (default 1,000,000) mixed requests against fe-php-host and a
+## php-fpm it starts, watching memory, descriptors and PHP's temporary files; prints
+## a summary, fails on an error, > 5% memory growth after warm-up or a leak.
+## `make test` runs the short variant (tests/soak.rs soak_short, 50,000 requests).
+SOAK_REQUESTS ?= 1000000
+soak:
+	SOAK_REQUESTS=$(SOAK_REQUESTS) $(CARGO) test --test soak soak_full -- --ignored --nocapture
 
 ## Install the library (soname libfe_php.so.MAJOR), header, pkg-config file and
 ## fe-php-host under PREFIX (DESTDIR for staging; PROFILE=debug for a debug build).

@@ -18,6 +18,7 @@
 #include "php_variables.h"
 #include "ext/standard/head.h"
 #include "main/php_output.h"
+#include "main/php_open_temporary_file.h"
 #include "zend_signal.h"
 #include "zend_modules.h"
 
@@ -259,6 +260,69 @@ int fephp_sapi_startup(const fephp_sapi_callbacks *callbacks, const char *sapi_n
     return 0;
 }
 
+/* $_FILES error codes (PHP's UPLOAD_ERR_* constants). */
+#define FEPHP_UPLOAD_ERR_NO_TMP_DIR 6
+#define FEPHP_UPLOAD_ERR_CANT_WRITE 7
+
+/* Whether an `error` entry of $_FILES (an int, or nested arrays of them for
+ * `name[]` fields) says a file could not be stored. */
+static int upload_error_in(zval *err)
+{
+    if (Z_TYPE_P(err) == IS_LONG) {
+        return Z_LVAL_P(err) == FEPHP_UPLOAD_ERR_NO_TMP_DIR || Z_LVAL_P(err) == FEPHP_UPLOAD_ERR_CANT_WRITE;
+    }
+    if (Z_TYPE_P(err) == IS_ARRAY) {
+        zval *v;
+        ZEND_HASH_FOREACH_VAL(Z_ARRVAL_P(err), v) {
+            if (upload_error_in(v)) {
+                return 1;
+            }
+        } ZEND_HASH_FOREACH_END();
+    }
+    return 0;
+}
+
+/* PHP parsed a multipart body at request startup: did it fail to write a file? */
+static int upload_not_stored(void)
+{
+    zval *files = &PG(http_globals)[TRACK_VARS_FILES];
+    if (Z_TYPE_P(files) != IS_ARRAY) {
+        return 0;
+    }
+    zval *entry;
+    ZEND_HASH_FOREACH_VAL(Z_ARRVAL_P(files), entry) {
+        if (Z_TYPE_P(entry) == IS_ARRAY) {
+            zval *err = zend_hash_str_find(Z_ARRVAL_P(entry), "error", sizeof("error") - 1);
+            if (err && upload_error_in(err)) {
+                return 1;
+            }
+        }
+    } ZEND_HASH_FOREACH_END();
+    return 0;
+}
+
+/* PHP keeps a body past 16 KiB in a temporary file; when that cannot be written
+ * it discards the whole body ("POST data can't be buffered") and would run the
+ * script with none. */
+static int body_not_stored(void)
+{
+    php_stream *body = SG(request_info).request_body;
+    if (!body || SG(read_post_bytes) <= 0) {
+        return 0;
+    }
+    zend_off_t at = php_stream_tell(body);
+    php_stream_seek(body, 0, SEEK_END);
+    zend_off_t size = php_stream_tell(body);
+    php_stream_seek(body, at, SEEK_SET);
+    return size < SG(read_post_bytes);
+}
+
+/* Where PHP puts uploads and large bodies: upload_tmp_dir, else the system's. */
+static const char *upload_dir(void)
+{
+    return PG(upload_tmp_dir) && *PG(upload_tmp_dir) ? PG(upload_tmp_dir) : php_get_temporary_directory();
+}
+
 int fephp_sapi_execute(const fephp_sapi_request *req)
 {
     int rc = 0;
@@ -290,15 +354,20 @@ int fephp_sapi_execute(const fephp_sapi_request *req)
         return -1;
     }
 
-    zend_first_try {
-        zend_file_handle file;
-        zend_stream_init_filename(&file, req->script_filename);
-        php_execute_script(&file);
-        zend_destroy_file_handle(&file);
-    } zend_catch {
-        /* exit(), fatal errors and aborted connections end here; the response
-         * (status 500 for fatals, set by PHP) is completed by the shutdown below. */
-    } zend_end_try();
+    const char *not_stored = upload_not_stored() ? "an uploaded file" : body_not_stored() ? "the request body" : NULL;
+    if (not_stored) {
+        engine.storage_failed(req->ctx, not_stored, upload_dir());
+    } else {
+        zend_first_try {
+            zend_file_handle file;
+            zend_stream_init_filename(&file, req->script_filename);
+            php_execute_script(&file);
+            zend_destroy_file_handle(&file);
+        } zend_catch {
+            /* exit(), fatal errors and aborted connections end here; the response
+             * (status 500 for fatals, set by PHP) is completed by the shutdown below. */
+        } zend_end_try();
+    }
 
     zend_try {
         php_request_shutdown(NULL);

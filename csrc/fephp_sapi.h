@@ -66,6 +66,10 @@ typedef struct fephp_sapi_callbacks {
     void (*finish)(void *ctx);
     /* PHP's log line (error_log(), errors). ctx may be NULL outside requests. */
     void (*log)(void *ctx, const char *message, int syslog_level);
+    /* PHP could not store `what` ("an uploaded file", "the request body") in its
+     * temporary directory `dir` (full, or not writable). The script does not run;
+     * the engine answers the request itself. */
+    void (*storage_failed)(void *ctx, const char *what, const char *dir);
 } fephp_sapi_callbacks;
 
 /* Starts PHP: SAPI `sapi_name`, php.ini overrides `ini_entries` ("key=value\n" lines).
@@ -74,7 +78,8 @@ int fephp_sapi_startup(const fephp_sapi_callbacks *callbacks, const char *sapi_n
                        char *err, size_t err_len);
 
 /* Runs one request to completion. Returns 0 when the script ran (whatever its
- * outcome: fatal errors and exit() included), -1 when PHP could not start the
+ * outcome: fatal errors and exit() included) or storage_failed was called instead,
+ * -1 when PHP could not start the
  * request, 1 when a bailout escaped PHP's own handling (the interpreter should be
  * treated as unhealthy). */
 int fephp_sapi_execute(const fephp_sapi_request *request);

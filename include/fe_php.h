@@ -173,6 +173,11 @@ typedef struct fephp_server_limits {
    * Connections one worker process serves at once.
    */
   uint32_t max_connections;
+  /**
+   * Longest wait for the client to take more of a response; exceeded: close
+   * the connection (a streaming backend then learns the client has gone).
+   */
+  uint64_t send_timeout_ms;
 } fephp_server_limits;
 
 /**

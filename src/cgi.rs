@@ -20,6 +20,8 @@ pub enum Resolution {
     /// A directory requested without its trailing slash.
     AddSlash,
     NotFound,
+    /// The path could not be looked at (out of file descriptors): 503.
+    Unavailable,
 }
 
 /// Resolves `path` (normalized) like Caddy's `php_server` / nginx `try_files`:
@@ -35,6 +37,7 @@ pub fn resolve(root: &StaticFiles, path: &str, front_controller: Option<&str>) -
                     script_name,
                     path_info: String::new(),
                 },
+                Kind::Unavailable => Resolution::Unavailable,
                 _ => Resolution::NotFound,
             }
         }
@@ -48,6 +51,7 @@ pub fn resolve(root: &StaticFiles, path: &str, front_controller: Option<&str>) -
                 script_name: script.to_owned(),
                 path_info: info.to_owned(),
             },
+            Kind::Unavailable => Resolution::Unavailable,
             _ => fallback(),
         };
     }
@@ -65,10 +69,12 @@ pub fn resolve(root: &StaticFiles, path: &str, front_controller: Option<&str>) -
                     script_name: index,
                     path_info: String::new(),
                 },
+                Kind::Unavailable => Resolution::Unavailable,
                 _ => Resolution::Static,
             }
         }
         Kind::Missing => fallback(),
+        Kind::Unavailable => Resolution::Unavailable,
     }
 }
 

@@ -45,6 +45,10 @@ pub struct ServerConfig {
     pub body_read_timeout: ConfigDuration,
     /// How long an idle keep-alive connection waits for its next request.
     pub keepalive_timeout: ConfigDuration,
+    /// Longest wait for a client to take more of a response (nginx's
+    /// `send_timeout`); exceeded → the connection closes, and a PHP script still
+    /// writing to it ends as when the client leaves.
+    pub send_timeout: ConfigDuration,
     /// Largest request head (request line and headers); larger → 431.
     pub max_header_size: ConfigSize,
     /// Largest request body; larger → 413.
@@ -68,6 +72,7 @@ impl Default for ServerConfig {
             header_read_timeout: ConfigDuration(Duration::from_secs(10)),
             body_read_timeout: ConfigDuration(Duration::from_secs(60)),
             keepalive_timeout: ConfigDuration(Duration::from_secs(75)),
+            send_timeout: ConfigDuration(Duration::from_secs(60)),
             max_header_size: ConfigSize(DEFAULT_MAX_HEADER_SIZE),
             max_body_size: ConfigSize(DEFAULT_MAX_BODY_SIZE),
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -1301,17 +1306,19 @@ mod tests {
         assert_eq!(server.header_read_timeout.0, Duration::from_secs(10));
         assert_eq!(server.body_read_timeout.0, Duration::from_secs(60));
         assert_eq!(server.keepalive_timeout.0, Duration::from_secs(75));
+        assert_eq!(server.send_timeout.0, Duration::from_secs(60));
         assert_eq!(server.max_header_size.0, 128 << 10);
         assert_eq!(server.max_body_size.0, 64 << 20);
         assert_eq!(server.max_connections, 10_000);
         assert_eq!((server.user, server.group), (None, None));
         let server = parse(
-            "[server]\nheader_read_timeout = \"500ms\"\nbody_read_timeout = \"2m\"\nkeepalive_timeout = \"5s\"\nmax_header_size = \"8k\"\nmax_body_size = 1048576\nmax_connections = 3\nuser = \"www-data\"\ngroup = \"nogroup\"\n",
+            "[server]\nheader_read_timeout = \"500ms\"\nbody_read_timeout = \"2m\"\nkeepalive_timeout = \"5s\"\nsend_timeout = \"3s\"\nmax_header_size = \"8k\"\nmax_body_size = 1048576\nmax_connections = 3\nuser = \"www-data\"\ngroup = \"nogroup\"\n",
         )
         .server;
         assert_eq!(server.header_read_timeout.0, Duration::from_millis(500));
         assert_eq!(server.body_read_timeout.0, Duration::from_secs(120));
         assert_eq!(server.keepalive_timeout.0, Duration::from_secs(5));
+        assert_eq!(server.send_timeout.0, Duration::from_secs(3));
         assert_eq!(server.max_header_size.0, 8192);
         assert_eq!(server.max_body_size.0, 1 << 20);
         assert_eq!(server.max_connections, 3);

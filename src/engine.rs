@@ -336,6 +336,9 @@ impl Engine {
             Resolution::Static | Resolution::NotFound => {
                 self.answer(source, started, Response::error(404, None), complete)
             }
+            Resolution::Unavailable => {
+                self.answer(source, started, Response::error(503, None), complete)
+            }
         }
     }
 

@@ -182,6 +182,56 @@ fn keepalive_timeout_closes_idle_connections_and_only_those() {
 }
 
 #[test]
+fn send_timeout_closes_a_connection_that_stops_reading() {
+    let h = host("send_timeout = \"1s\"");
+    let big = vec![b'z'; 32 << 20];
+    std::fs::write(h.dir.path().join("public/big.bin"), &big).unwrap();
+    // Reads the answer to the end; a reset counts as the end.
+    let drain = |s: &mut TcpStream| {
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got += n,
+            }
+        }
+    };
+    // A client that takes nothing: the server gives up on it.
+    let mut s = connect(&h);
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let got = drain(&mut s);
+    assert!(
+        got < big.len(),
+        "the whole file arrived ({got} bytes): the connection was not closed"
+    );
+
+    // A slow client that keeps taking bytes is served to the end, however long.
+    let mut s = connect(&h);
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 4 << 20];
+    let started = Instant::now();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => panic!("after {got} bytes: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(got > big.len(), "{got} bytes");
+    assert!(
+        started.elapsed() > Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn body_read_timeout_is_the_longest_pause_between_reads() {
     let h = host("body_read_timeout = \"1s\"");
     // A body that stops arriving: 408, then the connection closes.

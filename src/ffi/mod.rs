@@ -176,6 +176,9 @@ pub struct fephp_server_limits {
     pub max_body_size: u64,
     /// Connections one worker process serves at once.
     pub max_connections: u32,
+    /// Longest wait for the client to take more of a response; exceeded: close
+    /// the connection (a streaming backend then learns the client has gone).
+    pub send_timeout_ms: u64,
 }
 
 /// The engine: configuration, router and backends (replaced as a whole by
@@ -631,6 +634,7 @@ pub unsafe extern "C" fn fephp_engine_server_limits(
             max_header_size: s.max_header_size.0,
             max_body_size: s.max_body_size.0,
             max_connections: s.max_connections.min(u32::MAX as usize) as u32,
+            send_timeout_ms: ms(s.send_timeout),
         };
         fephp_result::Ok
     })

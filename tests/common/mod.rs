@@ -9,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod diff;
+pub mod load;
 pub mod peers;
+pub mod proc;
 
 pub const HOST_BIN: &str = env!("CARGO_BIN_EXE_fe-php-host");
 
@@ -34,6 +36,16 @@ impl Host {
     /// Writes `config` (with `{port}` and `{dir}` substituted) into a temp dir and
     /// starts the host on it, waiting until it accepts connections.
     pub fn start(config: &str, setup: impl FnOnce(&Path)) -> Host {
+        Host::start_with(config, setup, |_| {})
+    }
+
+    /// Like `start`; `command` adjusts the host's command before it is spawned
+    /// (environment, resource limits through `pre_exec`).
+    pub fn start_with(
+        config: &str,
+        setup: impl FnOnce(&Path),
+        command: impl FnOnce(&mut Command),
+    ) -> Host {
         let dir = tempfile::tempdir().unwrap();
         setup(dir.path());
         let port = free_port();
@@ -42,13 +54,13 @@ impl Host {
             .replace("{dir}", dir.path().to_str().unwrap());
         let config = dir.path().join("fe-php.toml");
         std::fs::write(&config, text).unwrap();
-        let child = Command::new(HOST_BIN)
-            .arg("--config")
+        let mut cmd = Command::new(HOST_BIN);
+        cmd.arg("--config")
             .arg(&config)
             .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
+        command(&mut cmd);
+        let child = cmd.spawn().unwrap();
         let host = Host {
             child,
             port,
@@ -197,4 +209,18 @@ pub fn raw_request(port: u16, request: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     out
+}
+
+/// The sum of every series of `name` in Prometheus text whose labels contain all of
+/// `labels` (e.g. `backend="fastcgi"`); 0 when there is none.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name && labels.iter().all(|want| rest.contains(want))
+        })
+        .map(|(_, v)| v.parse::<f64>().unwrap_or(0.0))
+        .sum()
 }

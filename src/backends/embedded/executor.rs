@@ -34,6 +34,7 @@ pub static CALLBACKS: fephp_sapi_callbacks = fephp_sapi_callbacks {
     flush: Some(cb_flush),
     finish: Some(cb_finish),
     log: Some(cb_log),
+    storage_failed: Some(cb_storage_failed),
 };
 
 /// A worker's PHP thread.
@@ -151,6 +152,8 @@ struct Ctx {
     out_len: u64,
     body_pos: usize,
     state: State,
+    /// PHP could not store the request (see `cb_storage_failed`): answer 500.
+    not_stored: bool,
 }
 
 fn run(rt: &'static Runtime, job: Job) {
@@ -182,6 +185,7 @@ fn run(rt: &'static Runtime, job: Job) {
         out_len: 0,
         body_pos: 0,
         state: State::Buffering,
+        not_stored: false,
         job,
     });
     let j = &ctx.job;
@@ -229,6 +233,11 @@ fn run(rt: &'static Runtime, job: Job) {
 /// Completes the response: the whole buffered body, or the end of the stream.
 fn finish(ctx: &mut Ctx) {
     match std::mem::replace(&mut ctx.state, State::Done) {
+        State::Buffering if ctx.not_stored => {
+            if let Some(c) = ctx.job.complete.take() {
+                c(Response::error(500, None));
+            }
+        }
         State::Buffering => {
             let body = std::mem::take(&mut ctx.out);
             let mut resp = head(ctx);
@@ -412,6 +421,51 @@ unsafe extern "C" fn cb_flush(ctx: *mut c_void) {
 
 unsafe extern "C" fn cb_finish(ctx: *mut c_void) {
     guarded((), || finish(ctx_mut(ctx)))
+}
+
+unsafe extern "C" fn cb_storage_failed(ctx: *mut c_void, what: *const c_char, dir: *const c_char) {
+    guarded((), || {
+        let ctx = ctx_mut(ctx);
+        let what = CStr::from_ptr(what).to_string_lossy();
+        let dir = CStr::from_ptr(dir).to_string_lossy();
+        ctx.not_stored = true;
+        tracing::error!(
+            uri = %ctx.job.log_uri,
+            "PHP could not store {what} in its temporary directory {dir}: the request carries {}, {}. Free space there, or point [php.ini] upload_tmp_dir at a directory with room for post_max_size per worker; answered 500 without running the script",
+            show_bytes(ctx.job.body.len() as u64),
+            space(&dir)
+        );
+    })
+}
+
+fn show_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{} KiB", b >> 10),
+    }
+}
+
+/// "the directory has 12 KiB free of 1.0 MiB (or is not writable)", or why it
+/// cannot be looked at.
+fn space(dir: &str) -> String {
+    let Ok(path) = std::ffi::CString::new(dir) else {
+        return "the directory name is not a path".to_owned();
+    };
+    // SAFETY: statvfs fills the zeroed struct through a valid pointer.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return format!(
+            "the directory cannot be used: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let unit = st.f_frsize as u64;
+    format!(
+        "the directory has {} free of {} (or is not writable)",
+        show_bytes(st.f_bavail as u64 * unit),
+        show_bytes(st.f_blocks as u64 * unit)
+    )
 }
 
 unsafe extern "C" fn cb_log(ctx: *mut c_void, message: *const c_char, level: c_int) {

@@ -135,6 +135,15 @@ impl Failure {
                 "PHP-FPM did not accept the connection in time.",
                 format!("connecting to PHP-FPM at {} took longer than {} ([php] fpm_connect_timeout): is the host reachable? Or php-fpm's listen queue is full: {HELD}", s.socket, show(s.timeouts.connect)),
             ),
+            ConnectError::Io(e) if crate::backends::exhaustion(&e).is_some() => Failure::new(
+                503,
+                "No connection to PHP-FPM could be opened.",
+                format!(
+                    "cannot connect to PHP-FPM at {}: {}",
+                    s.socket,
+                    crate::backends::exhaustion(&e).unwrap_or_default()
+                ),
+            ),
             ConnectError::Io(e) => {
                 let why = match e.kind() {
                     io::ErrorKind::ConnectionRefused => format!("connection refused: {running}"),
@@ -160,4 +169,46 @@ impl Failure {
 /// "5s", "500ms".
 pub fn show(d: Duration) -> String {
     crate::config::ConfigDuration(d).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PhpConfig;
+
+    fn settings() -> Settings {
+        let php = PhpConfig {
+            fpm_socket: "127.0.0.1:9000".to_owned(),
+            ..PhpConfig::default()
+        };
+        let fcgi = super::super::FastCgi::new(
+            &php,
+            std::path::Path::new("/srv"),
+            std::sync::Arc::new(crate::metrics::Metrics::new()),
+        )
+        .unwrap();
+        std::sync::Arc::try_unwrap(fcgi.settings).ok().unwrap()
+    }
+
+    #[test]
+    fn running_out_of_descriptors_is_503_not_a_missing_php_fpm() {
+        let s = settings();
+        let f = Failure::connect(
+            ConnectError::Io(io::Error::from_raw_os_error(libc::EMFILE)),
+            &s,
+        );
+        assert_eq!(f.status, 503);
+        let log = f.log.unwrap();
+        assert!(
+            log.contains("file descriptors open (RLIMIT_NOFILE)"),
+            "{log}"
+        );
+        assert!(!log.contains("not running"), "{log}");
+        let f = Failure::connect(
+            ConnectError::Io(io::Error::from_raw_os_error(libc::ECONNREFUSED)),
+            &s,
+        );
+        assert_eq!(f.status, 502);
+        assert!(f.log.unwrap().contains("PHP-FPM is not running"));
+    }
 }

@@ -55,6 +55,9 @@ pub enum PathKind {
     File,
     Dir,
     Missing,
+    /// Cannot be known now: the process is out of file descriptors (or memory).
+    /// Never remembered.
+    Unavailable,
 }
 
 /// How long a path's kind is remembered: as long as PHP's own stat caches at
@@ -139,6 +142,14 @@ impl StaticFiles {
         let kind = match self.metadata(rel) {
             Ok(m) if m.is_file() => PathKind::File,
             Ok(m) if m.is_dir() => PathKind::Dir,
+            Err(e) if super::exhaustion(&e).is_some() => {
+                tracing::error!(
+                    path = rel,
+                    "cannot tell what the path is: {}",
+                    super::exhaustion(&e).unwrap_or_default()
+                );
+                return PathKind::Unavailable;
+            }
             _ => PathKind::Missing,
         };
         let mut cache = self.kinds.lock();
@@ -426,6 +437,10 @@ pub fn add_slash(path: &str, query: Option<&str>) -> Response {
 
 /// Maps an open/stat failure to a response, logging what the operator should know.
 fn error_for(e: &io::Error, path: &str) -> Response {
+    if let Some(why) = super::exhaustion(e) {
+        tracing::error!(path, "static: cannot open file: {why}");
+        return Response::error(503, None);
+    }
     match e.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ENAMETOOLONG) => {
             Response::error(404, None)
@@ -539,6 +554,20 @@ fn multipart(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn out_of_descriptors_is_503() {
+        for (errno, status) in [
+            (libc::EMFILE, 503),
+            (libc::ENFILE, 503),
+            (libc::ENOENT, 404),
+            (libc::EACCES, 403),
+            (libc::EIO, 500),
+        ] {
+            let e = io::Error::from_raw_os_error(errno);
+            assert_eq!(error_for(&e, "/a.txt").status, status, "{e}");
+        }
+    }
 
     #[test]
     fn hidden_and_source() {

@@ -1,8 +1,10 @@
-//! The two waits of a connection that hyper's HTTP/1 server does not keep apart:
-//! receiving a request head (`header_read_timeout`) and a keep-alive connection
-//! idling between requests (`keepalive_timeout`). hyper's own
-//! `header_read_timeout` also runs while a kept-alive connection is idle, so one
-//! value would have to serve both; here the socket itself enforces them.
+//! The waits of a connection that hyper's HTTP/1 server does not time (or not
+//! apart): receiving a request head (`header_read_timeout`), a keep-alive
+//! connection idling between requests (`keepalive_timeout`), and a client that
+//! stops taking a response (`send_timeout`). hyper's own `header_read_timeout`
+//! also runs while a kept-alive connection is idle, so one value would have to
+//! serve both, and it has no write timeout at all; here the socket itself
+//! enforces them.
 
 use crate::sendfile::{self, SendQueue};
 use parking_lot::Mutex;
@@ -24,6 +26,8 @@ const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: t
 pub struct Timeouts {
     pub header: Duration,
     pub keepalive: Duration,
+    /// Longest a write may wait for the client to take bytes.
+    pub send: Duration,
 }
 
 /// Where a connection stands between requests; shared by its socket, its service
@@ -148,6 +152,9 @@ pub struct WatchedStream {
     sleep: Pin<Box<Sleep>>,
     /// The last write did not go through: hyper still has response bytes queued.
     write_blocked: bool,
+    /// Runs while writes wait for the client (armed at the first one that cannot
+    /// go through, dropped at the next that does).
+    send_sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl WatchedStream {
@@ -158,18 +165,42 @@ impl WatchedStream {
             timeouts,
             sleep: Box::pin(tokio::time::sleep(timeouts.header)),
             write_blocked: false,
+            send_sleep: None,
         }
     }
 
-    fn note_write<T>(&mut self, r: &Poll<io::Result<T>>, wrote: impl Fn(&T) -> bool) {
-        match r {
+    /// Notes how a write went; a write still waiting after `send_timeout` becomes
+    /// an error, so hyper closes the connection (and drops the response body,
+    /// which tells a streaming backend the client has gone).
+    fn note_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<T>>,
+        wrote: impl Fn(&T) -> bool,
+    ) -> Poll<io::Result<T>> {
+        match &r {
             Poll::Ready(Ok(n)) if wrote(n) => {
                 self.write_blocked = false;
+                self.send_sleep = None;
                 self.state.on_write();
             }
-            Poll::Pending => self.write_blocked = true,
+            Poll::Pending => {
+                self.write_blocked = true;
+                let send = self.timeouts.send;
+                let sleep = self
+                    .send_sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(send)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    tracing::debug!(timeout = ?send, "the client took no response bytes within send_timeout; closing");
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client took no response bytes within send_timeout",
+                    )));
+                }
+            }
             _ => {}
         }
+        r
     }
 }
 
@@ -269,8 +300,7 @@ impl AsyncWrite for WatchedStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = this.poll_write_slices(cx, &[io::IoSlice::new(data)]);
-        this.note_write(&r, |&n| n > 0);
-        r
+        this.note_write(cx, r, |&n| n > 0)
     }
 
     fn poll_write_vectored(
@@ -280,8 +310,7 @@ impl AsyncWrite for WatchedStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = this.poll_write_slices(cx, bufs);
-        this.note_write(&r, |&n| n > 0);
-        r
+        this.note_write(cx, r, |&n| n > 0)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -39,6 +39,11 @@ static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 const HYPER_MAX_BUF: usize = 8192 + 4096 * 100;
 /// Least time between two "max_connections reached" warnings.
 const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);
+/// Least time between two warnings about accepts failing for lack of resources.
+const ACCEPT_WARNING_EVERY: Duration = Duration::from_secs(60);
+/// Pause after an accept failed for lack of descriptors or memory: the connection
+/// stays in the listen backlog, so accepting again at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// `[server]`'s limits as the worker applies them.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +61,7 @@ impl Limits {
             timeouts: Timeouts {
                 header: Duration::from_millis(l.header_read_timeout_ms),
                 keepalive: Duration::from_millis(l.keepalive_timeout_ms),
+                send: Duration::from_millis(l.send_timeout_ms),
             },
             body_read_timeout: Duration::from_millis(l.body_read_timeout_ms),
             max_header_size: usize::try_from(l.max_header_size).unwrap_or(usize::MAX),
@@ -89,6 +95,69 @@ pub fn raise_open_file_limit(connections: usize) {
             "[server] max_connections = {connections} needs about {want} open files, but the limit is {}: workers refuse connections (EMFILE) before reaching it. Raise it (ulimit -n, systemd LimitNOFILE=) or lower max_connections.",
             raised.rlim_cur
         );
+    }
+}
+
+/// Accepts failing because the worker (or the system) is out of descriptors or
+/// memory: warned about once per `ACCEPT_WARNING_EVERY`, with a count.
+#[derive(Default)]
+struct AcceptStarvation {
+    warned: Option<Instant>,
+    /// Failures since the last warning.
+    unreported: u64,
+    /// Failures since the last successful accept.
+    since_ok: u64,
+}
+
+impl AcceptStarvation {
+    /// True when `e` is a lack of resources (back off before accepting again).
+    fn note(&mut self, e: &std::io::Error) -> bool {
+        let why = match e.raw_os_error() {
+            Some(libc::EMFILE) => {
+                let mut lim = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                // SAFETY: lim is a valid out pointer.
+                unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+                format!("this worker has all of its {} file descriptors open (RLIMIT_NOFILE): raise the limit (ulimit -n, systemd LimitNOFILE=) or lower [server] max_connections", lim.rlim_cur)
+            }
+            Some(libc::ENFILE) => {
+                "the system has run out of file descriptors (sysctl fs.file-max)".to_owned()
+            }
+            Some(libc::ENOMEM) | Some(libc::ENOBUFS) => "the kernel is out of memory".to_owned(),
+            _ => return false,
+        };
+        self.since_ok += 1;
+        self.unreported += 1;
+        if self
+            .warned
+            .is_none_or(|t| t.elapsed() >= ACCEPT_WARNING_EVERY)
+        {
+            let repeated = match self.warned {
+                Some(_) => format!(
+                    " ({} failed accepts since the last warning)",
+                    self.unreported
+                ),
+                None => String::new(),
+            };
+            tracing::warn!(
+                "cannot accept connections: {e}: {why}; new connections wait in the listen backlog, retried every {ACCEPT_BACKOFF:?}{repeated}"
+            );
+            self.warned = Some(Instant::now());
+            self.unreported = 0;
+        }
+        true
+    }
+
+    fn recovered(&mut self) {
+        if self.since_ok > 0 {
+            tracing::info!(
+                "accepting connections again after {} failed accepts",
+                self.since_ok
+            );
+            self.since_ok = 0;
+        }
     }
 }
 
@@ -137,6 +206,7 @@ pub fn run(
         // kernel's backlog, where another worker with room takes them.
         let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
         let mut warned_full: Option<Instant> = None;
+        let mut starved = AcceptStarvation::default();
         'serve: loop {
             if slots.available_permits() == 0
                 && warned_full.is_none_or(|t| t.elapsed() >= FULL_WARNING_EVERY)
@@ -154,12 +224,21 @@ pub fn run(
             };
             let (stream, peer) = tokio::select! {
                 accepted = accept(&listeners, &mut first) => match accepted {
-                    Ok(a) => a,
+                    Ok(a) => {
+                        starved.recovered();
+                        a
+                    }
                     Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+                        if !starved.note(&e) {
+                            // The connection went away before it was accepted, and the like.
+                            tracing::debug!(error = %e, "accept failed");
+                            continue;
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                            _ = term.recv() => break 'serve,
+                            _ = int.recv() => break 'serve,
+                        }
                     }
                 },
                 _ = term.recv() => break 'serve,
