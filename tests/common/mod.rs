@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod diff;
 pub mod peers;
+pub mod upstream;
 
 pub const HOST_BIN: &str = env!("CARGO_BIN_EXE_fe-php-host");
 
