@@ -439,7 +439,7 @@ fn round_robin_and_passive_health() {
 fn failures_are_502_and_504_with_a_hint() {
     // Nothing listens.
     let closed = format!("http://127.0.0.1:{}", free_port());
-    let px = proxy_host(&[closed.clone()], "");
+    let px = proxy_host(std::slice::from_ref(&closed), "");
     let r = get(&px.url("/x"));
     assert_eq!(r.status, 502);
     assert_eq!(
