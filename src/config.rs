@@ -1146,7 +1146,8 @@ impl Config {
                     }
                     if sticky == Sticky::Cookie {
                         let name = rule.cookie.as_deref().unwrap_or(&self.backend.split.cookie);
-                        if !is_token(name) {
+                        // The default cookie's name is checked once, below.
+                        if rule.cookie.is_some() && !is_token(name) {
                             problems.push(format!(
                                 "{what}: cookie \"{}\" is not a cookie name.\n    Use letters, digits and - _ . only, e.g. cookie = \"fephp_arm\".",
                                 name.escape_debug()

@@ -498,6 +498,105 @@ fn failures_are_502_and_504_with_a_hint() {
     );
 }
 
+#[test]
+fn connections_the_upstream_closed_are_replaced() {
+    // The upstream closes every connection after its response, without a
+    // `Connection: close`: the kept-alive connection is found closed before reuse.
+    let up = RawUpstream::start(|_| Reaction::ReplyAndClose(ok("once")));
+    let px = proxy_host(&[up.url()], "");
+    for i in 0..20 {
+        let r = if i % 2 == 0 {
+            get(&px.url("/get"))
+        } else {
+            curl(&["-d", "x=1", &px.url("/post")])
+        };
+        assert_eq!((r.status, r.text().as_str()), (200, "once"), "request {i}");
+    }
+    assert_eq!(up.connections(), 20);
+    assert_eq!(metric(&px, "fephp_proxy_upstream_failures_total"), 0.0);
+}
+
+#[test]
+fn a_body_that_breaks_off_truncates_the_response() {
+    let mut head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n".to_vec();
+    head.extend(std::iter::repeat_n(b'x', 200_000));
+    let up = RawUpstream::start(move |_| Reaction::ReplyAndClose(head.clone()));
+    let px = proxy_host(&[up.url()], "max_fails = 0");
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+            "--max-time",
+            "10",
+        ])
+        .arg(px.url("/big"))
+        .output()
+        .unwrap();
+    // curl reports the short body (exit 18) after the 200 head.
+    assert_eq!(out.status.code(), Some(18));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 200000");
+    let err = px.stderr();
+    assert!(
+        err.contains(&format!(
+            "upstream {} broke off the response body",
+            up.url()
+        )),
+        "{err}"
+    );
+    // The worker goes on serving.
+    assert_eq!(get(&px.url("/_health")).status, 200);
+}
+
+#[test]
+fn a_connect_timeout_is_504() {
+    // A listener whose accept queue is full and never drained: the kernel drops
+    // further SYNs, so connecting hangs.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let _ = s.connect(&addr.into());
+        fillers.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let url = format!("http://{addr}");
+    let px = proxy_host(std::slice::from_ref(&url), "connect_timeout = \"500ms\"");
+    let started = Instant::now();
+    let r = get(&px.url("/x"));
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        "504 Gateway Timeout\nThe upstream server did not accept the connection in time.\n"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = px.stderr();
+    assert!(
+        err.contains(&format!(
+            "connecting to upstream {url} took longer than 500ms ([backend.proxy] connect_timeout)"
+        )),
+        "{err}"
+    );
+    drop(fillers);
+}
+
 /// Peak resident memory of a process (VmHWM), in bytes.
 fn peak_rss(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -534,6 +633,7 @@ fn a_large_response_streams_with_bounded_memory() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), format!("200 {SIZE}"));
     let peak = peak_rss(worker);
+    eprintln!("proxy worker peak RSS: {} MiB", peak >> 20);
     assert!(
         peak < 64 << 20,
         "worker peak RSS {} MiB for a 200 MiB response",

@@ -15,6 +15,10 @@ pub enum Reaction {
     Reply(Vec<u8>),
     /// Waits, then replies.
     After(Duration, Vec<u8>),
+    /// Sends these bytes, then closes the connection (without saying so in the
+    /// response: like a server whose keep-alive timeout ran out, or one that dies
+    /// in the middle of a body).
+    ReplyAndClose(Vec<u8>),
     /// Closes the connection without answering.
     Close,
 }
@@ -162,6 +166,10 @@ fn serve(mut stream: TcpStream, handler: &Handler, received: &Mutex<Vec<Received
             Reaction::After(d, r) => {
                 std::thread::sleep(d);
                 r
+            }
+            Reaction::ReplyAndClose(r) => {
+                let _ = stream.write_all(&r);
+                return;
             }
             Reaction::Close => return,
         };

@@ -286,15 +286,16 @@ async fn read_frame(
             }
             Ok(None) => return Ok(None),
             Ok(Some(Err(e))) => {
-                let log = Failure::body(e, &up.address);
-                tracing::error!(uri = %job.log_uri, "{log}");
-                return Err(Failure {
+                let f = Failure {
                     status: 502,
                     hint: "The upstream server closed the connection before the response ended.",
-                    log,
+                    log: Failure::body(e, &up.address),
                     retry: Retry::Never,
                     counts: true,
-                });
+                };
+                count_failure(s, up, &f);
+                tracing::error!(uri = %job.log_uri, "{}", f.log);
+                return Err(f);
             }
             // Trailers are not forwarded.
             Ok(Some(Ok(frame))) => {
