@@ -117,7 +117,12 @@ impl Failure {
             502,
             "The upstream server closed the connection before the response ended.",
             format!("upstream {up} closed the connection before sending a complete response head: {e}{cause}: check its error log (a crash, a restart, or a request it refused)"),
-            Retry::Idempotent,
+            // Canceled: the request never went out, so any method may go elsewhere.
+            if e.is_canceled() {
+                Retry::Always
+            } else {
+                Retry::Idempotent
+            },
         )
     }
 

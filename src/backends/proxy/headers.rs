@@ -75,17 +75,19 @@ pub fn request_headers(req: &Request<'_>) -> HeaderMap {
             }
         }
     }
-    let mut xff = forwarded_for.join(&b", "[..]);
-    if !xff.is_empty() {
-        xff.extend_from_slice(b", ");
+    // A host that knows no client address (remote_addr "") adds none.
+    if !req.remote_addr.is_empty() {
+        forwarded_for.push(req.remote_addr.as_bytes());
     }
-    xff.extend_from_slice(req.remote_addr.as_bytes());
+    let xff = forwarded_for.join(&b", "[..]);
     let set = |map: &mut HeaderMap, name: &'static str, value: &[u8]| {
         if let Ok(v) = HeaderValue::from_bytes(value) {
             map.insert(HeaderName::from_static(name), v);
         }
     };
-    set(&mut map, "x-forwarded-for", &xff);
+    if !xff.is_empty() {
+        set(&mut map, "x-forwarded-for", &xff);
+    }
     set(
         &mut map,
         "x-forwarded-proto",
