@@ -537,7 +537,13 @@ fn a_body_that_breaks_off_truncates_the_response() {
         .unwrap();
     // curl reports the short body (exit 18) after the 200 head.
     assert_eq!(out.status.code(), Some(18));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 200000");
+    // What was received before the break reaches the client, as far as the host
+    // wrote it out before closing; never more, and never a complete body.
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, size) = stdout.split_once(' ').unwrap();
+    assert_eq!(code, "200");
+    let size: u64 = size.parse().unwrap();
+    assert!(size <= 200_000, "{stdout}");
     let err = px.stderr();
     assert!(
         err.contains(&format!(
