@@ -535,15 +535,19 @@ fn a_body_that_breaks_off_truncates_the_response() {
         .arg(px.url("/big"))
         .output()
         .unwrap();
-    // curl reports the short body (exit 18) after the 200 head.
-    assert_eq!(out.status.code(), Some(18));
-    // What was received before the break reaches the client, as far as the host
-    // wrote it out before closing; never more, and never a complete body.
+    // The client never gets a complete body: curl sees it cut short after the 200
+    // head (exit 18), or, when the break comes before the host has flushed the
+    // head, no reply at all (52): the host closes the connection either way.
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (code, size) = stdout.split_once(' ').unwrap();
-    assert_eq!(code, "200");
-    let size: u64 = size.parse().unwrap();
-    assert!(size <= 200_000, "{stdout}");
+    match out.status.code() {
+        Some(18) => {
+            let (code, size) = stdout.split_once(' ').unwrap();
+            assert_eq!(code, "200");
+            assert!(size.parse::<u64>().unwrap() <= 200_000, "{stdout}");
+        }
+        Some(52) => {}
+        other => panic!("curl exit {other:?}: {stdout}"),
+    }
     let err = px.stderr();
     assert!(
         err.contains(&format!(
