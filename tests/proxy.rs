@@ -673,3 +673,27 @@ fn shipped_proxy_and_split_examples_pass_check() {
         );
     }
 }
+
+#[test]
+fn a_reload_switches_upstreams_without_failing_requests() {
+    let a = static_upstream(|www| std::fs::write(www.join("who.txt"), "A").unwrap());
+    let b = static_upstream(|www| std::fs::write(www.join("who.txt"), "B").unwrap());
+    let px = proxy_host(&[base(&a)], "");
+    assert_eq!(get(&px.url("/who.txt")).text(), "A");
+    let text = std::fs::read_to_string(&px.config).unwrap();
+    std::fs::write(&px.config, text.replace(&base(&a), &base(&b))).unwrap();
+    px.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get(&px.url("/who.txt"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        if r.text() == "B" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reload never took effect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..10 {
+        assert_eq!(get(&px.url("/who.txt")).text(), "B");
+    }
+}
