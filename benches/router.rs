@@ -3,7 +3,7 @@
 //! one that falls through to the default.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use fe_php::config::{BackendKind, Pattern, PatternKind, RoutingRule};
+use fe_php::config::{BackendKind, PatternKind, RoutingRule};
 use fe_php::path::normalize;
 use fe_php::router::Router;
 
@@ -17,11 +17,7 @@ fn rules() -> Vec<RoutingRule> {
                 2 => (PatternKind::Suffix, format!(".ext{i}")),
                 _ => (PatternKind::Regex, format!(r"^/api/v\d+/res{i}/\d+$")),
             };
-            RoutingRule {
-                pattern: Pattern { kind, value },
-                backend: backends[i % 3].to_owned(),
-                priority: (i % 97) as i32,
-            }
+            RoutingRule::new(kind, &value, backends[i % 3], (i % 97) as i32)
         })
         .collect()
 }

@@ -31,6 +31,10 @@ enum fephp_backend
   FEPHP_BACKEND_EMBEDDED = 1,
   FEPHP_BACKEND_FASTCGI = 2,
   FEPHP_BACKEND_STATIC = 3,
+  /**
+   * An HTTP upstream (`[backend.proxy]`).
+   */
+  FEPHP_BACKEND_PROXY = 4,
 };
 #ifndef __cplusplus
 typedef uint32_t fephp_backend;
@@ -422,7 +426,9 @@ fephp_result fephp_engine_backend_available(const struct fephp_engine *engine,
 /**
  * Decides which backend serves `method` + `target` (the raw request-target)
  * without running the request. `FEPHP_RESULT_BAD_REQUEST` means the host should
- * answer 400 (`fephp_last_error` says why).
+ * answer 400 (`fephp_last_error` says why). For a rule that splits its traffic
+ * (A/B testing) this is its arm with the largest weight (the first of equal
+ * ones): without the request's cookies and address there is no arm to keep.
  */
 fephp_result fephp_route(const struct fephp_engine *engine,
                          struct fephp_str method,

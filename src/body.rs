@@ -61,6 +61,17 @@ pub enum ReadOutcome {
     Failed(String),
 }
 
+/// What `BodySender::try_send` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TrySend {
+    Sent,
+    /// The reader is behind: the chunk is given back; `send` it from a thread
+    /// that may wait.
+    Full(Vec<u8>),
+    /// The reader has gone (the client left): stop producing.
+    Gone,
+}
+
 /// A connected pair.
 pub fn channel() -> (BodySender, BodyStream) {
     let shared = Arc::new(Shared::default());
@@ -95,6 +106,35 @@ impl BodySender {
         self.shared.changed.notify_all();
         self.shared.run_notify(notify);
         true
+    }
+
+    /// Queues a chunk if the reader is less than `MAX_BUFFERED` behind, without
+    /// waiting: for producers on an event loop, which call `send` off the loop
+    /// (e.g. `spawn_blocking`) only when this says `Full`.
+    pub fn try_send(&self, chunk: Vec<u8>) -> TrySend {
+        if chunk.is_empty() {
+            return if self.is_aborted() {
+                TrySend::Gone
+            } else {
+                TrySend::Sent
+            };
+        }
+        let notify;
+        {
+            let mut st = self.shared.state.lock();
+            if st.reader_gone {
+                return TrySend::Gone;
+            }
+            if st.buffered >= MAX_BUFFERED {
+                return TrySend::Full(chunk);
+            }
+            st.buffered += chunk.len();
+            st.chunks.push_back(chunk);
+            notify = begin_notify(&mut st);
+        }
+        self.shared.changed.notify_all();
+        self.shared.run_notify(notify);
+        TrySend::Sent
     }
 
     /// True once the reader has been dropped.
@@ -276,6 +316,29 @@ mod tests {
             rx.try_read(&mut buf),
             ReadOutcome::Failed("backend died".into())
         );
+    }
+
+    #[test]
+    fn try_send_never_waits() {
+        let (tx, rx) = channel();
+        let chunk = vec![7u8; 256 * 1024];
+        let mut sent = 0;
+        loop {
+            match tx.try_send(chunk.clone()) {
+                TrySend::Sent => sent += 1,
+                TrySend::Full(back) => {
+                    assert_eq!(back.len(), chunk.len());
+                    break;
+                }
+                TrySend::Gone => panic!("reader is alive"),
+            }
+        }
+        assert_eq!(sent, MAX_BUFFERED / chunk.len());
+        let mut buf = vec![0u8; 300 * 1024];
+        assert!(matches!(rx.try_read(&mut buf), ReadOutcome::Data(_)));
+        assert_eq!(tx.try_send(vec![1]), TrySend::Sent);
+        drop(rx);
+        assert_eq!(tx.try_send(vec![1]), TrySend::Gone);
     }
 
     #[test]

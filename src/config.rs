@@ -108,6 +108,10 @@ pub struct BackendConfig {
     pub health_path: String,
     /// Path answered by the engine with Prometheus metrics; "" disables it.
     pub metrics_path: String,
+    /// `[backend.proxy]`: the HTTP upstreams of the `proxy` backend.
+    pub proxy: ProxyConfig,
+    /// `[backend.split]`: settings shared by the rules that split traffic.
+    pub split: SplitConfig,
 }
 
 impl Default for BackendConfig {
@@ -119,8 +123,197 @@ impl Default for BackendConfig {
             routing_rules: Vec::new(),
             health_path: "/_health".to_owned(),
             metrics_path: "/_metrics".to_owned(),
+            proxy: ProxyConfig::default(),
+            split: SplitConfig::default(),
         }
     }
+}
+
+/// Default `[backend.proxy] max_connections` (per upstream, per worker process).
+pub const DEFAULT_PROXY_MAX_CONNECTIONS: usize = 256;
+/// Upper bound of `[backend.proxy] max_connections`.
+pub const MAX_PROXY_MAX_CONNECTIONS: usize = 65_536;
+/// Default `[backend.split] cookie`.
+pub const DEFAULT_SPLIT_COOKIE: &str = "fephp_arm";
+/// Largest weight of one split arm.
+pub const MAX_SPLIT_WEIGHT: u32 = 1_000_000;
+
+/// `[backend.proxy]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// One upstream server, "http://host:port".
+    pub upstream: Option<String>,
+    /// Several upstream servers, taken in turn (round-robin).
+    pub upstreams: Vec<String>,
+    /// How long connecting to an upstream may take; exceeded → 504.
+    pub connect_timeout: ConfigDuration,
+    /// Longest silence from an upstream: for the response head after the request
+    /// was sent, and between two reads of the body; exceeded → 504.
+    pub read_timeout: ConfigDuration,
+    /// Idle kept-alive connections are closed after this long; keep it below the
+    /// upstream's own keep-alive timeout.
+    pub idle_timeout: ConfigDuration,
+    /// Requests in flight to one upstream per worker process (each holds one
+    /// connection); also the most idle connections kept to it.
+    pub max_connections: usize,
+    /// Failures (connect errors, resets, timeouts) within `fail_timeout` that take
+    /// an upstream out of the rotation for `fail_timeout`; 0 never does.
+    pub max_fails: u32,
+    pub fail_timeout: ConfigDuration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            upstream: None,
+            upstreams: Vec::new(),
+            connect_timeout: ConfigDuration(Duration::from_secs(5)),
+            read_timeout: ConfigDuration(Duration::from_secs(60)),
+            idle_timeout: ConfigDuration(Duration::from_secs(4)),
+            max_connections: DEFAULT_PROXY_MAX_CONNECTIONS,
+            max_fails: 1,
+            fail_timeout: ConfigDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// The upstreams as written (`upstream` or `upstreams`).
+    pub fn upstream_list(&self) -> Vec<&str> {
+        match &self.upstream {
+            Some(u) => vec![u.as_str()],
+            None => self.upstreams.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// An upstream of the proxy backend, from `[backend.proxy] upstream(s)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamAddress {
+    /// "127.0.0.1:9001", "[::1]:9001", "app.internal:80" (resolved when connecting).
+    pub authority: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl UpstreamAddress {
+    /// The accepted forms, for messages.
+    pub const FORMS: &'static str = "\"http://127.0.0.1:9001\", \"http://[::1]:9001\" or \"http://app.internal:8080\" (http://, a host, optionally a port; no path)";
+
+    /// Parses one upstream URL; the error says what is wrong with it.
+    pub fn parse(text: &str) -> Result<UpstreamAddress, String> {
+        let t = text.trim();
+        let lower = t.to_ascii_lowercase();
+        let rest = if lower.starts_with("http://") {
+            &t[7..]
+        } else if lower.starts_with("https://") {
+            return Err("https upstreams are not supported: fe-php speaks plain HTTP to upstreams (terminate TLS in front of fe-php, or use http:// on a private network)".to_owned());
+        } else if t.contains("://") {
+            return Err("the scheme must be http://".to_owned());
+        } else {
+            return Err("it needs the scheme, e.g. http://127.0.0.1:9001".to_owned());
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains(['/', '?', '#']) {
+            return Err("an upstream names a server only, without a path: the request's own path and query are forwarded as the client sent them".to_owned());
+        }
+        if authority.contains('@') {
+            return Err("user information (user@host) is not supported".to_owned());
+        }
+        let (host, port) = if let Some(after) = authority.strip_prefix('[') {
+            let Some((v6, port)) = after.split_once(']') else {
+                return Err("an IPv6 address needs its closing ']'".to_owned());
+            };
+            if v6.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("'{v6}' is not an IPv6 address"));
+            }
+            match port.strip_prefix(':') {
+                Some(p) => (v6, Some(p)),
+                None if port.is_empty() => (v6, None),
+                None => return Err(format!("unexpected '{port}' after the IPv6 address")),
+            }
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, _)) if h.contains(':') => {
+                    return Err("write an IPv6 address in brackets".to_owned())
+                }
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        let valid_host = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_'));
+        if !valid_host {
+            return Err(format!("'{host}' is not a host name or IP address"));
+        }
+        let port = match port {
+            None => 80,
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => return Err(format!("'{p}' is not a port (1-65535)")),
+            },
+        };
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Ok(UpstreamAddress {
+            authority,
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for UpstreamAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}", self.authority)
+    }
+}
+
+/// `[backend.split]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SplitConfig {
+    /// Cookie that keeps a client on its arm (rules with `sticky = "cookie"` that
+    /// name no cookie of their own).
+    pub cookie: String,
+    /// Response header naming the arm that answered; unset: none.
+    pub expose_header: Option<String>,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        SplitConfig {
+            cookie: DEFAULT_SPLIT_COOKIE.to_owned(),
+            expose_header: None,
+        }
+    }
+}
+
+/// One arm of `split = [{ backend = "embedded", weight = 90 }, …]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitArm {
+    pub backend: String,
+    pub weight: u32,
+}
+
+/// How a split rule keeps a client on its arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sticky {
+    /// A cookie names the arm; a client without a valid one is assigned by weight.
+    #[default]
+    Cookie,
+    /// A hash of the client's IP address picks the arm.
+    ClientAddr,
+    /// Every request is assigned by weight.
+    None,
 }
 
 /// `[backend.static_files]`.
@@ -142,14 +335,56 @@ impl Default for StaticFilesConfig {
     }
 }
 
-/// `[[backend.routing_rules]]`.
+/// `[[backend.routing_rules]]`: a pattern and either one `backend` or a `split`
+/// of traffic between several.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingRule {
     pub pattern: Pattern,
-    pub backend: String,
+    #[serde(default)]
+    pub backend: Option<String>,
+    #[serde(default)]
+    pub split: Option<Vec<SplitArm>>,
+    /// Split rules only: how a client stays on its arm (default: cookie).
+    #[serde(default)]
+    pub sticky: Option<Sticky>,
+    /// Split rules with `sticky = "cookie"`: the cookie's name (default:
+    /// `[backend.split] cookie`).
+    #[serde(default)]
+    pub cookie: Option<String>,
     #[serde(default)]
     pub priority: i32,
+}
+
+impl RoutingRule {
+    /// A rule sending `pattern` to one backend.
+    pub fn new(kind: PatternKind, value: &str, backend: &str, priority: i32) -> RoutingRule {
+        RoutingRule {
+            pattern: Pattern {
+                kind,
+                value: value.to_owned(),
+            },
+            backend: Some(backend.to_owned()),
+            split: None,
+            sticky: None,
+            cookie: None,
+            priority,
+        }
+    }
+
+    /// The backend `fephp_route` reports: the rule's backend, or for a split the
+    /// arm with the largest weight (the first of equal ones).
+    pub fn primary_backend(&self) -> Option<&str> {
+        match (&self.backend, &self.split) {
+            (Some(b), _) => Some(b),
+            (None, Some(arms)) => arms
+                .iter()
+                .rev()
+                .max_by_key(|a| a.weight)
+                .map(|a| a.backend.as_str()),
+            (None, None) => None,
+        }
+    }
 }
 
 /// `pattern = { type = "prefix", value = "/api/" }`.
@@ -482,26 +717,32 @@ pub fn absolute(path: &Path) -> PathBuf {
     }
 }
 
-/// The three backends.
+/// The backends a rule can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BackendKind {
     Embedded,
     FastCgi,
     Static,
+    Proxy,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 3] = [
+    pub const ALL: [BackendKind; 4] = [
         BackendKind::Embedded,
         BackendKind::FastCgi,
         BackendKind::Static,
+        BackendKind::Proxy,
     ];
+
+    /// The names, for messages.
+    pub const NAMES: &'static str = "\"embedded\", \"fastcgi\", \"static\" or \"proxy\"";
 
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Embedded => "embedded",
             BackendKind::FastCgi => "fastcgi",
             BackendKind::Static => "static",
+            BackendKind::Proxy => "proxy",
         }
     }
 
@@ -510,6 +751,7 @@ impl BackendKind {
             "embedded" => Some(BackendKind::Embedded),
             "fastcgi" => Some(BackendKind::FastCgi),
             "static" => Some(BackendKind::Static),
+            "proxy" => Some(BackendKind::Proxy),
             _ => None,
         }
     }
@@ -572,6 +814,7 @@ pub struct Validated {
     pub embedded: Availability,
     pub fastcgi: Availability,
     pub static_files: Availability,
+    pub proxy: Availability,
     pub default_backend: BackendKind,
     /// Informational lines in the seed's format (`[i] …`), in order.
     pub messages: Vec<String>,
@@ -583,6 +826,7 @@ impl Validated {
             BackendKind::Embedded => &self.embedded,
             BackendKind::FastCgi => &self.fastcgi,
             BackendKind::Static => &self.static_files,
+            BackendKind::Proxy => &self.proxy,
         }
     }
 
@@ -759,12 +1003,46 @@ impl Config {
             Availability::Available
         };
 
+        let px = &self.backend.proxy;
+        let upstreams = px.upstream_list();
+        if px.upstream.is_some() && !px.upstreams.is_empty() {
+            problems.push("[backend.proxy] has both upstream and upstreams.\n    Use upstream = \"http://127.0.0.1:9001\" for one server, or upstreams = [\"http://127.0.0.1:9001\", \"http://127.0.0.1:9002\"] for several, not both.".to_owned());
+        }
+        for u in &upstreams {
+            if let Err(why) = UpstreamAddress::parse(u) {
+                let key = if px.upstream.is_some() {
+                    "upstream"
+                } else {
+                    "upstreams"
+                };
+                problems.push(format!(
+                    "[backend.proxy] {key} \"{u}\" is not an upstream URL: {why}.\n    Use {}.",
+                    UpstreamAddress::FORMS
+                ));
+            }
+        }
+        if px.max_connections == 0 || px.max_connections > MAX_PROXY_MAX_CONNECTIONS {
+            problems.push(format!(
+                "[backend.proxy] max_connections = {} is out of range: use 1 to {MAX_PROXY_MAX_CONNECTIONS}.\n    It bounds the requests each worker process has in flight to one upstream (one connection each).",
+                px.max_connections
+            ));
+        }
+        let proxy = if upstreams.iter().all(|u| u.trim().is_empty()) {
+            Availability::Unavailable(
+                "no upstream configured ([backend.proxy] upstream)".to_owned(),
+            )
+        } else {
+            Availability::Available
+        };
+
         let availability = |k: BackendKind| match k {
             BackendKind::Embedded => &embedded,
             BackendKind::FastCgi => &fastcgi,
             BackendKind::Static => &static_files,
+            BackendKind::Proxy => &proxy,
         };
-        let how_to_enable = |k: BackendKind| match k {
+        let how_to_enable = |k: BackendKind| {
+            match k {
             BackendKind::Embedded => {
                 "install libphp (apt-get install libphp8.2-embed) and set [php] libphp_path"
             }
@@ -774,6 +1052,10 @@ impl Config {
             BackendKind::Static => {
                 "set [backend.static_files] enable = true and root = \"/var/www/public\""
             }
+            BackendKind::Proxy => {
+                "set [backend.proxy] upstream = \"http://127.0.0.1:9001\" (the HTTP server to forward to)"
+            }
+        }
         };
 
         let default_name = self.backend.default_backend.clone().unwrap_or_else(|| {
@@ -792,9 +1074,7 @@ impl Config {
                         "To use it, {}; or choose another default_backend.",
                         how_to_enable(k)
                     ),
-                    None => {
-                        "Use default_backend = \"embedded\", \"fastcgi\" or \"static\".".to_owned()
-                    }
+                    None => format!("Use default_backend = {}.", BackendKind::NAMES),
                 };
                 problems.push(format!(
                     "Default backend '{default_name}' is not registered\n    {fix}"
@@ -803,23 +1083,89 @@ impl Config {
             }
         };
 
+        let check_backend = |problems: &mut Vec<String>, what: &str, name: &str| {
+            match BackendKind::from_name(name) {
+            None => problems.push(format!(
+                "{what} uses backend '{name}', which is unknown.\n    Use backend = {}.",
+                BackendKind::NAMES
+            )),
+            Some(k) if !availability(k).is_available() => problems.push(format!(
+                "{what} uses backend '{name}', which is not registered.\n    To use it, {}; or route this rule to another backend.",
+                how_to_enable(k)
+            )),
+            Some(_) => {}
+        }
+        };
+        // Cookie name → the first split rule keeping its arm in it.
+        let mut cookies: BTreeMap<String, usize> = BTreeMap::new();
         for (i, rule) in self.backend.routing_rules.iter().enumerate() {
             let n = i + 1;
             let what = format!(
                 "Routing rule #{n} ({} \"{}\")",
                 rule.pattern.kind, rule.pattern.value
             );
-            match BackendKind::from_name(&rule.backend) {
-                None => problems.push(format!(
-                    "{what} uses backend '{}', which is unknown.\n    Use backend = \"embedded\", \"fastcgi\" or \"static\".",
-                    rule.backend
+            match (&rule.backend, &rule.split) {
+                (Some(_), Some(_)) => problems.push(format!(
+                    "{what} has both backend and split.\n    Use backend = \"embedded\" to send it to one backend, or split = [{{ backend = \"embedded\", weight = 90 }}, {{ backend = \"fastcgi\", weight = 10 }}] to divide its traffic, not both."
                 )),
-                Some(k) if !availability(k).is_available() => problems.push(format!(
-                    "{what} uses backend '{}', which is not registered.\n    To use it, {}; or route this rule to another backend.",
-                    rule.backend,
-                    how_to_enable(k)
+                (None, None) => problems.push(format!(
+                    "{what} names no backend.\n    Add backend = \"embedded\" (or {}), or split = [{{ backend = \"embedded\", weight = 90 }}, {{ backend = \"fastcgi\", weight = 10 }}].",
+                    BackendKind::NAMES
                 )),
-                Some(_) => {}
+                (Some(b), None) => {
+                    check_backend(&mut problems, &what, b);
+                    if rule.sticky.is_some() || rule.cookie.is_some() {
+                        problems.push(format!(
+                            "{what} sets sticky or cookie without split.\n    They choose how a client stays on its arm of a split = [...]; remove them, or replace backend with a split."
+                        ));
+                    }
+                }
+                (None, Some(arms)) => {
+                    if arms.is_empty() {
+                        problems.push(format!(
+                            "{what} has an empty split.\n    List the arms with their weights: split = [{{ backend = \"embedded\", weight = 90 }}, {{ backend = \"fastcgi\", weight = 10 }}]."
+                        ));
+                    }
+                    for (j, arm) in arms.iter().enumerate() {
+                        let arm_what = format!("{what} split arm #{}", j + 1);
+                        check_backend(&mut problems, &arm_what, &arm.backend);
+                        if arm.weight == 0 || arm.weight > MAX_SPLIT_WEIGHT {
+                            problems.push(format!(
+                                "{arm_what} (backend '{}') has weight {}: weights must be positive whole numbers up to {MAX_SPLIT_WEIGHT}.\n    Each arm gets weight / (sum of weights) of the traffic, e.g. weight = 90 and weight = 10.",
+                                arm.backend, arm.weight
+                            ));
+                        }
+                        if arms[..j].iter().any(|a| a.backend == arm.backend) {
+                            problems.push(format!(
+                                "{arm_what} names backend '{}' again.\n    Give each backend one arm and add up the weights.",
+                                arm.backend
+                            ));
+                        }
+                    }
+                    let sticky = rule.sticky.unwrap_or_default();
+                    if rule.cookie.is_some() && sticky != Sticky::Cookie {
+                        problems.push(format!(
+                            "{what} sets cookie with sticky = \"{}\".\n    The cookie is only used with sticky = \"cookie\"; remove it or change sticky.",
+                            sticky.name()
+                        ));
+                    }
+                    if sticky == Sticky::Cookie {
+                        let name = rule.cookie.as_deref().unwrap_or(&self.backend.split.cookie);
+                        // The default cookie's name is checked once, below.
+                        if rule.cookie.is_some() && !is_token(name) {
+                            problems.push(format!(
+                                "{what}: cookie \"{}\" is not a cookie name.\n    Use letters, digits and - _ . only, e.g. cookie = \"fephp_arm\".",
+                                name.escape_debug()
+                            ));
+                        } else if let Some(first) = cookies.get(name) {
+                            problems.push(format!(
+                                "{what} keeps its arm in cookie '{name}', like routing rule #{first}.\n    Give one of them its own cookie = \"fephp_arm_{n}\": one cookie cannot hold the arms of two splits."
+                            ));
+                        } else {
+                            cookies.insert(name.to_owned(), n);
+                        }
+                    }
+                }
             }
             match rule.pattern.kind {
                 PatternKind::Regex => {
@@ -874,6 +1220,20 @@ impl Config {
                 ));
             }
         }
+        if !is_token(&self.backend.split.cookie) {
+            problems.push(format!(
+                "[backend.split] cookie \"{}\" is not a cookie name.\n    Use letters, digits and - _ . only, e.g. cookie = \"fephp_arm\".",
+                self.backend.split.cookie.escape_debug()
+            ));
+        }
+        if let Some(h) = &self.backend.split.expose_header {
+            if !is_token(h) {
+                problems.push(format!(
+                    "[backend.split] expose_header \"{}\" is not a header name.\n    Use e.g. expose_header = \"X-FePHP-Arm\", or remove the key to send none.",
+                    h.escape_debug()
+                ));
+            }
+        }
         problems.extend(self.server.problems());
         if !self.backend.health_path.is_empty() && !self.backend.health_path.starts_with('/') {
             problems.push(format!(
@@ -900,10 +1260,30 @@ impl Config {
             embedded,
             fastcgi,
             static_files,
+            proxy,
             default_backend,
             messages,
         })
     }
+}
+
+impl Sticky {
+    pub fn name(self) -> &'static str {
+        match self {
+            Sticky::Cookie => "cookie",
+            Sticky::ClientAddr => "client_addr",
+            Sticky::None => "none",
+        }
+    }
+}
+
+/// A non-empty name of letters, digits and `-`, `_`, `.` (a safe cookie or header
+/// name).
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]
@@ -1398,6 +1778,132 @@ mod tests {
         ))
         .validate(BUILT)
         .is_ok());
+    }
+
+    #[test]
+    fn proxy_keys_defaults_and_validation() {
+        let px = parse("").backend.proxy;
+        assert_eq!(px.upstream_list(), Vec::<&str>::new());
+        assert_eq!(px.connect_timeout.0, Duration::from_secs(5));
+        assert_eq!(px.read_timeout.0, Duration::from_secs(60));
+        assert_eq!(px.idle_timeout.0, Duration::from_secs(4));
+        assert_eq!(px.max_connections, 256);
+        assert_eq!(px.max_fails, 1);
+        assert_eq!(px.fail_timeout.0, Duration::from_secs(10));
+        let base = format!(
+            "[backend.static_files]\nenable = true\nroot = \"{}\"\n",
+            static_root()
+        );
+        // A rule naming proxy without an upstream is refused like the others.
+        let e = err(&format!("{base}[backend]\ndefault_backend = \"static\"\n[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"/api/\" }}\nbackend = \"proxy\"\n"), BUILT);
+        assert!(e.contains("Routing rule #1 (prefix \"/api/\") uses backend 'proxy', which is not registered.\n    To use it, set [backend.proxy] upstream = \"http://127.0.0.1:9001\" (the HTTP server to forward to); or route this rule to another backend."), "{e}");
+        let e = err(
+            &format!("{base}[backend]\ndefault_backend = \"proxy\"\n"),
+            BUILT,
+        );
+        assert!(e.contains("Default backend 'proxy' is not registered\n    To use it, set [backend.proxy] upstream"), "{e}");
+        let e = err(
+            &format!("{base}[backend]\ndefault_backend = \"php\"\n"),
+            BUILT,
+        );
+        assert!(
+            e.contains("Use default_backend = \"embedded\", \"fastcgi\", \"static\" or \"proxy\"."),
+            "{e}"
+        );
+
+        let ok = parse(&format!("{base}[backend]\ndefault_backend = \"proxy\"\n[backend.proxy]\nupstreams = [\"http://127.0.0.1:9001\", \"http://[::1]:9002/\", \"http://app.internal\"]\nconnect_timeout = \"1s\"\nread_timeout = \"2s\"\nidle_timeout = \"3s\"\nmax_connections = 4\nmax_fails = 0\nfail_timeout = \"5s\"\n"))
+            .validate(BUILT)
+            .unwrap();
+        assert!(ok.proxy.is_available());
+        assert_eq!(ok.default_backend, BackendKind::Proxy);
+        assert_eq!(ok.config.backend.proxy.upstream_list().len(), 3);
+
+        for (keys, want) in [
+            ("upstream = \"http://a:1\"\nupstreams = [\"http://b:2\"]", "[backend.proxy] has both upstream and upstreams.\n    Use upstream = \"http://127.0.0.1:9001\" for one server, or upstreams = [\"http://127.0.0.1:9001\", \"http://127.0.0.1:9002\"] for several, not both."),
+            ("upstream = \"127.0.0.1:9001\"", "[backend.proxy] upstream \"127.0.0.1:9001\" is not an upstream URL: it needs the scheme, e.g. http://127.0.0.1:9001.\n    Use \"http://127.0.0.1:9001\", \"http://[::1]:9001\" or \"http://app.internal:8080\""),
+            ("upstreams = [\"http://ok:1\", \"https://secure:443\"]", "[backend.proxy] upstreams \"https://secure:443\" is not an upstream URL: https upstreams are not supported"),
+            ("upstream = \"http://127.0.0.1:9001/app\"", "an upstream names a server only, without a path"),
+            ("upstream = \"http://127.0.0.1:0\"", "'0' is not a port (1-65535)"),
+            ("upstream = \"http://::1:9001\"", "write an IPv6 address in brackets"),
+            ("upstream = \"http://bad host:9001\"", "'bad host' is not a host name or IP address"),
+            ("upstream = \"ftp://x:21\"", "the scheme must be http://"),
+            ("upstream = \"http://u@x:1\"", "user information (user@host) is not supported"),
+            ("upstream = \"http://x:1\"\nmax_connections = 0", "[backend.proxy] max_connections = 0 is out of range: use 1 to 65536.\n    It bounds the requests each worker process has in flight to one upstream (one connection each)."),
+        ] {
+            let e = err(&format!("{base}[backend]\ndefault_backend = \"static\"\n[backend.proxy]\n{keys}\n"), BUILT);
+            assert!(e.contains(want), "{keys}: {e}");
+        }
+        assert_eq!(
+            UpstreamAddress::parse("http://[::1]:9002/")
+                .unwrap()
+                .authority,
+            "[::1]:9002"
+        );
+        assert_eq!(
+            UpstreamAddress::parse("HTTP://example.test").unwrap().port,
+            80
+        );
+    }
+
+    #[test]
+    fn split_rules_are_validated() {
+        let base = format!(
+            "[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{}\"\n[php]\nlibphp_path = \"{}\"\n",
+            static_root(),
+            libphp_present()
+        );
+        let rule = |body: &str| {
+            format!("{base}[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"/app/\" }}\n{body}\n")
+        };
+        let v = parse(&rule("split = [{ backend = \"embedded\", weight = 10 }, { backend = \"static\", weight = 90 }]\nsticky = \"client_addr\""))
+            .validate(BUILT)
+            .unwrap();
+        let r = &v.config.backend.routing_rules[0];
+        assert_eq!(r.sticky, Some(Sticky::ClientAddr));
+        assert_eq!(r.primary_backend(), Some("static"));
+        assert_eq!(v.config.backend.split.cookie, "fephp_arm");
+        assert_eq!(v.config.backend.split.expose_header, None);
+
+        for (body, want) in [
+            ("backend = \"static\"\nsplit = [{ backend = \"static\", weight = 1 }]", "Routing rule #1 (prefix \"/app/\") has both backend and split.\n    Use backend = \"embedded\" to send it to one backend, or split = [{ backend = \"embedded\", weight = 90 }, { backend = \"fastcgi\", weight = 10 }] to divide its traffic, not both."),
+            ("priority = 1", "Routing rule #1 (prefix \"/app/\") names no backend.\n    Add backend = \"embedded\""),
+            ("split = []", "Routing rule #1 (prefix \"/app/\") has an empty split."),
+            ("split = [{ backend = \"static\", weight = 0 }]", "Routing rule #1 (prefix \"/app/\") split arm #1 (backend 'static') has weight 0: weights must be positive whole numbers up to 1000000."),
+            ("split = [{ backend = \"static\", weight = 1 }, { backend = \"fastcgi\", weight = 1 }]", "Routing rule #1 (prefix \"/app/\") split arm #2 uses backend 'fastcgi', which is not registered.\n    To use it, set [php] fpm_socket"),
+            ("split = [{ backend = \"static\", weight = 1 }, { backend = \"php\", weight = 1 }]", "Routing rule #1 (prefix \"/app/\") split arm #2 uses backend 'php', which is unknown."),
+            ("split = [{ backend = \"static\", weight = 1 }, { backend = \"static\", weight = 2 }]", "split arm #2 names backend 'static' again."),
+            ("backend = \"static\"\nsticky = \"cookie\"", "Routing rule #1 (prefix \"/app/\") sets sticky or cookie without split."),
+            ("split = [{ backend = \"static\", weight = 1 }]\nsticky = \"none\"\ncookie = \"ab\"", "Routing rule #1 (prefix \"/app/\") sets cookie with sticky = \"none\"."),
+            ("split = [{ backend = \"static\", weight = 1 }]\ncookie = \"a b\"", "Routing rule #1 (prefix \"/app/\"): cookie \"a b\" is not a cookie name."),
+        ] {
+            let e = err(&rule(body), BUILT);
+            assert!(e.contains(want), "{body}: {e}");
+        }
+        // Negative and fractional weights are type errors naming the line.
+        let e = Config::from_toml("[[backend.routing_rules]]\npattern = { type = \"prefix\", value = \"/a/\" }\nsplit = [{ backend = \"static\", weight = -1 }]\n").unwrap_err().to_string();
+        assert!(e.contains("line 3"), "{e}");
+        // Two cookie rules need two cookies.
+        let two = format!("{}[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"/b/\" }}\nsplit = [{{ backend = \"static\", weight = 1 }}]\n", rule("split = [{ backend = \"static\", weight = 1 }]"));
+        let e = err(&two, BUILT);
+        assert!(e.contains("Routing rule #2 (prefix \"/b/\") keeps its arm in cookie 'fephp_arm', like routing rule #1.\n    Give one of them its own cookie = \"fephp_arm_2\""), "{e}");
+        assert!(parse(&format!("{two}cookie = \"other\"\n"))
+            .validate(BUILT)
+            .is_ok());
+        let e = err(
+            &format!(
+                "{}[backend.split]\nexpose_header = \"X Arm\"\ncookie = \"\"\n",
+                rule("split = [{ backend = \"static\", weight = 1 }]")
+            ),
+            BUILT,
+        );
+        assert!(
+            e.contains("[backend.split] expose_header \"X Arm\" is not a header name."),
+            "{e}"
+        );
+        assert!(
+            e.contains("[backend.split] cookie \"\" is not a cookie name."),
+            "{e}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use crate::backends::embedded::{self, Completion, Embedded, Job};
 use crate::backends::fastcgi::FastCgi;
+use crate::backends::proxy::Proxy;
 use crate::backends::static_files::{self, StaticFiles};
 use crate::backends::BUILT;
 use crate::cgi::{self, CgiVars, Resolution};
@@ -12,7 +13,9 @@ use crate::http::{Body, Request, Response};
 use crate::metrics::{Metrics, Source, StreamBytes};
 use crate::path::{self, PathError};
 use crate::router::{Route, Router};
+use crate::split::{Choice, Split};
 use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -49,6 +52,9 @@ pub struct Engine {
     php: Option<PhpSite>,
     embedded: Option<Embedded>,
     fastcgi: Option<FastCgi>,
+    proxy: Option<Proxy>,
+    /// Rules that split traffic, by their index in the configuration.
+    splits: HashMap<usize, Split>,
     metrics: Arc<Metrics>,
 }
 
@@ -116,6 +122,18 @@ impl Engine {
             ),
             _ => None,
         };
+        let proxy = if validated.proxy.is_available() {
+            Some(Proxy::new(&validated.config.backend.proxy, metrics.clone()).map_err(fail)?)
+        } else {
+            None
+        };
+        let backend = &validated.config.backend;
+        let splits = backend
+            .routing_rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, rule)| Some((i, Split::new(i, rule, &backend.split)?)))
+            .collect();
         Ok(Engine {
             validated,
             router,
@@ -123,6 +141,8 @@ impl Engine {
             php,
             embedded,
             fastcgi,
+            proxy,
+            splits,
             metrics,
         })
     }
@@ -150,18 +170,23 @@ impl Engine {
     }
 
     /// Per-process start, after a host forks its workers: threads (the PHP thread,
-    /// the FastCGI thread) start here, never before the fork.
+    /// the FastCGI and proxy threads) start here, never before the fork.
     pub fn worker_start(&self) -> Result<(), String> {
         if let Some(e) = &self.embedded {
             e.worker_start()?;
         }
-        match &self.fastcgi {
-            Some(f) => f.worker_start(),
+        if let Some(f) = &self.fastcgi {
+            f.worker_start()?;
+        }
+        match &self.proxy {
+            Some(p) => p.worker_start(),
             None => Ok(()),
         }
     }
 
-    /// Decides where a request goes without running it.
+    /// Decides where a request goes without running it. A rule that splits its
+    /// traffic answers with its arm of the largest weight (the first of equal
+    /// ones): no request, so no cookie or address to pick by.
     pub fn route(&self, target: &str) -> Result<Decision, PathError> {
         let t = path::split_target(target)?;
         if self.is_health(t.raw_path) || self.is_metrics(t.raw_path) {
@@ -234,7 +259,11 @@ impl Engine {
             Err(e) => return self.answer(Source::Internal, started, bad_request(e), complete),
         };
         let route = self.router.route(&normalized);
-        match route.backend {
+        let (backend, complete) = match route.rule.and_then(|r| self.splits.get(&r)) {
+            Some(split) => self.split_arm(split, req, complete),
+            None => (route.backend, complete),
+        };
+        match backend {
             BackendKind::Static => {
                 let resp = match &self.static_files {
                     Some(sf) => sf.serve(req, &normalized, t.query),
@@ -280,7 +309,58 @@ impl Engine {
                     complete,
                 ),
             },
+            BackendKind::Proxy => match &self.proxy {
+                Some(p) => {
+                    // The target as the client sent it, in origin form.
+                    let origin = match (req.target.starts_with('/'), t.query) {
+                        (true, _) => req.target.to_owned(),
+                        (false, Some(q)) => format!("{}?{q}", t.raw_path),
+                        (false, None) => t.raw_path.to_owned(),
+                    };
+                    p.submit(req, &origin, self.metered(Source::Proxy, started, complete))
+                }
+                None => self.answer(
+                    Source::Proxy,
+                    started,
+                    unavailable(BackendKind::Proxy, self.availability(BackendKind::Proxy)),
+                    complete,
+                ),
+            },
         }
+    }
+
+    /// The arm of a split rule for `req`, counted in the metrics; the completion
+    /// adds the cookie that keeps the client there and, when configured, the header
+    /// naming the arm.
+    fn split_arm(
+        &self,
+        split: &Split,
+        req: &Request<'_>,
+        complete: MeteredCompletion,
+    ) -> (BackendKind, MeteredCompletion) {
+        let Choice {
+            backend,
+            set_cookie,
+        } = split.choose(req);
+        let arm = BackendKind::ALL
+            .iter()
+            .position(|&b| b == backend)
+            .unwrap_or(0);
+        self.metrics.split_request(split.rule, arm);
+        let expose = self.validated.config.backend.split.expose_header.clone();
+        if set_cookie.is_none() && expose.is_none() {
+            return (backend, complete);
+        }
+        let complete: MeteredCompletion = Box::new(move |mut resp, bytes| {
+            if let Some(c) = set_cookie {
+                resp.push_header("Set-Cookie", c);
+            }
+            if let Some(h) = expose {
+                resp.push_header(&h, backend.name());
+            }
+            complete(resp, bytes)
+        });
+        (backend, complete)
     }
 
     /// Records a response produced right here and hands it on.
@@ -356,36 +436,48 @@ impl Engine {
             .with_body(Body::Bytes(text))
     }
 
-    /// Answers the health path; with FastCGI the probe runs on the FastCGI thread,
-    /// so the host's thread never waits for PHP-FPM.
+    /// Answers the health path; PHP-FPM and the upstreams are probed on the FastCGI
+    /// and proxy threads (one after the other), so the host's thread never waits.
     fn health_response(&self, req: &Request<'_>, complete: Completion) {
         if req.method != "GET" && req.method != "HEAD" {
             return complete(Response::error(405, None).header("Allow", "GET, HEAD"));
         }
         let head = req.is_head();
+        let backends = self.health_without_probes();
+        let proxy = self.proxy.as_ref().map(|p| p.prober());
+        let then_proxy = move |mut backends: Backends| match proxy {
+            Some(probe) => probe(Box::new(move |health| {
+                backends.proxy = health;
+                complete(health_document(Health::new(backends), head))
+            })),
+            None => complete(health_document(Health::new(backends), head)),
+        };
         match &self.fastcgi {
             Some(f) => {
-                let mut backends = self.health_without_fastcgi();
+                let mut backends = backends;
                 f.probe(Box::new(move |fastcgi| {
                     backends.fastcgi = fastcgi;
-                    complete(health_document(Health::new(backends), head))
+                    then_proxy(backends)
                 }));
             }
-            None => complete(health_document(self.health(), head)),
+            None => then_proxy(backends),
         }
     }
 
-    /// Checks every backend (PHP-FPM probed from this thread).
+    /// Checks every backend (PHP-FPM and the upstreams probed from this thread).
     pub fn health(&self) -> Health {
-        let mut backends = self.health_without_fastcgi();
+        let mut backends = self.health_without_probes();
         if let Some(f) = &self.fastcgi {
             backends.fastcgi = f.probe_blocking();
+        }
+        if let Some(p) = &self.proxy {
+            backends.proxy = p.probe_blocking();
         }
         Health::new(backends)
     }
 
-    /// Every entry; the FastCGI one says "not available" until it is probed.
-    fn health_without_fastcgi(&self) -> Backends {
+    /// Every entry; the FastCGI and proxy ones say "not available" until probed.
+    fn health_without_probes(&self) -> Backends {
         let unavailable = |kind: BackendKind| {
             let why = match self.availability(kind) {
                 Availability::Unavailable(w) => w.clone(),
@@ -428,6 +520,7 @@ impl Engine {
             embedded,
             fastcgi: unavailable(BackendKind::FastCgi),
             static_files,
+            proxy: unavailable(BackendKind::Proxy),
         }
     }
 
@@ -520,6 +613,7 @@ fn title(kind: BackendKind) -> &'static str {
         BackendKind::Embedded => "Embedded",
         BackendKind::FastCgi => "FastCGI",
         BackendKind::Static => "Static",
+        BackendKind::Proxy => "Proxy",
     }
 }
 

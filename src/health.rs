@@ -14,6 +14,7 @@ pub struct Backends {
     pub fastcgi: BackendHealth,
     #[serde(rename = "static")]
     pub static_files: BackendHealth,
+    pub proxy: BackendHealth,
 }
 
 #[derive(Debug, Serialize)]
@@ -33,6 +34,7 @@ impl Health {
             &backends.embedded,
             &backends.fastcgi,
             &backends.static_files,
+            &backends.proxy,
         ];
         let ok = all.iter().all(|b| !b.enabled || b.healthy);
         Health {

@@ -16,6 +16,7 @@ pub mod http;
 pub mod metrics;
 pub mod path;
 pub mod router;
+pub mod split;
 
 pub use config::{BackendKind, Config, ConfigError};
 pub use engine::{Engine, ReloadableEngine};

@@ -6,8 +6,8 @@
 //! reports the totals of all of them. Gauges (requests in flight, PHP threads,
 //! FastCGI connections) are kept per process in slots claimed by pid: a slot whose
 //! process has died no longer counts, so a crashed worker's in-flight requests do
-//! not stay in the gauge. Label sets are fixed: four backends, status codes
-//! 100–599 (+ "other"), fixed histogram buckets.
+//! not stay in the gauge. Label sets are fixed: five sources, status codes
+//! 100–599 (+ "other"), fixed histogram buckets, split arms by rule index.
 
 use crate::http::{Body, Response};
 use parking_lot::Mutex;
@@ -24,14 +24,24 @@ pub enum Source {
     Static = 2,
     /// The engine itself: health, metrics, malformed request targets.
     Internal = 3,
+    /// An HTTP upstream through the proxy backend.
+    Proxy = 4,
 }
 
-const SOURCES: [(Source, &str); 4] = [
+/// Label order of the per-backend series (new ones are appended).
+const SOURCES: [(Source, &str); N_SOURCES] = [
     (Source::Embedded, "embedded"),
     (Source::FastCgi, "fastcgi"),
     (Source::Static, "static"),
     (Source::Internal, "internal"),
+    (Source::Proxy, "proxy"),
 ];
+const N_SOURCES: usize = 5;
+
+/// Split rules are counted by their index in the routing rules, below this.
+pub const MAX_SPLIT_RULES: usize = 256;
+/// Arms are counted by backend (`config::BackendKind`, in `ALL` order).
+const SPLIT_ARMS: [&str; 4] = ["embedded", "fastcgi", "static", "proxy"];
 
 /// Status codes 100..=599 each have a counter; anything else counts as "other".
 const CODES: usize = 501;
@@ -63,7 +73,7 @@ const MAX_PROCS: usize = 256;
 struct Proc {
     /// Owner, 0 when free.
     pid: AtomicI32,
-    in_flight: [AtomicI64; 4],
+    in_flight: [AtomicI64; N_SOURCES],
     php_busy: AtomicI64,
     php_idle: AtomicI64,
     fastcgi_open: AtomicI64,
@@ -90,11 +100,15 @@ impl Proc {
 /// The shared region. All-zero bytes are its initial state (fresh anonymous pages).
 #[repr(C)]
 struct Region {
-    requests: [[AtomicU64; CODES]; 4],
+    requests: [[AtomicU64; CODES]; N_SOURCES],
     /// Per bucket, not cumulative; the last one is +Inf.
-    duration: [[AtomicU64; BUCKETS.len() + 1]; 4],
-    duration_sum_ns: [AtomicU64; 4],
-    response_bytes: [AtomicU64; 4],
+    duration: [[AtomicU64; BUCKETS.len() + 1]; N_SOURCES],
+    duration_sum_ns: [AtomicU64; N_SOURCES],
+    response_bytes: [AtomicU64; N_SOURCES],
+    /// Requests per split rule (by routing rule index) and arm.
+    split: [[AtomicU64; SPLIT_ARMS.len()]; MAX_SPLIT_RULES],
+    proxy_upstream_failures: AtomicU64,
+    proxy_retries: AtomicU64,
     static_not_modified: AtomicU64,
     static_ranges: AtomicU64,
     static_sendfile_bytes: AtomicU64,
@@ -371,7 +385,7 @@ impl Metrics {
     /// Every metric in Prometheus' text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
         let r = self.r();
-        let mut gauges = [0i64; 8];
+        let mut gauges = [0i64; N_SOURCES + 4];
         for p in &r.procs {
             let pid = p.pid.load(Relaxed);
             if pid != 0 && alive(pid) {
@@ -381,6 +395,9 @@ impl Metrics {
             }
         }
         let gauge = |i: usize| gauges[i].max(0);
+        // Per-process gauges after the in-flight ones (see `Proc::gauges`).
+        let (php_busy, php_idle, fastcgi_open, fastcgi_idle) =
+            (N_SOURCES, N_SOURCES + 1, N_SOURCES + 2, N_SOURCES + 3);
         let mut out = String::with_capacity(8 << 10);
         header(
             &mut out,
@@ -457,12 +474,12 @@ impl Metrics {
             ("fephp_static_not_modified_total", "counter", "Static responses 304 Not Modified.", r.static_not_modified.load(Relaxed).into()),
             ("fephp_static_range_responses_total", "counter", "Static responses 206 Partial Content.", r.static_ranges.load(Relaxed).into()),
             ("fephp_static_sendfile_bytes_total", "counter", "Static file bytes handed to the host as file ranges (descriptor, offset, length) it can sendfile.", r.static_sendfile_bytes.load(Relaxed).into()),
-            ("fephp_fastcgi_connections_open", "gauge", "Connections to PHP-FPM, busy or idle, in all worker processes.", gauge(6).into()),
-            ("fephp_fastcgi_connections_idle", "gauge", "Kept-alive connections to PHP-FPM waiting for a request.", gauge(7).into()),
+            ("fephp_fastcgi_connections_open", "gauge", "Connections to PHP-FPM, busy or idle, in all worker processes.", gauge(fastcgi_open).into()),
+            ("fephp_fastcgi_connections_idle", "gauge", "Kept-alive connections to PHP-FPM waiting for a request.", gauge(fastcgi_idle).into()),
             ("fephp_fastcgi_pool_waits_total", "counter", "FastCGI requests that waited for a free connection (fpm_max_connections busy).", r.fastcgi_waits.load(Relaxed).into()),
             ("fephp_fastcgi_retries_total", "counter", "FastCGI requests retried on a new connection after a kept-alive one turned out closed.", r.fastcgi_retries.load(Relaxed).into()),
-            ("fephp_embedded_workers_busy", "gauge", "PHP threads (one per worker process) running a script.", gauge(4).into()),
-            ("fephp_embedded_workers_idle", "gauge", "PHP threads (one per worker process) waiting for a request.", gauge(5).into()),
+            ("fephp_embedded_workers_busy", "gauge", "PHP threads (one per worker process) running a script.", gauge(php_busy).into()),
+            ("fephp_embedded_workers_idle", "gauge", "PHP threads (one per worker process) waiting for a request.", gauge(php_idle).into()),
             ("fephp_worker_restarts_total", "counter", "Worker processes started in place of one that died.", r.worker_restarts.load(Relaxed).into()),
             ("fephp_worker_crashes_total", "counter", "Worker processes killed by a signal they were not sent by the master (e.g. a segfault in a PHP extension).", r.worker_crashes.load(Relaxed).into()),
             ("fephp_config_reloads_total", "counter", "Configuration reloads applied.", r.reloads.load(Relaxed).into()),
@@ -472,7 +489,51 @@ impl Metrics {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
+        header(
+            &mut out,
+            "fephp_split_requests_total",
+            "counter",
+            "Requests of routing rules that split traffic, by rule (its number in the file) and the arm (backend) chosen.",
+        );
+        for (i, arms) in r.split.iter().enumerate() {
+            for (arm, c) in SPLIT_ARMS.iter().zip(arms) {
+                let n = c.load(Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "fephp_split_requests_total{{rule=\"{}\",arm=\"{arm}\"}} {n}",
+                        i + 1
+                    );
+                }
+            }
+        }
+        let proxy: [(&str, &str, &str, u64); 2] = [
+            ("fephp_proxy_upstream_failures_total", "counter", "Proxy attempts that failed on an upstream (connect errors, resets, timeouts); they count towards max_fails.", r.proxy_upstream_failures.load(Relaxed)),
+            ("fephp_proxy_retries_total", "counter", "Proxy requests sent again (to the next upstream) after an attempt failed before any response.", r.proxy_retries.load(Relaxed)),
+        ];
+        for (name, kind, help, value) in proxy {
+            header(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
         out
+    }
+
+    /// A split rule (index `rule` in the routing rules) sent a request to `arm`
+    /// (an index in `BackendKind::ALL`).
+    pub fn split_request(&self, rule: usize, arm: usize) {
+        if let Some(c) = self.r().split.get(rule).and_then(|a| a.get(arm)) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A proxy attempt failed on an upstream.
+    pub fn proxy_upstream_failure(&self) {
+        self.r().proxy_upstream_failures.fetch_add(1, Relaxed);
+    }
+
+    /// A proxy request goes to another attempt.
+    pub fn proxy_retry(&self) {
+        self.r().proxy_retries.fetch_add(1, Relaxed);
     }
 }
 

@@ -58,13 +58,10 @@ impl Router {
         for (rank, &i) in order.iter().enumerate() {
             let rank = rank as Rank;
             let rule = &rules[i];
-            let backend = BackendKind::from_name(&rule.backend).ok_or_else(|| {
-                format!(
-                    "routing rule #{} names unknown backend '{}'",
-                    i + 1,
-                    rule.backend
-                )
-            })?;
+            // A split rule routes to its primary arm; the engine picks the arm.
+            let name = rule.primary_backend().unwrap_or_default();
+            let backend = BackendKind::from_name(name)
+                .ok_or_else(|| format!("routing rule #{} names unknown backend '{name}'", i + 1))?;
             router.ranked.push((backend, i));
             let value = rule.pattern.value.as_str();
             match rule.pattern.kind {
@@ -187,17 +184,9 @@ impl ByteTrie {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Pattern;
 
     fn rule(kind: PatternKind, value: &str, backend: &str, priority: i32) -> RoutingRule {
-        RoutingRule {
-            pattern: Pattern {
-                kind,
-                value: value.to_owned(),
-            },
-            backend: backend.to_owned(),
-            priority,
-        }
+        RoutingRule::new(kind, value, backend, priority)
     }
 
     fn seed_rules() -> Vec<RoutingRule> {

@@ -129,6 +129,8 @@ struct Opts {
     workers: usize,
     listen_extra: &'static str,
     fpm: Option<String>,
+    /// An HTTP upstream for a `/up/` proxy rule.
+    proxy: Option<String>,
 }
 
 impl Default for Opts {
@@ -137,6 +139,7 @@ impl Default for Opts {
             workers: 1,
             listen_extra: "",
             fpm: None,
+            proxy: None,
         }
     }
 }
@@ -166,11 +169,12 @@ fn write_setup(dir: &Path, opts: &Opts) -> u16 {
         std::fs::write(path, body).unwrap();
     }
     std::fs::create_dir_all(dir.join("client_body")).unwrap();
-    std::fs::write(
-        dir.join("fe-php.toml"),
-        toml(dir, "/_health", opts.fpm.as_deref(), false),
-    )
-    .unwrap();
+    let mut text = toml(dir, "/_health", opts.fpm.as_deref(), false);
+    if let Some(up) = &opts.proxy {
+        let proxy = format!("\n[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"/up/\" }}\nbackend = \"proxy\"\n\n[backend.proxy]\nupstream = \"{up}\"\n");
+        text = text.replacen("\n[php]\n", &format!("{proxy}\n[php]\n"), 1);
+    }
+    std::fs::write(dir.join("fe-php.toml"), text).unwrap();
     let port = free_port();
     // Workers of a root master would drop to `nobody`, which cannot use the 0700
     // temp dir.
@@ -1035,5 +1039,38 @@ fn fastcgi_routes_when_the_backend_is_available() {
     // Embedded next to it still runs in nginx.
     let v = json(&get(&n.url("/info.php")));
     assert!(nginx_pids(&n).contains(&(v["pid"].as_i64().unwrap() as i32)));
+    n.assert_clean_log();
+}
+
+#[test]
+fn proxy_routes_through_nginx() {
+    // The upstream: a fe-php-host serving static files, one small and one large.
+    let big = common::diff::pattern(3 << 20, 11);
+    let upstream = Host::start(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 1\naccess_log = \"off\"\n[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{dir}/www\"\n[php]\nlibphp_path = \"/nonexistent/libphp.so\"\n",
+        |dir| {
+            std::fs::create_dir_all(dir.join("www/up")).unwrap();
+            std::fs::write(dir.join("www/up/small.txt"), "from the upstream\n").unwrap();
+            std::fs::write(dir.join("www/up/big.bin"), &big).unwrap();
+        },
+    );
+    let n = ModNginx::start(Opts {
+        proxy: Some(format!("http://127.0.0.1:{}", upstream.port)),
+        ..Opts::default()
+    });
+    let r = get(&n.url("/up/small.txt"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "from the upstream\n");
+    let out = n.dir().join("big.out");
+    let code = Command::new("curl")
+        .args(["-s", "-o", out.to_str().unwrap(), "-w", "%{http_code}"])
+        .arg(n.url("/up/big.bin"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&code.stdout), "200");
+    assert_eq!(md5_hex(&out), common::diff::md5_hex(&big));
+    assert_eq!(get(&n.url("/up/missing")).status, 404);
+    let health = json(&get(&n.url("/_health")));
+    assert_eq!(health["backends"]["proxy"]["healthy"], true, "{health}");
     n.assert_clean_log();
 }

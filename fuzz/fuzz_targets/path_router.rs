@@ -16,21 +16,14 @@
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
-use fe_php::config::{BackendKind, Pattern, PatternKind, RoutingRule};
+use fe_php::config::{BackendKind, PatternKind, RoutingRule};
 use fe_php::path::{self, PathError};
 use fe_php::router::Router;
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 
 fn rule(kind: PatternKind, value: &str, backend: &str, priority: i32) -> RoutingRule {
-    RoutingRule {
-        pattern: Pattern {
-            kind,
-            value: value.to_owned(),
-        },
-        backend: backend.to_owned(),
-        priority,
-    }
+    RoutingRule::new(kind, value, backend, priority)
 }
 
 /// The example configuration's rules plus a few more of each kind, with ties.
@@ -122,7 +115,7 @@ fn check_route(
     let want = expected(rules, regexes, path);
     assert_eq!(got.rule, want, "route({path:?}) with {rules:#?}");
     let backend = match want {
-        Some(i) => BackendKind::from_name(&rules[i].backend).unwrap(),
+        Some(i) => BackendKind::from_name(rules[i].backend.as_deref().unwrap()).unwrap(),
         None => default,
     };
     assert_eq!(got.backend, backend, "route({path:?})");

@@ -2,6 +2,8 @@
 
 pub mod embedded;
 pub mod fastcgi;
+mod io_thread;
+pub mod proxy;
 pub mod static_files;
 
 use crate::config::Built;

@@ -77,6 +77,8 @@ pub enum fephp_backend {
     Embedded = 1,
     Fastcgi = 2,
     Static = 3,
+    /// An HTTP upstream (`[backend.proxy]`).
+    Proxy = 4,
 }
 
 /// How a response body is delivered.
@@ -687,6 +689,7 @@ pub unsafe extern "C" fn fephp_engine_backend_available(
             fephp_backend::Embedded => BackendKind::Embedded,
             fephp_backend::Fastcgi => BackendKind::FastCgi,
             fephp_backend::Static => BackendKind::Static,
+            fephp_backend::Proxy => BackendKind::Proxy,
         };
         let e = engine_ref(engine);
         let a = e.availability(kind);
@@ -700,7 +703,9 @@ pub unsafe extern "C" fn fephp_engine_backend_available(
 
 /// Decides which backend serves `method` + `target` (the raw request-target)
 /// without running the request. `FEPHP_RESULT_BAD_REQUEST` means the host should
-/// answer 400 (`fephp_last_error` says why).
+/// answer 400 (`fephp_last_error` says why). For a rule that splits its traffic
+/// (A/B testing) this is its arm with the largest weight (the first of equal
+/// ones): without the request's cookies and address there is no arm to keep.
 #[no_mangle]
 pub unsafe extern "C" fn fephp_route(
     engine: *const fephp_engine,
@@ -727,6 +732,7 @@ pub unsafe extern "C" fn fephp_route(
                     BackendKind::Embedded => fephp_backend::Embedded,
                     BackendKind::FastCgi => fephp_backend::Fastcgi,
                     BackendKind::Static => fephp_backend::Static,
+                    BackendKind::Proxy => fephp_backend::Proxy,
                 }
             }
             Err(e) => {

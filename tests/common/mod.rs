@@ -12,6 +12,7 @@ pub mod diff;
 pub mod load;
 pub mod peers;
 pub mod proc;
+pub mod upstream;
 
 pub const HOST_BIN: &str = env!("CARGO_BIN_EXE_fe-php-host");
 

@@ -1,9 +1,9 @@
 //! The FastCGI backend: PHP-FPM over TCP or a Unix socket, with a bounded pool of
 //! kept-alive connections per worker process.
 //!
-//! Each worker process runs one thread with a current-thread tokio runtime (started
-//! after the fork, found by pid like the embedded backend's PHP thread); requests
-//! are queued to it and answered through their completion from it.
+//! Each worker process runs one I/O thread (`backends::io_thread`, started after
+//! the fork); requests are queued to it and answered through their completion
+//! from it.
 //!
 //! - `protocol`: FastCGI records, encoded and decoded (pure);
 //! - `client`: one request over one connection;
@@ -36,6 +36,7 @@ pub mod fuzzing {
     }
 }
 
+use super::io_thread::{self, IoThread, PerProcess, Task};
 use crate::backends::embedded::Completion;
 use crate::cgi::CgiVars;
 use crate::config::{FpmAddress, PhpConfig};
@@ -48,7 +49,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// Whether this build contains the FastCGI backend.
 pub const BUILT: bool = true;
@@ -164,74 +164,39 @@ impl FcgiJob {
     }
 }
 
-/// Work for the FastCGI thread.
-enum Task {
-    Request(FcgiJob),
-    Probe(Box<dyn FnOnce(BackendHealth) + Send>),
-}
-
-/// The FastCGI thread of one process.
+/// The FastCGI thread of one process and its connections.
 struct Worker {
-    tx: mpsc::UnboundedSender<Task>,
+    thread: IoThread,
+    pool: Arc<Pool>,
 }
 
 impl Worker {
     fn start(settings: Arc<Settings>) -> io::Result<Worker> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            // Blocking work: streamed bodies waiting for slow clients (at most one
-            // per connection) and host name lookups.
-            .max_blocking_threads(settings.max_connections + 4)
-            .thread_name("fastcgi-blocking")
-            .build()?;
-        let (tx, mut rx) = mpsc::unbounded_channel::<Task>();
-        std::thread::Builder::new()
-            .name("fastcgi".into())
-            .spawn(move || {
-                let pool = Arc::new(Pool::new(settings));
-                rt.block_on(async move {
-                    let reaper = tokio::spawn({
-                        let pool = pool.clone();
-                        async move {
-                            let every = (pool.settings.idle_timeout / 4)
-                                .clamp(Duration::from_millis(100), Duration::from_secs(5));
-                            let mut tick = tokio::time::interval(every);
-                            loop {
-                                tick.tick().await;
-                                pool.close_idle();
-                            }
-                        }
-                    });
-                    let mut tasks = tokio::task::JoinSet::new();
-                    loop {
-                        tokio::select! {
-                            task = rx.recv() => match task {
-                                Some(Task::Request(job)) => { tasks.spawn(pool::run(pool.clone(), job)); }
-                                Some(Task::Probe(done)) => {
-                                    let settings = pool.settings.clone();
-                                    tasks.spawn(async move { done(probe::probe(&settings).await) });
-                                }
-                                None => break,
-                            },
-                            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                        }
-                    }
-                    // The engine is gone: let in-flight requests finish.
-                    while tasks.join_next().await.is_some() {}
-                    reaper.abort();
-                });
-            })?;
-        Ok(Worker { tx })
+        let pool = Arc::new(Pool::new(settings.clone()));
+        let reaper: Task = Box::pin({
+            let pool = pool.clone();
+            async move {
+                let every = (pool.settings.idle_timeout / 4)
+                    .clamp(Duration::from_millis(100), Duration::from_secs(5));
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    pool.close_idle();
+                }
+            }
+        });
+        // Blocking work: streamed bodies waiting for slow clients (at most one per
+        // connection) and host name lookups.
+        let thread = IoThread::start("fastcgi", settings.max_connections + 4, Some(reaper))?;
+        Ok(Worker { thread, pool })
     }
 }
 
 /// The FastCGI backend of one engine.
 pub struct FastCgi {
     settings: Arc<Settings>,
-    /// This process's FastCGI thread: (pid, worker). Re-created after a fork, since
-    /// threads do not survive one.
-    worker: Mutex<Option<(u32, Arc<Worker>)>>,
+    /// This process's FastCGI thread (re-created after a fork).
+    worker: PerProcess<Worker>,
 }
 
 impl FastCgi {
@@ -258,7 +223,7 @@ impl FastCgi {
                 document_root: document_root.to_owned(),
                 metrics,
             }),
-            worker: Mutex::new(None),
+            worker: PerProcess::default(),
         })
     }
 
@@ -268,24 +233,10 @@ impl FastCgi {
     }
 
     fn worker(&self) -> Result<Arc<Worker>, String> {
-        let pid = std::process::id();
-        let mut slot = self.worker.lock();
-        match slot.take() {
-            Some((p, w)) if p == pid => {
-                *slot = Some((p, w.clone()));
-                return Ok(w);
-            }
-            // Inherited through fork: its thread does not exist here, and dropping
-            // its channel could wake the parent's runtime through a shared eventfd.
-            Some(stale) => std::mem::forget(stale),
-            None => {}
-        }
-        let w = Arc::new(
+        self.worker.get(|| {
             Worker::start(self.settings.clone())
-                .map_err(|e| format!("cannot start the FastCGI thread: {e}"))?,
-        );
-        *slot = Some((pid, w.clone()));
-        Ok(w)
+                .map_err(|e| format!("cannot start the FastCGI thread: {e}"))
+        })
     }
 
     /// Queues a request; `complete` runs on the FastCGI thread (or here, at once,
@@ -295,10 +246,13 @@ impl FastCgi {
             Ok(job) => job,
             Err((resp, complete)) => return complete(resp),
         };
-        // A job that cannot be queued drops here and answers 503.
+        // A job that cannot be queued drops (with its task) and answers 503.
         match self.worker() {
             Ok(w) => {
-                if w.tx.send(Task::Request(job)).is_err() {
+                if w.thread
+                    .spawn(Box::pin(pool::run(w.pool.clone(), job)))
+                    .is_err()
+                {
                     tracing::error!("the FastCGI thread has stopped; answering 503");
                 }
             }
@@ -308,14 +262,25 @@ impl FastCgi {
 
     /// Probes PHP-FPM on the FastCGI thread; `done` gets the health entry there.
     pub fn probe(&self, done: Box<dyn FnOnce(BackendHealth) + Send>) {
-        match self.worker() {
-            Ok(w) => {
-                if let Err(mpsc::error::SendError(Task::Probe(done))) = w.tx.send(Task::Probe(done))
-                {
-                    done(self.probe_blocking());
+        let Ok(w) = self.worker() else {
+            return done(self.probe_blocking());
+        };
+        // Kept outside the task, so that it still answers if the task cannot run.
+        let done = Arc::new(Mutex::new(Some(done)));
+        let settings = self.settings.clone();
+        let task: Task = Box::pin({
+            let done = done.clone();
+            async move {
+                let health = probe::probe(&settings).await;
+                if let Some(d) = done.lock().take() {
+                    d(health);
                 }
             }
-            Err(_) => done(self.probe_blocking()),
+        });
+        if w.thread.spawn(task).is_err() {
+            if let Some(d) = done.lock().take() {
+                d(self.probe_blocking());
+            }
         }
     }
 
@@ -323,24 +288,10 @@ impl FastCgi {
     /// its own runtime, so it works anywhere: before fork, inside a runtime).
     pub fn probe_blocking(&self) -> BackendHealth {
         let settings = self.settings.clone();
-        let run = move || match tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-        {
-            Ok(rt) => rt.block_on(probe::probe(&settings)),
-            Err(e) => probe::unhealthy(format!("cannot start a runtime for the probe: {e}")),
-        };
-        std::thread::scope(|s| {
-            match std::thread::Builder::new()
-                .name("fastcgi-probe".into())
-                .spawn_scoped(s, run)
-            {
-                Ok(h) => h
-                    .join()
-                    .unwrap_or_else(|_| probe::unhealthy("the probe panicked".to_owned())),
-                Err(e) => probe::unhealthy(format!("cannot start the probe thread: {e}")),
-            }
-        })
+        io_thread::block_on_helper(
+            "fastcgi-probe",
+            async move { probe::probe(&settings).await },
+        )
+        .unwrap_or_else(probe::unhealthy)
     }
 }

@@ -229,6 +229,7 @@ fn describe_backends(engine: &abi::Engine) -> String {
         ("embedded", fephp_backend::Embedded),
         ("fastcgi", fephp_backend::Fastcgi),
         ("static", fephp_backend::Static),
+        ("proxy", fephp_backend::Proxy),
     ] {
         match engine.backend(b) {
             Ok(()) => on.push(name.to_owned()),
