@@ -177,11 +177,6 @@ typedef struct fephp_server_limits {
    * Connections one worker process serves at once.
    */
   uint32_t max_connections;
-  /**
-   * Longest wait for the client to take more of a response; exceeded: close
-   * the connection (a streaming backend then learns the client has gone).
-   */
-  uint64_t send_timeout_ms;
 } fephp_server_limits;
 
 /**
@@ -395,6 +390,16 @@ fephp_result fephp_engine_workers(const struct fephp_engine *engine, uint32_t *w
  */
 fephp_result fephp_engine_server_limits(const struct fephp_engine *engine,
                                         struct fephp_server_limits *limits_out);
+
+/**
+ * Writes `[server] send_timeout` in milliseconds to `*timeout_ms_out`: the longest
+ * wait for the client to take more of a response; a host that owns the socket
+ * closes the connection when it is exceeded (a streaming backend then learns the
+ * client has gone). A function of its own, not a field of `fephp_server_limits`,
+ * so that struct keeps its layout.
+ */
+fephp_result fephp_engine_send_timeout_ms(const struct fephp_engine *engine,
+                                          uint64_t *timeout_ms_out);
 
 /**
  * Writes `[server] user` into `buf`; "" when unset. A host that starts as root

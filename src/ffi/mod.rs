@@ -178,9 +178,6 @@ pub struct fephp_server_limits {
     pub max_body_size: u64,
     /// Connections one worker process serves at once.
     pub max_connections: u32,
-    /// Longest wait for the client to take more of a response; exceeded: close
-    /// the connection (a streaming backend then learns the client has gone).
-    pub send_timeout_ms: u64,
 }
 
 /// The engine: configuration, router and backends (replaced as a whole by
@@ -636,8 +633,31 @@ pub unsafe extern "C" fn fephp_engine_server_limits(
             max_header_size: s.max_header_size.0,
             max_body_size: s.max_body_size.0,
             max_connections: s.max_connections.min(u32::MAX as usize) as u32,
-            send_timeout_ms: ms(s.send_timeout),
         };
+        fephp_result::Ok
+    })
+}
+
+/// Writes `[server] send_timeout` in milliseconds to `*timeout_ms_out`: the longest
+/// wait for the client to take more of a response; a host that owns the socket
+/// closes the connection when it is exceeded (a streaming backend then learns the
+/// client has gone). A function of its own, not a field of `fephp_server_limits`,
+/// so that struct keeps its layout.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_engine_send_timeout_ms(
+    engine: *const fephp_engine,
+    timeout_ms_out: *mut u64,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine, timeout_ms_out);
+        let e = engine_ref(engine);
+        *timeout_ms_out = e
+            .config()
+            .server
+            .send_timeout
+            .0
+            .as_millis()
+            .min(u64::MAX as u128) as u64;
         fephp_result::Ok
     })
 }

@@ -137,3 +137,32 @@ fn stream_body_reads_through_the_abi() {
         fephp_response_free(handle);
     }
 }
+
+#[test]
+fn server_limits_and_send_timeout() {
+    let toml = CString::new(
+        "[server]\nsend_timeout = \"1500ms\"\nmax_connections = 7\n[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"/tmp\"\n[php]\nlibphp_path = \"/nonexistent\"\n",
+    )
+    .unwrap();
+    unsafe {
+        let mut e = ptr::null();
+        assert_eq!(
+            fephp_init(ptr::null(), toml.as_ptr(), &mut e),
+            fephp_result::Ok
+        );
+        let mut limits = fephp_server_limits::default();
+        assert_eq!(fephp_engine_server_limits(e, &mut limits), fephp_result::Ok);
+        assert_eq!(limits.max_connections, 7);
+        assert_eq!(limits.header_read_timeout_ms, 10_000);
+        // The struct keeps the layout it had when it was published.
+        assert_eq!(std::mem::size_of::<fephp_server_limits>(), 48);
+        let mut ms = 0u64;
+        assert_eq!(fephp_engine_send_timeout_ms(e, &mut ms), fephp_result::Ok);
+        assert_eq!(ms, 1500);
+        assert_eq!(
+            fephp_engine_send_timeout_ms(e, ptr::null_mut()),
+            fephp_result::NullParameter
+        );
+        fephp_engine_free(e);
+    }
+}

@@ -89,6 +89,14 @@ impl Engine {
         limits
     }
 
+    /// `[server] send_timeout` in milliseconds.
+    pub fn send_timeout_ms(&self) -> u64 {
+        let mut ms = 0;
+        // SAFETY: live engine, writable out pointer.
+        unsafe { fephp_engine_send_timeout_ms(self.0, &mut ms) };
+        ms
+    }
+
     pub fn workers(&self) -> u32 {
         let mut n = 1;
         // SAFETY: live engine, writable out pointer.

@@ -84,7 +84,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let limits = server::Limits::from_abi(&engine.server_limits());
+    let limits = server::Limits::from_engine(&engine);
     if args.check {
         eprintln!("backends: {backends}");
         if let Some(id) = &identity {
@@ -158,7 +158,7 @@ fn main() -> ExitCode {
             }
         };
         // Read here, after the fork: a reload may have changed them.
-        let limits = server::Limits::from_abi(&engine.server_limits());
+        let limits = server::Limits::from_engine(&engine);
         match server::run(engine.clone(), listeners, log.clone(), limits) {
             Ok(()) => 0,
             Err(e) => {

@@ -56,12 +56,13 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn from_abi(l: &fephp_server_limits) -> Limits {
+    pub fn from_engine(engine: &Engine) -> Limits {
+        let l: fephp_server_limits = engine.server_limits();
         Limits {
             timeouts: Timeouts {
                 header: Duration::from_millis(l.header_read_timeout_ms),
                 keepalive: Duration::from_millis(l.keepalive_timeout_ms),
-                send: Duration::from_millis(l.send_timeout_ms),
+                send: Duration::from_millis(engine.send_timeout_ms()),
             },
             body_read_timeout: Duration::from_millis(l.body_read_timeout_ms),
             max_header_size: usize::try_from(l.max_header_size).unwrap_or(usize::MAX),
