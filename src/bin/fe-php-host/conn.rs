@@ -153,8 +153,9 @@ pub struct WatchedStream {
     /// The last write did not go through: hyper still has response bytes queued.
     write_blocked: bool,
     /// Runs while writes wait for the client (armed at the first one that cannot
-    /// go through, dropped at the next that does).
-    send_sleep: Option<Pin<Box<Sleep>>>,
+    /// go through, dropped at the next that does), with the bytes the kernel still
+    /// held for the client when it was armed.
+    send_sleep: Option<(Pin<Box<Sleep>>, usize)>,
 }
 
 impl WatchedStream {
@@ -187,15 +188,25 @@ impl WatchedStream {
             Poll::Pending => {
                 self.write_blocked = true;
                 let send = self.timeouts.send;
-                let sleep = self
+                let fd = self.stream.as_raw_fd();
+                let (sleep, queued) = self
                     .send_sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(send)));
-                if sleep.as_mut().poll(cx).is_ready() {
-                    tracing::debug!(timeout = ?send, "the client took no response bytes within send_timeout; closing");
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the client took no response bytes within send_timeout",
-                    )));
+                    .get_or_insert_with(|| (Box::pin(tokio::time::sleep(send)), unacked(fd)));
+                while sleep.as_mut().poll(cx).is_ready() {
+                    // The socket only reports room once its queue has drained a good
+                    // part, which a slow but steady reader may take longer than
+                    // send_timeout to do: what counts is whether the client took
+                    // (acknowledged) anything meanwhile.
+                    let now = unacked(fd);
+                    if now >= *queued {
+                        tracing::debug!(timeout = ?send, "the client took no response bytes within send_timeout; closing");
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the client took no response bytes within send_timeout",
+                        )));
+                    }
+                    *queued = now;
+                    sleep.as_mut().reset(Instant::now() + send);
                 }
             }
             _ => {}
@@ -272,6 +283,18 @@ impl WatchedStream {
                 r => return Poll::Ready(r),
             }
         }
+    }
+}
+
+/// Bytes the kernel holds for the client that it has not acknowledged yet
+/// (SIOCOUTQ); 0 when it cannot tell.
+fn unacked(fd: i32) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int.
+    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) } == 0 {
+        n.max(0) as usize
+    } else {
+        0
     }
 }
 
