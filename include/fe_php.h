@@ -128,6 +128,12 @@ enum fephp_result
    */
   FEPHP_RESULT_BACKEND_START_FAILED = 7012,
   /**
+   * The new configuration changes what PHP started with in this process
+   * (`[php] libphp_path` or `[php.ini]`), which only a new process can apply;
+   * nothing changed. See `fephp_engine_reload`.
+   */
+  FEPHP_RESULT_RESTART_REQUIRED = 7013,
+  /**
    * An internal error (a caught panic); see `fephp_last_error`.
    */
   FEPHP_RESULT_PANIC = 7099,
@@ -302,8 +308,11 @@ void fephp_engine_free(const struct fephp_engine *engine);
  * already running finish on the old one, whose backends (FastCGI connections
  * included) close once the last of them is done. On `FEPHP_RESULT_CONFIG_ERROR`
  * nothing changes: the old configuration keeps serving and `fephp_last_error`
- * gives every problem. PHP's runtime is loaded once per process, so a change of
- * `[php] libphp_path` or `[php.ini]` is refused that way ("needs a restart").
+ * gives every problem. PHP's runtime is loaded once per process: a change of
+ * `[php] libphp_path` or `[php.ini]` (with the embedded backend in use) gives
+ * `FEPHP_RESULT_RESTART_REQUIRED` instead, also changing nothing; a host applies
+ * it by starting a new process (fe-php-host re-executes itself, keeping its
+ * listening sockets, and drains the old workers).
  *
  * Thread-safe; any thread may call it while others run requests. Engine settings
  * the host read before (listen address, workers, access log, limits) are the new

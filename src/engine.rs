@@ -600,6 +600,17 @@ impl ReloadableEngine {
         Ok(())
     }
 
+    /// Why `config` cannot be applied by `reload` in this process, if it cannot:
+    /// it changes `[php] libphp_path` or `[php.ini]` of the PHP runtime running
+    /// here (and uses the embedded backend).
+    pub fn restart_required(&self, config: &Config) -> Option<String> {
+        let validated = config.clone().validate(BUILT).ok()?;
+        if !validated.embedded.is_available() {
+            return None;
+        }
+        embedded::runtime_conflict(&config.php.libphp_path, &config.php.ini)
+    }
+
     /// Per-process start (see `Engine::worker_start`).
     pub fn worker_start(&self) -> Result<(), String> {
         self.current().worker_start()?;

@@ -160,6 +160,67 @@ fn twenty_reloads_under_load_lose_no_request() {
     workers_settled(&h, 2);
 }
 
+/// A change of `[php.ini]` or `[php] libphp_path` cannot be applied by a reload
+/// (PHP starts once per process): the master re-executes itself in place — same
+/// pid, same listening sockets — and drains the old workers, while wrk runs.
+#[test]
+fn php_runtime_changes_restart_the_master_in_place_under_load() {
+    let php = |libphp: &str, memory: &str| {
+        format!(
+            "{}libphp_path = \"{libphp}\"\n[php.ini]\nmemory_limit = \"{memory}\"\n",
+            config("embedded")
+        )
+    };
+    let h = Host::start(&php("/usr/lib/libphp.so", "64M"), |dir| {
+        site(dir);
+        std::fs::write(
+            dir.join("php/ini.php"),
+            "<?php echo ini_get('memory_limit');",
+        )
+        .unwrap();
+    });
+    let master = h.child.id();
+    assert_eq!(body(&h, "/ini.php"), "64M");
+    let url = h.url("/x.txt");
+    let wrk = std::thread::spawn(move || {
+        Command::new("wrk")
+            .args(["-t1", "-c8", "-d5s", &url])
+            .output()
+            .expect("wrk is installed")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let steps = [
+        ("/usr/lib/libphp.so", "96M"),
+        ("/usr/lib/libphp8.2.so", "96M"),
+        ("/usr/lib/libphp8.2.so", "128M"),
+        ("/usr/lib/libphp.so", "64M"),
+    ];
+    for (i, (libphp, memory)) in steps.iter().enumerate() {
+        reload_with(&h, &php(libphp, memory));
+        wait_for_body(&h, "/ini.php", memory);
+        wait_for_log(&h, "restarted with a new PHP runtime", i + 1);
+    }
+    let out = wrk.join().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !report.contains("Non-2xx") && !report.contains("Socket errors"),
+        "failed requests during restarts:\n{report}\nstderr:\n{}",
+        h.stderr()
+    );
+    assert!(report.contains("requests in"), "{report}");
+    // Same master process, two workers left once the old ones drained.
+    assert_eq!(h.child.id(), master);
+    assert!(unsafe { libc::kill(master as i32, 0) } == 0);
+    workers_settled(&h, 2);
+    // The handed-over variables never reach PHP.
+    std::fs::write(
+        h.dir.path().join("php/env.php"),
+        "<?php echo getenv('FEPHP_INHERITED_LISTENERS') === false ? 'clean' : 'leaked';",
+    )
+    .unwrap();
+    wait_for_body(&h, "/env.php", "clean");
+}
+
 #[test]
 fn refused_reloads_keep_the_running_configuration() {
     let h = Host::start(&config("static"), site);
@@ -186,16 +247,18 @@ fn refused_reloads_keep_the_running_configuration() {
     );
     wait_for_log(&h, "reload refused", 2);
 
-    // php.ini is set when PHP starts, once per process: a change needs a restart.
+    // A PHP runtime that cannot load: the restart it would need is checked in a
+    // child process first, fails there, and nothing changes.
     reload_with(
         &h,
-        &format!(
-            "{}\n[php.ini]\nmemory_limit = \"99M\"\n",
-            config("embedded")
-        ),
+        &format!("{}libphp_path = \"/etc/hostname\"\n", config("embedded")),
     );
     wait_for_log(&h, "reload refused", 3);
-    assert!(h.stderr().contains("needs a restart"), "{}", h.stderr());
+    assert!(
+        h.stderr().contains("cannot load libphp from /etc/hostname"),
+        "{}",
+        h.stderr()
+    );
     assert_eq!(body(&h, "/x.txt"), "static\n");
 
     let mut after = workers_settled(&h, 2);
@@ -344,7 +407,8 @@ fn engine_reload_through_the_c_abi() {
         assert_eq!(fephp_response_status(resp), 200);
         assert_eq!(read_all(resp), "slow old");
 
-        // Refused: invalid TOML, invalid config, a php.ini change, bad arguments.
+        // Refused: invalid TOML, invalid config, a php.ini change, bad arguments;
+        // nothing changes (checked below).
         let broken = CString::new("[backend\n").unwrap();
         assert_eq!(
             fephp_engine_reload(engine, ptr::null(), broken.as_ptr()),
@@ -370,9 +434,10 @@ fn engine_reload_through_the_c_abi() {
             b.to_str().unwrap()
         ))
         .unwrap();
+        // A PHP runtime change cannot happen in this process: the host must restart.
         assert_eq!(
             fephp_engine_reload(engine, ptr::null(), ini.as_ptr()),
-            fephp_result::ConfigError
+            fephp_result::RestartRequired
         );
         assert!(last_error().contains("needs a restart"), "{}", last_error());
         assert_eq!(

@@ -64,6 +64,10 @@ pub enum fephp_result {
     /// A backend could not start in this process (e.g. the PHP thread); see
     /// `fephp_last_error`.
     BackendStartFailed = 7012,
+    /// The new configuration changes what PHP started with in this process
+    /// (`[php] libphp_path` or `[php.ini]`), which only a new process can apply;
+    /// nothing changed. See `fephp_engine_reload`.
+    RestartRequired = 7013,
     /// An internal error (a caught panic); see `fephp_last_error`.
     Panic = 7099,
 }
@@ -460,8 +464,11 @@ pub unsafe extern "C" fn fephp_engine_free(engine: *const fephp_engine) {
 /// already running finish on the old one, whose backends (FastCGI connections
 /// included) close once the last of them is done. On `FEPHP_RESULT_CONFIG_ERROR`
 /// nothing changes: the old configuration keeps serving and `fephp_last_error`
-/// gives every problem. PHP's runtime is loaded once per process, so a change of
-/// `[php] libphp_path` or `[php.ini]` is refused that way ("needs a restart").
+/// gives every problem. PHP's runtime is loaded once per process: a change of
+/// `[php] libphp_path` or `[php.ini]` (with the embedded backend in use) gives
+/// `FEPHP_RESULT_RESTART_REQUIRED` instead, also changing nothing; a host applies
+/// it by starting a new process (fe-php-host re-executes itself, keeping its
+/// listening sockets, and drains the old workers).
 ///
 /// Thread-safe; any thread may call it while others run requests. Engine settings
 /// the host read before (listen address, workers, access log, limits) are the new
@@ -482,6 +489,13 @@ pub unsafe extern "C" fn fephp_engine_reload(
             Err(r) => return r,
         };
         let holder = holder_ref(engine);
+        if let Ok(c) = &config {
+            if let Some(why) = holder.restart_required(c) {
+                holder.metrics().reloaded(false);
+                set_last_error(why);
+                return fephp_result::RestartRequired;
+            }
+        }
         let result = match config {
             Ok(c) => holder.reload(c),
             Err(e) => {
@@ -888,6 +902,9 @@ pub unsafe extern "C" fn fephp_result_message(
             fephp_result::IoError => "I/O error",
             fephp_result::BodyFailed => "the backend failed while producing the body",
             fephp_result::BackendStartFailed => "a backend could not start in this process",
+            fephp_result::RestartRequired => {
+                "the new configuration changes PHP's runtime: restart the process to apply it"
+            }
             fephp_result::Panic => "internal error",
         };
         write_out(text.as_bytes(), buf, cap, len_out)

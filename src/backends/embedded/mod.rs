@@ -258,6 +258,19 @@ fn respond(mut job: Job, resp: Response) {
     }
 }
 
+/// Why PHP could not start with `libphp_path` and `ini` in this process because it
+/// already runs here with others (a new process is needed); None when it does not
+/// run yet or runs with exactly these.
+pub fn runtime_conflict(libphp_path: &Path, ini: &BTreeMap<String, IniValue>) -> Option<String> {
+    #[cfg(fephp_embedded)]
+    return runtime::conflict(libphp_path, ini);
+    #[cfg(not(fephp_embedded))]
+    {
+        let _ = (libphp_path, ini);
+        None
+    }
+}
+
 /// Absolute document root for PHP (SCRIPT_FILENAME is built from it).
 pub fn absolute_root(root: &Path) -> PathBuf {
     root.canonicalize().unwrap_or_else(|_| root.to_owned())

@@ -50,17 +50,38 @@ pub fn start(
         .get_or_init(|| load(libphp_path, ini, callbacks))
         .as_ref()
         .map_err(|e| e.clone())?;
+    match differs(rt, libphp_path, ini) {
+        Some(why) => Err(why),
+        None => Ok(rt),
+    }
+}
+
+/// Why the PHP running in this process (if any) is not the one `libphp_path` and
+/// `ini` describe.
+pub fn conflict(
+    libphp_path: &Path,
+    ini: &BTreeMap<String, crate::config::IniValue>,
+) -> Option<String> {
+    let rt = RUNTIME.get()?.as_ref().ok()?;
+    differs(rt, libphp_path, ini)
+}
+
+fn differs(
+    rt: &Runtime,
+    libphp_path: &Path,
+    ini: &BTreeMap<String, crate::config::IniValue>,
+) -> Option<String> {
     if rt.libphp_path != libphp_path {
-        return Err(format!(
+        return Some(format!(
             "PHP is already running from {} in this process; a different libphp_path ({}) needs a restart",
             rt.libphp_path.display(),
             libphp_path.display()
         ));
     }
     if rt.ini != ini_entries(ini) {
-        return Err("[php.ini] differs from the settings PHP started with in this process: php.ini settings apply when PHP starts, so changing them needs a restart (not a reload).".to_owned());
+        return Some("[php.ini] differs from the settings PHP started with in this process: php.ini settings apply when PHP starts, so changing them needs a restart (not a reload).".to_owned());
     }
-    Ok(rt)
+    None
 }
 
 /// `[php.ini]` as PHP's ini_entries text: "key=value\n" lines.

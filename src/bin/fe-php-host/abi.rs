@@ -117,12 +117,14 @@ impl Engine {
     }
 
     /// Re-reads the configuration file; on error the running one stays.
-    pub fn reload(&self, path: &str) -> Result<(), String> {
-        let c = CString::new(path).map_err(|_| "config path contains a NUL byte".to_owned())?;
+    pub fn reload(&self, path: &str) -> Result<(), ReloadRefused> {
+        let c = CString::new(path)
+            .map_err(|_| ReloadRefused::Invalid("config path contains a NUL byte".to_owned()))?;
         // SAFETY: live engine; `c` is NUL-terminated and lives across the call.
         match unsafe { fephp_engine_reload(self.0, c.as_ptr(), ptr::null()) } {
             fephp_result::Ok => Ok(()),
-            _ => Err(last_error()),
+            fephp_result::RestartRequired => Err(ReloadRefused::RestartRequired(last_error())),
+            _ => Err(ReloadRefused::Invalid(last_error())),
         }
     }
 
@@ -199,6 +201,14 @@ pub struct Response {
 
 // SAFETY: a fephp_response may move between threads (one owner at a time).
 unsafe impl Send for Response {}
+
+/// Why `Engine::reload` changed nothing.
+pub enum ReloadRefused {
+    /// The file is invalid (every problem, as `--check` prints them).
+    Invalid(String),
+    /// It changes PHP's runtime (libphp_path, php.ini): only a new process can.
+    RestartRequired(String),
+}
 
 /// How the body is to be sent.
 pub enum BodyKind {

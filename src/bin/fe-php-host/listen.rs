@@ -34,6 +34,50 @@ impl Listeners {
         Ok(l)
     }
 
+    /// Takes over sockets a previous image of this master bound to `addr` (see
+    /// restart.rs), and binds more up to `count`.
+    pub fn inherit(addr: &str, fds: &[i32], count: usize) -> std::io::Result<Listeners> {
+        use std::os::fd::FromRawFd;
+        let sockets: Vec<TcpListener> = fds
+            .iter()
+            .map(|&fd| {
+                // SAFETY: the previous image handed these descriptors over; nothing
+                // else in this process owns them.
+                unsafe {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                    TcpListener::from_raw_fd(fd)
+                }
+            })
+            .collect();
+        let first = sockets.first().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "no inherited socket")
+        })?;
+        let bound = first.local_addr()?;
+        if addr.parse::<SocketAddr>().ok() != Some(bound) && !addr.ends_with(":0") {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("inherited sockets listen on {bound}, not {addr}"),
+            ));
+        }
+        let mut l = Listeners {
+            addr: bound,
+            sockets,
+        };
+        l.ensure(count)?;
+        Ok(l)
+    }
+
+    /// The address as bound.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The sockets' descriptors (they stay owned by `self`).
+    pub fn fds(&self) -> Vec<i32> {
+        use std::os::fd::AsRawFd;
+        self.sockets.iter().map(|s| s.as_raw_fd()).collect()
+    }
+
     /// Makes sure there are at least `count` sockets.
     pub fn ensure(&mut self, count: usize) -> std::io::Result<()> {
         while self.sockets.len() < count {

@@ -8,6 +8,7 @@ mod conn;
 mod listen;
 mod master;
 mod privileges;
+mod restart;
 mod sendfile;
 mod server;
 
@@ -43,6 +44,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // First, while the process has one thread: what a restart handed over.
+    let inherited = restart::take_inherited();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -99,7 +102,21 @@ fn main() -> ExitCode {
 
     let listen = args.listen.clone().unwrap_or_else(|| engine.listen());
     let workers = worker_count(&args, &engine);
-    let listeners = match listen::Listeners::bind(&listen, workers) {
+    let listeners = match &inherited.listeners {
+        Some((addr, fds)) if *addr == listen || listen.ends_with(":0") => {
+            listen::Listeners::inherit(addr, fds, workers)
+        }
+        Some((addr, fds)) => {
+            tracing::warn!("[server] listen changed from {addr} to {listen}: the old workers finish on {addr}, the new ones listen on {listen}");
+            for &fd in fds {
+                // SAFETY: closing the handed-over descriptors this image does not use.
+                unsafe { libc::close(fd) };
+            }
+            listen::Listeners::bind(&listen, workers)
+        }
+        None => listen::Listeners::bind(&listen, workers),
+    };
+    let listeners = match listeners {
         Ok(l) => std::cell::RefCell::new(l),
         Err(e) => {
             eprintln!("fe-php-host: cannot listen on {listen}: {e}\n    Choose a free address with --listen or [server] listen.");
@@ -169,14 +186,18 @@ fn main() -> ExitCode {
     };
     let exited = |pid, signal, replaced| engine.worker_exited(pid, signal, replaced);
     let reload = || {
-        let n = reload(&engine, &args)?;
+        let n = match reload(&engine, &args)? {
+            master::Reloaded::Workers(n) => n,
+            restart => return Ok(restart),
+        };
         listeners
             .borrow_mut()
             .ensure(n)
             .map_err(|e| format!("cannot open listening sockets for {n} workers: {e}"))?;
-        Ok(n)
+        Ok(master::Reloaded::Workers(n))
     };
-    let code = master::run(workers, worker, reload, exited);
+    let restart = |pids: &[libc::pid_t]| restart::exec_self(&listeners.borrow(), pids);
+    let code = master::run(workers, &inherited.workers, worker, reload, restart, exited);
     ExitCode::from(code as u8)
 }
 
@@ -191,16 +212,25 @@ fn worker_count(args: &Args, engine: &abi::Engine) -> usize {
     }
 }
 
-/// SIGHUP in the master: the engine re-reads the file (refusing an invalid one,
-/// or a PHP runtime change, which needs a restart); returns how many workers to
-/// fork with it. What the master set up once (socket, access log, user) stays.
-fn reload(engine: &abi::Engine, args: &Args) -> Result<usize, String> {
+/// SIGHUP in the master: the engine re-reads the file (refusing an invalid one);
+/// returns how many workers to fork with it, or, when the file changes PHP's
+/// runtime and passes `--check` in a child process, that the master must restart.
+/// What the master set up once (socket, access log, user) stays.
+fn reload(engine: &abi::Engine, args: &Args) -> Result<master::Reloaded, String> {
     let settled = || {
         let e = engine;
         (e.listen(), e.access_log(), e.user(), e.group())
     };
     let before = settled();
-    engine.reload(&args.config)?;
+    match engine.reload(&args.config) {
+        Ok(()) => {}
+        Err(abi::ReloadRefused::Invalid(msg)) => return Err(msg),
+        Err(abi::ReloadRefused::RestartRequired(why)) => {
+            tracing::info!("{why}");
+            restart::check_in_child(&args.config)?;
+            return Ok(master::Reloaded::Restart);
+        }
+    }
     let after = settled();
     let kept = [
         ("listen", args.listen.is_none() && before.0 != after.0),
@@ -218,7 +248,7 @@ fn reload(engine: &abi::Engine, args: &Args) -> Result<usize, String> {
         tracing::info!("{messages}");
     }
     tracing::info!("new configuration; backends: {}", describe_backends(engine));
-    Ok(worker_count(args, engine))
+    Ok(master::Reloaded::Workers(worker_count(args, engine)))
 }
 
 /// "static (embedded: not available: …; fastcgi: …)".

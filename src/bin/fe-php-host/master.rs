@@ -35,17 +35,30 @@ fn signal_set() -> libc::sigset_t {
     }
 }
 
+/// What a SIGHUP's reload asks the master to do.
+pub enum Reloaded {
+    /// Roll over to this many workers forked with the new configuration.
+    Workers(usize),
+    /// Re-execute the master (`restart`): the new configuration changes PHP's runtime.
+    Restart,
+}
+
 /// Runs `worker(slot, count)` in `count` child processes (slots 0..count) until the
 /// master is told to stop; a replaced worker gets the slot of the one it replaces.
+/// `inherited` are workers of a previous image of this master (see restart.rs):
+/// they are drained once the new workers run.
 /// On SIGHUP, `reload` re-reads the configuration (in this process, before any
-/// fork) and gives the number of workers to run with it, or why it was refused;
-/// then new workers are forked and the old ones drained. `exited(pid, signal,
+/// fork) and says what to do, or why it was refused: new workers are forked and the
+/// old ones drained, or `restart(all worker pids)` re-executes the master (it
+/// returns only on failure, with the reason). `exited(pid, signal,
 /// replaced)` learns of every worker reaped (`signal`: what killed it, 0 when it
 /// exited or the master stopped it). Returns the exit code for the master.
 pub fn run(
     count: usize,
+    inherited: &[libc::pid_t],
     worker: impl Fn(usize, usize) -> i32,
-    mut reload: impl FnMut() -> Result<usize, String>,
+    mut reload: impl FnMut() -> Result<Reloaded, String>,
+    restart: impl Fn(&[libc::pid_t]) -> String,
     exited: impl Fn(libc::pid_t, i32, bool),
 ) -> i32 {
     let set = signal_set();
@@ -67,6 +80,20 @@ pub fn run(
     if children.is_empty() {
         tracing::error!("no worker could be started");
         return 1;
+    }
+    if !inherited.is_empty() {
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        for &pid in inherited {
+            // SAFETY: plain kill(2) of our own child (not reaped yet, so the pid
+            // is still its own).
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            draining.insert(pid, Some(deadline));
+        }
+        tracing::info!(
+            "restarted with a new PHP runtime: {} new workers; {} old ones finish their requests",
+            children.len(),
+            inherited.len()
+        );
     }
 
     loop {
@@ -105,10 +132,21 @@ pub fn run(
             libc::SIGHUP => {
                 tracing::info!("SIGHUP received: reloading the configuration");
                 match reload() {
-                    Ok(n) => {
+                    Ok(Reloaded::Workers(n)) => {
                         if roll_over(n, &set, &worker, &mut children, &mut draining) {
                             count = n;
                         }
+                    }
+                    Ok(Reloaded::Restart) => {
+                        let pids: Vec<libc::pid_t> =
+                            children.keys().chain(draining.keys()).copied().collect();
+                        tracing::info!(
+                            "the new configuration changes PHP's runtime: restarting the master in place; the workers keep serving meanwhile"
+                        );
+                        let why = restart(&pids);
+                        tracing::error!(
+                            "restart failed; the running configuration keeps serving: {why}"
+                        );
                     }
                     Err(msg) => tracing::error!(
                         "reload refused; the running configuration keeps serving:\n{msg}"
