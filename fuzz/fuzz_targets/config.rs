@@ -45,9 +45,21 @@ fuzz_target!(|data: &[u8]| {
                 );
                 let rules = &v.config.backend.routing_rules;
                 for r in rules {
-                    let kind = fe_php::BackendKind::from_name(&r.backend)
-                        .expect("a valid config names known backends");
-                    assert!(v.availability(kind).is_available());
+                    // Exactly one of backend / split in a valid rule; every arm named
+                    // is known and available.
+                    let names: Vec<&str> = match (&r.backend, &r.split) {
+                        (Some(b), None) => vec![b.as_str()],
+                        (None, Some(arms)) => {
+                            assert!(!arms.is_empty(), "a valid split has arms");
+                            arms.iter().map(|a| a.backend.as_str()).collect()
+                        }
+                        _ => panic!("a valid rule has a backend or a split, not both"),
+                    };
+                    for name in names {
+                        let kind = fe_php::BackendKind::from_name(name)
+                            .expect("a valid config names known backends");
+                        assert!(v.availability(kind).is_available());
+                    }
                 }
                 if let Err(e) = Router::new(rules, v.default_backend) {
                     panic!("validated rules do not build a router: {e}");
