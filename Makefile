@@ -36,6 +36,7 @@ test: deps lint test-rust test-c test-fuzz
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --features internals -- -D warnings
 
 # tests/nginx_module.rs loads the module into a real nginx.
 test-rust: nginx-module
@@ -64,9 +65,11 @@ header:
 bench: bench-deps build nginx-module
 	python3 bench/run.py $(BENCH_ARGS)
 
-## criterion micro-benchmarks (router, path normalization, CGI variables, static path).
+## criterion micro-benchmarks: router with 1,000 rules, path normalization, CGI
+## variables, static path, an embedded request ($_SERVER registration), FastCGI
+## record encoding and decoding.
 bench-micro:
-	$(CARGO) bench --bench router --bench engine
+	$(CARGO) bench --features internals --bench router --bench engine --bench fastcgi
 
 bench-deps: deps
 	@FEPHP_EXTRA_PACKAGES="apache2 libapache2-mod-php8.2 python3" ./scripts/install-deps.sh

@@ -36,6 +36,15 @@ pub mod fuzzing {
     }
 }
 
+/// FastCGI record encoding and decoding for the criterion benchmarks
+/// (`benches/fastcgi.rs`, built with `--features internals`): no part of the
+/// normal API.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod protocol_internals {
+    pub use super::protocol::*;
+}
+
 use super::io_thread::{self, IoThread, PerProcess, Task};
 use crate::backends::embedded::Completion;
 use crate::cgi::CgiVars;
