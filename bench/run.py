@@ -87,7 +87,11 @@ class Server:
 
     def spawn(self, args, **kw):
         log = open(os.path.join(self.tmp, f"{self.name}-{len(self.procs)}.log"), "w")
-        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+        # A process group of its own (to stop it as a whole), but not a session: with
+        # the kernel's autogroup scheduling every session is a scheduling group of
+        # its own, which would give a server made of two (nginx + php-fpm) twice the
+        # CPU share of one made of one, and each of them as much as wrk.
+        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, process_group=0, **kw)
         self.procs.append(p)
         return p
 
