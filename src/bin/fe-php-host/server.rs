@@ -204,7 +204,7 @@ pub fn run(
             .max_header_size(limits.max_header_size)
             .max_buf_size(HYPER_MAX_BUF.max(limits.max_header_size + 8192));
         // At the limit the worker stops accepting: new connections wait in the
-        // kernel's backlog, where another worker with room takes them.
+        // backlog of its listening sockets until a connection closes.
         let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
         let mut warned_full: Option<Instant> = None;
         let mut starved = AcceptStarvation::default();
