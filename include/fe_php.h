@@ -430,11 +430,14 @@ fephp_result fephp_engine_group(const struct fephp_engine *engine,
                                 size_t *len_out);
 
 /**
- * Whether a backend is available in this configuration. For an unavailable one,
- * `fephp_last_error` explains why.
+ * Whether a backend (a `fephp_backend` value) is available in this
+ * configuration. For an unavailable one, `fephp_last_error` explains why. A value
+ * this library does not know gives `FEPHP_RESULT_INVALID_ARGUMENT`. (The
+ * parameter is a plain integer so that no value a caller passes is undefined
+ * behaviour; it has the enum's size and passing.)
  */
 fephp_result fephp_engine_backend_available(const struct fephp_engine *engine,
-                                            fephp_backend backend,
+                                            uint32_t backend,
                                             bool *available_out);
 
 /**
@@ -491,9 +494,12 @@ fephp_result fephp_health(const struct fephp_engine *engine,
 fephp_result fephp_last_error(char *buf, size_t cap, size_t *len_out);
 
 /**
- * Writes a short description of a result code into `buf`.
+ * Writes a short description of a result code (a `fephp_result` value) into
+ * `buf`; a code this library does not know (e.g. from a newer header) is
+ * described as such. (The parameter is a plain integer so that no value a caller
+ * passes is undefined behaviour; it has the enum's size and passing.)
  */
-fephp_result fephp_result_message(fephp_result result, char *buf, size_t cap, size_t *len_out);
+fephp_result fephp_result_message(uint32_t result, char *buf, size_t cap, size_t *len_out);
 
 /**
  * The HTTP status code (0 for NULL).

@@ -70,6 +70,28 @@ pub enum fephp_result {
     RestartRequired = 7013,
     /// An internal error (a caught panic); see `fephp_last_error`.
     Panic = 7099,
+    // A new code goes before Panic and into `fephp_result::ALL`.
+}
+
+impl fephp_result {
+    /// Every code, for checking a raw value from C.
+    const ALL: [fephp_result; 15] = [
+        fephp_result::Ok,
+        fephp_result::NullParameter,
+        fephp_result::InvalidArgument,
+        fephp_result::ConfigError,
+        fephp_result::BadRequest,
+        fephp_result::BufferTooSmall,
+        fephp_result::Again,
+        fephp_result::WrongBodyKind,
+        fephp_result::UnknownLength,
+        fephp_result::OutOfRange,
+        fephp_result::IoError,
+        fephp_result::BodyFailed,
+        fephp_result::BackendStartFailed,
+        fephp_result::RestartRequired,
+        fephp_result::Panic,
+    ];
 }
 
 /// Where `fephp_route` sends a request.
@@ -705,25 +727,32 @@ pub unsafe extern "C" fn fephp_engine_group(
     })
 }
 
-/// Whether a backend is available in this configuration. For an unavailable one,
-/// `fephp_last_error` explains why.
+/// Whether a backend (a `fephp_backend` value) is available in this
+/// configuration. For an unavailable one, `fephp_last_error` explains why. A value
+/// this library does not know gives `FEPHP_RESULT_INVALID_ARGUMENT`. (The
+/// parameter is a plain integer so that no value a caller passes is undefined
+/// behaviour; it has the enum's size and passing.)
 #[no_mangle]
 pub unsafe extern "C" fn fephp_engine_backend_available(
     engine: *const fephp_engine,
-    backend: fephp_backend,
+    backend: u32,
     available_out: *mut bool,
 ) -> fephp_result {
     guard(|| {
         non_null!(engine, available_out);
         let kind = match backend {
-            fephp_backend::Internal => {
+            b if b == fephp_backend::Internal as u32 => {
                 *available_out = true;
                 return fephp_result::Ok;
             }
-            fephp_backend::Embedded => BackendKind::Embedded,
-            fephp_backend::Fastcgi => BackendKind::FastCgi,
-            fephp_backend::Static => BackendKind::Static,
-            fephp_backend::Proxy => BackendKind::Proxy,
+            b if b == fephp_backend::Embedded as u32 => BackendKind::Embedded,
+            b if b == fephp_backend::Fastcgi as u32 => BackendKind::FastCgi,
+            b if b == fephp_backend::Static as u32 => BackendKind::Static,
+            b if b == fephp_backend::Proxy as u32 => BackendKind::Proxy,
+            other => {
+                set_last_error(format!("{other} is not a fephp_backend value"));
+                return fephp_result::InvalidArgument;
+            }
         };
         let e = engine_ref(engine);
         let a = e.availability(kind);
@@ -878,16 +907,27 @@ pub unsafe extern "C" fn fephp_last_error(
     })
 }
 
-/// Writes a short description of a result code into `buf`.
+/// Writes a short description of a result code (a `fephp_result` value) into
+/// `buf`; a code this library does not know (e.g. from a newer header) is
+/// described as such. (The parameter is a plain integer so that no value a caller
+/// passes is undefined behaviour; it has the enum's size and passing.)
 #[no_mangle]
 pub unsafe extern "C" fn fephp_result_message(
-    result: fephp_result,
+    result: u32,
     buf: *mut c_char,
     cap: usize,
     len_out: *mut usize,
 ) -> fephp_result {
     guard(|| {
         non_null!(len_out);
+        let Some(result) = fephp_result::ALL
+            .iter()
+            .copied()
+            .find(|r| *r as u32 == result)
+        else {
+            let text = format!("unknown result code {result}");
+            return write_out(text.as_bytes(), buf, cap, len_out);
+        };
         let text = match result {
             fephp_result::Ok => "success",
             fephp_result::NullParameter => "a required pointer argument was NULL",

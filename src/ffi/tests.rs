@@ -166,3 +166,55 @@ fn server_limits_and_send_timeout() {
         fephp_engine_free(e);
     }
 }
+
+#[test]
+fn raw_enum_values_from_c_are_checked() {
+    let text = |code: u32| {
+        let mut buf = vec![0 as std::ffi::c_char; 256];
+        let mut len = 0;
+        assert_eq!(
+            unsafe { fephp_result_message(code, buf.as_mut_ptr(), buf.len(), &mut len) },
+            fephp_result::Ok
+        );
+        unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    for r in fephp_result::ALL {
+        assert!(!text(r as u32).starts_with("unknown"), "{r:?}");
+    }
+    // Every code from 7001 up to the last one is in ALL (no gap, nothing forgotten).
+    let last = fephp_result::ALL[fephp_result::ALL.len() - 2] as u32;
+    for code in 7001..=last {
+        assert!(
+            !text(code).starts_with("unknown"),
+            "{code} missing from ALL"
+        );
+    }
+    assert_eq!(text(7050), "unknown result code 7050");
+    assert_eq!(text(u32::MAX), format!("unknown result code {}", u32::MAX));
+
+    let toml = CString::new(
+        "[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"/tmp\"\n[php]\nlibphp_path = \"/nonexistent\"\n",
+    )
+    .unwrap();
+    unsafe {
+        let mut e = ptr::null();
+        assert_eq!(
+            fephp_init(ptr::null(), toml.as_ptr(), &mut e),
+            fephp_result::Ok
+        );
+        let mut ok = false;
+        assert_eq!(
+            fephp_engine_backend_available(e, fephp_backend::Static as u32, &mut ok),
+            fephp_result::Ok
+        );
+        assert!(ok);
+        assert_eq!(
+            fephp_engine_backend_available(e, 99, &mut ok),
+            fephp_result::InvalidArgument
+        );
+        fephp_engine_free(e);
+    }
+}

@@ -108,7 +108,7 @@ impl Engine {
     pub fn backend(&self, backend: fephp_backend) -> Result<(), String> {
         let mut ok = false;
         // SAFETY: live engine, writable out pointer.
-        unsafe { fephp_engine_backend_available(self.0, backend, &mut ok) };
+        unsafe { fephp_engine_backend_available(self.0, backend as u32, &mut ok) };
         if ok {
             Ok(())
         } else {
