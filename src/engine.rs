@@ -604,11 +604,11 @@ impl ReloadableEngine {
     /// it changes `[php] libphp_path` or `[php.ini]` of the PHP runtime running
     /// here (and uses the embedded backend).
     pub fn restart_required(&self, config: &Config) -> Option<String> {
+        // Only a file that differs from the running PHP is validated here (again,
+        // by the reload otherwise): does it use the embedded backend at all?
+        let why = embedded::runtime_conflict(&config.php.libphp_path, &config.php.ini)?;
         let validated = config.clone().validate(BUILT).ok()?;
-        if !validated.embedded.is_available() {
-            return None;
-        }
-        embedded::runtime_conflict(&config.php.libphp_path, &config.php.ini)
+        validated.embedded.is_available().then_some(why)
     }
 
     /// Per-process start (see `Engine::worker_start`).

@@ -113,21 +113,8 @@ struct AcceptStarvation {
 impl AcceptStarvation {
     /// True when `e` is a lack of resources (back off before accepting again).
     fn note(&mut self, e: &std::io::Error) -> bool {
-        let why = match e.raw_os_error() {
-            Some(libc::EMFILE) => {
-                let mut lim = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
-                // SAFETY: lim is a valid out pointer.
-                unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-                format!("this worker has all of its {} file descriptors open (RLIMIT_NOFILE): raise the limit (ulimit -n, systemd LimitNOFILE=) or lower [server] max_connections", lim.rlim_cur)
-            }
-            Some(libc::ENFILE) => {
-                "the system has run out of file descriptors (sysctl fs.file-max)".to_owned()
-            }
-            Some(libc::ENOMEM) | Some(libc::ENOBUFS) => "the kernel is out of memory".to_owned(),
-            _ => return false,
+        let Some(why) = fe_php::backends::exhaustion(e) else {
+            return false;
         };
         self.since_ok += 1;
         self.unreported += 1;
