@@ -3,6 +3,7 @@
 pub mod embedded;
 pub mod fastcgi;
 mod io_thread;
+mod prompt_ack;
 pub mod proxy;
 pub mod static_files;
 

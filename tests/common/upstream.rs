@@ -21,6 +21,8 @@ pub enum Reaction {
     ReplyAndClose(Vec<u8>),
     /// Closes the connection without answering.
     Close,
+    /// Sends a response in these pieces, one write each (Nagle stays on).
+    Pieces(Vec<Vec<u8>>),
 }
 
 /// One request as received: its head (request line and headers, raw) and body.
@@ -172,6 +174,14 @@ fn serve(mut stream: TcpStream, handler: &Handler, received: &Mutex<Vec<Received
                 return;
             }
             Reaction::Close => return,
+            Reaction::Pieces(pieces) => {
+                for p in pieces {
+                    if stream.write_all(&p).is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
         };
         if stream.write_all(&reply).is_err() {
             return;

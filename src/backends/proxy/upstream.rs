@@ -6,12 +6,14 @@
 
 use super::failure::Failure;
 use super::Settings;
+use crate::backends::prompt_ack::PromptAck;
 use crate::config::UpstreamAddress;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -117,8 +119,10 @@ impl Upstream {
             Ok(Ok(stream)) => stream,
         };
         let _ = stream.set_nodelay(true);
+        // Upstreams may leave Nagle on: see prompt_ack for the 40 ms it avoids.
+        let fd = stream.as_raw_fd();
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(PromptAck::new(stream, fd)))
             .await
             .map_err(|e| Failure::exchange(e, a))?;
         let address = a.to_string();

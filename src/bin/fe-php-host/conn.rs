@@ -43,6 +43,8 @@ struct Phase {
     busy: bool,
     /// Bytes of the next request have arrived.
     head_started: bool,
+    /// The request being served has a body, which may still be arriving.
+    body_expected: bool,
     /// When the current wait began: the connection's start, the end of the last
     /// response (or its last write), or the first byte of the next request.
     since: Instant,
@@ -87,6 +89,7 @@ impl ConnState {
             phase: Mutex::new(Phase {
                 busy: false,
                 head_started: false,
+                body_expected: false,
                 since: Instant::now(),
                 served: 0,
                 idle_reader: None,
@@ -96,10 +99,11 @@ impl ConnState {
     }
 
     /// Called when hyper hands a parsed request to the service.
-    pub fn begin_request(self: &Arc<Self>) -> Busy {
+    pub fn begin_request(self: &Arc<Self>, body_expected: bool) -> Busy {
         let mut p = self.phase.lock();
         p.busy = true;
         p.head_started = false;
+        p.body_expected = body_expected;
         Busy(self.clone())
     }
 
@@ -111,6 +115,17 @@ impl ConnState {
             if p.served > 0 {
                 p.since = Instant::now();
             }
+        }
+    }
+
+    /// Whether a read that finds nothing waits for the rest of a request (its
+    /// head or body) rather than for the next one or for our response.
+    fn mid_request(&self) -> bool {
+        let p = self.phase.lock();
+        if p.busy {
+            p.body_expected
+        } else {
+            p.head_started
         }
     }
 
@@ -156,6 +171,10 @@ pub struct WatchedStream {
     /// go through, dropped at the next that does), with the bytes the kernel still
     /// held for the client when it was armed.
     send_sleep: Option<(Pin<Box<Sleep>>, usize)>,
+    /// Bytes were read since the last write: the kernel may hold a delayed ACK
+    /// for them, which a client with Nagle on waits for before it sends the rest
+    /// of a request (40 ms on a kept-alive connection).
+    ack_owed: bool,
 }
 
 impl WatchedStream {
@@ -167,6 +186,7 @@ impl WatchedStream {
             sleep: Box::pin(tokio::time::sleep(timeouts.header)),
             write_blocked: false,
             send_sleep: None,
+            ack_owed: false,
         }
     }
 
@@ -181,6 +201,7 @@ impl WatchedStream {
     ) -> Poll<io::Result<T>> {
         match &r {
             Poll::Ready(Ok(n)) if wrote(n) => {
+                self.ack_owed = false;
                 self.write_blocked = false;
                 self.send_sleep = None;
                 self.state.on_write();
@@ -227,11 +248,18 @@ impl AsyncRead for WatchedStream {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
                     this.state.on_read();
+                    this.ack_owed = true;
                 }
                 return Poll::Ready(Ok(()));
             }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => {}
+        }
+        // Only mid-request: otherwise our response carries the ACK anyway, and a
+        // syscall per request would be wasted.
+        if this.ack_owed && this.state.mid_request() {
+            this.ack_owed = false;
+            quick_ack(this.stream.as_raw_fd());
         }
         let Some((deadline, mid_head)) = this.state.deadline(this.timeouts, cx) else {
             return Poll::Pending;
@@ -295,6 +323,22 @@ fn unacked(fd: i32) -> usize {
         n.max(0) as usize
     } else {
         0
+    }
+}
+
+/// Sends a pending delayed ACK now (TCP_QUICKACK is not sticky, so it is asked
+/// for at each wait).
+fn quick_ack(fd: i32) {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads one c_int from a live local.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 

@@ -238,8 +238,8 @@ pub fn run(
             let io = WatchedStream::new(stream, state.clone(), limits.timeouts);
             let engine = engine.clone();
             let log = log.clone();
-            let svc = service_fn(move |req| {
-                let busy = state.begin_request();
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let busy = state.begin_request(!req.body().is_end_stream());
                 let resp = handle(engine.clone(), log.clone(), limits, peer, local, req);
                 async move { Ok::<_, Infallible>(resp.await.map(|body| ConnBody { body, _busy: busy })) }
             });
