@@ -145,9 +145,11 @@ root = "{WWW}"
     return s
 
 
-def start_php_fpm(tmp, children, name="php-fpm"):
+def start_php_fpm(tmp, children, name="php-fpm", tcp=False):
+    """A static pool on a Unix socket (Debian's default), or on TCP; `s.sock` is
+    the address for fe-php's fpm_socket."""
     s = Server(name, tmp)
-    sock = os.path.join(tmp, f"{name}.sock")
+    sock = f"{s.addr}:{s.port}" if tcp else os.path.join(tmp, f"{name}.sock")
     conf = write(os.path.join(tmp, f"{name}.conf"), f"""
 [global]
 error_log = {tmp}/{name}-error.log
@@ -160,15 +162,20 @@ pm = static
 pm.max_children = {children}
 """)
     s.spawn(["/usr/sbin/php-fpm8.2", "-F", "-R", "-y", conf])
-    deadline = time.time() + 10
-    while not os.path.exists(sock) and time.time() < deadline:
-        time.sleep(0.05)
+    if tcp:
+        s.wait()
+    else:
+        deadline = time.time() + 10
+        while not os.path.exists(sock) and time.time() < deadline:
+            time.sleep(0.05)
     s.sock = sock
     return s
 
 
-def start_nginx(tmp, fpm_sock=None, keepalive=2):
-    s = Server("nginx" if not fpm_sock else "nginx+php-fpm", tmp)
+def start_nginx(tmp, fpm_sock=None, keepalive=2, name=None):
+    """nginx, or nginx + php-fpm at `fpm_sock` (a Unix socket path or host:port);
+    keepalive=0 is nginx's default: a new php-fpm connection per request."""
+    s = Server(name or ("nginx" if not fpm_sock else "nginx+php-fpm"), tmp)
     d = tempfile.mkdtemp(dir=tmp)
     php = ""
     if fpm_sock:
@@ -181,9 +188,11 @@ def start_nginx(tmp, fpm_sock=None, keepalive=2):
             fastcgi_index index.php;
             include /etc/nginx/fastcgi.conf;
             fastcgi_pass php;
-            fastcgi_keep_conn on;
+            {"fastcgi_keep_conn on;" if keepalive else ""}
         }}"""
-    upstream = f"upstream php {{ server unix:{fpm_sock}; keepalive {keepalive}; }}" if fpm_sock else ""
+    target = fpm_sock if ":" in (fpm_sock or "") else f"unix:{fpm_sock}"
+    pooled = f"keepalive {keepalive};" if keepalive else ""
+    upstream = f"upstream php {{ server {target}; {pooled} }}" if fpm_sock else ""
     conf = write(os.path.join(d, "nginx.conf"), f"""
 worker_processes {CORES};
 daemon off;
@@ -323,19 +332,24 @@ def wrk(url, seconds, connections, close=False):
 
 
 PHP_SERVERS = ["fe-php", "fe-php-fastcgi", "nginx+fephp", "nginx+php-fpm", "apache+mod_php"]
+# php-fpm over TCP: nginx as it ships (a connection per request) and with kept-alive
+# connections (fastcgi_keep_conn, which meets php-fpm's Nagle: the 40 ms stall).
+TCP_SERVERS = ["fe-php-fastcgi-tcp", "nginx+php-fpm-tcp", "nginx+php-fpm-tcp-ka"]
 STATIC_SERVERS = ["fe-php", "nginx+fephp", "nginx"]
 SCENARIOS = {
     # name: (path, servers); fe-php variants are compared with the peers after them.
     "hello": ("/hello.php", PHP_SERVERS),
     "json": ("/json.php", PHP_SERVERS),
     "page": ("/page.php", PHP_SERVERS),
+    "page-tcp": ("/page.php", TCP_SERVERS),
     "static-1k": ("/1k.txt", STATIC_SERVERS),
     "static-100k": ("/100k.bin", STATIC_SERVERS),
     "static-10m": ("/10m.bin", STATIC_SERVERS),
 }
 # Who each fe-php variant is measured against.
 PEERS = {"hello": ["nginx+php-fpm", "apache+mod_php"], "json": ["nginx+php-fpm", "apache+mod_php"],
-         "page": ["nginx+php-fpm", "apache+mod_php"], "static-1k": ["nginx"], "static-100k": ["nginx"],
+         "page": ["nginx+php-fpm", "apache+mod_php"],
+         "page-tcp": ["nginx+php-fpm-tcp", "nginx+php-fpm-tcp-ka"], "static-1k": ["nginx"], "static-100k": ["nginx"],
          "static-10m": ["nginx"]}
 
 
@@ -426,6 +440,17 @@ def main():
         servers["nginx+php-fpm"] = start_nginx(tmp, fpm.sock, keepalive=CORES)
         servers["nginx+php-fpm"].procs.insert(0, fpm.procs[0])
         servers["nginx"] = start_nginx(tmp)
+        if "page-tcp" in scenarios:
+            fpm_tcp = start_php_fpm(tmp, args.fpm_children, "php-fpm-tcp", tcp=True)
+            fpm_tcp2 = start_php_fpm(tmp, args.fpm_children, "php-fpm-tcp-2", tcp=True)
+            servers["fe-php-fastcgi-tcp"] = start_fe_php(tmp, "fe-php-fastcgi-tcp", "fastcgi", fpm_tcp.sock,
+                                                         max(1, args.fpm_children // CORES))
+            servers["fe-php-fastcgi-tcp"].procs.insert(0, fpm_tcp.procs[0])
+            # The two nginx variants take turns on one pool.
+            servers["nginx+php-fpm-tcp"] = start_nginx(tmp, fpm_tcp2.sock, keepalive=0, name="nginx+php-fpm-tcp")
+            servers["nginx+php-fpm-tcp"].procs.insert(0, fpm_tcp2.procs[0])
+            servers["nginx+php-fpm-tcp-ka"] = start_nginx(tmp, fpm_tcp2.sock, keepalive=CORES,
+                                                          name="nginx+php-fpm-tcp-ka")
         if os.path.exists("/usr/lib/apache2/modules/libphp8.2.so"):
             servers["apache+mod_php"] = start_apache(tmp)
         results = {}
@@ -446,8 +471,9 @@ def main():
             s.stop()
         if "fpm" in locals():
             fpm.stop()
-        if "fpm2" in locals():
-            fpm2.stop()
+        for extra in ("fpm2", "fpm_tcp", "fpm_tcp2"):
+            if extra in locals():
+                locals()[extra].stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
