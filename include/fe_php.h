@@ -70,6 +70,29 @@ typedef uint32_t fephp_body_kind;
 #endif // __cplusplus
 
 /**
+ * Severity of a log record; a callback receives records up to the level it
+ * asked for (`FEPHP_LOG_LEVEL_WARN` includes errors).
+ */
+enum fephp_log_level
+#ifdef __cplusplus
+  : uint32_t
+#endif // __cplusplus
+ {
+  /**
+   * Nothing: used to stop delivery.
+   */
+  FEPHP_LOG_LEVEL_OFF = 0,
+  FEPHP_LOG_LEVEL_ERROR = 1,
+  FEPHP_LOG_LEVEL_WARN = 2,
+  FEPHP_LOG_LEVEL_INFO = 3,
+  FEPHP_LOG_LEVEL_DEBUG = 4,
+  FEPHP_LOG_LEVEL_TRACE = 5,
+};
+#ifndef __cplusplus
+typedef uint32_t fephp_log_level;
+#endif // __cplusplus
+
+/**
  * Result codes. 0 is success; errors have their own range (7000…).
  */
 enum fephp_result
@@ -266,6 +289,35 @@ typedef void (*fephp_response_cb)(void *userdata,
  * Called, from any thread, when a streamed body may have more data or has ended.
  */
 typedef void (*fephp_notify_cb)(void *userdata);
+
+/**
+ * One log line of the library, borrowed for the duration of the callback.
+ */
+typedef struct fephp_log_record {
+  fephp_log_level level;
+  /**
+   * Where it comes from: `php` (PHP's own messages and PHP-FPM's stderr),
+   * `fastcgi`, `proxy`, or a module path of the library such as
+   * `fe_php::engine`.
+   */
+  struct fephp_str target;
+  /**
+   * The message, with any further fields appended as ` key=value`.
+   */
+  struct fephp_str message;
+  /**
+   * The request it belongs to (its target, e.g. `/index.php?a=1`); empty when
+   * it belongs to none.
+   */
+  struct fephp_str uri;
+} fephp_log_record;
+
+/**
+ * Receives one record. It runs on the thread that logged — a host thread in a
+ * C ABI call, a worker's PHP thread, or the library's I/O thread — so it must be
+ * thread-safe and must not call back into the engine; it should be quick.
+ */
+typedef void (*fephp_log_callback)(void *userdata, const struct fephp_log_record *record);
 
 #ifdef __cplusplus
 extern "C" {
@@ -582,6 +634,23 @@ fephp_result fephp_response_set_body_notify(struct fephp_response *response,
  * has gone). NULL is ignored.
  */
 void fephp_response_free(struct fephp_response *response);
+
+/**
+ * Sends every library log line up to `max_level` to `callback` (with
+ * `userdata` passed back untouched), from now on and in every thread of the
+ * process, including those started later. `callback` NULL (or `max_level`
+ * `FEPHP_LOG_LEVEL_OFF`) stops delivery; once this returns, the previous
+ * callback is not running and will not be called again, so its `userdata` may
+ * be freed. Call it before `fephp_init` to also receive the configuration's
+ * messages; after a fork the child keeps the setting.
+ *
+ * The library installs a process-wide `tracing` subscriber on the first call:
+ * a Rust host that installed its own gets `FEPHP_RESULT_INVALID_ARGUMENT` and
+ * keeps receiving events through that one.
+ */
+fephp_result fephp_log_set_callback(fephp_log_callback callback,
+                                    void *userdata,
+                                    uint32_t max_level);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -123,6 +123,7 @@ static char *ngx_http_fephp_config(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_http_fephp(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_fephp_init_process(ngx_cycle_t *cycle);
 static void ngx_http_fephp_exit_process(ngx_cycle_t *cycle);
+static void ngx_http_fephp_log(void *userdata, const fephp_log_record *rec);
 
 
 static ngx_command_t  ngx_http_fephp_commands[] = {
@@ -1701,6 +1702,20 @@ ngx_http_fephp_config(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
      * hooks such as init_module could only exit.
      */
 
+    /*
+     * The library logs PHP's messages, PHP-FPM's stderr and its own errors
+     * through this callback into nginx's error_log (there is no other reader
+     * of them inside nginx).
+     */
+
+    rc = fephp_log_set_callback(ngx_http_fephp_log, NULL,
+                                FEPHP_LOG_LEVEL_INFO);
+    if (rc != FEPHP_RESULT_OK) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "fephp: library log lines will not reach the "
+                           "error log (fephp_log_set_callback: %uD)", rc);
+    }
+
     engine = NULL;
 
     rc = fephp_init((const char *) fmcf->config.data, NULL, &engine);
@@ -1784,6 +1799,59 @@ ngx_http_fephp(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * A library log line, on whichever thread logged it (the event loop, a PHP
+ * thread or the library's I/O thread): only the cycle's log is used, never a
+ * request's, whose handler reads request state the event loop may be changing.
+ * PHP's warnings and errors go out at "error", as nginx logs what php-fpm
+ * sends on stderr, so users of nginx + php-fpm find them where they expect.
+ */
+
+static void
+ngx_http_fephp_log(void *userdata, const fephp_log_record *rec)
+{
+    ngx_str_t   target, message, uri;
+    ngx_uint_t  level;
+
+    switch (rec->level) {
+    case FEPHP_LOG_LEVEL_ERROR:
+        level = NGX_LOG_ERR;
+        break;
+    case FEPHP_LOG_LEVEL_WARN:
+        level = NGX_LOG_WARN;
+        break;
+    case FEPHP_LOG_LEVEL_INFO:
+        level = NGX_LOG_INFO;
+        break;
+    default:
+        level = NGX_LOG_DEBUG;
+    }
+
+    target.len = rec->target.len;
+    target.data = (u_char *) rec->target.ptr;
+    message.len = rec->message.len;
+    message.data = (u_char *) rec->message.ptr;
+    uri.len = rec->uri.len;
+    uri.data = (u_char *) rec->uri.ptr;
+
+    if (level == NGX_LOG_WARN && target.len == 3
+        && ngx_strncmp(target.data, "php", 3) == 0)
+    {
+        level = NGX_LOG_ERR;
+    }
+
+    if (uri.len) {
+        ngx_log_error(level, ngx_cycle->log, 0,
+                      "fe-php %V: %V, request: \"%V\"",
+                      &target, &message, &uri);
+
+    } else {
+        ngx_log_error(level, ngx_cycle->log, 0, "fe-php %V: %V",
+                      &target, &message);
+    }
 }
 
 

@@ -74,11 +74,21 @@ if [ -e "$LIBPHP" ]; then
 fi
 ok example-c
 
+# Log lines reach the host's callback: a FastCGI route to a closed port fails
+# with the library's error, which the demo prints to stderr.
+sed 's|^\[backend\]|[php]\nfpm_socket = "127.0.0.1:1"\n\n[backend]|' examples/c/demo.toml > "$LIB/demo-log.toml"
+printf '\n[[backend.routing_rules]]\npattern = { type = "exact", value = "/hello.php" }\nbackend = "fastcgi"\npriority = 90\n' >> "$LIB/demo-log.toml"
+examples/c/fephp_demo "$LIB/demo-log.toml" /hello.php > /dev/null 2> "$LIB/demo-c-log.txt" || true
+grep -q "^fe-php error fastcgi: cannot connect to PHP-FPM at 127.0.0.1:1.* | request: GET /hello.php" "$LIB/demo-c-log.txt"
+ok example-c-log
+
 if command -v go >/dev/null 2>&1; then
     (cd examples/go && go build -o ../../"$LIB"/fephp-go-demo .)
     "$LIB/fephp-go-demo" examples/c/demo.toml "${targets[@]}" > "$LIB/demo-go.txt"
     grep -q "== GET /css/site.css: 200" "$LIB/demo-go.txt"
     [ -e "$LIBPHP" ] && grep -q "Hello from PHP" "$LIB/demo-go.txt"
+    "$LIB/fephp-go-demo" "$LIB/demo-log.toml" /hello.php > /dev/null 2> "$LIB/demo-go-log.txt" || true
+    grep -q "^fe-php error fastcgi: cannot connect to PHP-FPM at 127.0.0.1:1.* | request: GET /hello.php" "$LIB/demo-go-log.txt"
     ok example-go
 else
     echo "go is not installed: examples/go skipped (make deps installs golang-go)"

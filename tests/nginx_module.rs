@@ -13,6 +13,7 @@ use common::peers::{FpmListen, PhpFpm};
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -131,6 +132,13 @@ struct Opts {
     fpm: Option<String>,
     /// An HTTP upstream for a `/up/` proxy rule.
     proxy: Option<String>,
+    /// Route `/fpm/` to `fpm` from the start.
+    fastcgi_rule: bool,
+    /// Leave `[php.ini] error_log` unset: PHP then hands its messages to the
+    /// SAPI, which logs them through the library.
+    php_log_to_sapi: bool,
+    /// Workers as `nobody` instead of root (the test dir is opened to them).
+    unprivileged: bool,
 }
 
 impl Default for Opts {
@@ -140,6 +148,9 @@ impl Default for Opts {
             listen_extra: "",
             fpm: None,
             proxy: None,
+            fastcgi_rule: false,
+            php_log_to_sapi: false,
+            unprivileged: false,
         }
     }
 }
@@ -169,7 +180,14 @@ fn write_setup(dir: &Path, opts: &Opts) -> u16 {
         std::fs::write(path, body).unwrap();
     }
     std::fs::create_dir_all(dir.join("client_body")).unwrap();
-    let mut text = toml(dir, "/_health", opts.fpm.as_deref(), false);
+    let mut text = toml(dir, "/_health", opts.fpm.as_deref(), opts.fastcgi_rule);
+    if opts.php_log_to_sapi {
+        text = text
+            .lines()
+            .filter(|l| !l.starts_with("error_log"))
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
     if let Some(up) = &opts.proxy {
         let proxy = format!("\n[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"/up/\" }}\nbackend = \"proxy\"\n\n[backend.proxy]\nupstream = \"{up}\"\n");
         text = text.replacen("\n[php]\n", &format!("{proxy}\n[php]\n"), 1);
@@ -178,7 +196,11 @@ fn write_setup(dir: &Path, opts: &Opts) -> u16 {
     let port = free_port();
     // Workers of a root master would drop to `nobody`, which cannot use the 0700
     // temp dir.
-    let user = if unsafe { libc::geteuid() } == 0 {
+    let root = unsafe { libc::geteuid() } == 0;
+    let user = if root && opts.unprivileged {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        "user nobody nogroup;"
+    } else if root {
         "user root;"
     } else {
         ""
@@ -989,6 +1011,100 @@ fn opcache_is_shared_by_nginx_workers() {
         }
         assert!(Instant::now() < deadline, "never reached the second worker");
     }
+    n.assert_clean_log();
+}
+
+/// Inside nginx nothing but the module's log callback receives the library's
+/// log lines: PHP's errors and warnings, PHP-FPM's stderr and the library's own
+/// errors land in nginx's error_log, with the request they belong to.
+#[test]
+fn library_log_lines_reach_nginx_error_log() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED library_log_lines_reach_nginx_error_log: needs root to make a script its workers cannot read");
+        return;
+    }
+    let fpm_root = tempfile::tempdir().unwrap();
+    let fpm = PhpFpm::start(fpm_root.path(), FpmListen::Tcp);
+    let n = ModNginx::start(Opts {
+        fpm: Some(fpm.address().to_owned()),
+        fastcgi_rule: true,
+        php_log_to_sapi: true,
+        unprivileged: true,
+        ..Opts::default()
+    });
+    let www = n.dir().join("www");
+    std::fs::write(
+        www.join("warn.php"),
+        "<?php echo $warn_marker_variable; echo 'ok';",
+    )
+    .unwrap();
+    std::fs::write(www.join("secret.php"), "<?php echo 'never';").unwrap();
+    std::fs::set_permissions(
+        www.join("secret.php"),
+        std::fs::Permissions::from_mode(0o000),
+    )
+    .unwrap();
+    // php-fpm runs the file the engine names, in the engine's document root.
+    std::fs::write(
+        www.join("fpm/stderr.php"),
+        "<?php error_log('fpm-stderr-marker'); echo 'ok';",
+    )
+    .unwrap();
+
+    assert_eq!(get(&n.url("/fatal.php")).status, 500);
+    let r = get(&n.url("/warn.php"));
+    assert_eq!(r.text(), "ok", "{} {}", r.status, n.log());
+    assert_eq!(get(&n.url("/fpm/stderr.php")).text(), "ok");
+    let r = get(&n.url("/secret.php"));
+    assert!(r.status >= 400, "{} {}", r.status, r.text());
+
+    let expect = [
+        (
+            "[error]",
+            "fe-php php:",
+            "undefined_function_xyz",
+            "/fatal.php",
+        ),
+        (
+            "[error]",
+            "fe-php php:",
+            "$warn_marker_variable",
+            "/warn.php",
+        ),
+        (
+            "[error]",
+            "fe-php php:",
+            "fpm-stderr-marker",
+            "/fpm/stderr.php",
+        ),
+        ("[error]", "fe-php php:", "secret.php", "/secret.php"),
+    ];
+    // One record per log entry (PHP's messages may span lines).
+    let found = |log: &str, (level, who, what, uri): &(&str, &str, &str, &str)| {
+        let mut records: Vec<String> = Vec::new();
+        for line in log.lines() {
+            match records.last_mut() {
+                Some(r) if !line.starts_with("20") => {
+                    r.push('\n');
+                    r.push_str(line);
+                }
+                _ => records.push(line.to_owned()),
+            }
+        }
+        records.iter().any(|r| {
+            r.contains(level)
+                && r.contains(who)
+                && r.contains(what)
+                && r.ends_with(&format!("request: \"GET {uri}\""))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !expect.iter().all(|e| found(&n.log(), e)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = n.log();
+    let missing: Vec<_> = expect.iter().filter(|e| !found(&log, e)).collect();
+    assert!(missing.is_empty(), "missing {missing:?} in:\n{log}");
     n.assert_clean_log();
 }
 

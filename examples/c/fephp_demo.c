@@ -24,6 +24,17 @@ static void print_error(const char *what)
     fprintf(stderr, "%s: %s\n", what, msg);
 }
 
+/* The library's log lines (PHP's errors and warnings, PHP-FPM's stderr, backend
+ * failures): any thread may call this, so it only writes one line to stderr. */
+static void log_line(void *userdata, const fephp_log_record *rec)
+{
+    static const char *levels[] = {"off", "error", "warn", "info", "debug", "trace"};
+    (void) userdata;
+    fprintf(stderr, "fe-php %s %.*s: %.*s%s%.*s\n", rec->level <= 5 ? levels[rec->level] : "?",
+            (int) rec->target.len, rec->target.ptr, (int) rec->message.len, rec->message.ptr,
+            rec->uri.len ? " | request: " : "", (int) rec->uri.len, rec->uri.ptr);
+}
+
 /* Runs GET `target` and prints the status line, headers and body. */
 static int run(const fephp_engine *engine, const char *target)
 {
@@ -82,6 +93,11 @@ int main(int argc, char **argv)
         return 2;
     }
     printf("libfe_php %s (header %s)\n", fephp_version(), FEPHP_VERSION);
+
+    /* Before fephp_init, so the configuration's own warnings arrive too. */
+    if (fephp_log_set_callback(log_line, NULL, FEPHP_LOG_LEVEL_INFO) != FEPHP_RESULT_OK) {
+        print_error("fephp_log_set_callback");
+    }
 
     const fephp_engine *engine = NULL;
     if (fephp_init(argv[1], NULL, &engine) != FEPHP_RESULT_OK) {

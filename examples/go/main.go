@@ -12,6 +12,12 @@ package main
 #cgo LDFLAGS: -L${SRCDIR}/../../target/debug -Wl,-rpath,${SRCDIR}/../../target/debug -lfe_php
 #include <stdlib.h>
 #include "fe_php.h"
+
+// goLogLine is exported from log.go; C sees the record as const.
+extern void goLogLine(void *userdata, fephp_log_record *record);
+static fephp_result set_log_callback(void) {
+	return fephp_log_set_callback((fephp_log_callback) goLogLine, NULL, FEPHP_LOG_LEVEL_INFO);
+}
 */
 import "C"
 
@@ -105,6 +111,10 @@ func main() {
 		os.Exit(2)
 	}
 	fmt.Printf("libfe_php %s\n", C.GoString(C.fephp_version()))
+	// Before fephp_init, so the configuration's own warnings arrive too.
+	if C.set_log_callback() != C.FEPHP_RESULT_OK {
+		fmt.Fprintln(os.Stderr, "fephp_log_set_callback:", lastError())
+	}
 	path := C.CString(os.Args[1])
 	defer C.free(unsafe.Pointer(path))
 	var engine *C.fephp_engine

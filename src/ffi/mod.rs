@@ -1243,5 +1243,8 @@ pub unsafe extern "C" fn fephp_response_free(response: *mut fephp_response) {
     guard_value((), || drop(Box::from_raw(response as *mut ResponseHandle)));
 }
 
+mod log;
+pub use log::*;
+
 #[cfg(test)]
 mod tests;
