@@ -35,13 +35,16 @@ test: deps lint test-rust test-c test-fuzz
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) clippy --all-targets --features internals -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features fe-php/internals -- -D warnings
+	scripts/check-host-boundary.sh
 
 # tests/nginx_module.rs loads the module into a real nginx.
+# fe-php-host (its own crate) is built first: the integration tests start it.
 test-rust: nginx-module
 	@mkdir -p target
-	set -o pipefail; $(CARGO) test 2>&1 | tee target/test-rust.log
+	$(CARGO) build -p fe-php-host
+	set -o pipefail; $(CARGO) test --workspace --features fe-php/internals 2>&1 | tee target/test-rust.log
 
 # The C ABI from C and Go: header as C99/C++, tests/c/abi_test.c under valgrind
 # and AddressSanitizer, make install + pkg-config, examples/c and examples/go.
@@ -52,12 +55,12 @@ test-c:
 ## The nginx dynamic module: target/nginx-module/ngx_http_fephp_module.so, built
 ## against Debian's nginx-dev like Debian's nginx (--with-compat, conf_flags).
 nginx-module:
-	$(CARGO) build --lib
+	$(CARGO) build -p fe-php --lib
 	scripts/build-nginx-module.sh
 
 ## Regenerate include/fe_php.h from src/ffi (commit the result).
 header:
-	FEPHP_UPDATE_HEADER=1 $(CARGO) build --lib
+	FEPHP_UPDATE_HEADER=1 $(CARGO) build -p fe-php --lib
 
 ## Side-by-side: fe-php-host (embedded, FastCGI), nginx + fe-php module, nginx,
 ## nginx + php-fpm and Apache + mod_php, every scenario and load shape (~12 min);

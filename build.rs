@@ -25,7 +25,7 @@ fn main() {
 }
 
 fn generate_header(dir: &Path, out: &Path) {
-    println!("cargo:rerun-if-changed=src/ffi/mod.rs");
+    println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=FEPHP_UPDATE_HEADER");
     let config =

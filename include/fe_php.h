@@ -296,9 +296,9 @@ typedef void (*fephp_notify_cb)(void *userdata);
 typedef struct fephp_log_record {
   fephp_log_level level;
   /**
-   * Where it comes from: `php` (PHP's own messages and PHP-FPM's stderr),
-   * `fastcgi`, `proxy`, or a module path of the library such as
-   * `fe_php::engine`.
+   * What it is about: `php` (PHP's own messages and PHP-FPM's stderr), a
+   * backend (`embedded`, `fastcgi`, `proxy`, `static_files`) or another part
+   * of the library (`engine`, `config`, …).
    */
   struct fephp_str target;
   /**

@@ -18,7 +18,7 @@ CFLAGS="-std=c99 -Wall -Wextra -Werror -O1 -g"
 LIBPHP=/usr/lib/libphp.so
 ok() { echo "c $1 test: ok"; }
 
-cargo build --lib --quiet
+cargo build -p fe-php --lib --quiet
 major=$(sed -n 's/^version = "\([0-9]*\)\..*/\1/p' Cargo.toml | head -1)
 ln -sf libfe_php.so "$LIB/libfe_php.so.$major"
 

@@ -133,10 +133,12 @@ impl Pairs {
             .push((name_at, name_len, value_at, self.buf.len() - value_at));
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn len(&self) -> usize {
         self.spans.len()
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
     }
@@ -148,6 +150,7 @@ impl Pairs {
             .map(|&(n, nl, v, vl)| (&self.buf[n..n + nl], &self.buf[v..v + vl]))
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     /// The first value named `name`.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.iter()

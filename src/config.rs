@@ -357,6 +357,7 @@ pub struct RoutingRule {
 }
 
 impl RoutingRule {
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     /// A rule sending `pattern` to one backend.
     pub fn new(kind: PatternKind, value: &str, backend: &str, priority: i32) -> RoutingRule {
         RoutingRule {

@@ -59,6 +59,7 @@ pub struct Engine {
 }
 
 impl Engine {
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     /// Validates `config`, builds the router and backends, and (when the embedded
     /// backend is available) starts PHP in this process. The engine gets metrics
     /// of its own.
@@ -151,6 +152,7 @@ impl Engine {
         &self.validated.config
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
@@ -164,6 +166,7 @@ impl Engine {
         self.validated.availability(kind)
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     /// The PHP version the embedded backend runs, when it is available.
     pub fn php_version(&self) -> Option<String> {
         self.embedded.as_ref().map(|e| e.php_version())
@@ -206,6 +209,7 @@ impl Engine {
         !mp.is_empty() && raw_path == mp
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     /// Runs a request and waits for its response head.
     pub fn handle(&self, req: &Request<'_>) -> Response {
         self.handle_metered(req).0
@@ -225,6 +229,7 @@ impl Engine {
             .unwrap_or_else(|_| (Response::error(500, None), None))
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     /// Runs a request; `complete` gets the response exactly once — before this
     /// returns for static files, health and errors, later (from the PHP or FastCGI
     /// thread) for PHP, and for health when PHP-FPM is probed.

@@ -23,6 +23,7 @@ pub struct Request<'a> {
 }
 
 impl<'a> Request<'a> {
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     /// A GET request for `target` with no headers: for tests and probes.
     pub fn get(target: &'a str) -> Request<'a> {
         Request {
@@ -86,6 +87,7 @@ impl Body {
         }
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn is_empty(&self) -> bool {
         self.len() == Some(0)
     }
@@ -118,6 +120,7 @@ impl Response {
         self.headers.push((name.to_owned(), value.into()));
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     /// First value of a header, by case-insensitive name.
     pub fn get_header(&self, name: &str) -> Option<&[u8]> {
         self.headers

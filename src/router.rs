@@ -116,6 +116,7 @@ impl Router {
         }
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn default_backend(&self) -> BackendKind {
         self.default
     }

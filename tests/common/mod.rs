@@ -14,7 +14,9 @@ pub mod peers;
 pub mod proc;
 pub mod upstream;
 
-pub const HOST_BIN: &str = env!("CARGO_BIN_EXE_fe-php-host");
+/// fe-php-host is a crate of its own (host/) in this workspace: `make test` (or
+/// `cargo build -p fe-php-host`) builds it next to the tests.
+pub const HOST_BIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/debug/fe-php-host");
 
 /// A free loopback port (bound then released; the race is acceptable in tests).
 pub fn free_port() -> u16 {
@@ -55,6 +57,10 @@ impl Host {
             .replace("{dir}", dir.path().to_str().unwrap());
         let config = dir.path().join("fe-php.toml");
         std::fs::write(&config, text).unwrap();
+        assert!(
+            Path::new(HOST_BIN).is_file(),
+            "{HOST_BIN} is missing: build it first (cargo build -p fe-php-host; make test does)"
+        );
         let mut cmd = Command::new(HOST_BIN);
         cmd.arg("--config")
             .arg(&config)

@@ -176,6 +176,7 @@ impl Embedded {
         Err("the embedded backend is not built into this library (PHP headers were missing at build time)".to_owned())
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     /// "8.2.36".
     pub fn php_version(&self) -> String {
         #[cfg(fephp_embedded)]

@@ -25,6 +25,8 @@ pub const SAPI_NAME: &str = "fpm-fcgi";
 pub struct Runtime {
     pub shim: SapiShim,
     pub libphp_path: PathBuf,
+    /// Read by tests and benchmarks (`Engine::php_version`).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub php_version: String,
     /// The `[php.ini]` lines PHP started with.
     pub ini: String,

@@ -102,7 +102,8 @@ impl Failure {
 
     /// The exchange failed after the request went out (or while it did).
     pub fn exchange(e: hyper::Error, up: &UpstreamAddress) -> Failure {
-        if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+        // is_parse covers heads too large as well.
+        if e.is_parse() || e.is_parse_status() {
             return Failure::new(
                 502,
                 "The upstream server sent an invalid response.",

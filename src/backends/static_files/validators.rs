@@ -116,6 +116,7 @@ impl ByteRange {
         self.last - self.first + 1
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn is_empty(&self) -> bool {
         false
     }

@@ -99,6 +99,30 @@ pub fn raise_open_file_limit(connections: usize) {
     }
 }
 
+/// What to do when `e` says this worker or the system ran out of descriptors or
+/// memory; None for any other error (a peer that left before accept, …).
+fn exhaustion(e: &std::io::Error) -> Option<String> {
+    match e.raw_os_error()? {
+        libc::EMFILE => {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: lim is a valid out pointer.
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+            Some(format!(
+                "this worker has all of its {} file descriptors open (RLIMIT_NOFILE): raise the limit (ulimit -n, systemd LimitNOFILE=) or lower [server] max_connections",
+                lim.rlim_cur
+            ))
+        }
+        libc::ENFILE => {
+            Some("the system has run out of file descriptors (sysctl fs.file-max)".into())
+        }
+        libc::ENOMEM | libc::ENOBUFS => Some("the kernel is out of memory".into()),
+        _ => None,
+    }
+}
+
 /// Accepts failing because the worker (or the system) is out of descriptors or
 /// memory: warned about once per `ACCEPT_WARNING_EVERY`, with a count.
 #[derive(Default)]
@@ -113,7 +137,7 @@ struct AcceptStarvation {
 impl AcceptStarvation {
     /// True when `e` is a lack of resources (back off before accepting again).
     fn note(&mut self, e: &std::io::Error) -> bool {
-        let Some(why) = fe_php::backends::exhaustion(e) else {
+        let Some(why) = exhaustion(e) else {
             return false;
         };
         self.since_ok += 1;
