@@ -1,0 +1,382 @@
+//! The sections of the configuration file and their defaults: what the file may
+//! say. `deny_unknown_fields` everywhere, so a misspelt key is an error naming it.
+
+use super::{ConfigDuration, ConfigSize, IniValue};
+use std::collections::BTreeMap;
+use serde::Deserialize;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default `[php] libphp_path`.
+pub const DEFAULT_LIBPHP_PATH: &str = "/usr/lib/libphp.so";
+/// Default `[server] listen`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default `[php] fpm_max_connections` (per worker process).
+pub const DEFAULT_FPM_MAX_CONNECTIONS: usize = 8;
+/// Upper bound of `[php] fpm_max_connections`.
+pub const MAX_FPM_MAX_CONNECTIONS: usize = 1024;
+
+/// `[server]`: settings for hosts that own the socket (`fe-php-host`); an embedding
+/// server such as nginx ignores them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Worker processes; 0 means one per CPU core.
+    pub workers: usize,
+    pub listen: String,
+    /// Access log in combined log format: "-" (stdout), "off", or a file path.
+    pub access_log: String,
+    /// Longest time to receive a request's head, counted from its first byte (from
+    /// the connection's start for the first request); exceeded → 408 and close.
+    pub header_read_timeout: ConfigDuration,
+    /// Longest wait between two reads of a request body (nginx's
+    /// `client_body_timeout`); exceeded → 408 and close.
+    pub body_read_timeout: ConfigDuration,
+    /// How long an idle keep-alive connection waits for its next request.
+    pub keepalive_timeout: ConfigDuration,
+    /// Longest wait for a client to take more of a response (nginx's
+    /// `send_timeout`); exceeded → the connection closes, and a PHP script still
+    /// writing to it ends as when the client leaves.
+    pub send_timeout: ConfigDuration,
+    /// Largest request head (request line and headers); larger → 431.
+    pub max_header_size: ConfigSize,
+    /// Largest request body; larger → 413.
+    pub max_body_size: ConfigSize,
+    /// Connections one worker process serves at once; at the limit it stops accepting
+    /// and its listening socket's backlog holds new connections.
+    pub max_connections: usize,
+    /// User the worker processes run as: the master starts as root, binds the
+    /// socket, and workers drop to this user before serving. Unset: no change.
+    pub user: Option<String>,
+    /// Group of the workers; unset: the user's primary group. Needs `user`.
+    pub group: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            workers: 0,
+            listen: DEFAULT_LISTEN.to_owned(),
+            access_log: "-".to_owned(),
+            header_read_timeout: ConfigDuration(Duration::from_secs(10)),
+            body_read_timeout: ConfigDuration(Duration::from_secs(60)),
+            keepalive_timeout: ConfigDuration(Duration::from_secs(75)),
+            send_timeout: ConfigDuration(Duration::from_secs(60)),
+            max_header_size: ConfigSize(DEFAULT_MAX_HEADER_SIZE),
+            max_body_size: ConfigSize(DEFAULT_MAX_BODY_SIZE),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            user: None,
+            group: None,
+        }
+    }
+}
+
+/// Default `[server] max_header_size`: more than the largest header php-fpm takes
+/// (64 KiB, one FastCGI record), so any header PHP can receive gets through.
+pub const DEFAULT_MAX_HEADER_SIZE: u64 = 128 << 10;
+/// Accepted range of `[server] max_header_size`.
+pub const MAX_HEADER_SIZE_RANGE: std::ops::RangeInclusive<u64> = (1 << 10)..=(1 << 20);
+/// Default `[server] max_body_size` (bodies are held in memory before PHP runs).
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 64 << 20;
+/// Default `[server] max_connections` (per worker process).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Upper bound of `[server] max_connections`.
+pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
+
+/// `[backend]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    pub enable_hybrid: bool,
+    /// Backend for requests no rule matches. Unset: "embedded" in hybrid mode, the
+    /// selected PHP backend otherwise.
+    pub default_backend: Option<String>,
+    pub static_files: StaticFilesConfig,
+    pub routing_rules: Vec<RoutingRule>,
+    /// Path answered by the engine with the health JSON; "" disables it.
+    pub health_path: String,
+    /// Path answered by the engine with Prometheus metrics; "" disables it.
+    pub metrics_path: String,
+    /// `[backend.proxy]`: the HTTP upstreams of the `proxy` backend.
+    pub proxy: ProxyConfig,
+    /// `[backend.split]`: settings shared by the rules that split traffic.
+    pub split: SplitConfig,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            enable_hybrid: true,
+            default_backend: None,
+            static_files: StaticFilesConfig::default(),
+            routing_rules: Vec::new(),
+            health_path: "/_health".to_owned(),
+            metrics_path: "/_metrics".to_owned(),
+            proxy: ProxyConfig::default(),
+            split: SplitConfig::default(),
+        }
+    }
+}
+
+/// Default `[backend.proxy] max_connections` (per upstream, per worker process).
+pub const DEFAULT_PROXY_MAX_CONNECTIONS: usize = 256;
+/// Upper bound of `[backend.proxy] max_connections`.
+pub const MAX_PROXY_MAX_CONNECTIONS: usize = 65_536;
+/// Default `[backend.split] cookie`.
+pub const DEFAULT_SPLIT_COOKIE: &str = "fephp_arm";
+/// Largest weight of one split arm.
+pub const MAX_SPLIT_WEIGHT: u32 = 1_000_000;
+
+/// `[backend.proxy]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// One upstream server, "http://host:port".
+    pub upstream: Option<String>,
+    /// Several upstream servers, taken in turn (round-robin).
+    pub upstreams: Vec<String>,
+    /// How long connecting to an upstream may take; exceeded → 504.
+    pub connect_timeout: ConfigDuration,
+    /// Longest silence from an upstream: for the response head after the request
+    /// was sent, and between two reads of the body; exceeded → 504.
+    pub read_timeout: ConfigDuration,
+    /// Idle kept-alive connections are closed after this long; keep it below the
+    /// upstream's own keep-alive timeout.
+    pub idle_timeout: ConfigDuration,
+    /// Requests in flight to one upstream per worker process (each holds one
+    /// connection); also the most idle connections kept to it.
+    pub max_connections: usize,
+    /// Failures (connect errors, resets, timeouts) within `fail_timeout` that take
+    /// an upstream out of the rotation for `fail_timeout`; 0 never does.
+    pub max_fails: u32,
+    pub fail_timeout: ConfigDuration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            upstream: None,
+            upstreams: Vec::new(),
+            connect_timeout: ConfigDuration(Duration::from_secs(5)),
+            read_timeout: ConfigDuration(Duration::from_secs(60)),
+            idle_timeout: ConfigDuration(Duration::from_secs(4)),
+            max_connections: DEFAULT_PROXY_MAX_CONNECTIONS,
+            max_fails: 1,
+            fail_timeout: ConfigDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// The upstreams as written (`upstream` or `upstreams`).
+    pub fn upstream_list(&self) -> Vec<&str> {
+        match &self.upstream {
+            Some(u) => vec![u.as_str()],
+            None => self.upstreams.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// `[backend.split]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SplitConfig {
+    /// Cookie that keeps a client on its arm (rules with `sticky = "cookie"` that
+    /// name no cookie of their own).
+    pub cookie: String,
+    /// Response header naming the arm that answered; unset: none.
+    pub expose_header: Option<String>,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        SplitConfig {
+            cookie: DEFAULT_SPLIT_COOKIE.to_owned(),
+            expose_header: None,
+        }
+    }
+}
+
+/// One arm of `split = [{ backend = "embedded", weight = 90 }, …]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitArm {
+    pub backend: String,
+    pub weight: u32,
+}
+
+/// How a split rule keeps a client on its arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sticky {
+    /// A cookie names the arm; a client without a valid one is assigned by weight.
+    #[default]
+    Cookie,
+    /// A hash of the client's IP address picks the arm.
+    ClientAddr,
+    /// Every request is assigned by weight.
+    None,
+}
+
+/// `[backend.static_files]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StaticFilesConfig {
+    pub enable: bool,
+    pub root: PathBuf,
+    pub index_files: Vec<String>,
+}
+
+impl Default for StaticFilesConfig {
+    fn default() -> Self {
+        StaticFilesConfig {
+            enable: false,
+            root: PathBuf::new(),
+            index_files: vec!["index.html".to_owned(), "index.htm".to_owned()],
+        }
+    }
+}
+
+/// `[[backend.routing_rules]]`: a pattern and either one `backend` or a `split`
+/// of traffic between several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingRule {
+    pub pattern: Pattern,
+    #[serde(default)]
+    pub backend: Option<String>,
+    #[serde(default)]
+    pub split: Option<Vec<SplitArm>>,
+    /// Split rules only: how a client stays on its arm (default: cookie).
+    #[serde(default)]
+    pub sticky: Option<Sticky>,
+    /// Split rules with `sticky = "cookie"`: the cookie's name (default:
+    /// `[backend.split] cookie`).
+    #[serde(default)]
+    pub cookie: Option<String>,
+    #[serde(default)]
+    pub priority: i32,
+}
+
+impl RoutingRule {
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    /// A rule sending `pattern` to one backend.
+    pub fn new(kind: PatternKind, value: &str, backend: &str, priority: i32) -> RoutingRule {
+        RoutingRule {
+            pattern: Pattern {
+                kind,
+                value: value.to_owned(),
+            },
+            backend: Some(backend.to_owned()),
+            split: None,
+            sticky: None,
+            cookie: None,
+            priority,
+        }
+    }
+
+    /// The backend `fephp_route` reports: the rule's backend, or for a split the
+    /// arm with the largest weight (the first of equal ones).
+    pub fn primary_backend(&self) -> Option<&str> {
+        match (&self.backend, &self.split) {
+            (Some(b), _) => Some(b),
+            (None, Some(arms)) => arms
+                .iter()
+                .rev()
+                .max_by_key(|a| a.weight)
+                .map(|a| a.backend.as_str()),
+            (None, None) => None,
+        }
+    }
+}
+
+/// `pattern = { type = "prefix", value = "/api/" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pattern {
+    #[serde(rename = "type")]
+    pub kind: PatternKind,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PatternKind {
+    Exact,
+    Prefix,
+    Suffix,
+    Regex,
+}
+
+impl fmt::Display for PatternKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PatternKind::Exact => "exact",
+            PatternKind::Prefix => "prefix",
+            PatternKind::Suffix => "suffix",
+            PatternKind::Regex => "regex",
+        })
+    }
+}
+
+impl Sticky {
+    pub fn name(self) -> &'static str {
+        match self {
+            Sticky::Cookie => "cookie",
+            Sticky::ClientAddr => "client_addr",
+            Sticky::None => "none",
+        }
+    }
+}
+
+/// `[php]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PhpConfig {
+    pub libphp_path: PathBuf,
+    /// "host:port", "[v6]:port", "/path.sock" or "unix:/path.sock"; "" = not configured.
+    pub fpm_socket: String,
+    /// Non-hybrid mode only: true selects FastCGI, false embedded.
+    pub use_fpm: bool,
+    /// Where PHP scripts live; defaults to the static root.
+    pub document_root: Option<PathBuf>,
+    /// Script that receives requests matching no file (e.g. "index.php").
+    pub front_controller: Option<String>,
+    /// Connections to PHP-FPM one worker process may hold (busy and idle together).
+    /// Keep `workers × fpm_max_connections` ≤ the pool's `pm.max_children`: an open
+    /// connection holds a php-fpm child even while idle.
+    pub fpm_max_connections: usize,
+    /// How long connecting to PHP-FPM may take.
+    pub fpm_connect_timeout: ConfigDuration,
+    /// Longest silence from PHP-FPM between two reads of a response.
+    pub fpm_read_timeout: ConfigDuration,
+    /// Longest wait for PHP-FPM to take more of the request.
+    pub fpm_send_timeout: ConfigDuration,
+    /// Idle pooled connections are closed after this long.
+    pub fpm_idle_timeout: ConfigDuration,
+    /// Health probe: request this path (e.g. php-fpm's `ping.path`) instead of
+    /// FCGI_GET_VALUES.
+    pub fpm_ping_path: Option<String>,
+    /// php.ini overrides.
+    pub ini: BTreeMap<String, IniValue>,
+}
+
+impl Default for PhpConfig {
+    fn default() -> Self {
+        PhpConfig {
+            libphp_path: PathBuf::from(DEFAULT_LIBPHP_PATH),
+            fpm_socket: String::new(),
+            use_fpm: false,
+            document_root: None,
+            front_controller: None,
+            fpm_max_connections: DEFAULT_FPM_MAX_CONNECTIONS,
+            fpm_connect_timeout: ConfigDuration(Duration::from_secs(5)),
+            fpm_read_timeout: ConfigDuration(Duration::from_secs(60)),
+            fpm_send_timeout: ConfigDuration(Duration::from_secs(60)),
+            fpm_idle_timeout: ConfigDuration(Duration::from_secs(30)),
+            fpm_ping_path: None,
+            ini: BTreeMap::new(),
+        }
+    }
+}

@@ -1,0 +1,639 @@
+use super::*;
+use std::time::Duration;
+
+const BUILT: Built = Built {
+    embedded: true,
+    fastcgi: true,
+};
+
+fn static_root() -> String {
+    env!("CARGO_MANIFEST_DIR").to_owned() + "/examples/public"
+}
+
+fn parse(text: &str) -> Config {
+    Config::from_toml(text).unwrap()
+}
+
+fn libphp_present() -> String {
+    // Any existing file stands in for libphp: validation only checks presence.
+    env!("CARGO_MANIFEST_DIR").to_owned() + "/Cargo.toml"
+}
+
+fn err(text: &str, built: Built) -> String {
+    parse(text).validate(built).unwrap_err().to_string()
+}
+
+#[test]
+fn parses_every_seed_key() {
+    let c = parse(&format!(
+        r#"
+        [server]
+        workers = 16
+        listen = "0.0.0.0:9090"
+        [backend]
+        enable_hybrid = true
+        default_backend = "static"
+        [backend.static_files]
+        enable = true
+        root = "{root}"
+        index_files = ["index.html"]
+        [[backend.routing_rules]]
+        pattern = {{ type = "exact", value = "/_health" }}
+        backend = "embedded"
+        priority = 100
+        [[backend.routing_rules]]
+        pattern = {{ type = "regex", value = "^/api/v\\d+/" }}
+        backend = "static"
+        [php]
+        libphp_path = "/nonexistent/libphp.so"
+        fpm_socket = "127.0.0.1:9000"
+        use_fpm = false
+        front_controller = "index.php"
+        [php.ini]
+        memory_limit = "256M"
+        display_errors = false
+        max_execution_time = 30
+        "#,
+        root = static_root()
+    ));
+    assert_eq!(c.server.workers, 16);
+    assert_eq!(c.server.listen, "0.0.0.0:9090");
+    assert_eq!(c.backend.default_backend.as_deref(), Some("static"));
+    assert_eq!(c.backend.static_files.index_files, ["index.html"]);
+    assert_eq!(c.backend.routing_rules.len(), 2);
+    assert_eq!(c.backend.routing_rules[0].priority, 100);
+    assert_eq!(c.backend.routing_rules[1].priority, 0);
+    assert_eq!(c.backend.routing_rules[1].pattern.kind, PatternKind::Regex);
+    assert_eq!(c.backend.routing_rules[1].pattern.value, "^/api/v\\d+/");
+    assert_eq!(c.php.ini["memory_limit"].to_string(), "256M");
+    assert_eq!(c.php.ini["display_errors"].to_string(), "0");
+    assert_eq!(c.php.ini["max_execution_time"].to_string(), "30");
+    assert_eq!(c.php.front_controller.as_deref(), Some("index.php"));
+}
+
+#[test]
+fn defaults() {
+    let c = parse("");
+    assert!(c.backend.enable_hybrid);
+    assert_eq!(c.server.listen, DEFAULT_LISTEN);
+    assert_eq!(c.php.libphp_path, PathBuf::from(DEFAULT_LIBPHP_PATH));
+    assert_eq!(c.static_index(), ["index.html", "index.htm"]);
+    assert_eq!(c.backend.health_path, "/_health");
+}
+
+impl Config {
+    fn static_index(&self) -> &[String] {
+        &self.backend.static_files.index_files
+    }
+}
+
+#[test]
+fn unknown_keys_and_wrong_types_name_key_and_line() {
+    let e = Config::from_toml("[server]\nworkers = 2\nlistn = \"x\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 3"), "{e}");
+    assert!(e.contains("unknown field `listn`"), "{e}");
+    let e = Config::from_toml("[server]\n\nworkers = \"two\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 3"), "{e}");
+    assert!(e.contains("invalid type"), "{e}");
+    let e = Config::from_toml("[[backend.routing_rules]]\npattern = { type = \"glob\", value = \"/\" }\nbackend = \"static\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("line 2") && e.contains("unknown variant `glob`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn full_hybrid_has_no_message() {
+    let v = parse(&format!(
+        "[php]\nlibphp_path = \"{}\"\nfpm_socket = \"127.0.0.1:9000\"\n",
+        libphp_present()
+    ))
+    .validate(BUILT)
+    .unwrap();
+    assert!(v.messages.is_empty(), "{:?}", v.messages);
+    assert!(v.embedded.is_available() && v.fastcgi.is_available());
+    assert_eq!(v.default_backend, BackendKind::Embedded);
+}
+
+#[test]
+fn fastcgi_static_only_mode_message() {
+    let v = parse(
+        "[backend]\ndefault_backend = \"fastcgi\"\n[php]\nlibphp_path = \"/usr/lib/nope/libphp.so\"\nfpm_socket = \"127.0.0.1:9000\"\n",
+    )
+    .validate(BUILT)
+    .unwrap();
+    assert_eq!(
+        v.messages,
+        ["[i] libphp.so not found at: /usr/lib/nope/libphp.so.\n    Embedded backend will not be available (FastCGI/Static only mode)"]
+    );
+    assert!(!v.embedded.is_available());
+    assert_eq!(v.default_backend, BackendKind::FastCgi);
+}
+
+#[test]
+fn embedded_static_only_mode_message() {
+    let v = parse(&format!(
+        "[php]\nlibphp_path = \"{}\"\nfpm_socket = \"\"\n",
+        libphp_present()
+    ))
+    .validate(BUILT)
+    .unwrap();
+    assert_eq!(
+        v.messages,
+        ["[i] fpm_socket not configured.\n    FastCGI backend will not be available (Embedded/Static only mode)"]
+    );
+    assert!(!v.fastcgi.is_available());
+}
+
+#[test]
+fn backends_not_built_yet_say_so() {
+    let v = parse(&format!(
+        "[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{}\"\n[php]\nlibphp_path = \"{}\"\nfpm_socket = \"127.0.0.1:9000\"\n",
+        static_root(),
+        libphp_present()
+    ))
+    .validate(Built { embedded: false, fastcgi: false })
+    .unwrap();
+    assert_eq!(v.messages.len(), 2);
+    assert!(v.messages[0].starts_with("[i] Embedded backend is not built yet"));
+    assert!(v.messages[0]
+        .ends_with("Embedded backend will not be available (FastCGI/Static only mode)"));
+    assert!(v.messages[1].starts_with("[i] FastCGI backend is not built yet"));
+}
+
+#[test]
+fn default_backend_not_registered() {
+    let e = err("[backend]\ndefault_backend = \"xxx\"\n", BUILT);
+    assert!(
+        e.starts_with("Default backend 'xxx' is not registered\n"),
+        "{e}"
+    );
+    let e = err(
+        "[php]\nfpm_socket = \"\"\n[backend]\ndefault_backend = \"fastcgi\"\n",
+        BUILT,
+    );
+    assert!(
+        e.contains("Default backend 'fastcgi' is not registered\n"),
+        "{e}"
+    );
+    assert!(e.contains("fpm_socket = \"127.0.0.1:9000\""), "{e}");
+    let e = err("[backend]\ndefault_backend = \"static\"\n", BUILT);
+    assert!(
+        e.contains("Default backend 'static' is not registered\n"),
+        "{e}"
+    );
+}
+
+#[test]
+fn non_hybrid_exclusivity() {
+    // use_fpm = true needs fpm_socket.
+    let e = err(
+        "[backend]\nenable_hybrid = false\n[php]\nuse_fpm = true\n",
+        BUILT,
+    );
+    assert!(
+        e.contains(
+            "[php] fpm_socket is required when enable_hybrid = false and use_fpm = true."
+        ),
+        "{e}"
+    );
+    // use_fpm = true with a socket: FastCGI only, default follows it.
+    let v = parse(&format!(
+        "[backend]\nenable_hybrid = false\n[php]\nuse_fpm = true\nfpm_socket = \"127.0.0.1:9000\"\nlibphp_path = \"{}\"\n",
+        libphp_present()
+    ))
+    .validate(BUILT)
+    .unwrap();
+    assert!(v.fastcgi.is_available() && !v.embedded.is_available());
+    assert_eq!(v.default_backend, BackendKind::FastCgi);
+    // use_fpm = false needs libphp.
+    let e = err(
+        "[backend]\nenable_hybrid = false\n[php]\nlibphp_path = \"/nope/libphp.so\"\n",
+        BUILT,
+    );
+    assert!(e.contains("libphp.so not found at: /nope/libphp.so (required when enable_hybrid = false and use_fpm = false)"), "{e}");
+    // use_fpm = false with libphp: embedded only, a fastcgi rule is refused.
+    let e = err(
+        &format!(
+            "[backend]\nenable_hybrid = false\n[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"/admin/\" }}\nbackend = \"fastcgi\"\n[php]\nlibphp_path = \"{}\"\nfpm_socket = \"127.0.0.1:9000\"\n",
+            libphp_present()
+        ),
+        BUILT,
+    );
+    assert!(e.contains("Routing rule #1 (prefix \"/admin/\") uses backend 'fastcgi', which is not registered."), "{e}");
+}
+
+#[test]
+fn rule_problems() {
+    let base = format!(
+        "[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{}\"\n",
+        static_root()
+    );
+    let e = err(&format!("{base}[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"/api/\" }}\nbackend = \"php\"\n"), BUILT);
+    assert!(
+        e.contains("Routing rule #1 (prefix \"/api/\") uses backend 'php', which is unknown."),
+        "{e}"
+    );
+    let e = err(&format!("{base}[[backend.routing_rules]]\npattern = {{ type = \"regex\", value = \"^/api/(v\\\\d+\" }}\nbackend = \"static\"\n"), BUILT);
+    assert!(
+        e.starts_with("Routing rule #1: invalid regex '^/api/(v\\d+': "),
+        "{e}"
+    );
+    assert!(e.contains("unclosed group"), "{e}");
+    let e = err(&format!("{base}[[backend.routing_rules]]\npattern = {{ type = \"exact\", value = \"api\" }}\nbackend = \"static\"\n"), BUILT);
+    assert!(e.contains("must start with '/'"), "{e}");
+}
+
+#[test]
+fn static_root_problems() {
+    let e = err(
+        "[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\n",
+        BUILT,
+    );
+    assert!(
+        e.contains("[backend.static_files] root is required when enable = true."),
+        "{e}"
+    );
+    let e = err("[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"/no/such/dir\"\n", BUILT);
+    assert!(
+        e.contains("root /no/such/dir is not a readable directory"),
+        "{e}"
+    );
+}
+
+#[test]
+fn fastcgi_keys_and_defaults() {
+    let php = parse("").php;
+    assert_eq!(php.fpm_max_connections, 8);
+    assert_eq!(php.fpm_connect_timeout.0, Duration::from_secs(5));
+    assert_eq!(php.fpm_read_timeout.0, Duration::from_secs(60));
+    assert_eq!(php.fpm_send_timeout.0, Duration::from_secs(60));
+    assert_eq!(php.fpm_idle_timeout.0, Duration::from_secs(30));
+    assert_eq!(php.fpm_ping_path, None);
+    let php = parse(
+        "[php]\nfpm_max_connections = 4\nfpm_connect_timeout = \"500ms\"\nfpm_read_timeout = \"2m\"\nfpm_send_timeout = \"10s\"\nfpm_idle_timeout = \"1s\"\nfpm_ping_path = \"/ping\"\n",
+    )
+    .php;
+    assert_eq!(php.fpm_max_connections, 4);
+    assert_eq!(php.fpm_connect_timeout.0, Duration::from_millis(500));
+    assert_eq!(php.fpm_read_timeout.0, Duration::from_secs(120));
+    assert_eq!(php.fpm_send_timeout.0, Duration::from_secs(10));
+    assert_eq!(php.fpm_idle_timeout.0, Duration::from_secs(1));
+    assert_eq!(php.fpm_ping_path.as_deref(), Some("/ping"));
+    assert_eq!(php.fpm_connect_timeout.to_string(), "500ms");
+    assert_eq!(php.fpm_read_timeout.to_string(), "120s");
+}
+
+#[test]
+fn durations_need_a_unit() {
+    let e = Config::from_toml("[php]\n\nfpm_read_timeout = 60\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 3"), "{e}");
+    assert!(e.contains("fpm_read_timeout = 60"), "{e}");
+    assert!(
+        e.contains("durations need a unit: write \"60s\" (or \"500ms\", \"2m\"), not 60"),
+        "{e}"
+    );
+    for (value, why) in [
+        ("\"5 sec\"", "invalid duration \"5 sec\": write a whole number with a unit, e.g. \"500ms\", \"5s\" or \"2m\""),
+        ("\"1.5s\"", "invalid duration \"1.5s\": write a whole number with a unit"),
+        ("\"s\"", "invalid duration \"s\": write a whole number"),
+        ("\"0s\"", "invalid duration \"0s\": it must be more than 0"),
+        ("\"1441m\"", "invalid duration \"1441m\": at most 24 hours (\"1440m\")"),
+        ("1.5", "durations need a unit: write e.g. \"500ms\" or \"5s\", not 1.5"),
+    ] {
+        let e = Config::from_toml(&format!("[php]\nfpm_connect_timeout = {value}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(why), "{value}: {e}");
+        assert!(e.contains("line 2"), "{value}: {e}");
+    }
+}
+
+#[test]
+fn fpm_socket_forms() {
+    for ok in [
+        "127.0.0.1:9000",
+        "[::1]:9000",
+        "localhost:9000",
+        "php-fpm_1.internal:9000",
+        "/run/php/php8.2-fpm.sock",
+        "unix:/run/php/php8.2-fpm.sock",
+    ] {
+        assert!(FpmAddress::parse(ok).is_ok(), "{ok}");
+    }
+    assert_eq!(
+        FpmAddress::parse("unix:/run/php/x.sock").unwrap(),
+        FpmAddress::Unix(PathBuf::from("/run/php/x.sock"))
+    );
+    assert_eq!(
+        FpmAddress::parse("[::1]:9000").unwrap(),
+        FpmAddress::Tcp("[::1]:9000".to_owned())
+    );
+    for (bad, why) in [
+        ("localhost", "a TCP address needs a port"),
+        ("[::1]", "a TCP address needs a port"),
+        ("::1:9000", "write an IPv6 address in brackets"),
+        ("[::1:9000", "an IPv6 address needs its closing ']'"),
+        ("[nope]:9000", "'nope' is not an IPv6 address"),
+        ("127.0.0.1:0", "'0' is not a port (1-65535)"),
+        ("127.0.0.1:99999", "'99999' is not a port (1-65535)"),
+        (":9000", "'' is not a host name or IP address"),
+        ("php fpm:9000", "'php fpm' is not a host name or IP address"),
+        ("unix:run/php.sock", "a Unix socket path must be absolute"),
+        (
+            "run/php/php8.2-fpm.sock",
+            "a Unix socket path must be absolute",
+        ),
+    ] {
+        assert_eq!(FpmAddress::parse(bad).unwrap_err(), why, "{bad}");
+    }
+    let e = err(
+        "[backend]\ndefault_backend = \"fastcgi\"\n[php]\nfpm_socket = \"localhost\"\n",
+        BUILT,
+    );
+    assert!(
+        e.contains("[php] fpm_socket \"localhost\" is not a PHP-FPM address: a TCP address needs a port.\n    Use \"127.0.0.1:9000\", \"[::1]:9000\", \"localhost:9000\", \"/run/php/php8.2-fpm.sock\" or \"unix:/run/php/php8.2-fpm.sock\"."),
+        "{e}"
+    );
+}
+
+#[test]
+fn fastcgi_limits_are_validated() {
+    let base =
+        "[backend]\ndefault_backend = \"fastcgi\"\n[php]\nfpm_socket = \"127.0.0.1:9000\"\n";
+    let e = err(&format!("{base}fpm_max_connections = 0\n"), BUILT);
+    assert!(
+        e.contains("[php] fpm_max_connections = 0 is out of range: use 1 to 1024.\n    It bounds the connections each worker process opens to PHP-FPM; keep workers × fpm_max_connections ≤ the pool's pm.max_children."),
+        "{e}"
+    );
+    let e = err(&format!("{base}fpm_max_connections = 5000\n"), BUILT);
+    assert!(
+        e.contains("fpm_max_connections = 5000 is out of range"),
+        "{e}"
+    );
+    let e = err(&format!("{base}fpm_ping_path = \"ping\"\n"), BUILT);
+    assert!(
+        e.contains("[php] fpm_ping_path 'ping' must be a path starting with '/' without spaces (e.g. \"/ping\", php-fpm's ping.path)."),
+        "{e}"
+    );
+    assert!(parse(&format!(
+        "{base}fpm_max_connections = 1\nfpm_ping_path = \"/ping\"\n"
+    ))
+    .validate(BUILT)
+    .is_ok());
+}
+
+#[test]
+fn server_limits_defaults_and_forms() {
+    let server = parse("").server;
+    assert_eq!(server.header_read_timeout.0, Duration::from_secs(10));
+    assert_eq!(server.body_read_timeout.0, Duration::from_secs(60));
+    assert_eq!(server.keepalive_timeout.0, Duration::from_secs(75));
+    assert_eq!(server.send_timeout.0, Duration::from_secs(60));
+    assert_eq!(server.max_header_size.0, 128 << 10);
+    assert_eq!(server.max_body_size.0, 64 << 20);
+    assert_eq!(server.max_connections, 10_000);
+    assert_eq!((server.user, server.group), (None, None));
+    let server = parse(
+        "[server]\nheader_read_timeout = \"500ms\"\nbody_read_timeout = \"2m\"\nkeepalive_timeout = \"5s\"\nsend_timeout = \"3s\"\nmax_header_size = \"8k\"\nmax_body_size = 1048576\nmax_connections = 3\nuser = \"www-data\"\ngroup = \"nogroup\"\n",
+    )
+    .server;
+    assert_eq!(server.header_read_timeout.0, Duration::from_millis(500));
+    assert_eq!(server.body_read_timeout.0, Duration::from_secs(120));
+    assert_eq!(server.keepalive_timeout.0, Duration::from_secs(5));
+    assert_eq!(server.send_timeout.0, Duration::from_secs(3));
+    assert_eq!(server.max_header_size.0, 8192);
+    assert_eq!(server.max_body_size.0, 1 << 20);
+    assert_eq!(server.max_connections, 3);
+    assert_eq!(server.user.as_deref(), Some("www-data"));
+    assert_eq!(server.group.as_deref(), Some("nogroup"));
+    for (text, bytes) in [
+        ("0", 0),
+        ("4096", 4096),
+        ("16K", 16 << 10),
+        ("64M", 64 << 20),
+        ("1G", 1 << 30),
+        ("3g", 3 << 30),
+    ] {
+        assert_eq!(ConfigSize::parse(text), Ok(ConfigSize(bytes)), "{text}");
+    }
+    assert_eq!(ConfigSize(64 << 20).to_string(), "\"64M\"");
+    assert_eq!(ConfigSize(1536).to_string(), "1536");
+    assert_eq!(ConfigSize(0).to_string(), "0");
+}
+
+#[test]
+fn sizes_are_bytes_or_have_a_binary_unit() {
+    for (value, why) in [
+        ("\"64 MB\"", "invalid size \"64 MB\": write a number of bytes or a whole number with K, M or G, e.g. \"16K\", \"64M\" or \"1G\""),
+        ("\"64MB\"", "invalid size \"64MB\": write a number of bytes"),
+        ("\"1.5M\"", "invalid size \"1.5M\": write a number of bytes"),
+        ("\"M\"", "invalid size \"M\": write a number of bytes"),
+        ("\"1T\"", "invalid size \"1T\": write a number of bytes"),
+        ("\"99999999999G\"", "invalid size \"99999999999G\": too large"),
+        ("-1", "invalid size -1: sizes cannot be negative"),
+        ("1.5", "invalid size 1.5: write a whole number of bytes or e.g. \"1536K\""),
+    ] {
+        let e = Config::from_toml(&format!("[server]\nmax_body_size = {value}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(why), "{value}: {e}");
+        assert!(e.contains("line 2"), "{value}: {e}");
+    }
+    let e = Config::from_toml("[server]\nkeepalive_timeout = 75\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("durations need a unit: write \"75s\" (or \"500ms\", \"2m\"), not 75"),
+        "{e}"
+    );
+}
+
+#[test]
+fn server_limits_are_validated() {
+    let base = format!(
+        "[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{}\"\n[server]\n",
+        static_root()
+    );
+    for (keys, want) in [
+        ("max_header_size = 512", "[server] max_header_size = 512 is out of range: use \"1K\" to \"1M\".\n    It bounds the request line and headers together; the default is \"128K\"."),
+        ("max_header_size = \"2M\"", "[server] max_header_size = \"2M\" is out of range: use \"1K\" to \"1M\"."),
+        ("max_body_size = 0", "[server] max_body_size = 0 is out of range: use at least 1 byte, e.g. \"64M\".\n    Bodies are held in memory before the backend runs, so there is no \"unlimited\"."),
+        ("max_connections = 0", "[server] max_connections = 0 is out of range: use 1 to 1000000.\n    It bounds the connections each worker process serves at once."),
+        ("max_connections = 1000001", "[server] max_connections = 1000001 is out of range"),
+        ("user = \"\"", "[server] user \"\" is not a user name.\n    Name an existing user, e.g. user = \"www-data\", or remove the key."),
+        ("user = \"www data\"", "[server] user \"www data\" is not a user name."),
+        ("user = \"a:b\"", "[server] user \"a:b\" is not a user name."),
+        ("user = \"www-data\"\ngroup = \"\\n\"", "[server] group \"\\n\" is not a group name."),
+        ("group = \"www-data\"", "[server] group is set without [server] user.\n    Workers change their group together with their user: add user = \"www-data\" (group defaults to the user's own)."),
+    ] {
+        let e = err(&format!("{base}{keys}\n"), BUILT);
+        assert!(e.contains(want), "{keys}: {e}");
+    }
+    let v = parse(&format!(
+        "{base}max_header_size = \"1K\"\nmax_body_size = 1\nmax_connections = 1\nuser = \"nobody\"\ngroup = \"nogroup\"\n"
+    ))
+    .validate(BUILT)
+    .unwrap();
+    assert_eq!(v.config.server.max_header_size.0, 1024);
+    assert!(parse(&format!(
+        "{base}max_header_size = \"1M\"\nmax_connections = 1000000\n"
+    ))
+    .validate(BUILT)
+    .is_ok());
+}
+
+#[test]
+fn proxy_keys_defaults_and_validation() {
+    let px = parse("").backend.proxy;
+    assert_eq!(px.upstream_list(), Vec::<&str>::new());
+    assert_eq!(px.connect_timeout.0, Duration::from_secs(5));
+    assert_eq!(px.read_timeout.0, Duration::from_secs(60));
+    assert_eq!(px.idle_timeout.0, Duration::from_secs(4));
+    assert_eq!(px.max_connections, 256);
+    assert_eq!(px.max_fails, 1);
+    assert_eq!(px.fail_timeout.0, Duration::from_secs(10));
+    let base = format!(
+        "[backend.static_files]\nenable = true\nroot = \"{}\"\n",
+        static_root()
+    );
+    // A rule naming proxy without an upstream is refused like the others.
+    let e = err(&format!("{base}[backend]\ndefault_backend = \"static\"\n[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"/api/\" }}\nbackend = \"proxy\"\n"), BUILT);
+    assert!(e.contains("Routing rule #1 (prefix \"/api/\") uses backend 'proxy', which is not registered.\n    To use it, set [backend.proxy] upstream = \"http://127.0.0.1:9001\" (the HTTP server to forward to); or route this rule to another backend."), "{e}");
+    let e = err(
+        &format!("{base}[backend]\ndefault_backend = \"proxy\"\n"),
+        BUILT,
+    );
+    assert!(e.contains("Default backend 'proxy' is not registered\n    To use it, set [backend.proxy] upstream"), "{e}");
+    let e = err(
+        &format!("{base}[backend]\ndefault_backend = \"php\"\n"),
+        BUILT,
+    );
+    assert!(
+        e.contains("Use default_backend = \"embedded\", \"fastcgi\", \"static\" or \"proxy\"."),
+        "{e}"
+    );
+
+    let ok = parse(&format!("{base}[backend]\ndefault_backend = \"proxy\"\n[backend.proxy]\nupstreams = [\"http://127.0.0.1:9001\", \"http://[::1]:9002/\", \"http://app.internal\"]\nconnect_timeout = \"1s\"\nread_timeout = \"2s\"\nidle_timeout = \"3s\"\nmax_connections = 4\nmax_fails = 0\nfail_timeout = \"5s\"\n"))
+        .validate(BUILT)
+        .unwrap();
+    assert!(ok.proxy.is_available());
+    assert_eq!(ok.default_backend, BackendKind::Proxy);
+    assert_eq!(ok.config.backend.proxy.upstream_list().len(), 3);
+
+    for (keys, want) in [
+        ("upstream = \"http://a:1\"\nupstreams = [\"http://b:2\"]", "[backend.proxy] has both upstream and upstreams.\n    Use upstream = \"http://127.0.0.1:9001\" for one server, or upstreams = [\"http://127.0.0.1:9001\", \"http://127.0.0.1:9002\"] for several, not both."),
+        ("upstream = \"127.0.0.1:9001\"", "[backend.proxy] upstream \"127.0.0.1:9001\" is not an upstream URL: it needs the scheme, e.g. http://127.0.0.1:9001.\n    Use \"http://127.0.0.1:9001\", \"http://[::1]:9001\" or \"http://app.internal:8080\""),
+        ("upstreams = [\"http://ok:1\", \"https://secure:443\"]", "[backend.proxy] upstreams \"https://secure:443\" is not an upstream URL: https upstreams are not supported"),
+        ("upstream = \"http://127.0.0.1:9001/app\"", "an upstream names a server only, without a path"),
+        ("upstream = \"http://127.0.0.1:0\"", "'0' is not a port (1-65535)"),
+        ("upstream = \"http://::1:9001\"", "write an IPv6 address in brackets"),
+        ("upstream = \"http://bad host:9001\"", "'bad host' is not a host name or IP address"),
+        ("upstream = \"ftp://x:21\"", "the scheme must be http://"),
+        ("upstream = \"http://u@x:1\"", "user information (user@host) is not supported"),
+        ("upstream = \"http://x:1\"\nmax_connections = 0", "[backend.proxy] max_connections = 0 is out of range: use 1 to 65536.\n    It bounds the requests each worker process has in flight to one upstream (one connection each)."),
+    ] {
+        let e = err(&format!("{base}[backend]\ndefault_backend = \"static\"\n[backend.proxy]\n{keys}\n"), BUILT);
+        assert!(e.contains(want), "{keys}: {e}");
+    }
+    assert_eq!(
+        UpstreamAddress::parse("http://[::1]:9002/")
+            .unwrap()
+            .authority,
+        "[::1]:9002"
+    );
+    assert_eq!(
+        UpstreamAddress::parse("HTTP://example.test").unwrap().port,
+        80
+    );
+}
+
+#[test]
+fn split_rules_are_validated() {
+    let base = format!(
+        "[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{}\"\n[php]\nlibphp_path = \"{}\"\n",
+        static_root(),
+        libphp_present()
+    );
+    let rule = |body: &str| {
+        format!("{base}[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"/app/\" }}\n{body}\n")
+    };
+    let v = parse(&rule("split = [{ backend = \"embedded\", weight = 10 }, { backend = \"static\", weight = 90 }]\nsticky = \"client_addr\""))
+        .validate(BUILT)
+        .unwrap();
+    let r = &v.config.backend.routing_rules[0];
+    assert_eq!(r.sticky, Some(Sticky::ClientAddr));
+    assert_eq!(r.primary_backend(), Some("static"));
+    assert_eq!(v.config.backend.split.cookie, "fephp_arm");
+    assert_eq!(v.config.backend.split.expose_header, None);
+
+    for (body, want) in [
+        ("backend = \"static\"\nsplit = [{ backend = \"static\", weight = 1 }]", "Routing rule #1 (prefix \"/app/\") has both backend and split.\n    Use backend = \"embedded\" to send it to one backend, or split = [{ backend = \"embedded\", weight = 90 }, { backend = \"fastcgi\", weight = 10 }] to divide its traffic, not both."),
+        ("priority = 1", "Routing rule #1 (prefix \"/app/\") names no backend.\n    Add backend = \"embedded\""),
+        ("split = []", "Routing rule #1 (prefix \"/app/\") has an empty split."),
+        ("split = [{ backend = \"static\", weight = 0 }]", "Routing rule #1 (prefix \"/app/\") split arm #1 (backend 'static') has weight 0: weights must be positive whole numbers up to 1000000."),
+        ("split = [{ backend = \"static\", weight = 1 }, { backend = \"fastcgi\", weight = 1 }]", "Routing rule #1 (prefix \"/app/\") split arm #2 uses backend 'fastcgi', which is not registered.\n    To use it, set [php] fpm_socket"),
+        ("split = [{ backend = \"static\", weight = 1 }, { backend = \"php\", weight = 1 }]", "Routing rule #1 (prefix \"/app/\") split arm #2 uses backend 'php', which is unknown."),
+        ("split = [{ backend = \"static\", weight = 1 }, { backend = \"static\", weight = 2 }]", "split arm #2 names backend 'static' again."),
+        ("backend = \"static\"\nsticky = \"cookie\"", "Routing rule #1 (prefix \"/app/\") sets sticky or cookie without split."),
+        ("split = [{ backend = \"static\", weight = 1 }]\nsticky = \"none\"\ncookie = \"ab\"", "Routing rule #1 (prefix \"/app/\") sets cookie with sticky = \"none\"."),
+        ("split = [{ backend = \"static\", weight = 1 }]\ncookie = \"a b\"", "Routing rule #1 (prefix \"/app/\"): cookie \"a b\" is not a cookie name."),
+    ] {
+        let e = err(&rule(body), BUILT);
+        assert!(e.contains(want), "{body}: {e}");
+    }
+    // Negative and fractional weights are type errors naming the line.
+    let e = Config::from_toml("[[backend.routing_rules]]\npattern = { type = \"prefix\", value = \"/a/\" }\nsplit = [{ backend = \"static\", weight = -1 }]\n").unwrap_err().to_string();
+    assert!(e.contains("line 3"), "{e}");
+    // Two cookie rules need two cookies.
+    let two = format!("{}[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"/b/\" }}\nsplit = [{{ backend = \"static\", weight = 1 }}]\n", rule("split = [{ backend = \"static\", weight = 1 }]"));
+    let e = err(&two, BUILT);
+    assert!(e.contains("Routing rule #2 (prefix \"/b/\") keeps its arm in cookie 'fephp_arm', like routing rule #1.\n    Give one of them its own cookie = \"fephp_arm_2\""), "{e}");
+    assert!(parse(&format!("{two}cookie = \"other\"\n"))
+        .validate(BUILT)
+        .is_ok());
+    let e = err(
+        &format!(
+            "{}[backend.split]\nexpose_header = \"X Arm\"\ncookie = \"\"\n",
+            rule("split = [{ backend = \"static\", weight = 1 }]")
+        ),
+        BUILT,
+    );
+    assert!(
+        e.contains("[backend.split] expose_header \"X Arm\" is not a header name."),
+        "{e}"
+    );
+    assert!(
+        e.contains("[backend.split] cookie \"\" is not a cookie name."),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let e = parse("[backend]\ndefault_backend = \"xxx\"\n[[backend.routing_rules]]\npattern = { type = \"regex\", value = \"(\" }\nbackend = \"nope\"\n")
+        .validate(BUILT)
+        .unwrap_err();
+    assert_eq!(e.problems.len(), 3, "{e}");
+}
+
+/// The shipped example files are valid.
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn shipped_examples_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let hybrid = Config::from_file(&dir.join("hybrid_backend_config.toml")).unwrap();
+        assert_eq!(hybrid.backend.routing_rules.len(), 5);
+        Config::from_file(&dir.join("demo.toml")).unwrap();
+    }
+}

@@ -1,0 +1,555 @@
+//! What a configuration means on this machine: which backends are available,
+//! every problem at once (each naming its cause and fix), and the seed's `[i]`
+//! lines.
+
+use super::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Which backends this build of the library contains. The engine passes the real
+/// answer; tests pass whatever they need.
+#[derive(Debug, Clone, Copy)]
+pub struct Built {
+    pub embedded: bool,
+    pub fastcgi: bool,
+}
+
+/// Why a backend is not available (shown in `/_health` and in errors).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Availability {
+    Available,
+    Unavailable(String),
+}
+
+impl Availability {
+    pub fn is_available(&self) -> bool {
+        matches!(self, Availability::Available)
+    }
+}
+
+/// The outcome of validation: which backends serve, and the `[i]` lines to show.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub config: Config,
+    pub embedded: Availability,
+    pub fastcgi: Availability,
+    pub static_files: Availability,
+    pub proxy: Availability,
+    pub default_backend: BackendKind,
+    /// Informational lines in the seed's format (`[i] …`), in order.
+    pub messages: Vec<String>,
+}
+
+impl Validated {
+    pub fn availability(&self, kind: BackendKind) -> &Availability {
+        match kind {
+            BackendKind::Embedded => &self.embedded,
+            BackendKind::FastCgi => &self.fastcgi,
+            BackendKind::Static => &self.static_files,
+            BackendKind::Proxy => &self.proxy,
+        }
+    }
+
+    /// The directory PHP scripts are resolved in.
+    pub fn php_document_root(&self) -> Option<&Path> {
+        self.config.php.document_root.as_deref().or_else(|| {
+            let s = &self.config.backend.static_files;
+            (!s.root.as_os_str().is_empty()).then_some(s.root.as_path())
+        })
+    }
+}
+
+impl ServerConfig {
+    /// What is wrong with the `[server]` limits and identity, one message each.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !MAX_HEADER_SIZE_RANGE.contains(&self.max_header_size.0) {
+            problems.push(format!(
+                "[server] max_header_size = {} is out of range: use \"1K\" to \"1M\".\n    It bounds the request line and headers together; the default is \"128K\".",
+                self.max_header_size
+            ));
+        }
+        if self.max_body_size.0 == 0 {
+            problems.push("[server] max_body_size = 0 is out of range: use at least 1 byte, e.g. \"64M\".\n    Bodies are held in memory before the backend runs, so there is no \"unlimited\".".to_owned());
+        }
+        if self.max_connections == 0 || self.max_connections > MAX_MAX_CONNECTIONS {
+            problems.push(format!(
+                "[server] max_connections = {} is out of range: use 1 to {MAX_MAX_CONNECTIONS}.\n    It bounds the connections each worker process serves at once.",
+                self.max_connections
+            ));
+        }
+        for (key, value) in [("user", &self.user), ("group", &self.group)] {
+            if let Some(name) = value {
+                if name.is_empty() || name.bytes().any(|b| b <= b' ' || b == b':' || b == 0x7f) {
+                    problems.push(format!(
+                        "[server] {key} \"{}\" is not a {key} name.\n    Name an existing {key}, e.g. {key} = \"www-data\", or remove the key.",
+                        name.escape_debug()
+                    ));
+                }
+            }
+        }
+        if self.group.is_some() && self.user.is_none() {
+            problems.push("[server] group is set without [server] user.\n    Workers change their group together with their user: add user = \"www-data\" (group defaults to the user's own).".to_owned());
+        }
+        problems
+    }
+}
+
+impl Config {
+    /// Decides which backends are available and checks every rule against them.
+    pub fn validate(mut self, built: Built) -> Result<Validated, ConfigError> {
+        self.make_paths_absolute();
+        let mut messages = Vec::new();
+        let mut problems = Vec::new();
+        let (embedded, fastcgi) = php_backends(&self, built, &mut messages, &mut problems);
+        let backends = Backends {
+            embedded,
+            fastcgi,
+            static_files: static_backend(&self.backend.static_files, &mut problems),
+            proxy: proxy_backend(&self.backend.proxy, &mut problems),
+        };
+        let default_backend = default_backend(&self, &backends, &mut problems);
+        check_rules(&self.backend, &backends, &mut problems);
+        check_php(&self.php, &mut problems);
+        check_backend_paths(&self.backend, &mut problems);
+        problems.extend(self.server.problems());
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        let Backends {
+            embedded,
+            fastcgi,
+            static_files,
+            proxy,
+        } = backends;
+        Ok(Validated {
+            config: self,
+            embedded,
+            fastcgi,
+            static_files,
+            proxy,
+            default_backend,
+            messages,
+        })
+    }
+
+    /// Relative paths mean relative to where the process started: the PHP thread
+    /// moves the working directory to each script's directory.
+    fn make_paths_absolute(&mut self) {
+        for p in [
+            &mut self.backend.static_files.root,
+            &mut self.php.libphp_path,
+        ] {
+            *p = absolute(p);
+        }
+        if let Some(p) = &mut self.php.document_root {
+            *p = absolute(p);
+        }
+    }
+}
+
+/// The availability of each backend while validating.
+struct Backends {
+    embedded: Availability,
+    fastcgi: Availability,
+    static_files: Availability,
+    proxy: Availability,
+}
+
+impl Backends {
+    fn of(&self, kind: BackendKind) -> &Availability {
+        match kind {
+            BackendKind::Embedded => &self.embedded,
+            BackendKind::FastCgi => &self.fastcgi,
+            BackendKind::Static => &self.static_files,
+            BackendKind::Proxy => &self.proxy,
+        }
+    }
+}
+
+/// What makes `kind` available, for the fix of an error that names it.
+fn how_to_enable(kind: BackendKind) -> &'static str {
+    match kind {
+        BackendKind::Embedded => {
+            "install libphp (apt-get install libphp8.2-embed) and set [php] libphp_path"
+        }
+        BackendKind::FastCgi => "set [php] fpm_socket = \"127.0.0.1:9000\" (or the php-fpm socket path)",
+        BackendKind::Static => {
+            "set [backend.static_files] enable = true and root = \"/var/www/public\""
+        }
+        BackendKind::Proxy => {
+            "set [backend.proxy] upstream = \"http://127.0.0.1:9001\" (the HTTP server to forward to)"
+        }
+    }
+}
+
+/// The two PHP backends, by the seed's modes: hybrid (each when it can run, with an
+/// `[i]` line when it cannot), or one of them required.
+fn php_backends(
+    config: &Config,
+    built: Built,
+    messages: &mut Vec<String>,
+    problems: &mut Vec<String>,
+) -> (Availability, Availability) {
+    let php = &config.php;
+    let libphp_found = php.libphp_path.is_file();
+    let fpm_configured = !php.fpm_socket.trim().is_empty();
+    let libphp_missing = || {
+        Availability::Unavailable(format!(
+            "libphp.so not found at: {}",
+            php.libphp_path.display()
+        ))
+    };
+    if config.backend.enable_hybrid {
+        let embedded = if !libphp_found {
+            messages.push(format!(
+                "[i] libphp.so not found at: {}.\n    Embedded backend will not be available (FastCGI/Static only mode)",
+                php.libphp_path.display()
+            ));
+            libphp_missing()
+        } else if !built.embedded {
+            messages.push("[i] Embedded backend is not built yet in this version of fe-php.\n    Embedded backend will not be available (FastCGI/Static only mode)".to_owned());
+            Availability::Unavailable("embedded backend is not built yet".to_owned())
+        } else {
+            Availability::Available
+        };
+        let fastcgi = if !fpm_configured {
+            messages.push("[i] fpm_socket not configured.\n    FastCGI backend will not be available (Embedded/Static only mode)".to_owned());
+            Availability::Unavailable("fpm_socket not configured".to_owned())
+        } else if !built.fastcgi {
+            messages.push("[i] FastCGI backend is not built yet in this version of fe-php.\n    FastCGI backend will not be available (Embedded/Static only mode)".to_owned());
+            Availability::Unavailable("FastCGI backend is not built yet".to_owned())
+        } else {
+            Availability::Available
+        };
+        (embedded, fastcgi)
+    } else if php.use_fpm {
+        let fastcgi = if !fpm_configured {
+            problems.push("[php] fpm_socket is required when enable_hybrid = false and use_fpm = true.\n    Set fpm_socket = \"127.0.0.1:9000\" (or the php-fpm socket path), or set use_fpm = false to use the embedded backend.".to_owned());
+            Availability::Unavailable("fpm_socket not configured".to_owned())
+        } else if !built.fastcgi {
+            problems.push("FastCGI backend is not built yet in this version of fe-php (use_fpm = true).\n    Use enable_hybrid = true with the static backend until it is.".to_owned());
+            Availability::Unavailable("FastCGI backend is not built yet".to_owned())
+        } else {
+            Availability::Available
+        };
+        (
+            Availability::Unavailable(
+                "not selected: enable_hybrid = false and use_fpm = true".to_owned(),
+            ),
+            fastcgi,
+        )
+    } else {
+        let embedded = if !libphp_found {
+            problems.push(format!(
+                "libphp.so not found at: {} (required when enable_hybrid = false and use_fpm = false).\n    Install it (apt-get install libphp8.2-embed), set [php] libphp_path, or set use_fpm = true with fpm_socket.",
+                php.libphp_path.display()
+            ));
+            libphp_missing()
+        } else if !built.embedded {
+            problems.push("Embedded backend is not built yet in this version of fe-php (use_fpm = false).\n    Use enable_hybrid = true with the static backend until it is.".to_owned());
+            Availability::Unavailable("embedded backend is not built yet".to_owned())
+        } else {
+            Availability::Available
+        };
+        (
+            embedded,
+            Availability::Unavailable(
+                "not selected: enable_hybrid = false and use_fpm = false".to_owned(),
+            ),
+        )
+    }
+}
+
+/// `[backend.static_files]`: off, or a root that must be a directory.
+fn static_backend(sf: &StaticFilesConfig, problems: &mut Vec<String>) -> Availability {
+    if !sf.enable {
+        Availability::Unavailable(
+            "static backend disabled ([backend.static_files] enable = false)".to_owned(),
+        )
+    } else if sf.root.as_os_str().is_empty() {
+        problems.push("[backend.static_files] root is required when enable = true.\n    Set root = \"/absolute/path/to/public\".".to_owned());
+        Availability::Unavailable("no root".to_owned())
+    } else if !sf.root.is_dir() {
+        problems.push(format!(
+            "[backend.static_files] root {} is not a readable directory.\n    Use an absolute path to an existing directory (chmod 755 it if needed).",
+            sf.root.display()
+        ));
+        Availability::Unavailable(format!("root {} is not a directory", sf.root.display()))
+    } else {
+        Availability::Available
+    }
+}
+
+/// `[backend.proxy]`: available once an upstream is named; each must parse.
+fn proxy_backend(px: &ProxyConfig, problems: &mut Vec<String>) -> Availability {
+    let upstreams = px.upstream_list();
+    if px.upstream.is_some() && !px.upstreams.is_empty() {
+        problems.push("[backend.proxy] has both upstream and upstreams.\n    Use upstream = \"http://127.0.0.1:9001\" for one server, or upstreams = [\"http://127.0.0.1:9001\", \"http://127.0.0.1:9002\"] for several, not both.".to_owned());
+    }
+    for u in &upstreams {
+        if let Err(why) = UpstreamAddress::parse(u) {
+            let key = if px.upstream.is_some() {
+                "upstream"
+            } else {
+                "upstreams"
+            };
+            problems.push(format!(
+                "[backend.proxy] {key} \"{u}\" is not an upstream URL: {why}.\n    Use {}.",
+                UpstreamAddress::FORMS
+            ));
+        }
+    }
+    if px.max_connections == 0 || px.max_connections > MAX_PROXY_MAX_CONNECTIONS {
+        problems.push(format!(
+            "[backend.proxy] max_connections = {} is out of range: use 1 to {MAX_PROXY_MAX_CONNECTIONS}.\n    It bounds the requests each worker process has in flight to one upstream (one connection each).",
+            px.max_connections
+        ));
+    }
+    if upstreams.iter().all(|u| u.trim().is_empty()) {
+        Availability::Unavailable("no upstream configured ([backend.proxy] upstream)".to_owned())
+    } else {
+        Availability::Available
+    }
+}
+
+/// `[backend] default_backend` (the seed's default: embedded, or fastcgi when
+/// PHP-FPM is the only PHP), which must be available.
+fn default_backend(
+    config: &Config,
+    backends: &Backends,
+    problems: &mut Vec<String>,
+) -> BackendKind {
+    let default_name = config.backend.default_backend.clone().unwrap_or_else(|| {
+        if !config.backend.enable_hybrid && config.php.use_fpm {
+            "fastcgi"
+        } else {
+            "embedded"
+        }
+        .to_owned()
+    });
+    match BackendKind::from_name(&default_name) {
+        Some(k) if backends.of(k).is_available() => k,
+        known => {
+            let fix = match known {
+                Some(k) => format!(
+                    "To use it, {}; or choose another default_backend.",
+                    how_to_enable(k)
+                ),
+                None => format!("Use default_backend = {}.", BackendKind::NAMES),
+            };
+            problems.push(format!(
+                "Default backend '{default_name}' is not registered\n    {fix}"
+            ));
+            known.unwrap_or(BackendKind::Static)
+        }
+    }
+}
+
+/// A rule (or split arm) `what` names backend `name`: it must exist and be available.
+fn check_backend(backends: &Backends, problems: &mut Vec<String>, what: &str, name: &str) {
+    match BackendKind::from_name(name) {
+        None => problems.push(format!(
+            "{what} uses backend '{name}', which is unknown.\n    Use backend = {}.",
+            BackendKind::NAMES
+        )),
+        Some(k) if !backends.of(k).is_available() => problems.push(format!(
+            "{what} uses backend '{name}', which is not registered.\n    To use it, {}; or route this rule to another backend.",
+            how_to_enable(k)
+        )),
+        Some(_) => {}
+    }
+}
+
+/// `[[backend.routing_rules]]`: one backend or a split per rule, patterns that can
+/// match, and split cookies that do not collide.
+fn check_rules(backend: &BackendConfig, backends: &Backends, problems: &mut Vec<String>) {
+    // Cookie name → the first split rule keeping its arm in it.
+    let mut cookies: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, rule) in backend.routing_rules.iter().enumerate() {
+        let n = i + 1;
+        let what = format!(
+            "Routing rule #{n} ({} \"{}\")",
+            rule.pattern.kind, rule.pattern.value
+        );
+        match (&rule.backend, &rule.split) {
+            (Some(_), Some(_)) => problems.push(format!(
+                "{what} has both backend and split.\n    Use backend = \"embedded\" to send it to one backend, or split = [{{ backend = \"embedded\", weight = 90 }}, {{ backend = \"fastcgi\", weight = 10 }}] to divide its traffic, not both."
+            )),
+            (None, None) => problems.push(format!(
+                "{what} names no backend.\n    Add backend = \"embedded\" (or {}), or split = [{{ backend = \"embedded\", weight = 90 }}, {{ backend = \"fastcgi\", weight = 10 }}].",
+                BackendKind::NAMES
+            )),
+            (Some(b), None) => {
+                check_backend(backends, problems, &what, b);
+                if rule.sticky.is_some() || rule.cookie.is_some() {
+                    problems.push(format!(
+                        "{what} sets sticky or cookie without split.\n    They choose how a client stays on its arm of a split = [...]; remove them, or replace backend with a split."
+                    ));
+                }
+            }
+            (None, Some(arms)) => {
+                check_split(backend, backends, problems, (n, &what), rule, arms, &mut cookies)
+            }
+        }
+        check_pattern(problems, (n, &what), &rule.pattern);
+    }
+}
+
+/// The arms of split rule #`n` and the cookie that keeps a client on one.
+fn check_split(
+    backend: &BackendConfig,
+    backends: &Backends,
+    problems: &mut Vec<String>,
+    (n, what): (usize, &str),
+    rule: &RoutingRule,
+    arms: &[SplitArm],
+    cookies: &mut BTreeMap<String, usize>,
+) {
+    if arms.is_empty() {
+        problems.push(format!(
+            "{what} has an empty split.\n    List the arms with their weights: split = [{{ backend = \"embedded\", weight = 90 }}, {{ backend = \"fastcgi\", weight = 10 }}]."
+        ));
+    }
+    for (j, arm) in arms.iter().enumerate() {
+        let arm_what = format!("{what} split arm #{}", j + 1);
+        check_backend(backends, problems, &arm_what, &arm.backend);
+        if arm.weight == 0 || arm.weight > MAX_SPLIT_WEIGHT {
+            problems.push(format!(
+                "{arm_what} (backend '{}') has weight {}: weights must be positive whole numbers up to {MAX_SPLIT_WEIGHT}.\n    Each arm gets weight / (sum of weights) of the traffic, e.g. weight = 90 and weight = 10.",
+                arm.backend, arm.weight
+            ));
+        }
+        if arms[..j].iter().any(|a| a.backend == arm.backend) {
+            problems.push(format!(
+                "{arm_what} names backend '{}' again.\n    Give each backend one arm and add up the weights.",
+                arm.backend
+            ));
+        }
+    }
+    let sticky = rule.sticky.unwrap_or_default();
+    if rule.cookie.is_some() && sticky != Sticky::Cookie {
+        problems.push(format!(
+            "{what} sets cookie with sticky = \"{}\".\n    The cookie is only used with sticky = \"cookie\"; remove it or change sticky.",
+            sticky.name()
+        ));
+    }
+    if sticky == Sticky::Cookie {
+        let name = rule.cookie.as_deref().unwrap_or(&backend.split.cookie);
+        // The default cookie's name is checked once, in check_backend_paths.
+        if rule.cookie.is_some() && !is_token(name) {
+            problems.push(format!(
+                "{what}: cookie \"{}\" is not a cookie name.\n    Use letters, digits and - _ . only, e.g. cookie = \"fephp_arm\".",
+                name.escape_debug()
+            ));
+        } else if let Some(first) = cookies.get(name) {
+            problems.push(format!(
+                "{what} keeps its arm in cookie '{name}', like routing rule #{first}.\n    Give one of them its own cookie = \"fephp_arm_{n}\": one cookie cannot hold the arms of two splits."
+            ));
+        } else {
+            cookies.insert(name.to_owned(), n);
+        }
+    }
+}
+
+/// A rule's pattern: a regex that compiles, paths that start with '/'.
+fn check_pattern(problems: &mut Vec<String>, (n, what): (usize, &str), pattern: &Pattern) {
+    match pattern.kind {
+        PatternKind::Regex => {
+            if let Err(e) = regex::Regex::new(&pattern.value) {
+                problems.push(format!(
+                    "Routing rule #{n}: invalid regex '{}': {e}",
+                    pattern.value
+                ));
+            }
+        }
+        PatternKind::Exact | PatternKind::Prefix => {
+            if !pattern.value.starts_with('/') {
+                problems.push(format!(
+                    "{what}: the value must start with '/'; rules match the normalized request path."
+                ));
+            }
+        }
+        PatternKind::Suffix => {
+            if pattern.value.is_empty() {
+                problems.push(format!("{what}: the value must not be empty."));
+            }
+        }
+    }
+}
+
+/// `[php]`: the front controller, PHP-FPM's address, pool size and ping path.
+fn check_php(php: &PhpConfig, problems: &mut Vec<String>) {
+    if let Some(fc) = &php.front_controller {
+        if fc.is_empty() || fc.contains("..") || fc.as_bytes().contains(&0) {
+            problems.push(format!(
+                "[php] front_controller '{fc}' is not a script path inside the document root.\n    Use e.g. front_controller = \"index.php\"."
+            ));
+        }
+    }
+    if !php.fpm_socket.trim().is_empty() {
+        if let Err(why) = FpmAddress::parse(&php.fpm_socket) {
+            problems.push(format!(
+                "[php] fpm_socket \"{}\" is not a PHP-FPM address: {why}.\n    Use {}.",
+                php.fpm_socket,
+                FpmAddress::FORMS
+            ));
+        }
+    }
+    if php.fpm_max_connections == 0 || php.fpm_max_connections > MAX_FPM_MAX_CONNECTIONS {
+        problems.push(format!(
+            "[php] fpm_max_connections = {} is out of range: use 1 to {MAX_FPM_MAX_CONNECTIONS}.\n    It bounds the connections each worker process opens to PHP-FPM; keep workers × fpm_max_connections ≤ the pool's pm.max_children.",
+            php.fpm_max_connections
+        ));
+    }
+    if let Some(p) = &php.fpm_ping_path {
+        if !p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            problems.push(format!(
+                "[php] fpm_ping_path '{p}' must be a path starting with '/' without spaces (e.g. \"/ping\", php-fpm's ping.path)."
+            ));
+        }
+    }
+}
+
+/// `[backend.split]` names and the internal paths (`health_path`, `metrics_path`).
+fn check_backend_paths(backend: &BackendConfig, problems: &mut Vec<String>) {
+    if !is_token(&backend.split.cookie) {
+        problems.push(format!(
+            "[backend.split] cookie \"{}\" is not a cookie name.\n    Use letters, digits and - _ . only, e.g. cookie = \"fephp_arm\".",
+            backend.split.cookie.escape_debug()
+        ));
+    }
+    if let Some(h) = &backend.split.expose_header {
+        if !is_token(h) {
+            problems.push(format!(
+                "[backend.split] expose_header \"{}\" is not a header name.\n    Use e.g. expose_header = \"X-FePHP-Arm\", or remove the key to send none.",
+                h.escape_debug()
+            ));
+        }
+    }
+    if !backend.health_path.is_empty() && !backend.health_path.starts_with('/') {
+        problems.push(format!(
+            "[backend] health_path '{}' must start with '/' (or be \"\" to disable it).",
+            backend.health_path
+        ));
+    }
+    let mp = &backend.metrics_path;
+    if !mp.is_empty() && !mp.starts_with('/') {
+        problems.push(format!(
+            "[backend] metrics_path '{mp}' must start with '/' (or be \"\" to disable it)."
+        ));
+    } else if !mp.is_empty() && *mp == backend.health_path {
+        problems.push(format!(
+            "[backend] metrics_path '{mp}' is also the health_path: give each its own path."
+        ));
+    }
+}
+
+/// A non-empty name of letters, digits and `-`, `_`, `.` (a safe cookie or header
+/// name).
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
