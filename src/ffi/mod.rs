@@ -1,7 +1,7 @@
 //! The C ABI: the only surface hosts see. `include/fe_php.h` is generated from this
 //! file by cbindgen.
 //!
-//! Conventions (also in the README, "C API conventions"):
+//! Conventions (also in docs/C-API.md):
 //! - Every function returns a `fephp_result` (or a plain value where it cannot fail),
 //!   runs inside a panic boundary, and checks its pointers: NULL gives
 //!   `FEPHP_RESULT_NULL_PARAMETER`, never a crash.
