@@ -6,22 +6,12 @@ use common::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const CONFIG: &str = r#"
-[server]
-listen = "127.0.0.1:{port}"
-workers = 2
-access_log = "off"
-
-[backend]
-default_backend = "static"
-
-[backend.static_files]
-enable = true
-root = "{dir}/public"
-
-[php]
-libphp_path = "/nonexistent/libphp.so"
-"#;
+fn config() -> String {
+    HostConfig::static_site()
+        .workers(2)
+        .access_log("off")
+        .toml()
+}
 
 fn site(dir: &std::path::Path) {
     std::fs::create_dir_all(dir.join("public")).unwrap();
@@ -54,7 +44,7 @@ fn check(config: &str) -> (i32, String) {
 
 #[test]
 fn check_accepts_a_usable_config_and_prints_the_seed_messages() {
-    let (code, err) = check(CONFIG);
+    let (code, err) = check(&config());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("[i] libphp.so not found at: /nonexistent/libphp.so.\n    Embedded backend will not be available (FastCGI/Static only mode)"), "{err}");
     assert!(err.contains("[i] fpm_socket not configured.\n    FastCGI backend will not be available (Embedded/Static only mode)"), "{err}");
@@ -64,7 +54,7 @@ fn check_accepts_a_usable_config_and_prints_the_seed_messages() {
 #[test]
 fn check_refuses_a_broken_config() {
     let (code, err) =
-        check(&CONFIG.replace("default_backend = \"static\"", "default_backend = \"xxx\""));
+        check(&config().replace("default_backend = \"static\"", "default_backend = \"xxx\""));
     assert_eq!(code, 1);
     assert!(
         err.contains("Default backend 'xxx' is not registered"),
@@ -72,14 +62,14 @@ fn check_refuses_a_broken_config() {
     );
     assert!(err.contains("test failed"), "{err}");
 
-    let (code, err) = check(&CONFIG.replace("workers = 2", "workers = 2\nthreads = 4"));
+    let (code, err) = check(&config().replace("workers = 2", "workers = 2\nthreads = 4"));
     assert_eq!(code, 1);
     assert!(
         err.contains("unknown field `threads`") && err.contains("line 5"),
         "{err}"
     );
 
-    let (code, err) = check(&format!("{CONFIG}\n[[backend.routing_rules]]\npattern = {{ type = \"regex\", value = \"^/(a\" }}\nbackend = \"static\"\n"));
+    let (code, err) = check(&format!("{}\n[[backend.routing_rules]]\npattern = {{ type = \"regex\", value = \"^/(a\" }}\nbackend = \"static\"\n", config()));
     assert_eq!(code, 1);
     assert!(
         err.contains("Routing rule #1: invalid regex '^/(a'"),
@@ -97,7 +87,7 @@ fn check_refuses_a_broken_config() {
 
 #[test]
 fn workers_run_and_a_killed_worker_is_replaced() {
-    let h = Host::start(CONFIG, site);
+    let h = Host::start(&config(), site);
     let deadline = Instant::now() + Duration::from_secs(5);
     while h.workers().len() < 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -167,7 +157,7 @@ fn wait_for_workers(h: &Host, n: usize) {
 #[test]
 fn connections_spread_over_all_workers() {
     use std::io::{Read, Write};
-    let h = Host::start(CONFIG, site);
+    let h = Host::start(&config(), site);
     for workers in [2usize, 3] {
         wait_for_workers(&h, workers);
         std::thread::sleep(Duration::from_millis(200));
@@ -206,7 +196,7 @@ fn connections_spread_over_all_workers() {
 
 #[test]
 fn sigterm_lets_in_flight_responses_finish() {
-    let mut h = Host::start(CONFIG, site);
+    let mut h = Host::start(&config(), site);
     // A 5 MiB download throttled to ~1.5 s.
     // A client that reads 5 MiB slowly through a small receive buffer (~1.5 s).
     let started = Instant::now();
@@ -235,7 +225,7 @@ fn listen_flag_overrides_the_config() {
     let path = dir.path().join("c.toml");
     std::fs::write(
         &path,
-        CONFIG
+        config()
             .replace("{dir}", dir.path().to_str().unwrap())
             .replace("{port}", "1"),
     )

@@ -6,22 +6,9 @@ use common::*;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
-const CONFIG: &str = r#"
-[server]
-listen = "127.0.0.1:{port}"
-workers = 1
-access_log = "{dir}/access.log"
-
-[backend]
-default_backend = "static"
-
-[backend.static_files]
-enable = true
-root = "{dir}/public"
-
-[php]
-libphp_path = "/nonexistent/libphp.so"
-"#;
+fn config() -> String {
+    HostConfig::static_site().toml()
+}
 
 fn big() -> Vec<u8> {
     (0..20u32 << 20)
@@ -66,7 +53,7 @@ fn site(dir: &Path) {
 }
 
 fn host() -> Host {
-    Host::start(CONFIG, site)
+    Host::start(&config(), site)
 }
 
 #[test]

@@ -11,23 +11,15 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-const CONFIG: &str = r#"
-[server]
-listen = "127.0.0.1:{port}"
-workers = 2
-access_log = "off"
-
-[backend]
-default_backend = "static"
-
-[backend.static_files]
-enable = true
-root = "{dir}/www"
-
-[[backend.routing_rules]]
-pattern = { type = "suffix", value = ".php" }
-backend = "embedded"
-"#;
+fn config() -> String {
+    HostConfig::static_site()
+        .workers(2)
+        .access_log("off")
+        .root("{dir}/www")
+        .sections("\n[[backend.routing_rules]]\npattern = { type = \"suffix\", value = \".php\" }\nbackend = \"embedded\"\n")
+        .php("")
+        .toml()
+}
 
 fn site(dir: &Path) {
     let www = dir.join("www");
@@ -209,7 +201,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn series_move_by_what_requests_did_in_every_worker() {
-    let h = Host::start(CONFIG, site);
+    let h = Host::start(&config(), site);
     // Both PHP threads (one per worker) are up: the idle gauge sums both processes.
     eventually("two idle PHP threads", || {
         v(&scrape(&h), "fephp_embedded_workers_idle") == 2.0
@@ -326,7 +318,7 @@ fn series_move_by_what_requests_did_in_every_worker() {
 
 #[test]
 fn a_slow_script_is_in_flight_and_busy() {
-    let h = Host::start(&CONFIG.replace("workers = 2", "workers = 1"), |dir| {
+    let h = Host::start(&config().replace("workers = 2", "workers = 1"), |dir| {
         site(dir);
         std::fs::write(dir.join("www/slow.php"), "<?php usleep(800000); echo 'ok';").unwrap();
     });
@@ -430,7 +422,7 @@ fpm_max_connections = 1
 #[test]
 fn the_metrics_path_moves_or_turns_off() {
     let moved = Host::start(
-        &CONFIG.replace(
+        &config().replace(
             "default_backend = \"static\"",
             "default_backend = \"static\"\nmetrics_path = \"/internal/stats\"",
         ),
@@ -443,7 +435,7 @@ fn the_metrics_path_moves_or_turns_off() {
     assert_eq!(get(&moved.url("/_metrics")).status, 404);
 
     let off = Host::start(
-        &CONFIG.replace(
+        &config().replace(
             "default_backend = \"static\"",
             "default_backend = \"static\"\nmetrics_path = \"\"",
         ),
@@ -465,7 +457,7 @@ fn the_metrics_path_moves_or_turns_off() {
         let path = dir.path().join("c.toml");
         std::fs::write(
             &path,
-            CONFIG
+            config()
                 .replace("{dir}", dir.path().to_str().unwrap())
                 .replace("{port}", "1")
                 .replace(

@@ -8,11 +8,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod config;
 pub mod diff;
 pub mod load;
 pub mod peers;
 pub mod proc;
 pub mod upstream;
+
+#[allow(unused_imports)]
+pub use config::HostConfig;
 
 /// fe-php-host is a crate of its own (host/) in this workspace: `make test` (or
 /// `cargo build -p fe-php-host`) builds it next to the tests.
