@@ -479,6 +479,28 @@ fephp_result fephp_handle_request_async(const struct fephp_engine *engine,
                                         void *userdata);
 
 /**
+ * For a host that has not read the request body yet — typically because the
+ * client sent `Expect: 100-continue` and waits for `100 Continue` before sending
+ * it. When the answer cannot depend on the body (a refused request: 400, 413
+ * excepted, 431, 501; a static file; a PHP route's 404, redirect or non-PHP file;
+ * health; an unavailable backend), this runs the request as
+ * `fephp_handle_request_async` would, calls `callback` the same way and sets
+ * `*answered_out` to true: send that answer instead of `100 Continue` (and close
+ * the connection, or read and discard the body, before another request on it).
+ * Otherwise — a PHP script or the proxy would run, or a split rule would choose
+ * an arm — it does nothing, sets `*answered_out` to false and never calls
+ * `callback`: read the body (sending `100 Continue`), then call
+ * `fephp_handle_request_async` with it. `request`'s body fields are ignored.
+ *
+ * Returns an error (and does not call `callback`) only for invalid arguments.
+ */
+fephp_result fephp_handle_request_before_body(const struct fephp_engine *engine,
+                                              const struct fephp_request *request,
+                                              fephp_response_cb callback,
+                                              void *userdata,
+                                              bool *answered_out);
+
+/**
  * Writes the health document (the seed's JSON) into `buf` and the HTTP status
  * the host should answer with (200 healthy, 503 not) into `*status_out`.
  */

@@ -391,7 +391,9 @@ unsafe fn request_view<'a>(req: &'a fephp_request) -> Result<Request<'a>, fephp_
         std::slice::from_raw_parts(req.body, req.body_len)
     };
     Ok(Request {
-        method: str_utf8(req.method, "method")?,
+        // A method that is not UTF-8 is no token either: passed on empty, it is
+        // refused with 400 like any other.
+        method: std::str::from_utf8(str_bytes(req.method)).unwrap_or(""),
         target: str_utf8(req.target, "target")?,
         protocol: str_utf8(req.protocol, "protocol")?,
         headers,
@@ -778,8 +780,9 @@ pub unsafe extern "C" fn fephp_route(
 ) -> fephp_result {
     guard(|| {
         non_null!(engine, backend_out);
-        if let Err(e) = str_utf8(method, "method") {
-            return e;
+        if !crate::head::is_token(str_bytes(method)) {
+            set_last_error(crate::head::HeadError::MethodNotToken.to_string());
+            return fephp_result::BadRequest;
         }
         let target = match str_utf8(target, "target") {
             Ok(t) => t,
@@ -855,21 +858,65 @@ pub unsafe extern "C" fn fephp_handle_request_async(
             Ok(r) => r,
             Err(e) => return e,
         };
-        /// The host's userdata, which it promises may be used from any thread.
-        struct UserData(*mut c_void);
-        unsafe impl Send for UserData {}
-        let ud = UserData(userdata);
-        engine_ref(engine).handle_async_metered(
-            &req,
-            Box::new(move |resp, stream_bytes| {
-                let ud = ud;
-                let handle = ResponseHandle::into_raw(resp, stream_bytes);
-                // SAFETY: the host guarantees `cb` and `userdata` are valid until this
-                // single call; it takes ownership of `handle`.
-                unsafe { cb(ud.0, fephp_result::Ok, handle) }
-            }),
-        );
+        engine_ref(engine).handle_async_metered(&req, completion(cb, UserData(userdata)));
         fephp_result::Ok
+    })
+}
+
+/// For a host that has not read the request body yet — typically because the
+/// client sent `Expect: 100-continue` and waits for `100 Continue` before sending
+/// it. When the answer cannot depend on the body (a refused request: 400, 413
+/// excepted, 431, 501; a static file; a PHP route's 404, redirect or non-PHP file;
+/// health; an unavailable backend), this runs the request as
+/// `fephp_handle_request_async` would, calls `callback` the same way and sets
+/// `*answered_out` to true: send that answer instead of `100 Continue` (and close
+/// the connection, or read and discard the body, before another request on it).
+/// Otherwise — a PHP script or the proxy would run, or a split rule would choose
+/// an arm — it does nothing, sets `*answered_out` to false and never calls
+/// `callback`: read the body (sending `100 Continue`), then call
+/// `fephp_handle_request_async` with it. `request`'s body fields are ignored.
+///
+/// Returns an error (and does not call `callback`) only for invalid arguments.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_handle_request_before_body(
+    engine: *const fephp_engine,
+    request: *const fephp_request,
+    callback: fephp_response_cb,
+    userdata: *mut c_void,
+    answered_out: *mut bool,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine, request, answered_out);
+        let Some(cb) = callback else {
+            set_last_error("NULL passed for callback");
+            return fephp_result::NullParameter;
+        };
+        let req = match request_view(&*request) {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
+        let ud = UserData(userdata);
+        *answered_out = engine_ref(engine).handle_async_before_body(&req, completion(cb, ud));
+        fephp_result::Ok
+    })
+}
+
+/// The host's userdata, which it promises may be used from any thread.
+struct UserData(*mut c_void);
+// SAFETY: the host's promise above; the pointer is only handed back to its callback.
+unsafe impl Send for UserData {}
+
+/// A completion that hands the response to the host's callback `cb`.
+fn completion(
+    cb: unsafe extern "C" fn(*mut c_void, fephp_result, *mut fephp_response),
+    ud: UserData,
+) -> crate::engine::MeteredCompletion {
+    Box::new(move |resp, stream_bytes| {
+        let ud = ud;
+        let handle = ResponseHandle::into_raw(resp, stream_bytes);
+        // SAFETY: the host guarantees `cb` and `userdata` are valid until this
+        // single call; it takes ownership of `handle`.
+        unsafe { cb(ud.0, fephp_result::Ok, handle) }
     })
 }
 
