@@ -661,8 +661,11 @@ impl ReloadableEngine {
         validated.embedded.is_available().then_some(why)
     }
 
-    /// Per-process start (see `Engine::worker_start`).
+    /// Per-process start (see `Engine::worker_start`), from the host thread that
+    /// will start the host's other threads: SIGPROF is blocked in it (they inherit
+    /// that), so PHP's CPU-time limit lands on the PHP thread (`sigprof`).
     pub fn worker_start(&self) -> Result<(), String> {
+        crate::backends::sigprof::set_blocked(true);
         self.current().worker_start()?;
         self.started_in.store(std::process::id(), Ordering::Relaxed);
         Ok(())
