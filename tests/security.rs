@@ -256,6 +256,9 @@ fn an_unknown_user_group_or_root_is_refused() {
     );
 }
 
+/// Started unprivileged with another `user` configured: nothing to drop, the
+/// workers run as the starting user with a warning (it once refused to start, so
+/// `make demo` with `user = "www-data"` failed for a developer).
 #[test]
 fn switching_user_needs_root() {
     if !is_root() {
@@ -287,12 +290,28 @@ fn switching_user_needs_root() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    // Another user configured (as examples/demo.toml has): only root could
+    // switch, and this process is unprivileged already, so it serves as itself
+    // and says so.
     let (code, err) = check_as_nobody("user = \"www-data\"");
-    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(code, Some(0), "{err}");
     assert!(
-        err.contains("[server] user = \"www-data\" needs fe-php-host to start as root: it runs as uid 65534, and only root can switch workers to another user or group."),
+        err.contains("[server] user = \"www-data\" is not applied: fe-php-host runs as uid 65534 (gid 65534), not root, so the workers keep that identity."),
         "{err}"
     );
+    // `make demo`'s configuration passes --check unprivileged.
+    let out = Command::new(HOST_BIN)
+        .arg("--config")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo.toml"))
+        .arg("--check")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("[server] user = \"www-data\" is not applied"), "{err}");
     // Already the configured identity (started unprivileged): nothing to switch.
     let (code, err) = check_as_nobody("user = \"nobody\"\ngroup = \"nogroup\"");
     assert_eq!(code, Some(0), "{err}");
