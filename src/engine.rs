@@ -795,9 +795,20 @@ mod tests {
     #[test]
     fn bad_targets_are_400() {
         let e = engine("");
-        for t in ["/../etc/passwd", "/a%00b", "/%2e%2e/x", "*", "/%ff"] {
+        for t in [
+            "/../etc/passwd",
+            "/a%00b",
+            "/%2e%2e/x",
+            "*",
+            "/%ff",
+            "example.com:80",
+            "server.php",
+        ] {
             assert_eq!(e.handle(&Request::get(t)).status, 400, "{t}");
         }
+        let mut options = Request::get("*");
+        options.method = "OPTIONS";
+        assert_eq!(e.handle(&options).status, 200);
     }
 
     /// Checks every host gets from the engine (src/head.rs), whatever parsed the
