@@ -311,7 +311,10 @@ fn switching_user_needs_root() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    assert!(err.contains("[server] user = \"www-data\" is not applied"), "{err}");
+    assert!(
+        err.contains("[server] user = \"www-data\" is not applied"),
+        "{err}"
+    );
     // Already the configured identity (started unprivileged): nothing to switch.
     let (code, err) = check_as_nobody("user = \"nobody\"\ngroup = \"nogroup\"");
     assert_eq!(code, Some(0), "{err}");
