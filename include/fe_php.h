@@ -118,7 +118,8 @@ enum fephp_result
    */
   FEPHP_RESULT_BAD_REQUEST = 7004,
   /**
-   * The caller's buffer is too small; `*len_out` holds the length needed.
+   * The caller's buffer is too small; `*len_out` holds the string's length
+   * without its NUL: call again with a buffer of at least `*len_out + 1` bytes.
    */
   FEPHP_RESULT_BUFFER_TOO_SMALL = 7005,
   /**
@@ -339,6 +340,19 @@ const char *fephp_version(void);
  * `fephp_engine_messages`.
  *
  * Call it in the master process, before forking workers.
+ *
+ * PHP starts once per process, with the first engine that uses the embedded
+ * backend. A libphp that fails to load (a wrong `libphp_path`) is not
+ * remembered: fix the configuration and call `fephp_init` again. Once PHP has
+ * started, its `libphp_path` and `[php.ini]` hold for the life of the process.
+ *
+ * Two engines in one process (e.g. two configurations, or a new one built
+ * before the old is freed) are independent in their configuration, routes,
+ * FastCGI pools, proxy connections and metrics, but share the process's one PHP
+ * runtime and its one PHP thread: the same `libphp_path` and `[php.ini]` (another
+ * gives `FEPHP_RESULT_CONFIG_ERROR` saying a restart is needed), and their PHP
+ * requests run one at a time. Call `fephp_worker_start` for each. To change the
+ * configuration of a running host, `fephp_engine_reload` is simpler.
  */
 fephp_result fephp_init(const char *config_path,
                         const char *config_toml,
@@ -403,11 +417,17 @@ fephp_result fephp_metrics_worker_exited(const struct fephp_engine *engine,
 
 /**
  * Per-worker start: call once in each worker process after fork and before its
- * first request. Starts what must not exist before a fork (the PHP thread). A
- * host that does not fork may skip it (the first PHP request starts the thread).
+ * first request. Starts what must not exist before a fork (the PHP thread, the
+ * FastCGI and proxy threads).
+ *
  * It blocks SIGPROF in the calling thread, so that PHP's `max_execution_time`
- * timer (process-wide in NTS PHP) is delivered to the PHP thread: call it from
- * the thread that will create the host's other threads.
+ * timer (process-wide in NTS PHP) is delivered to the PHP thread, which unblocks
+ * it for itself: call it from the thread that will create the host's other
+ * threads (they inherit the mask). It is the only function that changes a host
+ * thread's signal mask. A host that does not fork may skip it: the first request
+ * that needs a thread starts it, leaving the calling thread's mask alone — then
+ * block SIGPROF in the host's own threads, or PHP's time limit may interrupt one
+ * of them instead of the script.
  */
 fephp_result fephp_worker_start(const struct fephp_engine *engine);
 
@@ -519,9 +539,19 @@ fephp_result fephp_handle_request(const struct fephp_engine *engine,
 /**
  * Starts a request and returns without waiting for it. `callback` is called
  * exactly once with the response (or an error): either on the calling thread
- * before this function returns (static files, errors, health without FastCGI),
- * or later on an engine thread (PHP; health when it probes PHP-FPM). `request` is copied before this returns, except `body_read`,
- * which must stay callable until the callback has run.
+ * before this function returns (static files, errors, health without FastCGI or
+ * proxy), or later on an engine thread — the process's PHP thread for an
+ * embedded PHP request, the engine's FastCGI or proxy I/O thread for those
+ * backends and for health when it probes PHP-FPM or the upstreams. `request` is
+ * copied before this returns, except `body_read`, which must stay callable until
+ * the callback has run.
+ *
+ * The callback must hand the response off and return: it must not block on the
+ * engine. In particular, reading a STREAM body with the blocking
+ * `fephp_response_body_read` inside the callback of a PHP request deadlocks:
+ * the PHP thread running the callback is the one that would produce the body.
+ * Nor may it call `fephp_handle_request` for a PHP request (it waits for the same
+ * thread). `fephp_response_body_try_read` and `fephp_response_free` are fine.
  *
  * Returns an error (and does not call `callback`) only for invalid arguments.
  */
@@ -529,6 +559,28 @@ fephp_result fephp_handle_request_async(const struct fephp_engine *engine,
                                         const struct fephp_request *request,
                                         fephp_response_cb callback,
                                         void *userdata);
+
+/**
+ * For a host that has not read the request body yet — typically because the
+ * client sent `Expect: 100-continue` and waits for `100 Continue` before sending
+ * it. When the answer cannot depend on the body (a refused request: 400, 413
+ * excepted, 431, 501; a static file; a PHP route's 404, redirect or non-PHP file;
+ * health; an unavailable backend), this runs the request as
+ * `fephp_handle_request_async` would, calls `callback` the same way and sets
+ * `*answered_out` to true: send that answer instead of `100 Continue` (and close
+ * the connection, or read and discard the body, before another request on it).
+ * Otherwise — a PHP script or the proxy would run, or a split rule would choose
+ * an arm — it does nothing, sets `*answered_out` to false and never calls
+ * `callback`: read the body (sending `100 Continue`), then call
+ * `fephp_handle_request_async` with it. `request`'s body fields are ignored.
+ *
+ * Returns an error (and does not call `callback`) only for invalid arguments.
+ */
+fephp_result fephp_handle_request_before_body(const struct fephp_engine *engine,
+                                              const struct fephp_request *request,
+                                              fephp_response_cb callback,
+                                              void *userdata,
+                                              bool *answered_out);
 
 /**
  * Writes the health document (the seed's JSON) into `buf` and the HTTP status
@@ -603,7 +655,10 @@ fephp_result fephp_response_body_file(const struct fephp_response *response,
 
 /**
  * Copies the next body bytes into `buf`, for any body kind, blocking until some
- * are available. `*n_out` = 0 means the body is complete.
+ * are available. `*n_out` = 0 means the body is complete; so pass `cap` > 0 (with
+ * `cap` 0 nothing is read and `*n_out` = 0 says nothing about the end). Never
+ * call it for a STREAM body on the thread that produces it (inside a PHP
+ * completion or a notify callback): it would wait for itself.
  */
 fephp_result fephp_response_body_read(struct fephp_response *response,
                                       uint8_t *buf,
@@ -612,7 +667,8 @@ fephp_result fephp_response_body_read(struct fephp_response *response,
 
 /**
  * Like `fephp_response_body_read` but never blocks: `FEPHP_RESULT_AGAIN` when a
- * streamed body has nothing new yet (wait for the notify callback).
+ * streamed body has nothing new yet (wait for the notify callback). `cap` must be
+ * more than 0, as for `fephp_response_body_read`.
  */
 fephp_result fephp_response_body_try_read(struct fephp_response *response,
                                           uint8_t *buf,
@@ -620,10 +676,12 @@ fephp_result fephp_response_body_try_read(struct fephp_response *response,
                                           size_t *n_out);
 
 /**
- * For a STREAM body: `callback(userdata)` runs, on an engine thread, whenever
- * `fephp_response_body_try_read` may make progress (and once at once if it already
- * can). It must not call back into this response; hand off to the host's loop
- * (e.g. nginx `ngx_notify`). `userdata` must stay valid until the response is freed.
+ * For a STREAM body: `callback(userdata)` runs whenever
+ * `fephp_response_body_try_read` may make progress — on the thread producing the
+ * body (the PHP thread for embedded PHP, the FastCGI or proxy I/O thread), or
+ * once at once on the calling thread if it already can. It must not call back
+ * into this response nor block; hand off to the host's loop (e.g. nginx
+ * `ngx_notify`). `userdata` must stay valid until the response is freed.
  */
 fephp_result fephp_response_set_body_notify(struct fephp_response *response,
                                             fephp_notify_cb callback,

@@ -8,6 +8,7 @@ use crate::backends::static_files::{self, StaticFiles};
 use crate::backends::BUILT;
 use crate::cgi::{self, CgiVars, Resolution};
 use crate::config::{Availability, BackendKind, Config, ConfigError, Validated};
+use crate::head;
 use crate::health::{BackendHealth, Backends, Health};
 use crate::http::{Body, Request, Response};
 use crate::metrics::{Metrics, Source, StreamBytes};
@@ -240,6 +241,30 @@ impl Engine {
     /// As `handle_async`, recording the request in the metrics by the backend that
     /// answers it (a PHP route's existing non-PHP file counts as static).
     pub fn handle_async_metered(&self, req: &Request<'_>, complete: MeteredCompletion) {
+        let answered = self.dispatch(req, complete, true);
+        debug_assert!(answered, "a request with its body is always answered");
+    }
+
+    /// As `handle_async_metered`, for a request whose body the host has not read
+    /// yet (`req.body` is ignored): answers it and returns true when the answer
+    /// cannot depend on the body — a refused head or target, health, metrics, a
+    /// static file, a PHP route's 404, redirect or non-PHP file, an unavailable
+    /// backend. Returns false, having done nothing (`complete` is dropped
+    /// uncalled, nothing is counted), when a PHP script or the proxy would run, or
+    /// a split rule would pick an arm: the host reads the body, then calls
+    /// `handle_async_metered`. So a client waiting on `Expect: 100-continue` gets
+    /// a 404 at once rather than `100 Continue` first.
+    pub fn handle_async_before_body(&self, req: &Request<'_>, complete: MeteredCompletion) -> bool {
+        let req = Request {
+            body: b"",
+            ..req.clone()
+        };
+        self.dispatch(&req, complete, false)
+    }
+
+    /// Runs `req`, or, when `body_read` is false and a backend that takes the body
+    /// would run, returns false at once (see `handle_async_before_body`).
+    fn dispatch(&self, req: &Request<'_>, complete: MeteredCompletion, body_read: bool) -> bool {
         // HEAD gets GET's headers and never a body, whatever answers (400, 404, 503 too).
         let complete: MeteredCompletion = if req.is_head() {
             Box::new(move |resp, backend| complete(resp.for_head(), backend))
@@ -247,13 +272,24 @@ impl Engine {
             complete
         };
         let started = Instant::now();
+        if let Err(e) = head::check(req, self.validated.config.server.max_header_size.0) {
+            tracing::debug!(error = %e, method = %req.method.escape_debug(), "refused a request head");
+            return self.answer(Source::Internal, started, e.response(), complete);
+        }
+        if req.target == "*" && req.method == "OPTIONS" {
+            // The asterisk-form asks about the server itself (RFC 9110 §9.3.7): a
+            // no-op. Any other method with it is a bad target (400 below).
+            let resp = Response::new(200).header("Content-Length", "0");
+            return self.answer(Source::Internal, started, resp, complete);
+        }
         let t = match path::split_target(req.target) {
             Ok(t) => t,
             Err(e) => return self.answer(Source::Internal, started, bad_request(e), complete),
         };
         if self.is_health(t.raw_path) {
             let complete = self.metered(Source::Internal, started, complete);
-            return self.health_response(req, complete);
+            self.health_response(req, complete);
+            return true;
         }
         if self.is_metrics(t.raw_path) {
             let resp = self.metrics_response(req);
@@ -265,6 +301,8 @@ impl Engine {
         };
         let route = self.router.route(&normalized);
         let (backend, complete) = match route.rule.and_then(|r| self.splits.get(&r)) {
+            // Choosing an arm counts it and may set a cookie: only once, with the body.
+            Some(_) if !body_read => return false,
             Some(split) => self.split_arm(split, req, complete),
             None => (route.backend, complete),
         };
@@ -284,6 +322,7 @@ impl Engine {
                     (&normalized, t.query),
                     site,
                     (Source::Embedded, started, complete),
+                    body_read,
                     |filename, vars, complete| e.submit(Job::new(req, filename, vars, complete)),
                 ),
                 _ => self.answer(
@@ -302,6 +341,7 @@ impl Engine {
                     (&normalized, t.query),
                     site,
                     (Source::FastCgi, started, complete),
+                    body_read,
                     |_, vars, complete| f.submit(req, vars, complete),
                 ),
                 _ => self.answer(
@@ -315,6 +355,7 @@ impl Engine {
                 ),
             },
             BackendKind::Proxy => match &self.proxy {
+                Some(_) if !body_read => false,
                 Some(p) => {
                     // The target as the client sent it, in origin form.
                     let origin = match (req.target.starts_with('/'), t.query) {
@@ -322,7 +363,8 @@ impl Engine {
                         (false, Some(q)) => format!("{}?{q}", t.raw_path),
                         (false, None) => t.raw_path.to_owned(),
                     };
-                    p.submit(req, &origin, self.metered(Source::Proxy, started, complete))
+                    p.submit(req, &origin, self.metered(Source::Proxy, started, complete));
+                    true
                 }
                 None => self.answer(
                     Source::Proxy,
@@ -375,9 +417,10 @@ impl Engine {
         started: Instant,
         resp: Response,
         complete: MeteredCompletion,
-    ) {
+    ) -> bool {
         let bytes = self.metrics.request_finished(source, started, false, &resp);
-        complete(resp, bytes)
+        complete(resp, bytes);
+        true
     }
 
     /// A completion for a backend that answers later: in flight until it does.
@@ -399,9 +442,11 @@ impl Engine {
         (normalized, query): (&str, Option<&str>),
         site: &PhpSite,
         (source, started, complete): (Source, Instant, MeteredCompletion),
+        body_read: bool,
         run: impl FnOnce(&Path, CgiVars, Completion),
-    ) {
+    ) -> bool {
         match cgi::resolve(&site.files, normalized, site.front_controller.as_deref()) {
+            Resolution::Script { .. } if !body_read => false,
             Resolution::Script {
                 script_name,
                 path_info,
@@ -409,10 +454,15 @@ impl Engine {
                 let vars = cgi::variables(req, &site.root, &script_name, &path_info, query);
                 let filename = site.root.join(script_name.trim_start_matches('/'));
                 run(&filename, vars, self.metered(source, started, complete));
+                true
             }
             Resolution::Static if site.serve_static => {
                 let resp = site.files.serve(req, normalized, query);
                 self.answer(Source::Static, started, resp, complete)
+            }
+            // A redirect would tell that a hidden directory (`/.git`) exists.
+            Resolution::AddSlash if static_files::is_hidden(normalized) => {
+                self.answer(source, started, Response::error(404, None), complete)
             }
             Resolution::AddSlash => {
                 let resp = static_files::add_slash(normalized, query);
@@ -616,8 +666,11 @@ impl ReloadableEngine {
         validated.embedded.is_available().then_some(why)
     }
 
-    /// Per-process start (see `Engine::worker_start`).
+    /// Per-process start (see `Engine::worker_start`), from the host thread that
+    /// will start the host's other threads: SIGPROF is blocked in it (they inherit
+    /// that), so PHP's CPU-time limit lands on the PHP thread (`sigprof`).
     pub fn worker_start(&self) -> Result<(), String> {
+        crate::backends::sigprof::set_blocked(true);
         self.current().worker_start()?;
         self.started_in.store(std::process::id(), Ordering::Relaxed);
         Ok(())
@@ -747,9 +800,59 @@ mod tests {
     #[test]
     fn bad_targets_are_400() {
         let e = engine("");
-        for t in ["/../etc/passwd", "/a%00b", "/%2e%2e/x", "*", "/%ff"] {
+        for t in [
+            "/../etc/passwd",
+            "/a%00b",
+            "/%2e%2e/x",
+            "*",
+            "/%ff",
+            "example.com:80",
+            "server.php",
+        ] {
             assert_eq!(e.handle(&Request::get(t)).status, 400, "{t}");
         }
+        let mut options = Request::get("*");
+        options.method = "OPTIONS";
+        assert_eq!(e.handle(&options).status, 200);
+    }
+
+    /// Checks every host gets from the engine (src/head.rs), whatever parsed the
+    /// request: a C host may pass any bytes.
+    #[test]
+    fn bad_heads_are_refused_before_routing() {
+        let e = engine("");
+        let status = |method: &str, target: &str, headers: Vec<(&[u8], &[u8])>| {
+            let mut req = Request::get(target);
+            req.method = method;
+            req.headers = headers;
+            e.handle(&req).status
+        };
+        for method in ["", "\0", "GET\r\n", "G T", " GET", "GET\0"] {
+            assert_eq!(status(method, "/index.html", vec![]), 400, "{method:?}");
+        }
+        assert_eq!(status("TRACE", "/index.html", vec![]), 501);
+        assert_eq!(status("CONNECT", "example.com:443", vec![]), 501);
+        // Tokens other than GET and HEAD are methods the static backend refuses.
+        assert_eq!(status("get", "/index.html", vec![]), 405);
+        assert_eq!(status("helloGET", "/index.html", vec![]), 405);
+        for host in ["../../etc", "a b", "evil/../x", "", "x:80x", "[::1"] {
+            let h = vec![(&b"Host"[..], host.as_bytes())];
+            assert_eq!(status("GET", "/index.html", h), 400, "{host:?}");
+        }
+        let h = vec![(&b"Host"[..], &b"a"[..]), (&b"host"[..], &b"a"[..])];
+        assert_eq!(status("GET", "/index.html", h), 400);
+        for host in ["example.com", "example.com:8080", "[::1]:80", "10.0.0.1"] {
+            let h = vec![(&b"Host"[..], host.as_bytes())];
+            assert_eq!(status("GET", "/index.html", h), 200, "{host:?}");
+        }
+        for target in ["/index.html x", "/a\r\nb", "/\t"] {
+            assert_eq!(status("GET", target, vec![]), 400, "{target:?}");
+        }
+        let many = vec![(&b"X-A"[..], &b"1"[..]); head::MAX_HEADER_LINES + 1];
+        assert_eq!(status("GET", "/index.html", many), 431);
+        let big = vec![0x61u8; 128 << 10];
+        let h = vec![(&b"X-Big"[..], &big[..])];
+        assert_eq!(status("GET", "/index.html", h), 431);
     }
 
     fn text(resp: Response) -> String {

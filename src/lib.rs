@@ -19,7 +19,7 @@ macro_rules! internal {
     };
 }
 
-internal!(backends, body, cgi, config, engine, health, http, metrics, path, router, split);
+internal!(backends, body, cgi, config, engine, head, health, http, metrics, path, router, split);
 
 pub mod ffi;
 

@@ -23,7 +23,9 @@ pub enum PathError {
 impl fmt::Display for PathError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            PathError::NotOriginForm => "request target must start with '/'",
+            PathError::NotOriginForm => {
+                "request target must be a path starting with '/' (or http://host/path)"
+            }
             PathError::Nul => "NUL byte in request path",
             PathError::InvalidUtf8 => "request path is not valid UTF-8 after percent-decoding",
             PathError::AboveRoot => "request path climbs above the document root",

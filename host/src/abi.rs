@@ -162,6 +162,31 @@ impl Engine {
         }
         rx
     }
+
+    /// Answers a request whose body is still unread when the engine can do so
+    /// without it (see `fephp_handle_request_before_body`); None when the body is
+    /// needed.
+    ///
+    /// # Safety
+    /// As `handle_async`.
+    pub unsafe fn handle_before_body(
+        &self,
+        req: &fephp_request,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<Response, String>>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let ud = Box::into_raw(Box::new(tx)) as *mut c_void;
+        let mut answered = false;
+        let r = fephp_handle_request_before_body(self.0, req, Some(on_response), ud, &mut answered);
+        if r != fephp_result::Ok || !answered {
+            // The callback was not called and never will be: take the sender back.
+            let tx = Box::from_raw(ud as *mut Reply);
+            if r == fephp_result::Ok {
+                return None;
+            }
+            let _ = tx.send(Err(last_error()));
+        }
+        Some(rx)
+    }
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<Response, String>>;

@@ -29,7 +29,8 @@ impl fmt::Display for Identity {
 }
 
 /// Looks the user and group up and checks that this process may switch to them.
-/// `Ok(None)`: no user configured, workers keep the master's identity.
+/// `Ok(None)`: workers keep the master's identity — no user configured, or
+/// fe-php-host started unprivileged as someone else (warned: only root can switch).
 pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Option<Identity>, String> {
     let Some(user) = user else {
         return Ok(None);
@@ -60,15 +61,15 @@ pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Option<Identit
     };
     // SAFETY: plain identity queries.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    let switch = if euid == 0 {
-        true
-    } else if euid == uid && egid == gid {
-        false
-    } else {
-        return Err(format!(
-            "[server] user = \"{user}\" needs fe-php-host to start as root: it runs as uid {euid}, and only root can switch workers to another user or group.\n    Start it as root (the master binds the socket, then the workers switch to {user}), or remove [server] user and group to serve as the current user."
-        ));
-    };
+    if euid != 0 && (euid != uid || egid != gid) {
+        // Already unprivileged: nothing to drop, and only root could switch. The
+        // workers keep this identity (as `make demo` does for a developer).
+        tracing::warn!(
+            "[server] user = \"{user}\" is not applied: fe-php-host runs as uid {euid} (gid {egid}), not root, so the workers keep that identity. Start it as root to switch them to {user}, or remove [server] user and group."
+        );
+        return Ok(None);
+    }
+    let switch = euid == 0;
     Ok(Some(Identity {
         user: user.to_owned(),
         uid,

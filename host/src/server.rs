@@ -364,75 +364,76 @@ async fn handle(
     req: Request<Incoming>,
 ) -> hyper::Response<HostBody> {
     let (parts, body) = req.into_parts();
-    let target = match parts.uri.scheme() {
-        Some(_) => parts.uri.to_string(),
-        None => parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_owned(),
+    let target = match (parts.uri.scheme(), parts.uri.path_and_query()) {
+        (None, Some(p)) => p.as_str().to_owned(),
+        // Absolute-form, and authority-form ("example.com:80", or "server.php",
+        // which reads as a host name): passed as sent, so the engine refuses
+        // what is not a path (400) instead of serving "/".
+        _ => parts.uri.to_string(),
     };
     let proto = protocol(parts.version);
     // RFC 9112 §3.2: exactly one Host in HTTP/1.1, never two (applications build
     // links from it; two would let a cache and the application disagree).
     let hosts = parts.headers.get_all(hyper::header::HOST).iter().count();
     let host_ok = hosts == 1 || (hosts == 0 && parts.version < hyper::Version::HTTP_11);
-    let body = match host_ok {
-        false => Err(StatusCode::BAD_REQUEST),
-        true => read_body(body, limits.max_body_size, limits.body_read_timeout).await,
-    };
-    let body = match body {
-        Ok(b) => b,
-        Err(status) => {
-            // The body may be unread: the connection cannot carry another request.
-            let mut r = plain(status);
-            r.headers_mut()
-                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
-            let length = r.body().size_hint().exact();
-            log.log(
-                &peer,
-                &parts.method,
-                &target,
-                proto,
-                status.as_u16(),
-                length,
-                &parts.headers,
-            );
-            return r;
-        }
-    };
     let remote_ip = peer.ip().to_canonical().to_string();
     let local_ip = local.ip().to_canonical().to_string();
-    // The C view borrows from locals; it is dropped before the first await.
-    let rx = {
-        let headers: Vec<fephp_header> = parts
-            .headers
-            .iter()
-            .map(|(n, v)| fephp_header {
-                name: fstr(n.as_str().as_bytes()),
-                value: fstr(v.as_bytes()),
-            })
-            .collect();
-        let creq = fephp_request {
-            method: fstr(parts.method.as_str().as_bytes()),
-            target: fstr(target.as_bytes()),
-            protocol: fstr(proto.as_bytes()),
-            headers: headers.as_ptr(),
-            header_count: headers.len(),
-            body: body.as_ptr(),
-            body_len: body.len(),
-            body_read: None,
-            body_read_ctx: std::ptr::null_mut(),
-            remote_addr: fstr(remote_ip.as_bytes()),
-            remote_port: peer.port(),
-            local_addr: fstr(local_ip.as_bytes()),
-            local_port: local.port(),
-            tls: false,
-        };
-        // SAFETY: every pointer in creq borrows locals that outlive this call; the
-        // engine copies what it keeps before returning.
-        unsafe { engine.handle_async(&creq) }
+    let addrs = Addrs {
+        remote_ip: &remote_ip,
+        remote_port: peer.port(),
+        local_ip: &local_ip,
+        local_port: local.port(),
+    };
+    // A client waiting for `100 Continue` gets the final answer instead when the
+    // engine can give it without the body (404, 400, a static file): hyper sends
+    // `100 Continue` only once the body is read. The connection then closes, as
+    // the client may send the body anyway. (An announced body over the limit is
+    // 413 from read_body, which looks at Content-Length before reading.)
+    let early = match host_ok
+        && expects_continue(&parts.headers)
+        && !body.is_end_stream()
+        && body.size_hint().lower() <= limits.max_body_size
+    {
+        true => with_c_request(&parts, &target, proto, b"", addrs, |creq| {
+            // SAFETY: creq borrows locals that outlive this call; the engine
+            // copies what it keeps.
+            unsafe { engine.handle_before_body(creq) }
+        }),
+        false => None,
+    };
+    let (rx, close) = match early {
+        Some(rx) => (rx, true),
+        None => {
+            let body = match host_ok {
+                false => Err(StatusCode::BAD_REQUEST),
+                true => read_body(body, limits.max_body_size, limits.body_read_timeout).await,
+            };
+            let body = match body {
+                Ok(b) => b,
+                Err(status) => {
+                    // The body may be unread: the connection cannot carry another request.
+                    let mut r = plain(status);
+                    r.headers_mut()
+                        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+                    let length = r.body().size_hint().exact();
+                    log.log(
+                        &peer,
+                        &parts.method,
+                        &target,
+                        proto,
+                        status.as_u16(),
+                        length,
+                        &parts.headers,
+                    );
+                    return r;
+                }
+            };
+            let rx = with_c_request(&parts, &target, proto, &body, addrs, |creq| {
+                // SAFETY: as above.
+                unsafe { engine.handle_async(creq) }
+            });
+            (rx, false)
+        }
     };
     let resp = match rx.await {
         Ok(Ok(r)) => r,
@@ -489,11 +490,65 @@ async fn handle(
         length,
         &parts.headers,
     );
-    if DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
+    if close || DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
         out = out.header(hyper::header::CONNECTION, "close");
     }
     out.body(body)
         .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR))
+}
+
+/// The connection's addresses as the engine gets them.
+#[derive(Clone, Copy)]
+struct Addrs<'a> {
+    remote_ip: &'a str,
+    remote_port: u16,
+    local_ip: &'a str,
+    local_port: u16,
+}
+
+/// Calls `f` with the C view of a request; the view borrows from the arguments
+/// and does not outlive the call.
+fn with_c_request<T>(
+    parts: &hyper::http::request::Parts,
+    target: &str,
+    proto: &str,
+    body: &[u8],
+    addrs: Addrs<'_>,
+    f: impl FnOnce(&fephp_request) -> T,
+) -> T {
+    let headers: Vec<fephp_header> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| fephp_header {
+            name: fstr(n.as_str().as_bytes()),
+            value: fstr(v.as_bytes()),
+        })
+        .collect();
+    let creq = fephp_request {
+        method: fstr(parts.method.as_str().as_bytes()),
+        target: fstr(target.as_bytes()),
+        protocol: fstr(proto.as_bytes()),
+        headers: headers.as_ptr(),
+        header_count: headers.len(),
+        body: body.as_ptr(),
+        body_len: body.len(),
+        body_read: None,
+        body_read_ctx: std::ptr::null_mut(),
+        remote_addr: fstr(addrs.remote_ip.as_bytes()),
+        remote_port: addrs.remote_port,
+        local_addr: fstr(addrs.local_ip.as_bytes()),
+        local_port: addrs.local_port,
+        tls: false,
+    };
+    f(&creq)
+}
+
+/// Whether the client waits for `100 Continue` before sending its body.
+fn expects_continue(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get_all(hyper::header::EXPECT)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 fn plain(status: StatusCode) -> hyper::Response<HostBody> {

@@ -37,6 +37,8 @@ impl IoThread {
         std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
+                // Its blocking pool, started from here, inherits this.
+                super::sigprof::set_blocked(true);
                 rt.block_on(async move {
                     let background = background.map(tokio::spawn);
                     let mut tasks = tokio::task::JoinSet::new();
@@ -105,13 +107,16 @@ pub fn block_on_helper<T: Send>(
     name: &str,
     future: impl Future<Output = T> + Send,
 ) -> Result<T, String> {
-    let run = move || match tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-    {
-        Ok(rt) => Ok(rt.block_on(future)),
-        Err(e) => Err(format!("cannot start a runtime for the probe: {e}")),
+    let run = move || {
+        super::sigprof::set_blocked(true);
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => Ok(rt.block_on(future)),
+            Err(e) => Err(format!("cannot start a runtime for the probe: {e}")),
+        }
     };
     std::thread::scope(|s| {
         match std::thread::Builder::new()

@@ -5,6 +5,7 @@ pub mod fastcgi;
 mod io_thread;
 mod prompt_ack;
 pub mod proxy;
+pub mod sigprof;
 pub mod static_files;
 
 use crate::config::Built;

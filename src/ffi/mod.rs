@@ -5,8 +5,11 @@
 //! - Every function returns a `fephp_result` (or a plain value where it cannot fail),
 //!   runs inside a panic boundary, and checks its pointers: NULL gives
 //!   `FEPHP_RESULT_NULL_PARAMETER`, never a crash.
-//! - Outputs go through `*_out` parameters written only on success (buffer functions
-//!   also write the needed length on `FEPHP_RESULT_BUFFER_TOO_SMALL`).
+//! - Outputs go through `*_out` parameters written only on success. Functions that
+//!   fill a caller buffer write a NUL-terminated string and set `*len_out` to its
+//!   length without the NUL; on `FEPHP_RESULT_BUFFER_TOO_SMALL` they write nothing
+//!   to `buf` but still set `*len_out`: the buffer needs `*len_out + 1` bytes. Pass
+//!   `buf = NULL, cap = 0` to ask for the length alone.
 //! - `fephp_engine` is shared (reference-counted, thread-safe); `fephp_response` is
 //!   owned by one thread at a time. Each has exactly one `_free`; `_free(NULL)` is fine.
 //! - Strings passed in are `fephp_str` (pointer + length, not NUL-terminated) or
@@ -47,7 +50,8 @@ pub enum fephp_result {
     ConfigError = 7003,
     /// The request target cannot be routed (traversal, NUL, not origin-form): answer 400.
     BadRequest = 7004,
-    /// The caller's buffer is too small; `*len_out` holds the length needed.
+    /// The caller's buffer is too small; `*len_out` holds the string's length
+    /// without its NUL: call again with a buffer of at least `*len_out + 1` bytes.
     BufferTooSmall = 7005,
     /// A non-blocking read found no data yet; wait for the body notify callback.
     Again = 7006,
@@ -300,7 +304,8 @@ unsafe fn str_utf8<'a>(s: fephp_str, what: &str) -> Result<&'a str, fephp_result
     })
 }
 
-/// Copies `data` plus a NUL into `buf`; `*len_out` gets `data.len()`.
+/// Copies `data` plus a NUL into `buf`; `*len_out` gets `data.len()` (the NUL not
+/// counted), also when `buf` is NULL or `cap < data.len() + 1` (BUFFER_TOO_SMALL).
 ///
 /// # Safety
 /// `buf` must be writable for `cap` bytes and `len_out` writable.
@@ -391,7 +396,9 @@ unsafe fn request_view<'a>(req: &'a fephp_request) -> Result<Request<'a>, fephp_
         std::slice::from_raw_parts(req.body, req.body_len)
     };
     Ok(Request {
-        method: str_utf8(req.method, "method")?,
+        // A method that is not UTF-8 is no token either: passed on empty, it is
+        // refused with 400 like any other.
+        method: std::str::from_utf8(str_bytes(req.method)).unwrap_or(""),
         target: str_utf8(req.target, "target")?,
         protocol: str_utf8(req.protocol, "protocol")?,
         headers,
@@ -440,6 +447,19 @@ pub extern "C" fn fephp_version() -> *const c_char {
 /// `fephp_engine_messages`.
 ///
 /// Call it in the master process, before forking workers.
+///
+/// PHP starts once per process, with the first engine that uses the embedded
+/// backend. A libphp that fails to load (a wrong `libphp_path`) is not
+/// remembered: fix the configuration and call `fephp_init` again. Once PHP has
+/// started, its `libphp_path` and `[php.ini]` hold for the life of the process.
+///
+/// Two engines in one process (e.g. two configurations, or a new one built
+/// before the old is freed) are independent in their configuration, routes,
+/// FastCGI pools, proxy connections and metrics, but share the process's one PHP
+/// runtime and its one PHP thread: the same `libphp_path` and `[php.ini]` (another
+/// gives `FEPHP_RESULT_CONFIG_ERROR` saying a restart is needed), and their PHP
+/// requests run one at a time. Call `fephp_worker_start` for each. To change the
+/// configuration of a running host, `fephp_engine_reload` is simpler.
 #[no_mangle]
 pub unsafe extern "C" fn fephp_init(
     config_path: *const c_char,
@@ -576,11 +596,17 @@ pub unsafe extern "C" fn fephp_metrics_worker_exited(
 }
 
 /// Per-worker start: call once in each worker process after fork and before its
-/// first request. Starts what must not exist before a fork (the PHP thread). A
-/// host that does not fork may skip it (the first PHP request starts the thread).
+/// first request. Starts what must not exist before a fork (the PHP thread, the
+/// FastCGI and proxy threads).
+///
 /// It blocks SIGPROF in the calling thread, so that PHP's `max_execution_time`
-/// timer (process-wide in NTS PHP) is delivered to the PHP thread: call it from
-/// the thread that will create the host's other threads.
+/// timer (process-wide in NTS PHP) is delivered to the PHP thread, which unblocks
+/// it for itself: call it from the thread that will create the host's other
+/// threads (they inherit the mask). It is the only function that changes a host
+/// thread's signal mask. A host that does not fork may skip it: the first request
+/// that needs a thread starts it, leaving the calling thread's mask alone — then
+/// block SIGPROF in the host's own threads, or PHP's time limit may interrupt one
+/// of them instead of the script.
 #[no_mangle]
 pub unsafe extern "C" fn fephp_worker_start(engine: *const fephp_engine) -> fephp_result {
     guard(|| {
@@ -778,8 +804,9 @@ pub unsafe extern "C" fn fephp_route(
 ) -> fephp_result {
     guard(|| {
         non_null!(engine, backend_out);
-        if let Err(e) = str_utf8(method, "method") {
-            return e;
+        if !crate::head::is_token(str_bytes(method)) {
+            set_last_error(crate::head::HeadError::MethodNotToken.to_string());
+            return fephp_result::BadRequest;
         }
         let target = match str_utf8(target, "target") {
             Ok(t) => t,
@@ -833,9 +860,19 @@ pub unsafe extern "C" fn fephp_handle_request(
 
 /// Starts a request and returns without waiting for it. `callback` is called
 /// exactly once with the response (or an error): either on the calling thread
-/// before this function returns (static files, errors, health without FastCGI),
-/// or later on an engine thread (PHP; health when it probes PHP-FPM). `request` is copied before this returns, except `body_read`,
-/// which must stay callable until the callback has run.
+/// before this function returns (static files, errors, health without FastCGI or
+/// proxy), or later on an engine thread — the process's PHP thread for an
+/// embedded PHP request, the engine's FastCGI or proxy I/O thread for those
+/// backends and for health when it probes PHP-FPM or the upstreams. `request` is
+/// copied before this returns, except `body_read`, which must stay callable until
+/// the callback has run.
+///
+/// The callback must hand the response off and return: it must not block on the
+/// engine. In particular, reading a STREAM body with the blocking
+/// `fephp_response_body_read` inside the callback of a PHP request deadlocks:
+/// the PHP thread running the callback is the one that would produce the body.
+/// Nor may it call `fephp_handle_request` for a PHP request (it waits for the same
+/// thread). `fephp_response_body_try_read` and `fephp_response_free` are fine.
 ///
 /// Returns an error (and does not call `callback`) only for invalid arguments.
 #[no_mangle]
@@ -855,21 +892,65 @@ pub unsafe extern "C" fn fephp_handle_request_async(
             Ok(r) => r,
             Err(e) => return e,
         };
-        /// The host's userdata, which it promises may be used from any thread.
-        struct UserData(*mut c_void);
-        unsafe impl Send for UserData {}
-        let ud = UserData(userdata);
-        engine_ref(engine).handle_async_metered(
-            &req,
-            Box::new(move |resp, stream_bytes| {
-                let ud = ud;
-                let handle = ResponseHandle::into_raw(resp, stream_bytes);
-                // SAFETY: the host guarantees `cb` and `userdata` are valid until this
-                // single call; it takes ownership of `handle`.
-                unsafe { cb(ud.0, fephp_result::Ok, handle) }
-            }),
-        );
+        engine_ref(engine).handle_async_metered(&req, completion(cb, UserData(userdata)));
         fephp_result::Ok
+    })
+}
+
+/// For a host that has not read the request body yet — typically because the
+/// client sent `Expect: 100-continue` and waits for `100 Continue` before sending
+/// it. When the answer cannot depend on the body (a refused request: 400, 413
+/// excepted, 431, 501; a static file; a PHP route's 404, redirect or non-PHP file;
+/// health; an unavailable backend), this runs the request as
+/// `fephp_handle_request_async` would, calls `callback` the same way and sets
+/// `*answered_out` to true: send that answer instead of `100 Continue` (and close
+/// the connection, or read and discard the body, before another request on it).
+/// Otherwise — a PHP script or the proxy would run, or a split rule would choose
+/// an arm — it does nothing, sets `*answered_out` to false and never calls
+/// `callback`: read the body (sending `100 Continue`), then call
+/// `fephp_handle_request_async` with it. `request`'s body fields are ignored.
+///
+/// Returns an error (and does not call `callback`) only for invalid arguments.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_handle_request_before_body(
+    engine: *const fephp_engine,
+    request: *const fephp_request,
+    callback: fephp_response_cb,
+    userdata: *mut c_void,
+    answered_out: *mut bool,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine, request, answered_out);
+        let Some(cb) = callback else {
+            set_last_error("NULL passed for callback");
+            return fephp_result::NullParameter;
+        };
+        let req = match request_view(&*request) {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
+        let ud = UserData(userdata);
+        *answered_out = engine_ref(engine).handle_async_before_body(&req, completion(cb, ud));
+        fephp_result::Ok
+    })
+}
+
+/// The host's userdata, which it promises may be used from any thread.
+struct UserData(*mut c_void);
+// SAFETY: the host's promise above; the pointer is only handed back to its callback.
+unsafe impl Send for UserData {}
+
+/// A completion that hands the response to the host's callback `cb`.
+fn completion(
+    cb: unsafe extern "C" fn(*mut c_void, fephp_result, *mut fephp_response),
+    ud: UserData,
+) -> crate::engine::MeteredCompletion {
+    Box::new(move |resp, stream_bytes| {
+        let ud = ud;
+        let handle = ResponseHandle::into_raw(resp, stream_bytes);
+        // SAFETY: the host guarantees `cb` and `userdata` are valid until this
+        // single call; it takes ownership of `handle`.
+        unsafe { cb(ud.0, fephp_result::Ok, handle) }
     })
 }
 
@@ -1150,7 +1231,10 @@ fn read_body(
 }
 
 /// Copies the next body bytes into `buf`, for any body kind, blocking until some
-/// are available. `*n_out` = 0 means the body is complete.
+/// are available. `*n_out` = 0 means the body is complete; so pass `cap` > 0 (with
+/// `cap` 0 nothing is read and `*n_out` = 0 says nothing about the end). Never
+/// call it for a STREAM body on the thread that produces it (inside a PHP
+/// completion or a notify callback): it would wait for itself.
 #[no_mangle]
 pub unsafe extern "C" fn fephp_response_body_read(
     response: *mut fephp_response,
@@ -1175,7 +1259,8 @@ pub unsafe extern "C" fn fephp_response_body_read(
 }
 
 /// Like `fephp_response_body_read` but never blocks: `FEPHP_RESULT_AGAIN` when a
-/// streamed body has nothing new yet (wait for the notify callback).
+/// streamed body has nothing new yet (wait for the notify callback). `cap` must be
+/// more than 0, as for `fephp_response_body_read`.
 #[no_mangle]
 pub unsafe extern "C" fn fephp_response_body_try_read(
     response: *mut fephp_response,
@@ -1199,10 +1284,12 @@ pub unsafe extern "C" fn fephp_response_body_try_read(
     })
 }
 
-/// For a STREAM body: `callback(userdata)` runs, on an engine thread, whenever
-/// `fephp_response_body_try_read` may make progress (and once at once if it already
-/// can). It must not call back into this response; hand off to the host's loop
-/// (e.g. nginx `ngx_notify`). `userdata` must stay valid until the response is freed.
+/// For a STREAM body: `callback(userdata)` runs whenever
+/// `fephp_response_body_try_read` may make progress — on the thread producing the
+/// body (the PHP thread for embedded PHP, the FastCGI or proxy I/O thread), or
+/// once at once on the calling thread if it already can. It must not call back
+/// into this response nor block; hand off to the host's loop (e.g. nginx
+/// `ngx_notify`). `userdata` must stay valid until the response is freed.
 #[no_mangle]
 pub unsafe extern "C" fn fephp_response_set_body_notify(
     response: *mut fephp_response,

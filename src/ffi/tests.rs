@@ -218,3 +218,111 @@ fn raw_enum_values_from_c_are_checked() {
         fephp_engine_free(e);
     }
 }
+
+fn static_engine() -> *const fephp_engine {
+    let root = env!("CARGO_MANIFEST_DIR").to_owned() + "/examples/public";
+    let toml = CString::new(format!(
+        "[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{root}\"\n[php]\nlibphp_path = \"/nonexistent\"\n"
+    ))
+    .unwrap();
+    let mut e = ptr::null();
+    assert_eq!(
+        unsafe { fephp_init(ptr::null(), toml.as_ptr(), &mut e) },
+        fephp_result::Ok
+    );
+    e
+}
+
+fn fstr(s: &[u8]) -> fephp_str {
+    fephp_str {
+        ptr: s.as_ptr() as *const c_char,
+        len: s.len(),
+    }
+}
+
+fn request<'a>(method: &'a [u8], target: &'a [u8], headers: &'a [fephp_header]) -> fephp_request {
+    fephp_request {
+        method: fstr(method),
+        target: fstr(target),
+        protocol: fstr(b"HTTP/1.1"),
+        headers: headers.as_ptr(),
+        header_count: headers.len(),
+        body: ptr::null(),
+        body_len: 0,
+        body_read: None,
+        body_read_ctx: ptr::null_mut(),
+        remote_addr: fstr(b"127.0.0.1"),
+        remote_port: 1,
+        local_addr: fstr(b"127.0.0.1"),
+        local_port: 2,
+        tls: false,
+    }
+}
+
+fn status_of(e: *const fephp_engine, req: &fephp_request) -> u16 {
+    let mut resp = ptr::null_mut();
+    assert_eq!(
+        unsafe { fephp_handle_request(e, req, &mut resp) },
+        fephp_result::Ok
+    );
+    let status = unsafe { fephp_response_status(resp) };
+    unsafe { fephp_response_free(resp) };
+    status
+}
+
+/// A C host may pass any bytes as the method: the engine refuses what is not a
+/// token (400) before anything reaches REQUEST_METHOD, and fephp_route says so.
+#[test]
+fn methods_that_are_not_tokens_are_400() {
+    let e = static_engine();
+    for method in [
+        &b""[..],
+        b"\0",
+        b"GET\r\n",
+        b"G T",
+        b"GET\0",
+        b"\r\nX-A: 1",
+        b"G\xffT",
+    ] {
+        let req = request(method, b"/index.html", &[]);
+        assert_eq!(status_of(e, &req), 400, "{method:?}");
+        let mut b = fephp_backend::Internal;
+        assert_eq!(
+            unsafe { fephp_route(e, fstr(method), fstr(b"/index.html"), &mut b) },
+            fephp_result::BadRequest,
+            "{method:?}"
+        );
+        assert!(
+            last_error().contains("not an HTTP token"),
+            "{}",
+            last_error()
+        );
+    }
+    assert_eq!(status_of(e, &request(b"GET", b"/index.html", &[])), 200);
+    assert_eq!(status_of(e, &request(b"TRACE", b"/index.html", &[])), 501);
+    unsafe { fephp_engine_free(e) };
+}
+
+/// 10,000 headers: the engine answers 431 at once (its own limit, whatever the
+/// host let through), in linear time.
+#[test]
+fn too_many_headers_are_431_quickly() {
+    let e = static_engine();
+    let names: Vec<String> = (0..10_000).map(|i| format!("X-H{i}")).collect();
+    let headers: Vec<fephp_header> = names
+        .iter()
+        .map(|n| fephp_header {
+            name: fstr(n.as_bytes()),
+            value: fstr(b"v"),
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        status_of(e, &request(b"GET", b"/index.html", &headers)),
+        431
+    );
+    assert!(started.elapsed() < std::time::Duration::from_millis(500));
+    let hundred = &headers[..crate::head::MAX_HEADER_LINES];
+    assert_eq!(status_of(e, &request(b"GET", b"/index.html", hundred)), 200);
+    unsafe { fephp_engine_free(e) };
+}

@@ -1,8 +1,11 @@
 /* A C host, compiled against include/fe_php.h and linked to libfe_php.so: inits an
  * engine from a TOML string, routes, serves a static file, reads the health JSON,
  * and frees everything. Run under valgrind by `make test`. */
+#define _POSIX_C_SOURCE 200809L
 #include "fe_php.h"
 
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,6 +105,47 @@ static void mixed_requests(const fephp_engine *engine, int rounds) {
             fephp_response_free(resp);
         }
     }
+}
+
+static int sigprof_blocked(void) {
+    sigset_t mask;
+    pthread_sigmask(SIG_BLOCK, NULL, &mask);
+    return sigismember(&mask, SIGPROF) == 1;
+}
+
+struct lazy_start {
+    const char *toml;
+    int ok;
+};
+
+/* A host thread with SIGPROF unblocked runs the first PHP request of the process
+ * (which starts the PHP thread) without fephp_worker_start: its own signal mask
+ * must not change behind its back. */
+static void *first_php_request(void *arg) {
+    struct lazy_start *l = arg;
+    sigset_t prof;
+    sigemptyset(&prof);
+    sigaddset(&prof, SIGPROF);
+    pthread_sigmask(SIG_UNBLOCK, &prof, NULL);
+    const fephp_engine *php = NULL;
+    if (fephp_init(NULL, l->toml, &php) != FEPHP_RESULT_OK) {
+        char msg[4096];
+        size_t len = 0;
+        fephp_last_error(msg, sizeof msg, &len);
+        fprintf(stderr, "fephp_init with PHP failed: %s\n", msg);
+        return NULL;
+    }
+    fephp_response *resp = NULL;
+    fephp_request req = get("/hello.php", NULL, 0);
+    CHECK(fephp_handle_request(php, &req, &resp) == FEPHP_RESULT_OK);
+    CHECK(fephp_response_status(resp) == 200);
+    fephp_response_free(resp);
+    l->ok = !sigprof_blocked();
+    /* fephp_worker_start blocks it, as documented. */
+    CHECK(fephp_worker_start(php) == FEPHP_RESULT_OK);
+    CHECK(sigprof_blocked());
+    fephp_engine_free(php);
+    return NULL;
 }
 
 int main(int argc, char **argv) {
@@ -222,6 +266,41 @@ int main(int argc, char **argv) {
      * engine from the same configuration, the old one freed), each serving a mixed
      * sequence of requests. */
     if (argc == 3) {
+        /* A libphp that fails to load is not remembered: the right path works
+         * on the next fephp_init in the same process. */
+        snprintf(toml, sizeof toml,
+                 "[backend]\n"
+                 "default_backend = \"embedded\"\n"
+                 "[backend.static_files]\n"
+                 "enable = true\n"
+                 "root = \"%s\"\n"
+                 "[php]\n"
+                 "libphp_path = \"/etc/passwd\"\n",
+                 root);
+        const fephp_engine *wrong = NULL;
+        CHECK(fephp_init(NULL, toml, &wrong) == FEPHP_RESULT_CONFIG_ERROR);
+        CHECK(wrong == NULL);
+        CHECK(fephp_last_error(msg, sizeof msg, &len) == FEPHP_RESULT_OK);
+        CHECK(strstr(msg, "cannot load libphp from /etc/passwd") != NULL);
+
+        snprintf(toml, sizeof toml,
+                 "[backend]\n"
+                 "default_backend = \"embedded\"\n"
+                 "[backend.static_files]\n"
+                 "enable = true\n"
+                 "root = \"%s\"\n"
+                 "[php]\n"
+                 "libphp_path = \"%s\"\n",
+                 root, argv[2]);
+        struct lazy_start lazy = {toml, 0};
+        pthread_t t;
+        CHECK(pthread_create(&t, NULL, first_php_request, &lazy) == 0);
+        pthread_join(t, NULL);
+        if (!lazy.ok) {
+            fprintf(stderr, "the first PHP request changed its calling thread's signal mask (SIGPROF blocked)\n");
+            failures++;
+        }
+
         snprintf(toml, sizeof toml,
                  "[backend]\n"
                  "default_backend = \"embedded\"\n"

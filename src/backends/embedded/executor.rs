@@ -105,6 +105,9 @@ impl Executor {
             .stack_size(PHP_STACK)
             .spawn(move || {
                 let gone = gone;
+                // PHP's CPU-time limit must land here, whatever mask this thread
+                // inherited from the one that started it.
+                crate::backends::sigprof::set_blocked(false);
                 metrics.php_thread_started();
                 loop {
                     let job = gone.0.pop();

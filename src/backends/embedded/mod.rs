@@ -157,9 +157,9 @@ impl Embedded {
     ) -> Result<Embedded, String> {
         for (k, v) in ini {
             let text = v.to_string();
-            if k.contains(['=', '\n']) || text.contains('\n') {
+            if k.contains(['=', '\n', '\0']) || text.contains(['\n', '\0']) {
                 return Err(format!(
-                    "[php.ini] {k}: names and values must be single-line (and names have no '=')"
+                    "[php.ini] {k}: names and values must be single-line without NUL bytes (and names have no '=')"
                 ));
             }
         }
@@ -209,16 +209,8 @@ impl Embedded {
                 .map_err(|e| format!("cannot start the PHP thread: {e}"))?,
         );
         *slot = Some((generation, e.clone()));
-        // PHP's max_execution_time is a process-wide SIGPROF timer: keep the signal
-        // off this (host) thread so it lands on the PHP thread, which started with
-        // the mask as it was.
-        // SAFETY: adjusting this thread's own signal mask.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGPROF);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        }
+        // The calling thread's signal mask is left alone, whoever starts the PHP
+        // thread (a request may, before fephp_worker_start): see `sigprof`.
         Ok(e)
     }
 

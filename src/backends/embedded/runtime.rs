@@ -40,18 +40,44 @@ pub struct Runtime {
 unsafe impl Send for Runtime {}
 unsafe impl Sync for Runtime {}
 
-static RUNTIME: OnceCell<Result<Runtime, String>> = OnceCell::new();
+static RUNTIME: OnceCell<Runtime> = OnceCell::new();
 
-/// Starts PHP once per process; later calls return the same runtime (or error).
+/// A failure that leaves this process unable to start PHP at all (PHP's startup
+/// ran and failed, or a refused library could not be unloaded).
+static BROKEN: OnceCell<String> = OnceCell::new();
+
+/// Why `load` failed, and whether another attempt in this process may succeed.
+enum LoadError {
+    /// Nothing of the library stays in the process: a later call may try again
+    /// (e.g. with the right `libphp_path`).
+    Retry(String),
+    /// PHP's startup ran, or the library stays mapped: only a new process can
+    /// start PHP.
+    Final(String),
+}
+
+/// Starts PHP once per process; later calls return the same runtime. A failure
+/// is remembered only when it leaves the process unable to start PHP; otherwise
+/// the next call tries again (a host may fix `libphp_path` and call again).
 pub fn start(
     libphp_path: &Path,
     ini: &BTreeMap<String, crate::config::IniValue>,
     callbacks: &fephp_sapi_callbacks,
 ) -> Result<&'static Runtime, String> {
-    let rt = RUNTIME
-        .get_or_init(|| load(libphp_path, ini, callbacks))
-        .as_ref()
-        .map_err(|e| e.clone())?;
+    if let Some(why) = BROKEN.get() {
+        return Err(why.clone());
+    }
+    let rt = RUNTIME.get_or_try_init(|| match load(libphp_path, ini, callbacks) {
+        Ok(rt) => Ok(rt),
+        Err(LoadError::Retry(why)) => Err(why),
+        Err(LoadError::Final(why)) => {
+            let why = format!(
+                "{why}\n    PHP cannot be started in this process any more: start a new process."
+            );
+            let _ = BROKEN.set(why.clone());
+            Err(why)
+        }
+    })?;
     match differs(rt, libphp_path, ini) {
         Some(why) => Err(why),
         None => Ok(rt),
@@ -64,8 +90,7 @@ pub fn conflict(
     libphp_path: &Path,
     ini: &BTreeMap<String, crate::config::IniValue>,
 ) -> Option<String> {
-    let rt = RUNTIME.get()?.as_ref().ok()?;
-    differs(rt, libphp_path, ini)
+    differs(RUNTIME.get()?, libphp_path, ini)
 }
 
 fn differs(
@@ -112,11 +137,59 @@ fn load(
     libphp_path: &Path,
     ini: &BTreeMap<String, crate::config::IniValue>,
     callbacks: &fephp_sapi_callbacks,
-) -> Result<Runtime, String> {
-    let shown = libphp_path.display();
+) -> Result<Runtime, LoadError> {
     // SAFETY: loading a library runs its initializers; libphp's are PHP's own.
     let libphp = unsafe { Library::open(Some(libphp_path), RTLD_NOW | RTLD_GLOBAL) }
-        .map_err(|e| format!("cannot load libphp from {shown}: {e}\n    Check [php] libphp_path (apt-get install libphp8.2-embed provides /usr/lib/libphp.so)."))?;
+        .map_err(|e| LoadError::Retry(format!("cannot load libphp from {}: {e}\n    Check [php] libphp_path (apt-get install libphp8.2-embed provides /usr/lib/libphp.so).", libphp_path.display())))?;
+    match load_shim(libphp_path, &libphp) {
+        Ok((shim, shim_file, built_php)) => {
+            start_php(libphp_path, ini, callbacks, &shim).map_err(LoadError::Final)?;
+            Ok(Runtime {
+                shim,
+                libphp_path: libphp_path.to_owned(),
+                php_version: built_php,
+                ini: ini_entries(ini),
+                _libphp: libphp,
+                _shim_file: shim_file,
+            })
+        }
+        Err(why) => {
+            drop(libphp);
+            // Its symbols are global: if the refused library stays mapped, a later
+            // libphp's shim could bind to them. Retry only when it is gone.
+            match still_loaded(libphp_path) {
+                false => Err(LoadError::Retry(why)),
+                true => Err(LoadError::Final(why)),
+            }
+        }
+    }
+}
+
+/// Whether the library at `path` is still mapped in this process.
+fn still_loaded(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: RTLD_NOLOAD only looks the library up; a handle it returns holds a
+    // reference, released at once.
+    unsafe {
+        let handle = libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD);
+        if handle.is_null() {
+            return false;
+        }
+        libc::dlclose(handle);
+        true
+    }
+}
+
+/// Loads the SAPI shim against the libphp just loaded and checks that this
+/// libphp is the PHP API and thread safety the shim was built for. Gives the
+/// shim, its memfd and the PHP version it was built against.
+fn load_shim(
+    libphp_path: &Path,
+    _libphp: &Library,
+) -> Result<(SapiShim, std::fs::File, String), String> {
+    let shown = libphp_path.display();
 
     let shim_file = shim_memfd()?;
     let shim_path = format!("/proc/self/fd/{}", shim_file.as_raw_fd());
@@ -146,12 +219,20 @@ fn load(
             "libphp at {shown} is {found}, but fe-php was built against the headers of PHP {built_php} ({built_id}).\n    Point [php] libphp_path at a libphp of that PHP version and thread safety, or rebuild fe-php with the matching php-dev installed."
         ));
     }
+    Ok((shim, shim_file, built_php))
+}
 
+/// Runs PHP's module startup through the shim, with `[php.ini]`.
+fn start_php(
+    libphp_path: &Path,
+    ini: &BTreeMap<String, crate::config::IniValue>,
+    callbacks: &fephp_sapi_callbacks,
+    shim: &SapiShim,
+) -> Result<(), String> {
     let entries = ini_entries(ini);
     let name = CString::new(SAPI_NAME).expect("no NUL");
     // Both strings must outlive PHP: the shim copies the ini text; the name is leaked.
     let name = Box::leak(name.into_boxed_c_str());
-    let ini_text = entries.clone();
     let entries = CString::new(entries)
         .map_err(|_| "[php.ini] values must not contain NUL bytes".to_owned())?;
     let mut err = [0 as c_char; 512];
@@ -169,16 +250,12 @@ fn load(
         let msg = unsafe { CStr::from_ptr(err.as_ptr()) }
             .to_string_lossy()
             .into_owned();
-        return Err(format!("PHP did not start from {shown}: {msg}"));
+        return Err(format!(
+            "PHP did not start from {}: {msg}",
+            libphp_path.display()
+        ));
     }
-    Ok(Runtime {
-        shim,
-        libphp_path: libphp_path.to_owned(),
-        php_version: built_php,
-        ini: ini_text,
-        _libphp: libphp,
-        _shim_file: shim_file,
-    })
+    Ok(())
 }
 
 /// The shim as an anonymous in-memory file (so nothing is written to disk).

@@ -464,7 +464,7 @@ fn error_for(e: &io::Error, path: &str) -> Response {
 }
 
 /// Dotfiles and dot-directories are never served, except `/.well-known/`.
-fn is_hidden(path: &str) -> bool {
+pub fn is_hidden(path: &str) -> bool {
     path.split('/')
         .enumerate()
         .any(|(i, seg)| seg.starts_with('.') && !(i == 1 && seg == ".well-known"))
