@@ -11,6 +11,7 @@ pub mod cgi;
 pub mod config;
 pub mod engine;
 pub mod ffi;
+pub mod framing;
 pub mod health;
 pub mod http;
 pub mod metrics;
