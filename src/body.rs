@@ -316,15 +316,17 @@ impl BodySender {
                     }
                 }
             }
-            if !st.spill_broken && !st.writing && written + len > shared.file_limit {
-                if !st.file_full_logged {
-                    st.file_full_logged = true;
-                    tracing::warn!(
-                        origin = %st.origin,
-                        "a response for a slow client filled its temporary file ({} MiB): its producer now waits for the client",
-                        shared.file_limit >> 20
-                    );
-                }
+            if !st.spill_broken
+                && !st.writing
+                && written + len > shared.file_limit
+                && !st.file_full_logged
+            {
+                st.file_full_logged = true;
+                tracing::warn!(
+                    origin = %st.origin,
+                    "a response for a slow client filled its temporary file ({} MiB): its producer now waits for the client",
+                    shared.file_limit >> 20
+                );
             }
             if !wait {
                 return TrySend::Full(chunk);
