@@ -143,7 +143,9 @@ enum fephp_result
    */
   FEPHP_RESULT_IO_ERROR = 7010,
   /**
-   * The backend failed while producing a streamed body; the body is truncated.
+   * The backend failed while producing a streamed body, or the body ended short
+   * of the Content-Length its head declared: it is truncated, so close the
+   * connection instead of reusing it.
    */
   FEPHP_RESULT_BODY_FAILED = 7011,
   /**

@@ -6,8 +6,10 @@ use crate::backends::fastcgi::FastCgi;
 use crate::backends::proxy::Proxy;
 use crate::backends::static_files::{self, StaticFiles};
 use crate::backends::BUILT;
+use crate::body;
 use crate::cgi::{self, CgiVars, Resolution};
 use crate::config::{Availability, BackendKind, Config, ConfigError, Validated};
+use crate::framing;
 use crate::head;
 use crate::health::{BackendHealth, Backends, Health};
 use crate::http::{Body, Request, Response};
@@ -106,6 +108,17 @@ impl Engine {
             None
         };
 
+        // Streamed bodies a slow client is behind on go where PHP keeps its own
+        // temporary files.
+        body::set_spill_dir(
+            validated
+                .config
+                .php
+                .ini
+                .get("upload_tmp_dir")
+                .map(|d| PathBuf::from(d.to_string()))
+                .filter(|d| !d.as_os_str().is_empty()),
+        );
         let embedded = if validated.embedded.is_available() {
             Some(
                 Embedded::start(
@@ -453,7 +466,14 @@ impl Engine {
             } => {
                 let vars = cgi::variables(req, &site.root, &script_name, &path_info, query);
                 let filename = site.root.join(script_name.trim_start_matches('/'));
-                run(&filename, vars, self.metered(source, started, complete));
+                let complete = self.metered(source, started, complete);
+                // Whatever headers the script set, the response is framed truly.
+                let (head, script) = (req.is_head(), filename.display().to_string());
+                let complete: Completion = Box::new(move |mut resp| {
+                    framing::sanitize(&mut resp, head, &script);
+                    complete(resp)
+                });
+                run(&filename, vars, complete);
                 true
             }
             Resolution::Static if site.serve_static => {

@@ -19,7 +19,9 @@ macro_rules! internal {
     };
 }
 
-internal!(backends, body, cgi, config, engine, head, health, http, metrics, path, router, split);
+internal!(
+    backends, body, cgi, config, engine, framing, head, health, http, metrics, path, router, split
+);
 
 pub mod ffi;
 

@@ -237,6 +237,49 @@ fn send_timeout_closes_a_connection_that_stops_reading() {
     );
 }
 
+/// A client that takes part of a 32 MiB file, stops reading for `stall`, then
+/// reads on: how many bytes it got in all.
+fn bytes_after_a_stall(port: u16, stall: Duration) -> usize {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /stall.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut got = 0usize;
+    while got < 1 << 20 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got += n,
+        }
+    }
+    std::thread::sleep(stall);
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got += n,
+        }
+    }
+}
+
+#[test]
+fn send_timeout_acts_at_its_value() {
+    let h = host("send_timeout = \"3s\"");
+    let size = 32 << 20;
+    std::fs::write(h.dir.path().join("public/stall.bin"), vec![b's'; size]).unwrap();
+    let head = "HTTP/1.1 200 OK\r\n".len();
+    let port = h.port;
+    // Side by side: a 2 s stall is within the timeout, a 4.5 s one is not (the
+    // connection must close between 3 and 4 s after the client's last byte).
+    let short = std::thread::spawn(move || bytes_after_a_stall(port, Duration::from_secs(2)));
+    let long = std::thread::spawn(move || bytes_after_a_stall(port, Duration::from_millis(4500)));
+    let (short, long) = (short.join().unwrap(), long.join().unwrap());
+    assert!(short > size + head, "a 2 s stall was cut: {short} bytes");
+    assert!(
+        long < size,
+        "a 4.5 s stall survived send_timeout = 3s: {long} bytes"
+    );
+}
+
 #[test]
 fn body_read_timeout_is_the_longest_pause_between_reads() {
     let h = host("body_read_timeout = \"1s\"");

@@ -167,10 +167,9 @@ pub struct WatchedStream {
     sleep: Pin<Box<Sleep>>,
     /// The last write did not go through: hyper still has response bytes queued.
     write_blocked: bool,
-    /// Runs while writes wait for the client (armed at the first one that cannot
-    /// go through, dropped at the next that does), with the bytes the kernel still
-    /// held for the client when it was armed.
-    send_sleep: Option<(Pin<Box<Sleep>>, usize)>,
+    /// Armed while writes wait for the client (at the first one that cannot go
+    /// through, dropped at the next that does).
+    send_wait: Option<SendWait>,
     /// Bytes were read since the last write: the kernel may hold a delayed ACK
     /// for them, which a client with Nagle on waits for before it sends the rest
     /// of a request (40 ms on a kept-alive connection).
@@ -185,7 +184,7 @@ impl WatchedStream {
             timeouts,
             sleep: Box::pin(tokio::time::sleep(timeouts.header)),
             write_blocked: false,
-            send_sleep: None,
+            send_wait: None,
             ack_owed: false,
         }
     }
@@ -203,31 +202,24 @@ impl WatchedStream {
             Poll::Ready(Ok(n)) if wrote(n) => {
                 self.ack_owed = false;
                 self.write_blocked = false;
-                self.send_sleep = None;
+                self.send_wait = None;
                 self.state.on_write();
             }
             Poll::Pending => {
                 self.write_blocked = true;
                 let send = self.timeouts.send;
                 let fd = self.stream.as_raw_fd();
-                let (sleep, queued) = self
-                    .send_sleep
-                    .get_or_insert_with(|| (Box::pin(tokio::time::sleep(send)), unacked(fd)));
-                while sleep.as_mut().poll(cx).is_ready() {
-                    // The socket only reports room once its queue has drained a good
-                    // part, which a slow but steady reader may take longer than
-                    // send_timeout to do: what counts is whether the client took
-                    // (acknowledged) anything meanwhile.
-                    let now = unacked(fd);
-                    if now >= *queued {
+                let w = self
+                    .send_wait
+                    .get_or_insert_with(|| SendWait::new(send, unacked(fd)));
+                while w.sleep.as_mut().poll(cx).is_ready() {
+                    if w.check(send, unacked(fd)) {
                         tracing::debug!(timeout = ?send, "the client took no response bytes within send_timeout; closing");
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
                             "the client took no response bytes within send_timeout",
                         )));
                     }
-                    *queued = now;
-                    sleep.as_mut().reset(Instant::now() + send);
                 }
             }
             _ => {}
@@ -312,6 +304,55 @@ impl WatchedStream {
             }
         }
     }
+}
+
+/// A write waiting for the client. The socket only reports room once its queue
+/// has drained a good part, which a slow but steady reader may take longer than
+/// `send_timeout` to do: what counts is when the client last took (acknowledged)
+/// bytes. That is sampled every `step`, so a stall is cut between `send_timeout`
+/// and `send_timeout + step` after it began. (Looking only once per `send_timeout`
+/// would let a client that stalls just after a look live almost twice as long:
+/// the bytes its kernel still acknowledged after the write blocked count as
+/// progress at the first look, and the second one comes a whole period later.)
+struct SendWait {
+    sleep: Pin<Box<Sleep>>,
+    /// Unacknowledged bytes at the last look.
+    unacked: usize,
+    /// The last look that found fewer unacknowledged bytes than the one before.
+    progress: Instant,
+}
+
+impl SendWait {
+    fn new(send: Duration, unacked: usize) -> SendWait {
+        let now = Instant::now();
+        SendWait {
+            sleep: Box::pin(tokio::time::sleep_until((now + step(send)).min(now + send))),
+            unacked,
+            progress: now,
+        }
+    }
+
+    /// Looks at the socket again (`unacked` now); true when the client has taken
+    /// nothing for `send`. Otherwise the next look is scheduled.
+    fn check(&mut self, send: Duration, unacked: usize) -> bool {
+        let now = Instant::now();
+        if unacked < self.unacked {
+            self.progress = now;
+        }
+        self.unacked = unacked;
+        let deadline = self.progress + send;
+        if now >= deadline {
+            return true;
+        }
+        self.sleep.as_mut().reset((now + step(send)).min(deadline));
+        false
+    }
+}
+
+/// How often a waiting write looks for progress: a quarter of `send_timeout`, at
+/// most a second.
+fn step(send: Duration) -> Duration {
+    (send / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
 /// Bytes the kernel holds for the client that it has not acknowledged yet

@@ -63,7 +63,9 @@ pub enum fephp_result {
     OutOfRange = 7009,
     /// An I/O error; see `fephp_last_error`.
     IoError = 7010,
-    /// The backend failed while producing a streamed body; the body is truncated.
+    /// The backend failed while producing a streamed body, or the body ended short
+    /// of the Content-Length its head declared: it is truncated, so close the
+    /// connection instead of reusing it.
     BodyFailed = 7011,
     /// A backend could not start in this process (e.g. the PHP thread); see
     /// `fephp_last_error`.

@@ -4,7 +4,7 @@
 
 use super::failure::Failure;
 use crate::backends::embedded::Completion;
-use crate::body::{self, BodySender};
+use crate::body::{self, BodySender, TrySend};
 use crate::http::{Body, Response};
 
 /// Largest CGI header block accepted (nginx's default is 4-8 KiB; applications
@@ -339,9 +339,11 @@ impl Responder {
         self.push().await
     }
 
-    /// Hands the pending chunk to the host. `BodySender::send` blocks while the
-    /// client is slow (back-pressure), so it runs on the blocking pool, never on the
-    /// runtime thread; meanwhile nothing more is read from PHP-FPM.
+    /// Hands the pending chunk to the host. A slow client's share goes to the
+    /// body's temporary file, so PHP-FPM's child is let go as soon as it is done,
+    /// as behind nginx. Only when that file is full or unusable does
+    /// `BodySender::send` wait (back-pressure); it then runs on the blocking pool,
+    /// never on the runtime thread, and nothing more is read from PHP-FPM meanwhile.
     async fn push(&mut self) -> Result<(), Failure> {
         let State::Streaming { sender, pending } =
             std::mem::replace(&mut self.state, State::Discarding)
@@ -352,6 +354,17 @@ impl Responder {
             self.state = State::Streaming { sender, pending };
             return Ok(());
         }
+        let pending = match sender.try_send(pending) {
+            TrySend::Sent => {
+                self.state = State::Streaming {
+                    sender,
+                    pending: Vec::with_capacity(STREAM_CHUNK),
+                };
+                return Ok(());
+            }
+            TrySend::Gone => return Err(Failure::client_gone()),
+            TrySend::Full(pending) => pending,
+        };
         let (sender, delivered) = match tokio::task::spawn_blocking(move || {
             let ok = sender.send(pending);
             (sender, ok)
