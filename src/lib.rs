@@ -15,6 +15,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod path;
+pub mod request_body;
 pub mod router;
 pub mod split;
 
