@@ -6,6 +6,7 @@ use crate::abi::{BodyKind, Engine, Response};
 use crate::access_log::AccessLog;
 use crate::conn::{Busy, ConnState, Timeouts, WatchedStream};
 use crate::sendfile::{self, FileOwner, SendQueue};
+use crate::spool::{self, Spooled};
 use bytes::{Bytes, BytesMut};
 use fe_php::ffi::{fephp_header, fephp_request, fephp_server_limits, fephp_str};
 use http_body::{Body as _, Frame, SizeHint};
@@ -159,6 +160,7 @@ pub fn run(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    spool::set_dir(engine.temp_dir().into());
     rt.block_on(async move {
         let listeners = listeners
             .into_iter()
@@ -175,9 +177,14 @@ pub fn run(
             let log = log.clone();
             async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(500));
+                let mut odd = false;
                 loop {
                     tick.tick().await;
                     log.flush();
+                    odd = !odd;
+                    if odd {
+                        crate::return_freed_memory();
+                    }
                 }
             }
         });
@@ -287,32 +294,69 @@ async fn accept(
     .await
 }
 
-/// Reads the whole request body: at most `max` bytes, waiting at most `idle`
-/// between two reads. Err is the status to answer.
-async fn read_body(mut body: Incoming, max: u64, idle: Duration) -> Result<Bytes, StatusCode> {
+/// Receives the whole request body before the engine runs: at most `max` bytes,
+/// waiting at most `idle` between two reads, in memory or spooled to a temporary
+/// file (`spool`). Err is the status to answer.
+async fn read_body(
+    mut body: Incoming,
+    max: u64,
+    idle: Duration,
+    what: &(dyn Fn() -> String + Sync),
+) -> Result<Option<Spooled>, StatusCode> {
     if body.is_end_stream() {
-        return Ok(Bytes::new());
+        return Ok(None);
     }
     let announced = body.size_hint().lower();
     if announced > max {
         return Err(StatusCode::PAYLOAD_TOO_LARGE);
     }
-    // An announced length is a claim, not bytes: reserve at most 1 MiB up front.
-    let mut buf = BytesMut::with_capacity(announced.min(max).min(1 << 20) as usize);
+    let mut received = spool::Receiver::new(announced);
     loop {
         let frame = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => return Err(StatusCode::REQUEST_TIMEOUT),
-            Ok(None) => return Ok(buf.freeze()),
+            Ok(None) => return Ok(Some(received.finish())),
             Ok(Some(Err(_))) => return Err(StatusCode::BAD_REQUEST),
             Ok(Some(Ok(frame))) => frame,
         };
         if let Ok(data) = frame.into_data() {
-            if buf.len() as u64 + data.len() as u64 > max {
+            if received.len() + data.len() as u64 > max {
                 return Err(StatusCode::PAYLOAD_TOO_LARGE);
             }
-            buf.extend_from_slice(&data);
+            if let Err(e) = received.push(&data) {
+                tracing::error!(
+                    "cannot spool the request body of {} into {}: {e} ({} received so far): free space there, or point [php.ini] upload_tmp_dir at a directory with room for max_body_size per connection; answered 500",
+                    what(),
+                    spool::dir().display(),
+                    received.len()
+                );
+                return Err(StatusCode::INTERNAL_SERVER_ERROR);
+            }
         }
     }
+}
+
+/// RFC 9112 §6.1: the one transfer coding a request may carry is `chunked`, once
+/// (hyper decodes it). Anything else — an unknown or compressing coding before
+/// it, `chunked` twice — would leave the body encoded for the application, or
+/// framed differently by another server in the path: refused.
+fn transfer_coding_ok(headers: &hyper::HeaderMap) -> bool {
+    let mut codings = 0;
+    for value in headers.get_all(hyper::header::TRANSFER_ENCODING) {
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        for coding in value.split(',') {
+            codings += 1;
+            if codings > 1
+                || !coding
+                    .trim_matches([' ', '\t'])
+                    .eq_ignore_ascii_case("chunked")
+            {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 fn protocol(v: hyper::Version) -> &'static str {
@@ -354,12 +398,15 @@ async fn handle(
     // links from it; two would let a cache and the application disagree).
     let hosts = parts.headers.get_all(hyper::header::HOST).iter().count();
     let host_ok = hosts == 1 || (hosts == 0 && parts.version < hyper::Version::HTTP_11);
-    let body = match host_ok {
+    let body = match host_ok && transfer_coding_ok(&parts.headers) {
         false => Err(StatusCode::BAD_REQUEST),
-        true => read_body(body, limits.max_body_size, limits.body_read_timeout).await,
+        true => {
+            let what = || format!("{} {target}", parts.method);
+            read_body(body, limits.max_body_size, limits.body_read_timeout, &what).await
+        }
     };
     let body = match body {
-        Ok(b) => b,
+        Ok(b) => b.map(Arc::new),
         Err(status) => {
             // The body may be unread: the connection cannot carry another request.
             let mut r = plain(status);
@@ -396,19 +443,23 @@ async fn handle(
             protocol: fstr(proto.as_bytes()),
             headers: headers.as_ptr(),
             header_count: headers.len(),
-            body: body.as_ptr(),
-            body_len: body.len(),
-            body_read: None,
-            body_read_ctx: std::ptr::null_mut(),
+            // The engine pulls the body (memory or spool file) as it is read.
+            body: std::ptr::null(),
+            body_len: body.as_ref().map_or(0, |b| b.len() as usize),
+            body_read: body.as_ref().map(|_| spool::body_read as _),
+            body_read_ctx: body
+                .as_ref()
+                .map_or(std::ptr::null_mut(), |b| Arc::as_ptr(b) as *mut _),
             remote_addr: fstr(remote_ip.as_bytes()),
             remote_port: peer.port(),
             local_addr: fstr(local_ip.as_bytes()),
             local_port: local.port(),
             tls: false,
         };
-        // SAFETY: every pointer in creq borrows locals that outlive this call; the
-        // engine copies what it keeps before returning.
-        unsafe { engine.handle_async(&creq) }
+        // SAFETY: every pointer in creq borrows locals that outlive this call (the
+        // engine copies what it keeps before returning), except body_read_ctx: the
+        // Spooled it points at goes with the completion, which keeps it alive.
+        unsafe { engine.handle_async(&creq, body) }
     };
     let resp = match rx.await {
         Ok(Ok(r)) => r,
