@@ -231,6 +231,14 @@ typedef struct fephp_header {
 /**
  * Reads up to `cap` bytes of the request body into `buf`. Returns the number of
  * bytes read, 0 at the end of the body, or -1 on error.
+ *
+ * The library calls it on the thread that consumes the body: the worker's PHP
+ * thread for the embedded backend, the library's I/O thread for FastCGI and
+ * proxy requests (and, when a response starts before the body is consumed, the
+ * thread that delivers it, to copy the rest into a temporary file of its own).
+ * Calls never overlap, and none comes after the response is delivered. It may
+ * block only on local file I/O (it runs on threads that serve other requests):
+ * receive the whole body before handing the request over.
  */
 typedef ptrdiff_t (*fephp_body_read_cb)(void *ctx, uint8_t *buf, size_t cap);
 
@@ -257,10 +265,17 @@ typedef struct fephp_request {
    * The request body when it is in memory (may be NULL with `body_len` 0).
    */
   const uint8_t *body;
+  /**
+   * The exact size of the body, in `body` or served by `body_read`: PHP's
+   * CONTENT_LENGTH and what an upstream is sent, whatever the request's
+   * `Content-Length` header says.
+   */
   size_t body_len;
   /**
-   * Alternatively, a body read on demand by backends that consume it. Must stay
-   * callable until the response (or async callback) has been delivered.
+   * Alternatively (with `body` NULL), a body of exactly `body_len` bytes read
+   * on demand by backends that consume it (see `fephp_body_read_cb`). Must stay
+   * callable until the response (or async callback) has been delivered; a body
+   * that ends early or fails makes the request fail (PHP sees it truncated).
    */
   fephp_body_read_cb body_read;
   void *body_read_ctx;
@@ -452,6 +467,17 @@ fephp_result fephp_engine_listen(const struct fephp_engine *engine,
                                  size_t *len_out);
 
 /**
+ * Writes the directory for request bodies too large to keep in memory into `buf`:
+ * PHP's `upload_tmp_dir` when `[php.ini]` sets it, else its `sys_temp_dir`, else
+ * `$TMPDIR`, else `/tmp`. Hosts that spool bodies put them there (as files
+ * without a name: `O_TMPFILE`, or unlinked at once).
+ */
+fephp_result fephp_engine_temp_dir(const struct fephp_engine *engine,
+                                   char *buf,
+                                   size_t cap,
+                                   size_t *len_out);
+
+/**
  * Writes `[server] access_log` ("-" for stdout, "off", or a path) into `buf`.
  */
 fephp_result fephp_engine_access_log(const struct fephp_engine *engine,
@@ -546,7 +572,7 @@ fephp_result fephp_handle_request(const struct fephp_engine *engine,
  * embedded PHP request, the engine's FastCGI or proxy I/O thread for those
  * backends and for health when it probes PHP-FPM or the upstreams. `request` is
  * copied before this returns, except `body_read`, which must stay callable until
- * the callback has run.
+ * the callback has run (it is never called once the callback starts).
  *
  * The callback must hand the response off and return: it must not block on the
  * engine. In particular, reading a STREAM body with the blocking

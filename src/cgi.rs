@@ -276,11 +276,14 @@ impl ItoaBuf {
     }
 }
 
+/// The size of the body the script gets, never the header's claim (a host may
+/// pass fewer bytes than it announced); empty without a body or a header.
 fn content_length(req: &Request<'_>) -> Vec<u8> {
-    match req.header("content-length") {
-        Some(v) => v.trim_ascii().to_vec(),
-        None if !req.body.is_empty() => req.body.len().to_string().into_bytes(),
-        None => Vec::new(),
+    let len = req.body_len();
+    if len > 0 || req.header("content-length").is_some() {
+        len.to_string().into_bytes()
+    } else {
+        Vec::new()
     }
 }
 

@@ -180,6 +180,20 @@ impl Engine {
         self.validated.availability(kind)
     }
 
+    /// Where request bodies too large for memory are kept: PHP's `upload_tmp_dir`
+    /// when `[php.ini]` sets it, else its `sys_temp_dir`, else `$TMPDIR`, else
+    /// `/tmp` — the directory PHP itself puts uploads and large bodies in.
+    pub fn temp_dir(&self) -> PathBuf {
+        let ini = &self.validated.config.php.ini;
+        ["upload_tmp_dir", "sys_temp_dir"]
+            .iter()
+            .filter_map(|k| ini.get(*k))
+            .map(|v| v.to_string())
+            .find(|v| !v.trim().is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir)
+    }
+
     #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     /// The PHP version the embedded backend runs, when it is available.
     pub fn php_version(&self) -> Option<String> {

@@ -2,6 +2,7 @@
 //! they parsed; every backend answers with a `Response`.
 
 use crate::body::BodyStream;
+use crate::request_body::RequestBody;
 use std::fs::File;
 
 /// A request as the engine sees it: borrowed views of what the host parsed.
@@ -14,7 +15,10 @@ pub struct Request<'a> {
     pub protocol: &'a str,
     /// In arrival order; names in any case.
     pub headers: Vec<(&'a [u8], &'a [u8])>,
+    /// The body when the host handed it over in memory.
     pub body: &'a [u8],
+    /// The body when the host serves it as it is read (then `body` is empty).
+    pub body_reader: Option<RequestBody>,
     pub remote_addr: &'a str,
     pub remote_port: u16,
     pub local_addr: &'a str,
@@ -32,6 +36,7 @@ impl<'a> Request<'a> {
             protocol: "HTTP/1.1",
             headers: Vec::new(),
             body: b"",
+            body_reader: None,
             remote_addr: "127.0.0.1",
             remote_port: 0,
             local_addr: "127.0.0.1",
@@ -53,6 +58,25 @@ impl<'a> Request<'a> {
         self.header(name)
             .and_then(|v| std::str::from_utf8(v).ok())
             .map(str::trim)
+    }
+
+    /// The exact length of the body, however it is given.
+    pub fn body_len(&self) -> u64 {
+        match &self.body_reader {
+            Some(r) => r.len(),
+            None => self.body.len() as u64,
+        }
+    }
+
+    /// The body for a backend that reads it (`RequestBody::attach`ed): the host's
+    /// reader, or a copy of the bytes in memory.
+    pub fn body_for_backend(&self) -> RequestBody {
+        let body = match &self.body_reader {
+            Some(r) => r.clone(),
+            None => RequestBody::memory(self.body.to_vec()),
+        };
+        body.attach();
+        body
     }
 
     pub fn is_head(&self) -> bool {

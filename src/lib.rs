@@ -20,7 +20,7 @@ macro_rules! internal {
 }
 
 internal!(
-    backends, body, cgi, config, engine, framing, head, health, http, metrics, path, router, split
+    backends, body, cgi, config, engine, framing, head, health, http, metrics, path, request_body, router, split
 );
 
 pub mod ffi;

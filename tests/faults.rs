@@ -371,8 +371,10 @@ fn an_upload_into_a_full_temp_dir_is_500_and_leaves_nothing() {
     );
     let h = host("", &ini);
     let dir = tmp.path().display().to_string();
+    // 600 KiB: fe-php-host spools it into the directory (bodies over 64 KiB), then
+    // PHP's own copy no longer fits.
     let big = h.dir.path().join("big.bin");
-    std::fs::write(&big, vec![b'u'; 3 << 20]).unwrap();
+    std::fs::write(&big, vec![b'u'; 600 << 10]).unwrap();
     let small = h.dir.path().join("small.bin");
     std::fs::write(&small, vec![b's'; 100 << 10]).unwrap();
 
@@ -404,7 +406,7 @@ fn an_upload_into_a_full_temp_dir_is_500_and_leaves_nothing() {
             })
             .unwrap_or_else(|| panic!("no log line for {what}:\n{log}"));
         assert!(
-            line.contains("the request carries 3.0 MiB, the directory has ")
+            line.contains("the request carries 600 KiB, the directory has ")
                 && line.contains(" free of 1.0 MiB")
                 && line.contains("upload_tmp_dir")
                 && line.contains("POST /post.php"),
@@ -415,6 +417,30 @@ fn an_upload_into_a_full_temp_dir_is_500_and_leaves_nothing() {
         tmp.entries(),
         Vec::<String>::new(),
         "temporary files left behind"
+    );
+
+    // A body larger than the directory cannot even be spooled by fe-php-host:
+    // 500 before PHP, with its own line naming the directory.
+    let huge = h.dir.path().join("huge.bin");
+    std::fs::write(&huge, vec![b'h'; 3 << 20]).unwrap();
+    let r = curl(&[
+        "-H",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        &format!("@{}", huge.display()),
+        &h.url("/post.php"),
+    ]);
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(
+        !r.text().contains(&dir),
+        "the page must not show server paths"
+    );
+    let log = h.stderr();
+    assert!(
+        log.lines().any(|l| l.contains(&format!(
+            "cannot spool the request body of POST /post.php into {dir}: "
+        )) && l.contains("upload_tmp_dir")),
+        "no log line naming the directory:\n{log}"
     );
 
     // What fits still works, and leaves nothing behind either.

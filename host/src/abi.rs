@@ -142,22 +142,24 @@ impl Engine {
         }
     }
 
-    /// Starts a request; the returned receiver yields the response.
+    /// Starts a request; the returned receiver yields the response. `body` is
+    /// what `req.body_read_ctx` points at: it lives until the completion has run
+    /// (however long the connection lasts), the last moment the engine reads it.
     ///
     /// # Safety
     /// Every pointer in `req` must be valid for the duration of this call (the
-    /// engine copies what it keeps).
+    /// engine copies what it keeps), except `body_read_ctx`, which `body` owns.
     pub unsafe fn handle_async(
         &self,
         req: &fephp_request,
+        body: Option<std::sync::Arc<crate::spool::Spooled>>,
     ) -> tokio::sync::oneshot::Receiver<Result<Response, String>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let ud = Box::into_raw(Box::new(tx)) as *mut c_void;
+        let ud = Box::into_raw(Box::new((tx, body))) as *mut c_void;
         let r = fephp_handle_request_async(self.0, req, Some(on_response), ud);
         if r != fephp_result::Ok {
             // The callback was not called: take the sender back and report.
-            let tx =
-                Box::from_raw(ud as *mut tokio::sync::oneshot::Sender<Result<Response, String>>);
+            let (tx, _body) = *Box::from_raw(ud as *mut Reply);
             let _ = tx.send(Err(last_error()));
         }
         rx
@@ -174,12 +176,13 @@ impl Engine {
         req: &fephp_request,
     ) -> Option<tokio::sync::oneshot::Receiver<Result<Response, String>>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let ud = Box::into_raw(Box::new(tx)) as *mut c_void;
+        let reply: Reply = (tx, None);
+        let ud = Box::into_raw(Box::new(reply)) as *mut c_void;
         let mut answered = false;
         let r = fephp_handle_request_before_body(self.0, req, Some(on_response), ud, &mut answered);
         if r != fephp_result::Ok || !answered {
             // The callback was not called and never will be: take the sender back.
-            let tx = Box::from_raw(ud as *mut Reply);
+            let (tx, _) = *Box::from_raw(ud as *mut Reply);
             if r == fephp_result::Ok {
                 return None;
             }
@@ -187,9 +190,18 @@ impl Engine {
         }
         Some(rx)
     }
+
+    /// The directory for request bodies too large for memory.
+    pub fn temp_dir(&self) -> String {
+        self.string(fephp_engine_temp_dir)
+    }
 }
 
-type Reply = tokio::sync::oneshot::Sender<Result<Response, String>>;
+/// The waiting task's sender and the request body the engine reads meanwhile.
+type Reply = (
+    tokio::sync::oneshot::Sender<Result<Response, String>>,
+    Option<std::sync::Arc<crate::spool::Spooled>>,
+);
 
 /// Completion callback: hands the response to the waiting task.
 unsafe extern "C" fn on_response(
@@ -197,8 +209,9 @@ unsafe extern "C" fn on_response(
     result: fephp_result,
     response: *mut fephp_response,
 ) {
-    // SAFETY: userdata is the Box<Reply> leaked in handle_async; this runs exactly once.
-    let tx = Box::from_raw(userdata as *mut Reply);
+    // SAFETY: userdata is the Box<Reply> leaked in handle_async; this runs exactly
+    // once, and the engine reads no more of the body from now on.
+    let (tx, _body) = *Box::from_raw(userdata as *mut Reply);
     let msg = if result == fephp_result::Ok && !response.is_null() {
         Ok(Response {
             raw: response,

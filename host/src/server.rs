@@ -6,6 +6,7 @@ use crate::abi::{BodyKind, Engine, Response};
 use crate::access_log::AccessLog;
 use crate::conn::{Busy, ConnState, Timeouts, WatchedStream};
 use crate::sendfile::{self, FileOwner, SendQueue};
+use crate::spool::{self, Spooled};
 use bytes::{Bytes, BytesMut};
 use fe_php::ffi::{fephp_header, fephp_request, fephp_server_limits, fephp_str};
 use http_body::{Body as _, Frame, SizeHint};
@@ -183,6 +184,7 @@ pub fn run(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    spool::set_dir(engine.temp_dir().into());
     rt.block_on(async move {
         let listeners = listeners
             .into_iter()
@@ -199,9 +201,14 @@ pub fn run(
             let log = log.clone();
             async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(500));
+                let mut odd = false;
                 loop {
                     tick.tick().await;
                     log.flush();
+                    odd = !odd;
+                    if odd {
+                        crate::return_freed_memory();
+                    }
                 }
             }
         });
@@ -311,32 +318,69 @@ async fn accept(
     .await
 }
 
-/// Reads the whole request body: at most `max` bytes, waiting at most `idle`
-/// between two reads. Err is the status to answer.
-async fn read_body(mut body: Incoming, max: u64, idle: Duration) -> Result<Bytes, StatusCode> {
+/// Receives the whole request body before the engine runs: at most `max` bytes,
+/// waiting at most `idle` between two reads, in memory or spooled to a temporary
+/// file (`spool`). Err is the status to answer.
+async fn read_body(
+    mut body: Incoming,
+    max: u64,
+    idle: Duration,
+    what: &(dyn Fn() -> String + Sync),
+) -> Result<Option<Spooled>, StatusCode> {
     if body.is_end_stream() {
-        return Ok(Bytes::new());
+        return Ok(None);
     }
     let announced = body.size_hint().lower();
     if announced > max {
         return Err(StatusCode::PAYLOAD_TOO_LARGE);
     }
-    // An announced length is a claim, not bytes: reserve at most 1 MiB up front.
-    let mut buf = BytesMut::with_capacity(announced.min(max).min(1 << 20) as usize);
+    let mut received = spool::Receiver::new(announced);
     loop {
         let frame = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => return Err(StatusCode::REQUEST_TIMEOUT),
-            Ok(None) => return Ok(buf.freeze()),
+            Ok(None) => return Ok(Some(received.finish())),
             Ok(Some(Err(_))) => return Err(StatusCode::BAD_REQUEST),
             Ok(Some(Ok(frame))) => frame,
         };
         if let Ok(data) = frame.into_data() {
-            if buf.len() as u64 + data.len() as u64 > max {
+            if received.len() + data.len() as u64 > max {
                 return Err(StatusCode::PAYLOAD_TOO_LARGE);
             }
-            buf.extend_from_slice(&data);
+            if let Err(e) = received.push(&data) {
+                tracing::error!(
+                    "cannot spool the request body of {} into {}: {e} ({} received so far): free space there, or point [php.ini] upload_tmp_dir at a directory with room for max_body_size per connection; answered 500",
+                    what(),
+                    spool::dir().display(),
+                    received.len()
+                );
+                return Err(StatusCode::INTERNAL_SERVER_ERROR);
+            }
         }
     }
+}
+
+/// RFC 9112 §6.1: the one transfer coding a request may carry is `chunked`, once
+/// (hyper decodes it). Anything else — an unknown or compressing coding before
+/// it, `chunked` twice — would leave the body encoded for the application, or
+/// framed differently by another server in the path: refused.
+fn transfer_coding_ok(headers: &hyper::HeaderMap) -> bool {
+    let mut codings = 0;
+    for value in headers.get_all(hyper::header::TRANSFER_ENCODING) {
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        for coding in value.split(',') {
+            codings += 1;
+            if codings > 1
+                || !coding
+                    .trim_matches([' ', '\t'])
+                    .eq_ignore_ascii_case("chunked")
+            {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 fn protocol(v: hyper::Version) -> &'static str {
@@ -384,17 +428,18 @@ async fn handle(
         local_ip: &local_ip,
         local_port: local.port(),
     };
+    let framing_ok = host_ok && transfer_coding_ok(&parts.headers);
     // A client waiting for `100 Continue` gets the final answer instead when the
     // engine can give it without the body (404, 400, a static file): hyper sends
     // `100 Continue` only once the body is read. The connection then closes, as
     // the client may send the body anyway. (An announced body over the limit is
     // 413 from read_body, which looks at Content-Length before reading.)
-    let early = match host_ok
+    let early = match framing_ok
         && expects_continue(&parts.headers)
         && !body.is_end_stream()
         && body.size_hint().lower() <= limits.max_body_size
     {
-        true => with_c_request(&parts, &target, proto, b"", addrs, |creq| {
+        true => with_c_request(&parts, &target, proto, None, addrs, |creq| {
             // SAFETY: creq borrows locals that outlive this call; the engine
             // copies what it keeps.
             unsafe { engine.handle_before_body(creq) }
@@ -404,12 +449,15 @@ async fn handle(
     let (rx, close) = match early {
         Some(rx) => (rx, true),
         None => {
-            let body = match host_ok {
+            let body = match framing_ok {
                 false => Err(StatusCode::BAD_REQUEST),
-                true => read_body(body, limits.max_body_size, limits.body_read_timeout).await,
+                true => {
+                    let what = || format!("{} {target}", parts.method);
+                    read_body(body, limits.max_body_size, limits.body_read_timeout, &what).await
+                }
             };
             let body = match body {
-                Ok(b) => b,
+                Ok(b) => b.map(Arc::new),
                 Err(status) => {
                     // The body may be unread: the connection cannot carry another request.
                     let mut r = plain(status);
@@ -428,9 +476,12 @@ async fn handle(
                     return r;
                 }
             };
-            let rx = with_c_request(&parts, &target, proto, &body, addrs, |creq| {
-                // SAFETY: as above.
-                unsafe { engine.handle_async(creq) }
+            let rx = with_c_request(&parts, &target, proto, body.as_ref(), addrs, |creq| {
+                // SAFETY: creq borrows locals that outlive this call (the engine
+                // copies what it keeps before returning), except body_read_ctx:
+                // the Spooled it points at goes with the completion, which keeps
+                // it alive.
+                unsafe { engine.handle_async(creq, body.clone()) }
             });
             (rx, false)
         }
@@ -512,7 +563,7 @@ fn with_c_request<T>(
     parts: &hyper::http::request::Parts,
     target: &str,
     proto: &str,
-    body: &[u8],
+    body: Option<&Arc<spool::Spooled>>,
     addrs: Addrs<'_>,
     f: impl FnOnce(&fephp_request) -> T,
 ) -> T {
@@ -530,10 +581,11 @@ fn with_c_request<T>(
         protocol: fstr(proto.as_bytes()),
         headers: headers.as_ptr(),
         header_count: headers.len(),
-        body: body.as_ptr(),
-        body_len: body.len(),
-        body_read: None,
-        body_read_ctx: std::ptr::null_mut(),
+        // The engine pulls the body (memory or spool file) as it is read.
+        body: std::ptr::null(),
+        body_len: body.map_or(0, |b| b.len() as usize),
+        body_read: body.map(|_| spool::body_read as _),
+        body_read_ctx: body.map_or(std::ptr::null_mut(), |b| Arc::as_ptr(b) as *mut _),
         remote_addr: fstr(addrs.remote_ip.as_bytes()),
         remote_port: addrs.remote_port,
         local_addr: fstr(addrs.local_ip.as_bytes()),

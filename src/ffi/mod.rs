@@ -26,9 +26,10 @@
 
 use crate::body::ReadOutcome;
 use crate::config::{BackendKind, Config};
-use crate::engine::{Decision, Engine, ReloadableEngine};
+use crate::engine::{Decision, Engine, MeteredCompletion, ReloadableEngine};
 use crate::http::{Body, Request, Response};
 use crate::metrics::StreamBytes;
+use crate::request_body::{HostReader, RequestBody};
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::os::fd::AsRawFd;
@@ -146,6 +147,14 @@ pub struct fephp_header {
 
 /// Reads up to `cap` bytes of the request body into `buf`. Returns the number of
 /// bytes read, 0 at the end of the body, or -1 on error.
+///
+/// The library calls it on the thread that consumes the body: the worker's PHP
+/// thread for the embedded backend, the library's I/O thread for FastCGI and
+/// proxy requests (and, when a response starts before the body is consumed, the
+/// thread that delivers it, to copy the rest into a temporary file of its own).
+/// Calls never overlap, and none comes after the response is delivered. It may
+/// block only on local file I/O (it runs on threads that serve other requests):
+/// receive the whole body before handing the request over.
 pub type fephp_body_read_cb =
     Option<unsafe extern "C" fn(ctx: *mut c_void, buf: *mut u8, cap: usize) -> isize>;
 
@@ -177,9 +186,14 @@ pub struct fephp_request {
     pub header_count: usize,
     /// The request body when it is in memory (may be NULL with `body_len` 0).
     pub body: *const u8,
+    /// The exact size of the body, in `body` or served by `body_read`: PHP's
+    /// CONTENT_LENGTH and what an upstream is sent, whatever the request's
+    /// `Content-Length` header says.
     pub body_len: usize,
-    /// Alternatively, a body read on demand by backends that consume it. Must stay
-    /// callable until the response (or async callback) has been delivered.
+    /// Alternatively (with `body` NULL), a body of exactly `body_len` bytes read
+    /// on demand by backends that consume it (see `fephp_body_read_cb`). Must stay
+    /// callable until the response (or async callback) has been delivered; a body
+    /// that ends early or fails makes the request fail (PHP sees it truncated).
     pub body_read: fephp_body_read_cb,
     pub body_read_ctx: *mut c_void,
     /// Client address ("203.0.113.7") and port.
@@ -377,11 +391,15 @@ unsafe fn read_config(
     }
 }
 
-/// Builds the engine's view of a request.
+/// Builds the engine's view of a request; a `body_read` body keeps what must
+/// outlive the request in `engine`'s temporary directory.
 ///
 /// # Safety
 /// Every pointer in `req` must be valid as `fephp_request` documents.
-unsafe fn request_view<'a>(req: &'a fephp_request) -> Result<Request<'a>, fephp_result> {
+unsafe fn request_view<'a>(
+    req: &'a fephp_request,
+    engine: &Engine,
+) -> Result<Request<'a>, fephp_result> {
     let mut headers = Vec::with_capacity(req.header_count);
     if req.header_count > 0 {
         if req.headers.is_null() {
@@ -392,10 +410,23 @@ unsafe fn request_view<'a>(req: &'a fephp_request) -> Result<Request<'a>, fephp_
             headers.push((str_bytes(h.name), str_bytes(h.value)));
         }
     }
-    let body = if req.body.is_null() || req.body_len == 0 {
-        &[][..]
-    } else {
-        std::slice::from_raw_parts(req.body, req.body_len)
+    let (body, body_reader) = match req.body_read {
+        Some(read) => {
+            if !req.body.is_null() {
+                set_last_error("fephp_request: set body or body_read, not both");
+                return Err(fephp_result::InvalidArgument);
+            }
+            let reader = HostReader {
+                read,
+                ctx: req.body_read_ctx,
+            };
+            // SAFETY: the host keeps body_read callable until the completion is
+            // delivered, and the completion releases the body first (`releasing`).
+            let body = RequestBody::host(reader, req.body_len as u64, engine.temp_dir());
+            (&[][..], Some(body))
+        }
+        None if req.body.is_null() || req.body_len == 0 => (&[][..], None),
+        None => (std::slice::from_raw_parts(req.body, req.body_len), None),
     };
     Ok(Request {
         // A method that is not UTF-8 is no token either: passed on empty, it is
@@ -405,6 +436,7 @@ unsafe fn request_view<'a>(req: &'a fephp_request) -> Result<Request<'a>, fephp_
         protocol: str_utf8(req.protocol, "protocol")?,
         headers,
         body,
+        body_reader,
         remote_addr: str_utf8(req.remote_addr, "remote_addr")?,
         remote_port: req.remote_port,
         local_addr: str_utf8(req.local_addr, "local_addr")?,
@@ -649,6 +681,22 @@ pub unsafe extern "C" fn fephp_engine_listen(
     })
 }
 
+/// Writes the directory for request bodies too large to keep in memory into `buf`:
+/// PHP's `upload_tmp_dir` when `[php.ini]` sets it, else its `sys_temp_dir`, else
+/// `$TMPDIR`, else `/tmp`. Hosts that spool bodies put them there (as files
+/// without a name: `O_TMPFILE`, or unlinked at once).
+#[no_mangle]
+pub unsafe extern "C" fn fephp_engine_temp_dir(
+    engine: *const fephp_engine,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> fephp_result {
+    engine_text(engine, buf, cap, len_out, |e| {
+        e.temp_dir().to_string_lossy().into_owned()
+    })
+}
+
 /// Writes `[server] access_log` ("-" for stdout, "off", or a path) into `buf`.
 #[no_mangle]
 pub unsafe extern "C" fn fephp_engine_access_log(
@@ -836,6 +884,20 @@ pub unsafe extern "C" fn fephp_route(
     })
 }
 
+/// Wraps the completion of a request whose body the host serves through
+/// `body_read`: before the host hears of the response, the body is released, so
+/// the library never calls `body_read` after that (a backend still reading gets
+/// the rest from a temporary file).
+fn releasing(req: &Request<'_>, complete: MeteredCompletion) -> MeteredCompletion {
+    match req.body_reader.clone() {
+        None => complete,
+        Some(body) => Box::new(move |resp, bytes| {
+            body.release();
+            complete(resp, bytes)
+        }),
+    }
+}
+
 /// Runs a request and waits until its status and headers are ready. The body may
 /// still be streaming (see `fephp_response_body_kind`). Errors of the request
 /// itself (400, 404, 502, …) are responses, not error codes.
@@ -850,11 +912,24 @@ pub unsafe extern "C" fn fephp_handle_request(
 ) -> fephp_result {
     guard(|| {
         non_null!(engine, request, response_out);
-        let req = match request_view(&*request) {
+        let engine = engine_ref(engine);
+        let req = match request_view(&*request, &engine) {
             Ok(r) => r,
             Err(e) => return e,
         };
-        let (resp, stream_bytes) = engine_ref(engine).handle_metered(&req);
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        engine.handle_async_metered(
+            &req,
+            releasing(
+                &req,
+                Box::new(move |resp, bytes| {
+                    let _ = tx.send((resp, bytes));
+                }),
+            ),
+        );
+        let (resp, stream_bytes) = rx
+            .recv()
+            .unwrap_or_else(|_| (Response::error(500, None), None));
         *response_out = ResponseHandle::into_raw(resp, stream_bytes);
         fephp_result::Ok
     })
@@ -867,7 +942,7 @@ pub unsafe extern "C" fn fephp_handle_request(
 /// embedded PHP request, the engine's FastCGI or proxy I/O thread for those
 /// backends and for health when it probes PHP-FPM or the upstreams. `request` is
 /// copied before this returns, except `body_read`, which must stay callable until
-/// the callback has run.
+/// the callback has run (it is never called once the callback starts).
 ///
 /// The callback must hand the response off and return: it must not block on the
 /// engine. In particular, reading a STREAM body with the blocking
@@ -890,11 +965,12 @@ pub unsafe extern "C" fn fephp_handle_request_async(
             set_last_error("NULL passed for callback");
             return fephp_result::NullParameter;
         };
-        let req = match request_view(&*request) {
+        let engine = engine_ref(engine);
+        let req = match request_view(&*request, &engine) {
             Ok(r) => r,
             Err(e) => return e,
         };
-        engine_ref(engine).handle_async_metered(&req, completion(cb, UserData(userdata)));
+        engine.handle_async_metered(&req, releasing(&req, completion(cb, UserData(userdata))));
         fephp_result::Ok
     })
 }
@@ -927,12 +1003,14 @@ pub unsafe extern "C" fn fephp_handle_request_before_body(
             set_last_error("NULL passed for callback");
             return fephp_result::NullParameter;
         };
-        let req = match request_view(&*request) {
+        let engine = engine_ref(engine);
+        let req = match request_view(&*request, &engine) {
             Ok(r) => r,
             Err(e) => return e,
         };
         let ud = UserData(userdata);
-        *answered_out = engine_ref(engine).handle_async_before_body(&req, completion(cb, ud));
+        *answered_out =
+            engine.handle_async_before_body(&req, releasing(&req, completion(cb, ud)));
         fephp_result::Ok
     })
 }

@@ -153,7 +153,6 @@ struct Ctx {
     headers: Vec<(String, Vec<u8>)>,
     out: Vec<u8>,
     out_len: u64,
-    body_pos: usize,
     state: State,
     /// PHP could not store the request (see `cb_storage_failed`): answer 500.
     not_stored: bool,
@@ -186,7 +185,6 @@ fn run(rt: &'static Runtime, job: Job) {
         headers: Vec::new(),
         out: Vec::new(),
         out_len: 0,
-        body_pos: 0,
         state: State::Buffering,
         not_stored: false,
         job,
@@ -230,6 +228,9 @@ fn run(rt: &'static Runtime, job: Job) {
             tracing::error!(uri = %ctx.job.log_uri, "PHP failed while shutting the request down; the worker keeps serving")
         }
     }
+    // The script has ended: nothing reads the body any more, so none of it needs
+    // keeping when the completion runs.
+    ctx.job.body.close();
     finish(&mut ctx);
 }
 
@@ -403,11 +404,19 @@ unsafe extern "C" fn cb_headers_done(ctx: *mut c_void, status: c_int) {
 unsafe extern "C" fn cb_read_body(ctx: *mut c_void, buf: *mut c_char, len: usize) -> usize {
     guarded(0, || {
         let ctx = ctx_mut(ctx);
-        let rest = &ctx.job.body[ctx.body_pos.min(ctx.job.body.len())..];
-        let n = rest.len().min(len);
-        std::ptr::copy_nonoverlapping(rest.as_ptr(), buf as *mut u8, n);
-        ctx.body_pos += n;
-        n
+        if len == 0 {
+            return 0;
+        }
+        // SAFETY: PHP passes a buffer of `len` writable bytes.
+        let buf = std::slice::from_raw_parts_mut(buf as *mut u8, len);
+        match ctx.job.body.read(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                // PHP sees the body end here; the host's error names the cause.
+                tracing::error!(uri = %ctx.job.log_uri, "reading the request body failed: {e}; PHP gets it truncated");
+                0
+            }
+        }
     })
 }
 
@@ -435,7 +444,7 @@ unsafe extern "C" fn cb_storage_failed(ctx: *mut c_void, what: *const c_char, di
         tracing::error!(
             uri = %ctx.job.log_uri,
             "PHP could not store {what} in its temporary directory {dir}: the request carries {}, {}. Free space there, or point [php.ini] upload_tmp_dir at a directory with room for post_max_size per worker; answered 500 without running the script",
-            show_bytes(ctx.job.body.len() as u64),
+            show_bytes(ctx.job.body.len()),
             space(&dir)
         );
     })

@@ -15,6 +15,7 @@ use crate::cgi::{CgiVars, Pairs};
 use crate::config::IniValue;
 use crate::http::{Request, Response};
 use crate::metrics::Metrics;
+use crate::request_body::RequestBody;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -43,7 +44,8 @@ pub struct Job {
     pub vars: Pairs,
     /// getallheaders().
     pub headers: Pairs,
-    pub body: Vec<u8>,
+    /// Read by PHP on its thread (`php://input`, forms, uploads).
+    pub body: RequestBody,
     /// For log lines.
     pub log_uri: String,
     pub complete: Option<Completion>,
@@ -53,6 +55,7 @@ pub struct Job {
 impl Drop for Job {
     fn drop(&mut self) {
         if let Some(c) = self.complete.take() {
+            self.body.close();
             c(Response::error(500, None));
         }
     }
@@ -74,14 +77,11 @@ impl Job {
         complete: Completion,
     ) -> Job {
         let query = req.target.split_once('?').map(|(_, q)| q).unwrap_or("");
-        let content_length = req
-            .header_str("content-length")
-            .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(if req.body.is_empty() {
-                -1
-            } else {
-                req.body.len() as i64
-            });
+        // What PHP reads is the body given, whatever the header claimed.
+        let content_length = match (req.body_len(), req.header("content-length")) {
+            (0, None) => -1,
+            (n, _) => i64::try_from(n).unwrap_or(i64::MAX),
+        };
         Job {
             method: cstring(req.method.as_bytes()),
             query: cstring(query.as_bytes()),
@@ -107,7 +107,7 @@ impl Job {
             head: req.is_head(),
             vars: cgi.vars,
             headers: cgi.headers,
-            body: req.body.to_vec(),
+            body: req.body_for_backend(),
             log_uri: format!("{} {}", req.method, req.target),
             complete: Some(complete),
         }

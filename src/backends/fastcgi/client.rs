@@ -8,6 +8,7 @@ use super::response::Responder;
 use super::Timeouts;
 use crate::backends::prompt_ack::PromptAck;
 use crate::config::FpmAddress;
+use crate::request_body::RequestBody;
 use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -97,11 +98,12 @@ pub struct Exchanged {
 }
 
 /// Sends one request (`request` = BEGIN_REQUEST + PARAMS records, then `body` as
-/// STDIN) and feeds the response to `responder` until END_REQUEST.
+/// STDIN, read as it goes out) and feeds the response to `responder` until
+/// END_REQUEST.
 pub async fn exchange(
     conn: &mut Conn,
     request: &[u8],
-    body: &[u8],
+    body: &RequestBody,
     timeouts: &Timeouts,
     responder: &mut Responder,
 ) -> Result<Exchanged, Failure> {
@@ -112,6 +114,13 @@ pub async fn exchange(
     loop {
         tokio::select! {
             res = &mut write, if written.is_none() => {
+                let res = match res {
+                    // PHP-FPM was told CONTENT_LENGTH: without the whole body it
+                    // would wait for the rest.
+                    Err(WriteError::Body(e)) => return Err(Failure::request_body(e)),
+                    Err(WriteError::Socket(e)) => Err(e),
+                    Ok(()) => Ok(()),
+                };
                 if matches!(&res, Err(e) if e.kind() == io::ErrorKind::TimedOut) {
                     return Err(Failure::send_timeout(timeouts.send));
                 }
@@ -129,24 +138,53 @@ pub async fn exchange(
     }
 }
 
+/// Why writing a request stopped.
+enum WriteError {
+    /// The socket (or the send timeout).
+    Socket(io::Error),
+    /// Reading the body from the host.
+    Body(io::Error),
+}
+
 async fn write_request(
     w: &mut WriteHalf<'_>,
     request: &[u8],
-    body: &[u8],
+    body: &RequestBody,
     timeout: Duration,
-) -> io::Result<()> {
-    let mut out = Vec::with_capacity((request.len() + body.len() + 64).min(WRITE_CHUNK + 64));
+) -> Result<(), WriteError> {
+    let mut left = body.len();
+    let mut out = Vec::with_capacity(
+        (request.len() as u64 + left + 64).min(WRITE_CHUNK as u64 + 64) as usize,
+    );
     out.extend_from_slice(request);
-    // Pieces of whole records: small requests go out in one write.
-    for piece in body.chunks(2 * protocol::MAX_CONTENT) {
-        protocol::push_stdin(&mut out, piece);
+    // Pieces of whole records: small requests go out in one write. The body is read
+    // (page-cache reads of a spooled body at worst) straight into the records.
+    let mut piece = vec![0u8; (2 * protocol::MAX_CONTENT).min(left as usize)];
+    while left > 0 {
+        let want = (left as usize).min(piece.len());
+        let n = match body.read(&mut piece[..want]) {
+            Ok(0) => {
+                return Err(WriteError::Body(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the body ended {left} bytes early"),
+                )))
+            }
+            Ok(n) => n,
+            Err(e) => return Err(WriteError::Body(e)),
+        };
+        left -= n as u64;
+        protocol::push_stdin(&mut out, &piece[..n]);
         if out.len() >= WRITE_CHUNK {
-            write_timed(w, &out, timeout).await?;
+            write_timed(w, &out, timeout)
+                .await
+                .map_err(WriteError::Socket)?;
             out.clear();
         }
     }
     protocol::push_end_of_stdin(&mut out);
-    write_timed(w, &out, timeout).await
+    write_timed(w, &out, timeout)
+        .await
+        .map_err(WriteError::Socket)
 }
 
 async fn write_timed(w: &mut WriteHalf<'_>, data: &[u8], timeout: Duration) -> io::Result<()> {

@@ -116,6 +116,18 @@ impl Failure {
         )
     }
 
+    /// The host's request body could not be read (its `body_read` failed or
+    /// ended early): PHP-FPM must not run the script on part of it.
+    pub fn request_body(e: io::Error) -> Failure {
+        Failure::new(
+            500,
+            "The request body could not be read.",
+            format!(
+                "reading the request body for PHP-FPM failed: {e}; the request was not completed"
+            ),
+        )
+    }
+
     pub fn send_timeout(t: Duration) -> Failure {
         Failure::new(
             504,

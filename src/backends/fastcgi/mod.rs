@@ -52,6 +52,7 @@ use crate::config::{FpmAddress, PhpConfig};
 use crate::health::BackendHealth;
 use crate::http::{Body, Request, Response};
 use crate::metrics::Metrics;
+use crate::request_body::RequestBody;
 use parking_lot::Mutex;
 use pool::Pool;
 use std::io;
@@ -90,7 +91,8 @@ struct Settings {
 struct FcgiJob {
     /// BEGIN_REQUEST and PARAMS records, the empty one included.
     request: Vec<u8>,
-    body: Vec<u8>,
+    /// Sent as STDIN, read as it goes out.
+    body: RequestBody,
     head: bool,
     /// For log lines: "GET /index.php?x".
     log_uri: String,
@@ -101,6 +103,7 @@ struct FcgiJob {
 impl Drop for FcgiJob {
     fn drop(&mut self) {
         if let Some(c) = self.complete.take() {
+            self.body.close();
             c(Response::error(
                 503,
                 Some("PHP-FPM is not available in this worker."),
@@ -147,12 +150,12 @@ impl FcgiJob {
         cgi: CgiVars,
         complete: Completion,
     ) -> Result<FcgiJob, (Response, Completion)> {
-        let exact_length = req.body.len().to_string();
+        let exact_length = req.body_len().to_string();
         let size: usize = cgi.vars.iter().map(|(n, v)| n.len() + v.len() + 8).sum();
         let mut request = Vec::with_capacity(size + 64);
         protocol::push_begin_request(&mut request, true);
         let pairs = cgi.vars.iter().map(|(n, v)| {
-            if n == b"CONTENT_LENGTH" && !(v.is_empty() && req.body.is_empty()) {
+            if n == b"CONTENT_LENGTH" && !(v.is_empty() && req.body_len() == 0) {
                 (n, exact_length.as_bytes())
             } else {
                 (n, v)
@@ -165,7 +168,7 @@ impl FcgiJob {
         }
         Ok(FcgiJob {
             request,
-            body: req.body.to_vec(),
+            body: req.body_for_backend(),
             head: req.is_head(),
             log_uri: format!("{} {}", req.method, req.target),
             complete: Some(complete),

@@ -136,6 +136,11 @@ pub async fn run(pool: Arc<Pool>, mut job: FcgiJob) {
                 }
             }
         };
+        // A small body is read ahead so that a stale connection can be retried
+        // with it; a larger one is read as it goes out (and not retried once sent).
+        job.body
+            .read_ahead(crate::request_body::READ_AHEAD_UP_TO)
+            .map_err(Failure::request_body)?;
         let (mut conn, mut reused) = pool.checkout().await?;
         loop {
             match client::exchange(&mut conn, &job.request, &job.body, &s.timeouts, &mut responder).await {
@@ -145,7 +150,7 @@ pub async fn run(pool: Arc<Pool>, mut job: FcgiJob) {
                     }
                     return Ok(());
                 }
-                Err(f) if f.stale && reused && !responder.responded() => {
+                Err(f) if f.stale && reused && !responder.responded() && job.body.rewind() => {
                     tracing::debug!(uri = %job.log_uri, "a kept-alive connection was closed; retrying");
                     s.metrics.fastcgi_retry();
                     conn = pool.connect().await?;
@@ -156,6 +161,8 @@ pub async fn run(pool: Arc<Pool>, mut job: FcgiJob) {
         }
     }
     .await;
+    // Nothing reads the body after the exchange.
+    job.body.close();
     if let Err(f) = outcome {
         if let Some(log) = &f.log {
             tracing::error!(uri = %job.log_uri, status = f.status, "{log}");

@@ -109,7 +109,14 @@ async fn ping(
         read: limit,
         send: limit,
     };
-    let result = client::exchange(conn, &request, b"", &timeouts, &mut responder).await;
+    let result = client::exchange(
+        conn,
+        &request,
+        &crate::request_body::RequestBody::memory(Vec::new()),
+        &timeouts,
+        &mut responder,
+    )
+    .await;
     // Only the status matters: the body is dropped unread, which ends a streamed
     // exchange early, and that is fine.
     let status = responder.responded().then(|| rx.try_recv().ok()).flatten();

@@ -12,9 +12,10 @@ use crate::backends::embedded::Completion;
 use crate::body::{self, TrySend};
 use crate::config::UpstreamAddress;
 use crate::http::{Body, Request, Response};
-use bytes::Bytes;
-use http_body::Body as _;
-use http_body_util::{BodyExt, Full};
+use crate::request_body::{RequestBody, READ_AHEAD_UP_TO};
+use bytes::{Bytes, BytesMut};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, HOST};
 use parking_lot::Mutex;
@@ -30,7 +31,8 @@ pub struct Job {
     /// Origin form, as the client sent it.
     target: hyper::Uri,
     headers: HeaderMap,
-    body: Bytes,
+    /// Read as the upstream connection sends it.
+    body: RequestBody,
     idempotent: bool,
     head: bool,
     /// For log lines: "GET /index.php?x".
@@ -44,6 +46,7 @@ pub struct Job {
 impl Drop for Job {
     fn drop(&mut self) {
         if let Some(c) = self.complete.get_mut().take() {
+            self.body.close();
             c(Response::error(
                 503,
                 Some("The proxy backend is not available in this worker."),
@@ -71,7 +74,7 @@ impl Job {
         );
         Ok(Job {
             headers: headers::request_headers(req),
-            body: Bytes::copy_from_slice(req.body),
+            body: req.body_for_backend(),
             idempotent,
             head: req.is_head(),
             log_uri: format!("{} {}", req.method, req.target),
@@ -81,8 +84,12 @@ impl Job {
         })
     }
 
-    fn request(&self, up: &UpstreamAddress) -> hyper::Request<Full<Bytes>> {
-        let mut req = hyper::Request::new(Full::new(self.body.clone()));
+    fn request(&self, up: &UpstreamAddress) -> hyper::Request<UpstreamBody> {
+        let mut req = hyper::Request::new(UpstreamBody {
+            pass: self.body.pass(),
+            left: self.body.len(),
+            body: self.body.clone(),
+        });
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.target.clone();
         *req.headers_mut() = self.headers.clone();
@@ -111,6 +118,13 @@ pub async fn run(s: Arc<Settings>, upstreams: Arc<Upstreams>, job: Job) {
     let Some(complete) = job.complete.lock().take() else {
         return;
     };
+    // A small body is read ahead so that it can go to the next upstream after a
+    // failure; a larger one is read as it is sent (and not sent again).
+    if let Err(e) = job.body.read_ahead(READ_AHEAD_UP_TO) {
+        tracing::error!(uri = %job.log_uri, "reading the request body failed: {e}");
+        job.body.close();
+        return complete(job.error_page(&Failure::request_body(e)));
+    }
     let mut tried = Vec::new();
     let mut last = None;
     while let Some(i) = upstreams.pick(&tried) {
@@ -122,14 +136,16 @@ pub async fn run(s: Arc<Settings>, upstreams: Arc<Upstreams>, job: Job) {
         match attempt(&s, &up, &job).await {
             Ok((resp, lease)) => {
                 up.succeeded();
-                return deliver(&s, up, resp, lease, &job, complete).await;
+                deliver(&s, up, resp, lease, &job, complete).await;
+                return job.body.close();
             }
             Err(f) => {
                 let again = match f.retry {
                     Retry::Always => true,
                     Retry::Idempotent => job.idempotent,
                     Retry::Never => false,
-                } && tried.len() < upstreams.list.len();
+                } && tried.len() < upstreams.list.len()
+                    && job.body.rewind();
                 count_failure(&s, &up, &f);
                 if again {
                     tracing::warn!(uri = %job.log_uri, "{}; trying the next upstream", f.log);
@@ -143,6 +159,7 @@ pub async fn run(s: Arc<Settings>, upstreams: Arc<Upstreams>, job: Job) {
             }
         }
     }
+    job.body.close();
     match last {
         Some(f) => complete(job.error_page(&f)),
         None => complete(Response::error(503, Some("No upstream is configured."))),
@@ -190,7 +207,9 @@ async fn attempt(
             // request arrived: a new connection, once (the request again only if
             // it may be repeated).
             Ok(Err(e))
-                if lease.reused && (e.is_canceled() || (job.idempotent && !e.is_parse())) =>
+                if lease.reused
+                    && (e.is_canceled() || (job.idempotent && !e.is_parse()))
+                    && job.body.rewind() =>
             {
                 tracing::debug!(uri = %job.log_uri, upstream = %up.address, error = %e, "a kept-alive connection was closed; retrying on a new one");
                 lease = up.reconnect(lease, s).await?;
@@ -304,5 +323,51 @@ async fn read_frame(
                 }
             }
         }
+    }
+}
+
+/// The request body as an upstream connection sends it: read in chunks as hyper
+/// asks for them (page-cache reads of a spooled body at worst), with its exact
+/// length. `pass` ties it to one attempt: once the body is rewound for another,
+/// this one fails instead of taking its bytes.
+pub struct UpstreamBody {
+    body: RequestBody,
+    pass: u64,
+    left: u64,
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let mut buf = BytesMut::zeroed(self.left.min(64 * 1024) as usize);
+        let frame = match self.body.read_pass(self.pass, &mut buf) {
+            Ok(0) => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the request body ended {} bytes early", self.left),
+            )),
+            Ok(n) => {
+                self.left -= n as u64;
+                buf.truncate(n);
+                Ok(Frame::data(buf.freeze()))
+            }
+            Err(e) => Err(e),
+        };
+        std::task::Poll::Ready(Some(frame))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
     }
 }

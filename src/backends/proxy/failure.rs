@@ -101,7 +101,27 @@ impl Failure {
     }
 
     /// The exchange failed after the request went out (or while it did).
+    /// The host's request body could not be read (its `body_read` failed or
+    /// ended early): no upstream's fault, and not to be sent elsewhere.
+    pub fn request_body(e: io::Error) -> Failure {
+        Failure {
+            counts: false,
+            ..Failure::new(
+                500,
+                "The request body could not be read.",
+                format!("reading the request body for the upstream failed: {e}; the request was not completed"),
+                Retry::Never,
+            )
+        }
+    }
+
     pub fn exchange(e: hyper::Error, up: &UpstreamAddress) -> Failure {
+        // An error of our own request body (UpstreamBody), not of the upstream.
+        if e.is_user() {
+            if let Some(io) = io_cause(&e) {
+                return Failure::request_body(io::Error::new(io.kind(), io.to_string()));
+            }
+        }
         // is_parse covers heads too large as well.
         if e.is_parse() || e.is_parse_status() {
             return Failure::new(

@@ -96,11 +96,11 @@ pub fn request_headers(req: &Request<'_>) -> HeaderMap {
     if let Some(host) = req.header("host") {
         set(&mut map, "x-forwarded-host", host);
     }
-    if had_length || !req.body.is_empty() {
+    if had_length || req.body_len() > 0 {
         set(
             &mut map,
             "content-length",
-            req.body.len().to_string().as_bytes(),
+            req.body_len().to_string().as_bytes(),
         );
     }
     map

@@ -4,12 +4,11 @@
 //! take an upstream out of the turn for `fail_timeout`, as nginx's upstream module
 //! does).
 
+use super::exchange::UpstreamBody;
 use super::failure::Failure;
 use super::Settings;
 use crate::backends::prompt_ack::PromptAck;
 use crate::config::UpstreamAddress;
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
@@ -19,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub type Sender = SendRequest<Full<Bytes>>;
+pub type Sender = SendRequest<UpstreamBody>;
 
 /// Failures counted towards `max_fails`, and until when the upstream is out.
 #[derive(Debug, Default)]
