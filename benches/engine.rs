@@ -5,8 +5,8 @@
 //! difference is what registering `$_SERVER` entries costs.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use fe_php::backends::php::cgi;
 use fe_php::backends::static_files::StaticFiles;
-use fe_php::cgi;
 use fe_php::{Config, Engine};
 use std::path::Path;
 

@@ -5,7 +5,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use fe_php::backends::fastcgi::protocol_internals as protocol;
-use fe_php::cgi;
+use fe_php::backends::php::cgi;
 use std::path::Path;
 
 mod common;

@@ -4,8 +4,8 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use fe_php::config::{BackendKind, PatternKind, RoutingRule};
-use fe_php::path::normalize;
-use fe_php::router::Router;
+use fe_php::routing::path::normalize;
+use fe_php::routing::router::Router;
 
 fn rules() -> Vec<RoutingRule> {
     let backends = ["embedded", "fastcgi", "static"];

@@ -19,9 +19,7 @@ macro_rules! internal {
     };
 }
 
-internal!(
-    backends, body, cgi, config, engine, framing, head, health, http, metrics, path, request_body, router, split
-);
+internal!(backends, config, engine, health, http, metrics, routing);
 
 pub mod ffi;
 

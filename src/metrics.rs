@@ -675,7 +675,7 @@ mod tests {
             ),
             1.0
         );
-        let (_tx, rx) = crate::body::channel();
+        let (_tx, rx) = crate::http::body::channel();
         let resp = Response::new(200).with_body(Body::Stream(rx));
         let counter = m
             .request_finished(Source::Embedded, Instant::now(), true, &resp)

@@ -22,9 +22,9 @@
 
 use fe_php::backends::fastcgi::fuzzing::protocol;
 use fe_php::backends::static_files::StaticFiles;
-use fe_php::cgi::{self, Resolution};
+use fe_php::backends::php::cgi::{self, Resolution};
 use fe_php::http::Request;
-use fe_php::path;
+use fe_php::routing::path;
 use libfuzzer_sys::fuzz_target;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

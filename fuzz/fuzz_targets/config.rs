@@ -10,7 +10,7 @@
 #![no_main]
 
 use fe_php::config::{Built, Config};
-use fe_php::router::Router;
+use fe_php::routing::router::Router;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

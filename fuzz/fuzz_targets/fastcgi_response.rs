@@ -31,7 +31,7 @@
 #![no_main]
 
 use fe_php::backends::fastcgi::fuzzing::{protocol, read_response, response, Responder};
-use fe_php::body::{BodyStream, ReadOutcome};
+use fe_php::http::body::{BodyStream, ReadOutcome};
 use fe_php::http::{Body, Response};
 use libfuzzer_sys::fuzz_target;
 use std::io;

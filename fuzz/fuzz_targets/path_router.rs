@@ -17,8 +17,8 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use fe_php::config::{BackendKind, PatternKind, RoutingRule};
-use fe_php::path::{self, PathError};
-use fe_php::router::Router;
+use fe_php::routing::path::{self, PathError};
+use fe_php::routing::router::Router;
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 

@@ -21,7 +21,7 @@
 
 use fe_php::backends::static_files::{is_php_source, StaticFiles};
 use fe_php::http::{Body, Request, Response};
-use fe_php::path;
+use fe_php::routing::path;
 use libfuzzer_sys::fuzz_target;
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};

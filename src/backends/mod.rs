@@ -2,6 +2,7 @@
 
 pub mod embedded;
 pub mod fastcgi;
+pub mod php;
 mod io_thread;
 mod prompt_ack;
 pub mod proxy;

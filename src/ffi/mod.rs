@@ -24,12 +24,12 @@
 // would repeat it and would not reach C readers of the header.
 #![allow(clippy::missing_safety_doc)]
 
-use crate::body::ReadOutcome;
 use crate::config::{BackendKind, Config};
 use crate::engine::{Decision, Engine, MeteredCompletion, ReloadableEngine};
+use crate::http::body::ReadOutcome;
+use crate::http::request_body::{HostReader, RequestBody};
 use crate::http::{Body, Request, Response};
 use crate::metrics::StreamBytes;
-use crate::request_body::{HostReader, RequestBody};
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::os::fd::AsRawFd;
@@ -854,8 +854,8 @@ pub unsafe extern "C" fn fephp_route(
 ) -> fephp_result {
     guard(|| {
         non_null!(engine, backend_out);
-        if !crate::head::is_token(str_bytes(method)) {
-            set_last_error(crate::head::HeadError::MethodNotToken.to_string());
+        if !crate::http::head::is_token(str_bytes(method)) {
+            set_last_error(crate::http::head::HeadError::MethodNotToken.to_string());
             return fephp_result::BadRequest;
         }
         let target = match str_utf8(target, "target") {
@@ -1009,8 +1009,7 @@ pub unsafe extern "C" fn fephp_handle_request_before_body(
             Err(e) => return e,
         };
         let ud = UserData(userdata);
-        *answered_out =
-            engine.handle_async_before_body(&req, releasing(&req, completion(cb, ud)));
+        *answered_out = engine.handle_async_before_body(&req, releasing(&req, completion(cb, ud)));
         fephp_result::Ok
     })
 }

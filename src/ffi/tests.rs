@@ -101,7 +101,7 @@ fn config_errors_reach_last_error() {
 
 #[test]
 fn stream_body_reads_through_the_abi() {
-    let (tx, rx) = crate::body::channel();
+    let (tx, rx) = crate::http::body::channel();
     let resp = Response::new(200).with_body(Body::Stream(rx));
     let handle = ResponseHandle::into_raw(resp, None);
     let mut buf = [0u8; 8];
@@ -322,7 +322,7 @@ fn too_many_headers_are_431_quickly() {
         431
     );
     assert!(started.elapsed() < std::time::Duration::from_millis(500));
-    let hundred = &headers[..crate::head::MAX_HEADER_LINES];
+    let hundred = &headers[..crate::http::head::MAX_HEADER_LINES];
     assert_eq!(status_of(e, &request(b"GET", b"/index.html", hundred)), 200);
     unsafe { fephp_engine_free(e) };
 }

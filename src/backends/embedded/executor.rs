@@ -9,7 +9,7 @@
 use super::runtime::Runtime;
 use super::sapi::{fephp_sapi_callbacks, fephp_sapi_pair, fephp_sapi_request};
 use super::Job;
-use crate::body::{self, BodySender};
+use crate::http::body::{self, BodySender};
 use crate::http::{Body, Response};
 use crate::metrics::Metrics;
 use parking_lot::{Condvar, Mutex};
@@ -159,7 +159,7 @@ struct Ctx {
 }
 
 fn run(rt: &'static Runtime, job: Job) {
-    let pairs = |p: &crate::cgi::Pairs| -> Vec<fephp_sapi_pair> {
+    let pairs = |p: &crate::backends::php::cgi::Pairs| -> Vec<fephp_sapi_pair> {
         let (buf, spans) = p.raw();
         let base = buf.as_ptr() as *const c_char;
         spans

@@ -11,11 +11,11 @@ mod runtime;
 #[cfg(fephp_embedded)]
 mod sapi;
 
-use crate::cgi::{CgiVars, Pairs};
+use crate::backends::php::cgi::{CgiVars, Pairs};
 use crate::config::IniValue;
-use crate::http::{Request, Response};
+use crate::http::{Request, Completion, Response};
 use crate::metrics::Metrics;
-use crate::request_body::RequestBody;
+use crate::http::request_body::RequestBody;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -25,8 +25,6 @@ use std::sync::Arc;
 /// Whether this build contains the embedded backend (PHP headers were found).
 pub const BUILT: bool = cfg!(fephp_embedded);
 
-/// Receives the response of a request, exactly once.
-pub type Completion = Box<dyn FnOnce(Response) + Send>;
 
 /// Everything the PHP thread needs for one request, owned.
 pub struct Job {

@@ -8,7 +8,7 @@ use super::response::Responder;
 use super::Timeouts;
 use crate::backends::prompt_ack::PromptAck;
 use crate::config::FpmAddress;
-use crate::request_body::RequestBody;
+use crate::http::request_body::RequestBody;
 use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;

@@ -46,13 +46,13 @@ pub mod protocol_internals {
 }
 
 use super::io_thread::{self, IoThread, PerProcess, Task};
-use crate::backends::embedded::Completion;
-use crate::cgi::CgiVars;
+use crate::http::Completion;
+use crate::backends::php::cgi::CgiVars;
 use crate::config::{FpmAddress, PhpConfig};
 use crate::health::BackendHealth;
 use crate::http::{Body, Request, Response};
 use crate::metrics::Metrics;
-use crate::request_body::RequestBody;
+use crate::http::request_body::RequestBody;
 use parking_lot::Mutex;
 use pool::Pool;
 use std::io;

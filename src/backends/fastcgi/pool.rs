@@ -139,7 +139,7 @@ pub async fn run(pool: Arc<Pool>, mut job: FcgiJob) {
         // A small body is read ahead so that a stale connection can be retried
         // with it; a larger one is read as it goes out (and not retried once sent).
         job.body
-            .read_ahead(crate::request_body::READ_AHEAD_UP_TO)
+            .read_ahead(crate::http::request_body::READ_AHEAD_UP_TO)
             .map_err(Failure::request_body)?;
         let (mut conn, mut reused) = pool.checkout().await?;
         loop {

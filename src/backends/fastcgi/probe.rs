@@ -112,7 +112,7 @@ async fn ping(
     let result = client::exchange(
         conn,
         &request,
-        &crate::request_body::RequestBody::memory(Vec::new()),
+        &crate::http::request_body::RequestBody::memory(Vec::new()),
         &timeouts,
         &mut responder,
     )

@@ -3,8 +3,8 @@
 //! streamed through `body::channel()` once it grows or PHP-FPM pauses.
 
 use super::failure::Failure;
-use crate::backends::embedded::Completion;
-use crate::body::{self, BodySender, TrySend};
+use crate::http::Completion;
+use crate::http::body::{self, BodySender, TrySend};
 use crate::http::{Body, Response};
 
 /// Largest CGI header block accepted (nginx's default is 4-8 KiB; applications
@@ -555,11 +555,11 @@ mod tests {
             let mut buf = vec![0; 100_000];
             loop {
                 match stream.read(&mut buf) {
-                    crate::body::ReadOutcome::Data(n) => {
+                    crate::http::body::ReadOutcome::Data(n) => {
                         assert!(buf[..n].iter().all(|&b| b == b'z'));
                         total += n;
                     }
-                    crate::body::ReadOutcome::End => return total,
+                    crate::http::body::ReadOutcome::End => return total,
                     other => panic!("{other:?}"),
                 }
             }
@@ -588,7 +588,7 @@ mod tests {
             panic!()
         };
         let mut buf = [0; 16];
-        assert_eq!(stream.read(&mut buf), crate::body::ReadOutcome::Data(6));
+        assert_eq!(stream.read(&mut buf), crate::http::body::ReadOutcome::Data(6));
         assert_eq!(&buf[..6], b"first\n");
         assert!(r.responded());
     }

@@ -16,7 +16,7 @@ mod headers;
 mod upstream;
 
 use super::io_thread::{self, IoThread, PerProcess, Task};
-use crate::backends::embedded::Completion;
+use crate::http::Completion;
 use crate::config::{ProxyConfig, UpstreamAddress};
 use crate::health::BackendHealth;
 use crate::http::Request;

@@ -108,7 +108,7 @@ fn declared_length(values: &[Vec<u8>]) -> Result<Option<u64>, ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::body::{self, ReadOutcome};
+    use crate::http::body::{self, ReadOutcome};
 
     fn resp(headers: &[(&str, &str)], body: Body) -> Response {
         let mut r = Response::new(200).with_body(body);

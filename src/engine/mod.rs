@@ -1,26 +1,28 @@
 //! The host-neutral core: a validated configuration, its router and its backends.
 //! Hosts reach it through the C ABI (`ffi`); tests drive it directly.
 
-use crate::backends::embedded::{self, Completion, Embedded, Job};
+mod endpoints;
+mod reload;
+
+pub use reload::ReloadableEngine;
+
+use crate::backends::embedded::{self, Embedded, Job};
 use crate::backends::fastcgi::FastCgi;
 use crate::backends::proxy::Proxy;
 use crate::backends::static_files::{self, StaticFiles};
 use crate::backends::BUILT;
-use crate::body;
-use crate::cgi::{self, CgiVars, Resolution};
+use crate::http::body;
+use crate::backends::php::cgi::{self, CgiVars, Resolution};
 use crate::config::{Availability, BackendKind, Config, ConfigError, Validated};
-use crate::framing;
-use crate::head;
-use crate::health::{BackendHealth, Backends, Health};
-use crate::http::{Body, Request, Response};
+use crate::http::framing;
+use crate::http::head;
+use crate::http::{Completion, Request, Response};
 use crate::metrics::{Metrics, Source, StreamBytes};
-use crate::path::{self, PathError};
-use crate::router::{Route, Router};
-use crate::split::{Choice, Split};
-use parking_lot::{Mutex, RwLock};
+use crate::routing::path::{self, PathError};
+use crate::routing::router::{Route, Router};
+use crate::routing::split::{Choice, Split};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -227,15 +229,6 @@ impl Engine {
         Ok(Decision::Backend(self.router.route(&normalized)))
     }
 
-    fn is_health(&self, raw_path: &str) -> bool {
-        let hp = &self.validated.config.backend.health_path;
-        !hp.is_empty() && raw_path == hp
-    }
-
-    fn is_metrics(&self, raw_path: &str) -> bool {
-        let mp = &self.validated.config.backend.metrics_path;
-        !mp.is_empty() && raw_path == mp
-    }
 
     #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     /// Runs a request and waits for its response head.
@@ -511,108 +504,6 @@ impl Engine {
         }
     }
 
-    /// The metrics text (for GET and HEAD).
-    fn metrics_response(&self, req: &Request<'_>) -> Response {
-        if req.method != "GET" && req.method != "HEAD" {
-            return Response::error(405, None).header("Allow", "GET, HEAD");
-        }
-        let text = self.metrics.render().into_bytes();
-        // HEAD loses the body in handle_async_metered, like every response.
-        Response::new(200)
-            .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-            .header("Cache-Control", "no-store")
-            .header("Content-Length", text.len().to_string())
-            .with_body(Body::Bytes(text))
-    }
-
-    /// Answers the health path; PHP-FPM and the upstreams are probed on the FastCGI
-    /// and proxy threads (one after the other), so the host's thread never waits.
-    fn health_response(&self, req: &Request<'_>, complete: Completion) {
-        if req.method != "GET" && req.method != "HEAD" {
-            return complete(Response::error(405, None).header("Allow", "GET, HEAD"));
-        }
-        let head = req.is_head();
-        let backends = self.health_without_probes();
-        let proxy = self.proxy.as_ref().map(|p| p.prober());
-        let then_proxy = move |mut backends: Backends| match proxy {
-            Some(probe) => probe(Box::new(move |health| {
-                backends.proxy = health;
-                complete(health_document(Health::new(backends), head))
-            })),
-            None => complete(health_document(Health::new(backends), head)),
-        };
-        match &self.fastcgi {
-            Some(f) => {
-                let mut backends = backends;
-                f.probe(Box::new(move |fastcgi| {
-                    backends.fastcgi = fastcgi;
-                    then_proxy(backends)
-                }));
-            }
-            None => then_proxy(backends),
-        }
-    }
-
-    /// Checks every backend (PHP-FPM and the upstreams probed from this thread).
-    pub fn health(&self) -> Health {
-        let mut backends = self.health_without_probes();
-        if let Some(f) = &self.fastcgi {
-            backends.fastcgi = f.probe_blocking();
-        }
-        if let Some(p) = &self.proxy {
-            backends.proxy = p.probe_blocking();
-        }
-        Health::new(backends)
-    }
-
-    /// Every entry; the FastCGI and proxy ones say "not available" until probed.
-    fn health_without_probes(&self) -> Backends {
-        let unavailable = |kind: BackendKind| {
-            let why = match self.availability(kind) {
-                Availability::Unavailable(w) => w.clone(),
-                Availability::Available => String::new(),
-            };
-            BackendHealth {
-                enabled: false,
-                healthy: false,
-                message: format!("{} backend is not available: {why}", title(kind)),
-                latency_ms: None,
-            }
-        };
-        let static_files = match &self.static_files {
-            Some(sf) => match sf.check() {
-                Ok(()) => BackendHealth {
-                    enabled: true,
-                    healthy: true,
-                    message: format!("Static backend is healthy (root: {})", sf.root().display()),
-                    latency_ms: None,
-                },
-                Err(e) => BackendHealth {
-                    enabled: true,
-                    healthy: false,
-                    message: format!("Static backend is unhealthy: {e}"),
-                    latency_ms: None,
-                },
-            },
-            None => unavailable(BackendKind::Static),
-        };
-        let embedded = match &self.embedded {
-            Some(_) => BackendHealth {
-                enabled: true,
-                healthy: true,
-                message: "Embedded backend is healthy".to_owned(),
-                latency_ms: Some(0),
-            },
-            None => unavailable(BackendKind::Embedded),
-        };
-        Backends {
-            embedded,
-            fastcgi: unavailable(BackendKind::FastCgi),
-            static_files,
-            proxy: unavailable(BackendKind::Proxy),
-        }
-    }
-
     /// Worker processes a host should run: `[server] workers`, 0 meaning one per core.
     pub fn workers(&self) -> usize {
         match self.validated.config.server.workers {
@@ -624,116 +515,7 @@ impl Engine {
     }
 }
 
-/// An engine whose configuration can be replaced while it serves (what a C host's
-/// `fephp_engine` is). Each request takes the current `Engine` when it starts and
-/// finishes on it: a reload never disturbs requests in flight, and the old engine
-/// (its FastCGI connections included) goes away when the last of them is done.
-/// The metrics carry over.
-pub struct ReloadableEngine {
-    current: RwLock<Arc<Engine>>,
-    metrics: Arc<Metrics>,
-    /// The process in which `worker_start` ran (0: none yet). A reload there starts
-    /// the new engine's threads too; a master that never started keeps none.
-    started_in: AtomicU32,
-    reloading: Mutex<()>,
-}
 
-impl ReloadableEngine {
-    pub fn new(config: Config) -> Result<ReloadableEngine, ConfigError> {
-        // Pin the start directory now, before PHP moves the process: relative paths
-        // in a file reloaded later are resolved against it.
-        let _ = crate::config::absolute(Path::new("."));
-        let metrics = Arc::new(Metrics::new());
-        let engine = Engine::with_metrics(config, metrics.clone())?;
-        Ok(ReloadableEngine {
-            current: RwLock::new(Arc::new(engine)),
-            metrics,
-            started_in: AtomicU32::new(0),
-            reloading: Mutex::new(()),
-        })
-    }
-
-    /// The engine new requests go to.
-    pub fn current(&self) -> Arc<Engine> {
-        self.current.read().clone()
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    /// Builds an engine from `config` and makes it current. On error nothing
-    /// changes. PHP's runtime is per process: `[php] libphp_path` or `[php.ini]`
-    /// changes are refused ("needs a restart").
-    pub fn reload(&self, config: Config) -> Result<(), ConfigError> {
-        let _one = self.reloading.lock();
-        let built = Engine::with_metrics(config, self.metrics.clone()).and_then(|e| {
-            if self.started_in.load(Ordering::Relaxed) == std::process::id() {
-                e.worker_start().map_err(|msg| ConfigError {
-                    problems: vec![msg],
-                })?;
-            }
-            Ok(e)
-        });
-        let engine = match built {
-            Ok(e) => e,
-            Err(e) => {
-                self.metrics.reloaded(false);
-                return Err(e);
-            }
-        };
-        let old = std::mem::replace(&mut *self.current.write(), Arc::new(engine));
-        self.metrics.reloaded(true);
-        // Requests still running on `old` hold it; the last one drops it.
-        drop(old);
-        Ok(())
-    }
-
-    /// Why `config` cannot be applied by `reload` in this process, if it cannot:
-    /// it changes `[php] libphp_path` or `[php.ini]` of the PHP runtime running
-    /// here (and uses the embedded backend).
-    pub fn restart_required(&self, config: &Config) -> Option<String> {
-        // Only a file that differs from the running PHP is validated here (again,
-        // by the reload otherwise): does it use the embedded backend at all?
-        let why = embedded::runtime_conflict(&config.php.libphp_path, &config.php.ini)?;
-        let validated = config.clone().validate(BUILT).ok()?;
-        validated.embedded.is_available().then_some(why)
-    }
-
-    /// Per-process start (see `Engine::worker_start`), from the host thread that
-    /// will start the host's other threads: SIGPROF is blocked in it (they inherit
-    /// that), so PHP's CPU-time limit lands on the PHP thread (`sigprof`).
-    pub fn worker_start(&self) -> Result<(), String> {
-        crate::backends::sigprof::set_blocked(true);
-        self.current().worker_start()?;
-        self.started_in.store(std::process::id(), Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-fn title(kind: BackendKind) -> &'static str {
-    match kind {
-        BackendKind::Embedded => "Embedded",
-        BackendKind::FastCgi => "FastCGI",
-        BackendKind::Static => "Static",
-        BackendKind::Proxy => "Proxy",
-    }
-}
-
-/// The health JSON as a response (headers only for HEAD).
-fn health_document(health: Health, head: bool) -> Response {
-    let json = health.to_json().into_bytes();
-    let resp = Response::new(health.http_status())
-        .header("Content-Type", "application/json")
-        .header("Cache-Control", "no-store")
-        .header("Content-Length", json.len().to_string())
-        .with_body(Body::Bytes(json));
-    if head {
-        resp.for_head()
-    } else {
-        resp
-    }
-}
 
 fn bad_request(e: PathError) -> Response {
     tracing::debug!(error = %e, "rejected request target");
@@ -752,6 +534,7 @@ fn unavailable(kind: BackendKind, why: &Availability) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::Body;
 
     fn engine(extra: &str) -> Engine {
         let root = env!("CARGO_MANIFEST_DIR").to_owned() + "/examples/public";

@@ -1,9 +1,19 @@
-//! Engine-neutral request and response types. Hosts fill a `Request` from whatever
-//! they parsed; every backend answers with a `Response`.
+//! HTTP as the engine sees it, whatever the host: engine-neutral request and
+//! response types (here), response body streams (`body`), request bodies
+//! (`request_body`), the checks every request head passes (`head`) and the framing
+//! rules every PHP response is held to (`framing`).
 
-use crate::body::BodyStream;
-use crate::request_body::RequestBody;
+pub mod body;
+pub mod framing;
+pub mod head;
+pub mod request_body;
+
+use body::BodyStream;
+use request_body::RequestBody;
 use std::fs::File;
+
+/// Receives a backend's response exactly once, on whichever thread produced it.
+pub type Completion = Box<dyn FnOnce(Response) + Send>;
 
 /// A request as the engine sees it: borrowed views of what the host parsed.
 #[derive(Debug, Clone)]
