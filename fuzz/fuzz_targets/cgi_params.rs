@@ -1,4 +1,4 @@
-//! A request → `cgi::resolve` (script, PATH_INFO, front controller) →
+//! A request → `resolve::resolve` (script, PATH_INFO, front controller) →
 //! `cgi::variables` → the FastCGI PARAMS records php-fpm would get.
 //!
 //! Input (text, so seeds stay readable): first line `METHOD target [PROTOCOL]`,
@@ -22,7 +22,8 @@
 
 use fe_php::backends::fastcgi::fuzzing::protocol;
 use fe_php::backends::static_files::StaticFiles;
-use fe_php::backends::php::cgi::{self, Resolution};
+use fe_php::backends::php::cgi;
+use fe_php::backends::php::resolve::{self, Resolution};
 use fe_php::http::Request;
 use fe_php::routing::path;
 use libfuzzer_sys::fuzz_target;
@@ -247,7 +248,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for front_controller in [None, Some("index.php")] {
-        match cgi::resolve(&site.files, &n, front_controller) {
+        match resolve::resolve(site.files.docroot(), &n, front_controller) {
             Resolution::Script {
                 script_name,
                 path_info,

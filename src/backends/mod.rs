@@ -1,5 +1,6 @@
 //! The backends a route can name. Each lives in its own module.
 
+pub mod docroot;
 pub mod embedded;
 pub mod fastcgi;
 pub mod php;

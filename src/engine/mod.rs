@@ -12,7 +12,8 @@ use crate::backends::proxy::Proxy;
 use crate::backends::static_files::{self, StaticFiles};
 use crate::backends::BUILT;
 use crate::http::body;
-use crate::backends::php::cgi::{self, CgiVars, Resolution};
+use crate::backends::php::cgi::{self, CgiVars};
+use crate::backends::php::resolve::{self, Resolution};
 use crate::config::{Availability, BackendKind, Config, ConfigError, Validated};
 use crate::http::framing;
 use crate::http::head;
@@ -465,7 +466,7 @@ impl Engine {
         body_read: bool,
         run: impl FnOnce(&Path, CgiVars, Completion),
     ) -> bool {
-        match cgi::resolve(&site.files, normalized, site.front_controller.as_deref()) {
+        match resolve::resolve(site.files.docroot(), normalized, site.front_controller.as_deref()) {
             Resolution::Script { .. } if !body_read => false,
             Resolution::Script {
                 script_name,
