@@ -4,6 +4,7 @@
 use fe_php::ffi::*;
 use std::ffi::{c_char, c_void, CString};
 use std::ptr;
+use std::task::Waker;
 
 /// A shared engine handle.
 pub struct Engine(*const fephp_engine);
@@ -234,7 +235,7 @@ impl Drop for Engine {
 pub struct Response {
     raw: *mut fephp_response,
     /// The `Arc<StreamWaker>` lent to the notify callback, released after the response.
-    notify_ud: *const crate::server::StreamWaker,
+    notify_ud: *const StreamWaker,
 }
 
 // SAFETY: a fephp_response may move between threads (one owner at a time).
@@ -325,10 +326,10 @@ impl Response {
     }
 
     /// Registers `waker` to be woken (from any thread) when a streamed body has news.
-    pub fn set_notify(&mut self, waker: std::sync::Arc<crate::server::StreamWaker>) {
+    pub fn set_notify(&mut self, waker: std::sync::Arc<StreamWaker>) {
         unsafe extern "C" fn notify(ud: *mut c_void) {
             // SAFETY: ud is the Arc raw pointer kept alive by the Response (see below).
-            let w = &*(ud as *const crate::server::StreamWaker);
+            let w = &*(ud as *const StreamWaker);
             w.wake();
         }
         // The Arc stays leaked while the response lives; Response::drop frees it.
@@ -339,7 +340,7 @@ impl Response {
             // SAFETY: replaced registration: the old Arc is no longer referenced.
             unsafe { drop(std::sync::Arc::from_raw(self.notify_ud)) };
         }
-        self.notify_ud = ptr as *const crate::server::StreamWaker;
+        self.notify_ud = ptr as *const StreamWaker;
     }
 }
 
@@ -361,5 +362,24 @@ unsafe fn as_bytes<'a>(s: fephp_str) -> &'a [u8] {
         &[]
     } else {
         std::slice::from_raw_parts(s.ptr as *const u8, s.len)
+    }
+}
+
+/// Wakes the task polling a streamed body; called from engine threads.
+#[derive(Default)]
+pub struct StreamWaker {
+    waker: parking_lot::Mutex<Option<Waker>>,
+}
+
+impl StreamWaker {
+    /// Where the polling task leaves its waker.
+    pub fn slot(&self) -> parking_lot::MutexGuard<'_, Option<Waker>> {
+        self.waker.lock()
+    }
+
+    pub fn wake(&self) {
+        if let Some(w) = self.waker.lock().take() {
+            w.wake();
+        }
     }
 }

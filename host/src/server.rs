@@ -2,7 +2,7 @@
 //! on the listening socket inherited from the master, handing every request to
 //! the engine through the C ABI.
 
-use crate::abi::{BodyKind, Engine, Response};
+use crate::abi::{BodyKind, Engine, Response, StreamWaker};
 use crate::access_log::AccessLog;
 use crate::conn::{Busy, ConnState, Timeouts, WatchedStream};
 use crate::sendfile::{self, FileOwner, SendQueue};
@@ -16,12 +16,11 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use parking_lot::Mutex;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// Bytes read per frame of a file or stream body.
@@ -207,7 +206,7 @@ pub fn run(
                     log.flush();
                     odd = !odd;
                     if odd {
-                        crate::return_freed_memory();
+                        crate::alloc::return_freed_memory();
                     }
                 }
             }
@@ -618,20 +617,6 @@ fn plain(status: StatusCode) -> hyper::Response<HostBody> {
     r
 }
 
-/// Wakes the task polling a streamed body; called from engine threads.
-#[derive(Default)]
-pub struct StreamWaker {
-    waker: Mutex<Option<Waker>>,
-}
-
-impl StreamWaker {
-    pub fn wake(&self) {
-        if let Some(w) = self.waker.lock().take() {
-            w.wake();
-        }
-    }
-}
-
 /// A response body that keeps its connection marked busy until hyper has sent it.
 pub struct ConnBody {
     body: HostBody,
@@ -779,7 +764,7 @@ impl HostBody {
                         }
                         Ok(None) => {
                             // Register, then look again so a wake between the two is not lost.
-                            let mut slot = waker.waker.lock();
+                            let mut slot = waker.slot();
                             if slot.is_some() {
                                 return Poll::Pending;
                             }

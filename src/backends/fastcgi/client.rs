@@ -2,7 +2,7 @@
 //! response is read (php-fpm may answer before it has read all of STDIN), records
 //! are decoded as they arrive, STDOUT goes to the `Responder`, STDERR to the log.
 
-use super::failure::Failure;
+use super::failure::{ConnectError, Failure};
 use super::protocol::{self, Decoder, EndRequest};
 use super::response::Responder;
 use super::Timeouts;
@@ -85,10 +85,6 @@ impl Conn {
     }
 }
 
-pub enum ConnectError {
-    Io(io::Error),
-    Timeout,
-}
 
 /// How an exchange ended well.
 pub struct Exchanged {

@@ -2,11 +2,16 @@
 //! and the log line that says what to check (in the tone of the design's
 //! troubleshooting section).
 
-use super::client::ConnectError;
 use super::Settings;
 use crate::http::Response;
 use std::io;
 use std::time::Duration;
+
+/// Why a connection to PHP-FPM could not be made.
+pub enum ConnectError {
+    Io(io::Error),
+    Timeout,
+}
 
 /// Why a request to PHP-FPM failed: the status and short page the client gets,
 /// and the log line that says what to check.
