@@ -16,6 +16,12 @@ use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::Re
 use std::sync::{Arc, Once};
 use std::time::Instant;
 
+/// Receives a response and, for a streamed body, the counter its reader feeds
+/// (`StreamBytes::add` for every chunk read) so that `fephp_response_bytes_total`
+/// includes it.
+pub type MeteredCompletion = Box<dyn FnOnce(Response, Option<StreamBytes>) + Send>;
+
+
 /// Who answered a request: the `backend` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {

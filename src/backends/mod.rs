@@ -7,6 +7,7 @@ pub mod php;
 mod io_thread;
 mod prompt_ack;
 pub mod proxy;
+pub mod serve;
 pub mod sigprof;
 pub mod static_files;
 

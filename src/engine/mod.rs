@@ -6,16 +6,15 @@ mod reload;
 
 pub use reload::ReloadableEngine;
 
-use crate::backends::embedded::{self, Embedded, Job};
+use crate::backends::embedded::{self, Embedded};
 use crate::backends::fastcgi::FastCgi;
 use crate::backends::proxy::Proxy;
-use crate::backends::static_files::{self, StaticFiles};
+use crate::backends::static_files::StaticFiles;
 use crate::backends::BUILT;
 use crate::http::body;
-use crate::backends::php::cgi::{self, CgiVars};
-use crate::backends::php::resolve::{self, Resolution};
+use crate::backends::php::{Php, Site};
+use crate::backends::serve::{Backend, Reply, Target};
 use crate::config::{Availability, BackendKind, Config, ConfigError, Validated};
-use crate::http::framing;
 use crate::http::head;
 use crate::http::{Completion, Request, Response};
 use crate::metrics::{Metrics, Source, StreamBytes};
@@ -23,14 +22,11 @@ use crate::routing::path::{self, PathError};
 use crate::routing::router::{Route, Router};
 use crate::routing::split::{Choice, Split};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Receives a response and, for a streamed body, the counter its reader feeds
-/// (`StreamBytes::add` for every chunk read) so that `fephp_response_bytes_total`
-/// includes it.
-pub type MeteredCompletion = Box<dyn FnOnce(Response, Option<StreamBytes>) + Send>;
+pub use crate::metrics::MeteredCompletion;
 
 /// Where a request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,24 +36,12 @@ pub enum Decision {
     Backend(Route),
 }
 
-/// The PHP document root as both PHP backends see it.
-struct PhpSite {
-    /// Opens files below the root (resolution) and serves its non-PHP files.
-    files: StaticFiles,
-    /// Absolute path, for SCRIPT_FILENAME and DOCUMENT_ROOT.
-    root: PathBuf,
-    front_controller: Option<String>,
-    /// Existing non-PHP files are served only when static serving is enabled.
-    serve_static: bool,
-}
-
 pub struct Engine {
     validated: Validated,
     router: Router,
     static_files: Option<StaticFiles>,
-    php: Option<PhpSite>,
-    embedded: Option<Embedded>,
-    fastcgi: Option<FastCgi>,
+    embedded: Option<Php<Embedded>>,
+    fastcgi: Option<Php<FastCgi>>,
     proxy: Option<Proxy>,
     /// Rules that split traffic, by their index in the configuration.
     splits: HashMap<usize, Split>,
@@ -101,12 +85,12 @@ impl Engine {
             };
             let files = StaticFiles::new(root, &sf.index_files)
                 .map_err(|e| fail(format!("[php] document_root: {e}")))?;
-            Some(PhpSite {
+            Some(Arc::new(Site {
                 files,
                 root: embedded::absolute_root(root),
                 front_controller: validated.config.php.front_controller.clone(),
                 serve_static: static_files.is_some(),
-            })
+            }))
         } else {
             None
         };
@@ -122,22 +106,24 @@ impl Engine {
                 .map(|d| PathBuf::from(d.to_string()))
                 .filter(|d| !d.as_os_str().is_empty()),
         );
-        let embedded = if validated.embedded.is_available() {
-            Some(
-                Embedded::start(
+        let embedded = match (&php, validated.embedded.is_available()) {
+            (Some(site), true) => Some(Php {
+                site: site.clone(),
+                runner: Embedded::start(
                     &validated.config.php.libphp_path,
                     &validated.config.php.ini,
                     metrics.clone(),
                 )
                 .map_err(fail)?,
-            )
-        } else {
-            None
+            }),
+            _ => None,
         };
         let fastcgi = match (&php, validated.fastcgi.is_available()) {
-            (Some(site), true) => Some(
-                FastCgi::new(&validated.config.php, &site.root, metrics.clone()).map_err(fail)?,
-            ),
+            (Some(site), true) => Some(Php {
+                site: site.clone(),
+                runner: FastCgi::new(&validated.config.php, &site.root, metrics.clone())
+                    .map_err(fail)?,
+            }),
             _ => None,
         };
         let proxy = if validated.proxy.is_available() {
@@ -156,7 +142,6 @@ impl Engine {
             validated,
             router,
             static_files,
-            php,
             embedded,
             fastcgi,
             proxy,
@@ -327,73 +312,29 @@ impl Engine {
             Some(split) => self.split_arm(split, req, complete),
             None => (route.backend, complete),
         };
-        match backend {
-            BackendKind::Static => {
-                let resp = match &self.static_files {
-                    Some(sf) => sf.serve(req, &normalized, t.query),
-                    None => {
-                        unavailable(BackendKind::Static, self.availability(BackendKind::Static))
-                    }
-                };
-                self.answer(Source::Static, started, resp, complete)
+        let target = Target {
+            normalized: &normalized,
+            raw_path: t.raw_path,
+            query: t.query,
+        };
+        let reply = Reply::new(self.metrics.clone(), started, complete);
+        match self.backend(backend) {
+            Some(b) => b.serve(req, &target, reply, body_read).is_ok(),
+            None => {
+                let why = unavailable(backend, self.availability(backend));
+                reply.now(source_of(backend), why);
+                true
             }
-            BackendKind::Embedded => match (&self.embedded, &self.php) {
-                (Some(e), Some(site)) => self.php_request(
-                    req,
-                    (&normalized, t.query),
-                    site,
-                    (Source::Embedded, started, complete),
-                    body_read,
-                    |filename, vars, complete| e.submit(Job::new(req, filename, vars, complete)),
-                ),
-                _ => self.answer(
-                    Source::Embedded,
-                    started,
-                    unavailable(
-                        BackendKind::Embedded,
-                        self.availability(BackendKind::Embedded),
-                    ),
-                    complete,
-                ),
-            },
-            BackendKind::FastCgi => match (&self.fastcgi, &self.php) {
-                (Some(f), Some(site)) => self.php_request(
-                    req,
-                    (&normalized, t.query),
-                    site,
-                    (Source::FastCgi, started, complete),
-                    body_read,
-                    |_, vars, complete| f.submit(req, vars, complete),
-                ),
-                _ => self.answer(
-                    Source::FastCgi,
-                    started,
-                    unavailable(
-                        BackendKind::FastCgi,
-                        self.availability(BackendKind::FastCgi),
-                    ),
-                    complete,
-                ),
-            },
-            BackendKind::Proxy => match &self.proxy {
-                Some(_) if !body_read => false,
-                Some(p) => {
-                    // The target as the client sent it, in origin form.
-                    let origin = match (req.target.starts_with('/'), t.query) {
-                        (true, _) => req.target.to_owned(),
-                        (false, Some(q)) => format!("{}?{q}", t.raw_path),
-                        (false, None) => t.raw_path.to_owned(),
-                    };
-                    p.submit(req, &origin, self.metered(Source::Proxy, started, complete));
-                    true
-                }
-                None => self.answer(
-                    Source::Proxy,
-                    started,
-                    unavailable(BackendKind::Proxy, self.availability(BackendKind::Proxy)),
-                    complete,
-                ),
-            },
+        }
+    }
+
+    /// The backend of `kind`, when it is available.
+    fn backend(&self, kind: BackendKind) -> Option<&dyn Backend> {
+        match kind {
+            BackendKind::Static => self.static_files.as_ref().map(|b| b as &dyn Backend),
+            BackendKind::Embedded => self.embedded.as_ref().map(|b| b as &dyn Backend),
+            BackendKind::FastCgi => self.fastcgi.as_ref().map(|b| b as &dyn Backend),
+            BackendKind::Proxy => self.proxy.as_ref().map(|b| b as &dyn Backend),
         }
     }
 
@@ -439,70 +380,13 @@ impl Engine {
         resp: Response,
         complete: MeteredCompletion,
     ) -> bool {
-        let bytes = self.metrics.request_finished(source, started, false, &resp);
-        complete(resp, bytes);
+        Reply::new(self.metrics.clone(), started, complete).now(source, resp);
         true
     }
 
-    /// A completion for a backend that answers later: in flight until it does.
+    /// A completion for an answer the engine gives later (health with probes).
     fn metered(&self, source: Source, started: Instant, complete: MeteredCompletion) -> Completion {
-        self.metrics.request_started(source);
-        let metrics = self.metrics.clone();
-        Box::new(move |resp| {
-            let bytes = metrics.request_finished(source, started, true, &resp);
-            complete(resp, bytes)
-        })
-    }
-
-    /// Script resolution shared by the PHP backends; `run` queues the script
-    /// (its file name and CGI variables). `target` is the normalized path and the
-    /// query; `answer` whom the answer is counted for, since when, and who gets it.
-    fn php_request(
-        &self,
-        req: &Request<'_>,
-        (normalized, query): (&str, Option<&str>),
-        site: &PhpSite,
-        (source, started, complete): (Source, Instant, MeteredCompletion),
-        body_read: bool,
-        run: impl FnOnce(&Path, CgiVars, Completion),
-    ) -> bool {
-        match resolve::resolve(site.files.docroot(), normalized, site.front_controller.as_deref()) {
-            Resolution::Script { .. } if !body_read => false,
-            Resolution::Script {
-                script_name,
-                path_info,
-            } => {
-                let vars = cgi::variables(req, &site.root, &script_name, &path_info, query);
-                let filename = site.root.join(script_name.trim_start_matches('/'));
-                let complete = self.metered(source, started, complete);
-                // Whatever headers the script set, the response is framed truly.
-                let (head, script) = (req.is_head(), filename.display().to_string());
-                let complete: Completion = Box::new(move |mut resp| {
-                    framing::sanitize(&mut resp, head, &script);
-                    complete(resp)
-                });
-                run(&filename, vars, complete);
-                true
-            }
-            Resolution::Static if site.serve_static => {
-                let resp = site.files.serve(req, normalized, query);
-                self.answer(Source::Static, started, resp, complete)
-            }
-            // A redirect would tell that a hidden directory (`/.git`) exists.
-            Resolution::AddSlash if static_files::is_hidden(normalized) => {
-                self.answer(source, started, Response::error(404, None), complete)
-            }
-            Resolution::AddSlash => {
-                let resp = static_files::add_slash(normalized, query);
-                self.answer(source, started, resp, complete)
-            }
-            Resolution::Static | Resolution::NotFound => {
-                self.answer(source, started, Response::error(404, None), complete)
-            }
-            Resolution::Unavailable => {
-                self.answer(source, started, Response::error(503, None), complete)
-            }
-        }
+        Reply::new(self.metrics.clone(), started, complete).later(source)
     }
 
     /// Worker processes a host should run: `[server] workers`, 0 meaning one per core.
@@ -517,6 +401,16 @@ impl Engine {
 }
 
 
+
+/// Whom the answers of a backend kind are counted for.
+fn source_of(kind: BackendKind) -> Source {
+    match kind {
+        BackendKind::Embedded => Source::Embedded,
+        BackendKind::FastCgi => Source::FastCgi,
+        BackendKind::Static => Source::Static,
+        BackendKind::Proxy => Source::Proxy,
+    }
+}
 
 fn bad_request(e: PathError) -> Response {
     tracing::debug!(error = %e, "rejected request target");

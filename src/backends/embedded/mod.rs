@@ -11,6 +11,8 @@ mod runtime;
 #[cfg(fephp_embedded)]
 mod sapi;
 
+use crate::metrics::Source;
+use crate::backends::php::Runner;
 use crate::backends::php::cgi::{CgiVars, Pairs};
 use crate::config::IniValue;
 use crate::http::{Request, Completion, Response};
@@ -265,4 +267,12 @@ pub fn runtime_conflict(libphp_path: &Path, ini: &BTreeMap<String, IniValue>) ->
 /// Absolute document root for PHP (SCRIPT_FILENAME is built from it).
 pub fn absolute_root(root: &Path) -> PathBuf {
     root.canonicalize().unwrap_or_else(|_| root.to_owned())
+}
+
+impl Runner for Embedded {
+    const SOURCE: Source = Source::Embedded;
+
+    fn run(&self, req: &Request<'_>, filename: &Path, vars: CgiVars, complete: Completion) {
+        self.submit(Job::new(req, filename, vars, complete))
+    }
 }

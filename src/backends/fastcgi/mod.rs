@@ -45,6 +45,8 @@ pub mod protocol_internals {
     pub use super::protocol::*;
 }
 
+use crate::metrics::Source;
+use crate::backends::php::Runner;
 use super::io_thread::{self, IoThread, PerProcess, Task};
 use crate::http::Completion;
 use crate::backends::php::cgi::CgiVars;
@@ -305,5 +307,13 @@ impl FastCgi {
             async move { probe::probe(&settings).await },
         )
         .unwrap_or_else(probe::unhealthy)
+    }
+}
+
+impl Runner for FastCgi {
+    const SOURCE: Source = Source::FastCgi;
+
+    fn run(&self, req: &Request<'_>, _filename: &Path, vars: CgiVars, complete: Completion) {
+        self.submit(req, vars, complete)
     }
 }

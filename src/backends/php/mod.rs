@@ -1,6 +1,10 @@
 //! What both PHP backends (embedded and FastCGI) share: which script a path runs
-//! (`resolve`) and the CGI variables it gets (`cgi`). Depends on nothing above the
+//! (`resolve`), the CGI variables it gets (`cgi`), and the backend shape both
+//! share: resolution in front of a runner (`site`). Depends on nothing above the
 //! backends: the document root (`docroot`) and HTTP types only.
 
 pub mod cgi;
 pub mod resolve;
+pub mod site;
+
+pub use site::{Php, Runner, Site};

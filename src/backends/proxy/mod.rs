@@ -15,6 +15,8 @@ mod failure;
 mod headers;
 mod upstream;
 
+use crate::metrics::Source;
+use crate::backends::serve::{Backend, Reply, Target};
 use super::io_thread::{self, IoThread, PerProcess, Task};
 use crate::http::Completion;
 use crate::config::{ProxyConfig, UpstreamAddress};
@@ -247,5 +249,28 @@ async fn probe(s: &Settings, upstreams: Option<&Upstreams>) -> BackendHealth {
         healthy: reachable > 0,
         message,
         latency_ms: (reachable > 0).then_some(latency),
+    }
+}
+
+impl Backend for Proxy {
+    fn serve(
+        &self,
+        req: &Request<'_>,
+        target: &Target<'_>,
+        reply: Reply,
+        body_ready: bool,
+    ) -> Result<(), Reply> {
+        // The upstream reads the body: the host reads it first.
+        if !body_ready {
+            return Err(reply);
+        }
+        // The target as the client sent it, in origin form.
+        let origin = match (req.target.starts_with('/'), target.query) {
+            (true, _) => req.target.to_owned(),
+            (false, Some(q)) => format!("{}?{q}", target.raw_path),
+            (false, None) => target.raw_path.to_owned(),
+        };
+        self.submit(req, &origin, reply.later(Source::Proxy));
+        Ok(())
     }
 }

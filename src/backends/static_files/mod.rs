@@ -6,6 +6,8 @@
 
 mod validators;
 
+use crate::metrics::Source;
+use crate::backends::serve::{Backend, Reply, Target};
 use super::docroot::DocRoot;
 pub use super::docroot::PathKind;
 use crate::http::{Body, Request, Response};
@@ -277,6 +279,22 @@ impl StaticFiles {
         with_validators(resp).with_body(body)
     }
 
+}
+
+impl Backend for StaticFiles {
+    fn serve(
+        &self,
+        req: &Request<'_>,
+        target: &Target<'_>,
+        reply: Reply,
+        _body_ready: bool,
+    ) -> Result<(), Reply> {
+        reply.now(
+            Source::Static,
+            StaticFiles::serve(self, req, target.normalized, target.query),
+        );
+        Ok(())
+    }
 }
 
 /// 301 from a directory path without its trailing slash to the slash form,
