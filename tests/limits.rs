@@ -10,23 +10,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const CONFIG: &str = r#"
-[server]
-listen = "127.0.0.1:{port}"
-workers = 1
-access_log = "{dir}/access.log"
-{limits}
-
-[backend]
-default_backend = "static"
-
-[backend.static_files]
-enable = true
-root = "{dir}/public"
-
-[php]
-libphp_path = "/nonexistent/libphp.so"
-"#;
+fn config() -> String {
+    HostConfig::static_site().server("{limits}").toml()
+}
 
 fn site(dir: &Path) {
     std::fs::create_dir_all(dir.join("public")).unwrap();
@@ -34,7 +20,7 @@ fn site(dir: &Path) {
 }
 
 fn host(limits: &str) -> Host {
-    Host::start(&CONFIG.replace("{limits}", limits), site)
+    Host::start(&config().replace("{limits}", limits), site)
 }
 
 fn connect(h: &Host) -> TcpStream {
@@ -441,7 +427,7 @@ fn check_reports_bad_limits() {
     let path = dir.path().join("c.toml");
     std::fs::write(
         &path,
-        CONFIG
+        config()
             .replace(
                 "{limits}",
                 "max_body_size = 0\nmax_connections = 0\nkeepalive_timeout = 75",
@@ -464,7 +450,7 @@ fn check_reports_bad_limits() {
     );
     std::fs::write(
         &path,
-        CONFIG
+        config()
             .replace("{limits}", "max_body_size = 0\nmax_connections = 0")
             .replace("{dir}", dir.path().to_str().unwrap())
             .replace("{port}", "1"),

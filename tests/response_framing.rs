@@ -74,27 +74,7 @@ root = "{dir}/www"
 }
 
 fn fastcgi_host(www: &Path, fpm: &PhpFpm) -> Host {
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:{{port}}"
-workers = 1
-access_log = "off"
-
-[backend]
-default_backend = "fastcgi"
-
-[backend.static_files]
-enable = true
-root = "{root}"
-
-[php]
-libphp_path = "/nonexistent/libphp.so"
-fpm_socket = "{fpm}"
-"#,
-        root = www.display(),
-        fpm = fpm.address()
-    );
+    let config = HostConfig::fastcgi_site(www, fpm.address(), "").toml();
     Host::start(&config, |_| {})
 }
 

@@ -49,23 +49,12 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-const STATIC_CONFIG: &str = r#"
-[server]
-listen = "127.0.0.1:{port}"
-workers = 2
-access_log = "{dir}/access.log"
-{server}
-
-[backend]
-default_backend = "static"
-
-[backend.static_files]
-enable = true
-root = "{dir}/public"
-
-[php]
-libphp_path = "/nonexistent/libphp.so"
-"#;
+fn static_config() -> String {
+    HostConfig::static_site()
+        .workers(2)
+        .server("{server}")
+        .toml()
+}
 
 fn static_site(dir: &Path) {
     open_up(dir);
@@ -83,7 +72,7 @@ fn static_site(dir: &Path) {
 }
 
 fn static_host(server: &str) -> Host {
-    Host::start(&STATIC_CONFIG.replace("{server}", server), static_site)
+    Host::start(&static_config().replace("{server}", server), static_site)
 }
 
 // ---------------------------------------------------------------- privileges
@@ -207,7 +196,7 @@ fn an_unknown_user_group_or_root_is_refused() {
         let path = dir.path().join("c.toml");
         std::fs::write(
             &path,
-            STATIC_CONFIG
+            static_config()
                 .replace("{server}", server)
                 .replace("{dir}", dir.path().to_str().unwrap())
                 .replace("{port}", &free_port().to_string()),
@@ -271,7 +260,7 @@ fn switching_user_needs_root() {
         let path = dir.path().join("c.toml");
         std::fs::write(
             &path,
-            STATIC_CONFIG
+            static_config()
                 .replace("{server}", server)
                 .replace("{dir}", dir.path().to_str().unwrap())
                 .replace("{port}", "1"),
@@ -468,27 +457,7 @@ fn php_input_is_inert_under_fastcgi() {
     let www = dir.path().join("www");
     php_site(&www);
     let fpm = PhpFpm::start(&www, FpmListen::Tcp);
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:{{port}}"
-workers = 1
-access_log = "off"
-
-[backend]
-default_backend = "fastcgi"
-
-[backend.static_files]
-enable = true
-root = "{root}"
-
-[php]
-libphp_path = "/nonexistent/libphp.so"
-fpm_socket = "{fpm}"
-"#,
-        root = www.display(),
-        fpm = fpm.address()
-    );
+    let config = HostConfig::fastcgi_site(www.as_ref(), fpm.address(), "").toml();
     let h = Host::start(&config, |_| {});
     newline_in_path_info_is_inert(&h.url(""), &www);
     headers_cannot_pose_as_variables(&h.url(""));

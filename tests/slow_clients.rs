@@ -216,28 +216,8 @@ fn clients_that_never_read_do_not_hold_php_fpm_children() {
     let fpm = PhpFpm::builder(&www, FpmListen::Tcp)
         .max_children(2)
         .start();
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:{{port}}"
-workers = 1
-access_log = "off"
-
-[backend]
-default_backend = "fastcgi"
-
-[backend.static_files]
-enable = true
-root = "{root}"
-
-[php]
-libphp_path = "/nonexistent/libphp.so"
-fpm_socket = "{fpm}"
-fpm_max_connections = 2
-"#,
-        root = www.display(),
-        fpm = fpm.address()
-    );
+    let config =
+        HostConfig::fastcgi_site(www.as_ref(), fpm.address(), "fpm_max_connections = 2").toml();
     let h = Host::start(&config, |_| {});
     six_non_readers_then_a_fast_request(&h);
 }

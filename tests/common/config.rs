@@ -29,6 +29,18 @@ impl HostConfig {
         }
     }
 
+    /// PHP through PHP-FPM at `fpm` (an address for `fpm_socket`), scripts and
+    /// static files from `root`, no access log; `php` adds `[php]` lines.
+    pub fn fastcgi_site(root: &std::path::Path, fpm: &str, php: &str) -> HostConfig {
+        HostConfig::static_site()
+            .access_log("off")
+            .default_backend("fastcgi")
+            .root(&root.display().to_string())
+            .php(&format!(
+                "libphp_path = \"/nonexistent/libphp.so\"\nfpm_socket = \"{fpm}\"\n{php}"
+            ))
+    }
+
     pub fn workers(mut self, n: usize) -> HostConfig {
         self.workers = n;
         self
