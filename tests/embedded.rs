@@ -7,21 +7,9 @@ use common::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-const CONFIG: &str = r#"
-[server]
-listen = "127.0.0.1:{port}"
-workers = 1
-access_log = "off"
-
-[backend]
-default_backend = "embedded"
-
-[backend.static_files]
-enable = true
-root = "{dir}/www"
-
-[php.ini]
-memory_limit = "32M"
+fn config() -> String {
+    HostConfig::embedded_site(
+        r#"memory_limit = "32M"
 max_execution_time = 1
 display_errors = false
 log_errors = true
@@ -30,8 +18,10 @@ post_max_size = "64M"
 # Files written by the test are younger than OPcache's default 2 s protection.
 "opcache.file_update_protection" = 0
 # crash.php dereferences a bad pointer through FFI: a real segfault in an extension.
-"ffi.enable" = true
-"#;
+"ffi.enable" = true"#,
+    )
+    .toml()
+}
 
 const SCRIPTS: &[(&str, &str)] = &[
     ("hello.php", "<?php echo 'Hello, World!';"),
@@ -73,7 +63,7 @@ fn site(dir: &Path) {
 
 fn host(workers: usize) -> Host {
     Host::start(
-        &CONFIG.replace("workers = 1", &format!("workers = {workers}")),
+        &config().replace("workers = 1", &format!("workers = {workers}")),
         site,
     )
 }
@@ -407,9 +397,17 @@ fn a_slow_embedded_script_does_not_delay_fastcgi_responses() {
     let www = dir.path().join("www");
     let fpm = PhpFpm::start(&www, FpmListen::Unix);
     let config = format!(
-        "{CONFIG}\n[[backend.routing_rules]]\npattern = {{ type = \"exact\", value = \"/hello.php\" }}\nbackend = \"fastcgi\"\n"
-    )
-    .replace("[php.ini]", &format!("[php]\nfpm_socket = \"{}\"\ndocument_root = \"{}\"\n\n[php.ini]", fpm.address(), www.display()));
+        "{}\n[[backend.routing_rules]]\npattern = {{ type = \"exact\", value = \"/hello.php\" }}\nbackend = \"fastcgi\"\n",
+        config().replacen(
+            "[php]\n",
+            &format!(
+                "[php]\nfpm_socket = \"{}\"\ndocument_root = \"{}\"\n",
+                fpm.address(),
+                www.display()
+            ),
+            1
+        )
+    );
     let h = Host::start(&config, site);
     let url = h.url("/slow.php");
     let slow = std::thread::spawn(move || get(&url));

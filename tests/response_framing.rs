@@ -53,22 +53,7 @@ fn site(www: &Path) {
 
 fn embedded_host() -> Host {
     Host::start(
-        r#"
-[server]
-listen = "127.0.0.1:{port}"
-workers = 1
-access_log = "off"
-
-[backend]
-default_backend = "embedded"
-
-[backend.static_files]
-enable = true
-root = "{dir}/www"
-
-[php.ini]
-"opcache.file_update_protection" = 0
-"#,
+        &HostConfig::embedded_site(r#""opcache.file_update_protection" = 0"#).toml(),
         |dir| site(&dir.join("www")),
     )
 }

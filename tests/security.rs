@@ -471,19 +471,7 @@ fn php_input_is_inert_under_fastcgi() {
 
 #[test]
 fn php_input_is_inert_under_embedded() {
-    let config = r#"
-[server]
-listen = "127.0.0.1:{port}"
-workers = 1
-access_log = "off"
-
-[backend]
-default_backend = "embedded"
-
-[backend.static_files]
-enable = true
-root = "{dir}/www"
-"#;
+    let config = &HostConfig::embedded_site("").toml();
     let h = Host::start(config, |dir| php_site(&dir.join("www")));
     let www = h.dir.path().join("www");
     newline_in_path_info_is_inert(&h.url(""), &www);
@@ -810,19 +798,7 @@ fn expect_100_continue_is_sent_only_when_the_body_is_wanted() {
         eprintln!("libphp is not installed: the PHP half is skipped");
         return;
     }
-    let config = r#"
-[server]
-listen = "127.0.0.1:{port}"
-workers = 1
-access_log = "off"
-
-[backend]
-default_backend = "embedded"
-
-[backend.static_files]
-enable = true
-root = "{dir}/www"
-"#;
+    let config = &HostConfig::embedded_site("").toml();
     let h = Host::start(config, |dir| {
         std::fs::create_dir_all(dir.join("www/.git")).unwrap();
         std::fs::write(

@@ -181,23 +181,11 @@ fn six_non_readers_then_a_fast_request(h: &Host) {
 #[test]
 fn clients_that_never_read_do_not_hold_embedded_php() {
     let h = Host::start(
-        r#"
-[server]
-listen = "127.0.0.1:{port}"
-workers = 1
-access_log = "off"
-
-[backend]
-default_backend = "embedded"
-
-[backend.static_files]
-enable = true
-root = "{dir}/www"
-
-[php.ini]
-upload_tmp_dir = "{dir}/tmp"
-"opcache.file_update_protection" = 0
-"#,
+        &HostConfig::embedded_site(
+            r#"upload_tmp_dir = "{dir}/tmp"
+"opcache.file_update_protection" = 0"#,
+        )
+        .toml(),
         |dir| {
             site(&dir.join("www"));
             std::fs::create_dir_all(dir.join("tmp")).unwrap();

@@ -12,6 +12,7 @@ pub struct HostConfig {
     root: String,
     sections: String,
     php: String,
+    ini: String,
 }
 
 impl HostConfig {
@@ -26,6 +27,7 @@ impl HostConfig {
             root: "{dir}/public".to_owned(),
             sections: String::new(),
             php: "libphp_path = \"/nonexistent/libphp.so\"".to_owned(),
+            ini: String::new(),
         }
     }
 
@@ -39,6 +41,23 @@ impl HostConfig {
             .php(&format!(
                 "libphp_path = \"/nonexistent/libphp.so\"\nfpm_socket = \"{fpm}\"\n{php}"
             ))
+    }
+
+    /// Embedded PHP (Debian's libphp) by default, from `{dir}/www`, no access log;
+    /// `ini` becomes `[php.ini]`.
+    pub fn embedded_site(ini: &str) -> HostConfig {
+        HostConfig::static_site()
+            .access_log("off")
+            .default_backend("embedded")
+            .root("{dir}/www")
+            .php("")
+            .ini(ini)
+    }
+
+    /// The lines of `[php.ini]`.
+    pub fn ini(mut self, lines: &str) -> HostConfig {
+        self.ini = lines.to_owned();
+        self
     }
 
     pub fn workers(mut self, n: usize) -> HostConfig {
@@ -100,6 +119,7 @@ root = "{root}"
 
 [php]
 {php}
+{ini}
 "#,
             workers = self.workers,
             log = self.access_log,
@@ -108,6 +128,11 @@ root = "{root}"
             root = self.root,
             sections = self.sections,
             php = self.php,
+            ini = if self.ini.is_empty() {
+                String::new()
+            } else {
+                format!("[php.ini]\n{}\n", self.ini)
+            },
         )
     }
 }
