@@ -221,6 +221,35 @@ typedef struct fephp_str {
 } fephp_str;
 
 /**
+ * One log line of the library, borrowed for the duration of the callback.
+ */
+typedef struct fephp_log_record {
+  fephp_log_level level;
+  /**
+   * What it is about: `php` (PHP's own messages and PHP-FPM's stderr), a
+   * backend (`embedded`, `fastcgi`, `proxy`, `static_files`) or another part
+   * of the library (`engine`, `config`, …).
+   */
+  struct fephp_str target;
+  /**
+   * The message, with any further fields appended as ` key=value`.
+   */
+  struct fephp_str message;
+  /**
+   * The request it belongs to (its target, e.g. `/index.php?a=1`); empty when
+   * it belongs to none.
+   */
+  struct fephp_str uri;
+} fephp_log_record;
+
+/**
+ * Receives one record. It runs on the thread that logged — a host thread in a
+ * C ABI call, a worker's PHP thread, or the library's I/O thread — so it must be
+ * thread-safe and must not call back into the engine; it should be quick.
+ */
+typedef void (*fephp_log_callback)(void *userdata, const struct fephp_log_record *record);
+
+/**
  * One request header.
  */
 typedef struct fephp_header {
@@ -307,35 +336,6 @@ typedef void (*fephp_response_cb)(void *userdata,
  * Called, from any thread, when a streamed body may have more data or has ended.
  */
 typedef void (*fephp_notify_cb)(void *userdata);
-
-/**
- * One log line of the library, borrowed for the duration of the callback.
- */
-typedef struct fephp_log_record {
-  fephp_log_level level;
-  /**
-   * What it is about: `php` (PHP's own messages and PHP-FPM's stderr), a
-   * backend (`embedded`, `fastcgi`, `proxy`, `static_files`) or another part
-   * of the library (`engine`, `config`, …).
-   */
-  struct fephp_str target;
-  /**
-   * The message, with any further fields appended as ` key=value`.
-   */
-  struct fephp_str message;
-  /**
-   * The request it belongs to (its target, e.g. `/index.php?a=1`); empty when
-   * it belongs to none.
-   */
-  struct fephp_str uri;
-} fephp_log_record;
-
-/**
- * Receives one record. It runs on the thread that logged — a host thread in a
- * C ABI call, a worker's PHP thread, or the library's I/O thread — so it must be
- * thread-safe and must not call back into the engine; it should be quick.
- */
-typedef void (*fephp_log_callback)(void *userdata, const struct fephp_log_record *record);
 
 #ifdef __cplusplus
 extern "C" {
@@ -553,6 +553,46 @@ fephp_result fephp_route(const struct fephp_engine *engine,
                          fephp_backend *backend_out);
 
 /**
+ * Writes the health document (the seed's JSON) into `buf` and the HTTP status
+ * the host should answer with (200 healthy, 503 not) into `*status_out`.
+ */
+fephp_result fephp_health(const struct fephp_engine *engine,
+                          char *buf,
+                          size_t cap,
+                          size_t *len_out,
+                          uint16_t *status_out);
+
+/**
+ * Writes the message of the last failed call on this thread into `buf`.
+ */
+fephp_result fephp_last_error(char *buf, size_t cap, size_t *len_out);
+
+/**
+ * Writes a short description of a result code (a `fephp_result` value) into
+ * `buf`; a code this library does not know (e.g. from a newer header) is
+ * described as such. (The parameter is a plain integer so that no value a caller
+ * passes is undefined behaviour; it has the enum's size and passing.)
+ */
+fephp_result fephp_result_message(uint32_t result, char *buf, size_t cap, size_t *len_out);
+
+/**
+ * Sends every library log line up to `max_level` to `callback` (with
+ * `userdata` passed back untouched), from now on and in every thread of the
+ * process, including those started later. `callback` NULL (or `max_level`
+ * `FEPHP_LOG_LEVEL_OFF`) stops delivery; once this returns, the previous
+ * callback is not running and will not be called again, so its `userdata` may
+ * be freed. Call it before `fephp_init` to also receive the configuration's
+ * messages; after a fork the child keeps the setting.
+ *
+ * The library installs a process-wide `tracing` subscriber on the first call:
+ * a Rust host that installed its own gets `FEPHP_RESULT_INVALID_ARGUMENT` and
+ * keeps receiving events through that one.
+ */
+fephp_result fephp_log_set_callback(fephp_log_callback callback,
+                                    void *userdata,
+                                    uint32_t max_level);
+
+/**
  * Runs a request and waits until its status and headers are ready. The body may
  * still be streaming (see `fephp_response_body_kind`). Errors of the request
  * itself (400, 404, 502, …) are responses, not error codes.
@@ -609,29 +649,6 @@ fephp_result fephp_handle_request_before_body(const struct fephp_engine *engine,
                                               fephp_response_cb callback,
                                               void *userdata,
                                               bool *answered_out);
-
-/**
- * Writes the health document (the seed's JSON) into `buf` and the HTTP status
- * the host should answer with (200 healthy, 503 not) into `*status_out`.
- */
-fephp_result fephp_health(const struct fephp_engine *engine,
-                          char *buf,
-                          size_t cap,
-                          size_t *len_out,
-                          uint16_t *status_out);
-
-/**
- * Writes the message of the last failed call on this thread into `buf`.
- */
-fephp_result fephp_last_error(char *buf, size_t cap, size_t *len_out);
-
-/**
- * Writes a short description of a result code (a `fephp_result` value) into
- * `buf`; a code this library does not know (e.g. from a newer header) is
- * described as such. (The parameter is a plain integer so that no value a caller
- * passes is undefined behaviour; it has the enum's size and passing.)
- */
-fephp_result fephp_result_message(uint32_t result, char *buf, size_t cap, size_t *len_out);
 
 /**
  * The HTTP status code (0 for NULL).
@@ -720,23 +737,6 @@ fephp_result fephp_response_set_body_notify(struct fephp_response *response,
  * has gone). NULL is ignored.
  */
 void fephp_response_free(struct fephp_response *response);
-
-/**
- * Sends every library log line up to `max_level` to `callback` (with
- * `userdata` passed back untouched), from now on and in every thread of the
- * process, including those started later. `callback` NULL (or `max_level`
- * `FEPHP_LOG_LEVEL_OFF`) stops delivery; once this returns, the previous
- * callback is not running and will not be called again, so its `userdata` may
- * be freed. Call it before `fephp_init` to also receive the configuration's
- * messages; after a fork the child keeps the setting.
- *
- * The library installs a process-wide `tracing` subscriber on the first call:
- * a Rust host that installed its own gets `FEPHP_RESULT_INVALID_ARGUMENT` and
- * keeps receiving events through that one.
- */
-fephp_result fephp_log_set_callback(fephp_log_callback callback,
-                                    void *userdata,
-                                    uint32_t max_level);
 
 #ifdef __cplusplus
 }  // extern "C"

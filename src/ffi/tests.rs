@@ -1,7 +1,8 @@
 //! Tests of the C ABI from Rust: header freshness, NULL handling, body reading.
 
 use super::*;
-use std::ffi::{CStr, CString};
+use crate::http::{Body, Response};
+use std::ffi::{c_char, CStr, CString};
 use std::ptr;
 
 #[test]
