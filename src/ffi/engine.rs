@@ -6,7 +6,7 @@ use super::boundary::{
     engine_ref, guard, guard_value, holder_ref, non_null, set_last_error, str_bytes, str_utf8,
     with_last_error, write_out,
 };
-use super::types::{fephp_backend, fephp_engine, fephp_result, fephp_server_limits, fephp_str};
+use super::types::{fephp_backend, fephp_engine, fephp_result, fephp_str};
 use crate::config::{BackendKind, Config};
 use crate::engine::{Decision, Engine, ReloadableEngine};
 use std::ffi::{c_char, CStr};
@@ -67,7 +67,7 @@ unsafe fn engine_text(
     })
 }
 
-/// The library version, e.g. "0.1.0". Static storage; never free it.
+/// The library version, e.g. "1.0.0". Static storage; never free it.
 #[no_mangle]
 pub extern "C" fn fephp_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
@@ -80,7 +80,9 @@ pub extern "C" fn fephp_version() -> *const c_char {
 /// On success `*engine_out` receives a new engine, owned by the caller until
 /// `fephp_engine_free`. On `FEPHP_RESULT_CONFIG_ERROR`, `fephp_last_error` gives every
 /// problem with its fix. Informational lines (the seed's `[i] …`) are available from
-/// `fephp_engine_messages`.
+/// `fephp_engine_messages`. The file's `[server]` table belongs to the host that
+/// owns the socket (fe-php-host reads it itself): the engine accepts it and reads
+/// nothing of it, but the whole file must be valid TOML.
 ///
 /// Call it in the master process, before forking workers.
 ///
@@ -148,9 +150,11 @@ pub unsafe extern "C" fn fephp_engine_free(engine: *const fephp_engine) {
 /// it by starting a new process (fe-php-host re-executes itself, keeping its
 /// listening sockets, and drains the old workers).
 ///
-/// Thread-safe; any thread may call it while others run requests. Engine settings
-/// the host read before (listen address, workers, access log, limits) are the new
-/// ones from here on: the host decides what to do with them. In a forking host,
+/// Thread-safe; any thread may call it while others run requests. What the engine
+/// reports about itself (`fephp_engine_messages`, `fephp_engine_temp_dir`,
+/// `fephp_engine_backend_available`) is the new configuration's from here on; a
+/// host's own settings (such as fe-php-host's `[server]`) are the host's to
+/// re-read. In a forking host,
 /// call it in the master and fork new workers (they start with the new
 /// configuration), or in each worker (after `fephp_worker_start` there, the new
 /// engine's threads start at once). Metrics carry over.
@@ -269,20 +273,6 @@ pub unsafe extern "C" fn fephp_engine_messages(
     engine_text(engine, buf, cap, len_out, |e| e.messages().join("\n"))
 }
 
-/// Writes `[server] listen` (e.g. "127.0.0.1:8080") into `buf`: for hosts that own
-/// the listening socket.
-#[no_mangle]
-pub unsafe extern "C" fn fephp_engine_listen(
-    engine: *const fephp_engine,
-    buf: *mut c_char,
-    cap: usize,
-    len_out: *mut usize,
-) -> fephp_result {
-    engine_text(engine, buf, cap, len_out, |e| {
-        e.config().server.listen.clone()
-    })
-}
-
 /// Writes the directory for request bodies too large to keep in memory into `buf`:
 /// PHP's `upload_tmp_dir` when `[php.ini]` sets it, else its `sys_temp_dir`, else
 /// `$TMPDIR`, else `/tmp`. Hosts that spool bodies put them there (as files
@@ -296,112 +286,6 @@ pub unsafe extern "C" fn fephp_engine_temp_dir(
 ) -> fephp_result {
     engine_text(engine, buf, cap, len_out, |e| {
         e.temp_dir().to_string_lossy().into_owned()
-    })
-}
-
-/// Writes `[server] access_log` ("-" for stdout, "off", or a path) into `buf`.
-#[no_mangle]
-pub unsafe extern "C" fn fephp_engine_access_log(
-    engine: *const fephp_engine,
-    buf: *mut c_char,
-    cap: usize,
-    len_out: *mut usize,
-) -> fephp_result {
-    engine_text(engine, buf, cap, len_out, |e| {
-        e.config().server.access_log.clone()
-    })
-}
-
-/// Number of worker processes the host should run (`[server] workers`; 0 in the
-/// file means one per CPU core).
-#[no_mangle]
-pub unsafe extern "C" fn fephp_engine_workers(
-    engine: *const fephp_engine,
-    workers_out: *mut u32,
-) -> fephp_result {
-    guard(|| {
-        non_null!(engine, workers_out);
-        *workers_out = engine_ref(engine).workers() as u32;
-        fephp_result::Ok
-    })
-}
-
-/// Writes `[server]`'s connection limits (timeouts, sizes, connections; the
-/// defaults where the file sets none) into `*limits_out`. For hosts that own the
-/// socket; an embedding server such as nginx keeps its own. The values change only
-/// with `fephp_engine_reload`: read them once per worker, e.g. right after forking.
-#[no_mangle]
-pub unsafe extern "C" fn fephp_engine_server_limits(
-    engine: *const fephp_engine,
-    limits_out: *mut fephp_server_limits,
-) -> fephp_result {
-    guard(|| {
-        non_null!(engine, limits_out);
-        let e = engine_ref(engine);
-        let s = &e.config().server;
-        let ms = |d: crate::config::ConfigDuration| d.0.as_millis().min(u64::MAX as u128) as u64;
-        *limits_out = fephp_server_limits {
-            header_read_timeout_ms: ms(s.header_read_timeout),
-            body_read_timeout_ms: ms(s.body_read_timeout),
-            keepalive_timeout_ms: ms(s.keepalive_timeout),
-            max_header_size: s.max_header_size.0,
-            max_body_size: s.max_body_size.0,
-            max_connections: s.max_connections.min(u32::MAX as usize) as u32,
-        };
-        fephp_result::Ok
-    })
-}
-
-/// Writes `[server] send_timeout` in milliseconds to `*timeout_ms_out`: the longest
-/// wait for the client to take more of a response; a host that owns the socket
-/// closes the connection when it is exceeded (a streaming backend then learns the
-/// client has gone). A function of its own, not a field of `fephp_server_limits`,
-/// so that struct keeps its layout.
-#[no_mangle]
-pub unsafe extern "C" fn fephp_engine_send_timeout_ms(
-    engine: *const fephp_engine,
-    timeout_ms_out: *mut u64,
-) -> fephp_result {
-    guard(|| {
-        non_null!(engine, timeout_ms_out);
-        let e = engine_ref(engine);
-        *timeout_ms_out = e
-            .config()
-            .server
-            .send_timeout
-            .0
-            .as_millis()
-            .min(u64::MAX as u128) as u64;
-        fephp_result::Ok
-    })
-}
-
-/// Writes `[server] user` into `buf`; "" when unset. A host that starts as root
-/// binds its socket, then switches each worker process to this user (with
-/// `fephp_engine_group`'s group) before `fephp_worker_start`.
-#[no_mangle]
-pub unsafe extern "C" fn fephp_engine_user(
-    engine: *const fephp_engine,
-    buf: *mut c_char,
-    cap: usize,
-    len_out: *mut usize,
-) -> fephp_result {
-    engine_text(engine, buf, cap, len_out, |e| {
-        e.config().server.user.clone().unwrap_or_default()
-    })
-}
-
-/// Writes `[server] group` into `buf`; "" when unset (then the workers take the
-/// user's primary group).
-#[no_mangle]
-pub unsafe extern "C" fn fephp_engine_group(
-    engine: *const fephp_engine,
-    buf: *mut c_char,
-    cap: usize,
-    len_out: *mut usize,
-) -> fephp_result {
-    engine_text(engine, buf, cap, len_out, |e| {
-        e.config().server.group.clone().unwrap_or_default()
     })
 }
 

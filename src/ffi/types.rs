@@ -171,26 +171,6 @@ pub struct fephp_request {
     pub tls: bool,
 }
 
-/// `[server]`'s connection limits, for hosts that own the socket: plain numbers
-/// the host copies (timeouts in milliseconds, sizes in bytes).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct fephp_server_limits {
-    /// Longest time to receive a request's head, counted from its first byte (from
-    /// the connection's start for the first request); exceeded: 408 and close.
-    pub header_read_timeout_ms: u64,
-    /// Longest wait between two reads of a request body; exceeded: 408 and close.
-    pub body_read_timeout_ms: u64,
-    /// How long an idle keep-alive connection waits for its next request.
-    pub keepalive_timeout_ms: u64,
-    /// Largest request head (request line and headers) in bytes; larger: 431.
-    pub max_header_size: u64,
-    /// Largest request body in bytes; larger: 413.
-    pub max_body_size: u64,
-    /// Connections one worker process serves at once.
-    pub max_connections: u32,
-}
-
 /// The engine: configuration, router and backends (replaced as a whole by
 /// `fephp_engine_reload`), and its metrics. Opaque.
 pub struct fephp_engine {
