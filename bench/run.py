@@ -265,7 +265,8 @@ http {{
 """)
     # The module records libfe_php's soname; use the release build of the library.
     release = os.path.join(ROOT, "target", "release")
-    so = os.path.join(release, "libfe_php.so.0")
+    major = re.search(r'^version = "(\d+)\.', open(os.path.join(ROOT, "Cargo.toml")).read(), re.M).group(1)
+    so = os.path.join(release, f"libfe_php.so.{major}")
     if not os.path.exists(so):
         os.symlink("libfe_php.so", so)
     s.spawn(["/usr/sbin/nginx", "-p", d, "-c", conf, "-e", f"{d}/error.log"],

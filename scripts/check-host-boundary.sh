@@ -10,7 +10,9 @@ trap 'rm -rf "$tmp"' EXIT
 mkdir "$tmp/host"
 cp -r host/src "$tmp/host/src"
 cp Cargo.lock "$tmp/host/Cargo.lock"
-sed "s|path = \"..\"|path = \"$PWD\"|" host/Cargo.toml > "$tmp/host/Cargo.toml"
+# The library and the workspace crates beside it (units/), by absolute path.
+sed -e "s|path = \"\.\.\"|path = \"$PWD\"|" -e "s|path = \"\.\./|path = \"$PWD/|" \
+    host/Cargo.toml > "$tmp/host/Cargo.toml"
 printf '\n[workspace]\n' >> "$tmp/host/Cargo.toml"
 cat >> "$tmp/host/src/main.rs" <<'RS'
 

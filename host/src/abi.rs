@@ -65,46 +65,6 @@ impl Engine {
         self.string(fephp_engine_messages)
     }
 
-    pub fn listen(&self) -> String {
-        self.string(fephp_engine_listen)
-    }
-
-    pub fn access_log(&self) -> String {
-        self.string(fephp_engine_access_log)
-    }
-
-    /// `[server] user` and `group`; None when unset.
-    pub fn user(&self) -> Option<String> {
-        Some(self.string(fephp_engine_user)).filter(|s| !s.is_empty())
-    }
-
-    pub fn group(&self) -> Option<String> {
-        Some(self.string(fephp_engine_group)).filter(|s| !s.is_empty())
-    }
-
-    /// `[server]`'s connection limits.
-    pub fn server_limits(&self) -> fephp_server_limits {
-        let mut limits = fephp_server_limits::default();
-        // SAFETY: live engine, writable out pointer.
-        unsafe { fephp_engine_server_limits(self.0, &mut limits) };
-        limits
-    }
-
-    /// `[server] send_timeout` in milliseconds.
-    pub fn send_timeout_ms(&self) -> u64 {
-        let mut ms = 0;
-        // SAFETY: live engine, writable out pointer.
-        unsafe { fephp_engine_send_timeout_ms(self.0, &mut ms) };
-        ms
-    }
-
-    pub fn workers(&self) -> u32 {
-        let mut n = 1;
-        // SAFETY: live engine, writable out pointer.
-        unsafe { fephp_engine_workers(self.0, &mut n) };
-        n
-    }
-
     /// Whether a backend is available, and why not.
     pub fn backend(&self, backend: fephp_backend) -> Result<(), String> {
         let mut ok = false;

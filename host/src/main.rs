@@ -1,10 +1,12 @@
-//! `fe-php-host`: a small HTTP/1.1 server around libfe_php. It parses flags, creates
-//! the engine through the C ABI, binds the socket, and forks workers that serve with
-//! hyper. All routing and backend logic is in the library.
+//! `fe-php-host`: a small HTTP/1.1 server around libfe_php. It parses flags, reads
+//! its own `[server]` section of the configuration file, creates the engine
+//! through the C ABI from the same file, binds the socket, and forks workers that
+//! serve with hyper. All routing and backend logic is in the library.
 
 mod abi;
 mod access_log;
 mod alloc;
+mod config;
 mod conn;
 mod listen;
 mod master;
@@ -15,7 +17,9 @@ mod server;
 mod spool;
 
 use clap::Parser;
+use config::{Refused, ServerConfig};
 use fe_php::ffi::fephp_backend;
+use std::cell::RefCell;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -53,10 +57,23 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
-    let engine = match abi::Engine::from_file(&args.config) {
-        Ok(e) => e,
-        Err(msg) => {
-            eprintln!("{msg}");
+    // The host's `[server]` and the library's sections: every problem of both at
+    // once. A file that cannot be read or is not TOML is the library's to report.
+    let server = ServerConfig::from_file(&args.config);
+    let engine = abi::Engine::from_file(&args.config);
+    let (engine, server) = match (engine, server) {
+        (Ok(engine), Ok(server)) => (engine, server),
+        (engine, server) => {
+            let mut problems = Vec::new();
+            if let Err(msg) = &engine {
+                problems.push(msg.clone());
+            }
+            match server {
+                Err(Refused::Unreadable(_)) if engine.is_err() => {}
+                Err(refused) => problems.push(refused.message()),
+                Ok(_) => {}
+            }
+            eprintln!("{}", problems.join("\n"));
             if args.check {
                 eprintln!(
                     "fe-php-host: configuration file {} test failed",
@@ -71,7 +88,7 @@ fn main() -> ExitCode {
         eprintln!("{messages}");
     }
     let backends = describe_backends(&engine);
-    let identity = match privileges::resolve(engine.user().as_deref(), engine.group().as_deref()) {
+    let identity = match privileges::resolve(server.user.as_deref(), server.group.as_deref()) {
         Ok(id) => id,
         Err(msg) => {
             eprintln!("{msg}");
@@ -84,7 +101,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let limits = server::Limits::from_engine(&engine);
+    let limits = server::Limits::new(&server);
     if args.check {
         eprintln!("backends: {backends}");
         if let Some(id) = &identity {
@@ -97,8 +114,8 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    let listen = args.listen.clone().unwrap_or_else(|| engine.listen());
-    let workers = worker_count(&args, &engine);
+    let listen = args.listen.clone().unwrap_or_else(|| server.listen.clone());
+    let workers = worker_count(&args, &server);
     let listeners = match &inherited.listeners {
         Some((addr, fds)) if *addr == listen || listen.ends_with(":0") => {
             listen::Listeners::inherit(addr, fds, workers)
@@ -120,12 +137,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let log = match access_log::AccessLog::open(&engine.access_log()) {
+    let log = match access_log::AccessLog::open(&server.access_log) {
         Ok(l) => Arc::new(l),
         Err(e) => {
             eprintln!(
                 "fe-php-host: cannot open access log {}: {e}",
-                engine.access_log()
+                server.access_log
             );
             return ExitCode::from(1);
         }
@@ -146,6 +163,9 @@ fn main() -> ExitCode {
     }
 
     let engine = Arc::new(engine);
+    // `[server]` as last read (a reload replaces it); workers read their limits
+    // from it after the fork.
+    let server = RefCell::new(server);
     // SAFETY: plain identity query.
     let master_pid = unsafe { libc::getpid() };
     let worker = |slot: usize, count: usize| {
@@ -172,7 +192,7 @@ fn main() -> ExitCode {
             }
         };
         // Read here, after the fork: a reload may have changed them.
-        let limits = server::Limits::from_engine(&engine);
+        let limits = server::Limits::new(&server.borrow());
         match server::run(engine.clone(), listeners, log.clone(), limits) {
             Ok(()) => 0,
             Err(e) => {
@@ -183,7 +203,7 @@ fn main() -> ExitCode {
     };
     let exited = |pid, signal, replaced| engine.worker_exited(pid, signal, replaced);
     let reload = || {
-        let n = match reload(&engine, &args)? {
+        let n = match reload(&engine, &args, &server)? {
             master::Reloaded::Workers(n) => n,
             restart => return Ok(restart),
         };
@@ -199,26 +219,28 @@ fn main() -> ExitCode {
 }
 
 /// `--workers`, else `[server] workers` (0: one per CPU core).
-fn worker_count(args: &Args, engine: &abi::Engine) -> usize {
+fn worker_count(args: &Args, server: &ServerConfig) -> usize {
     match args.workers {
         Some(0) => std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
         Some(n) => n,
-        None => engine.workers() as usize,
+        None => server.worker_count(),
     }
 }
 
-/// SIGHUP in the master: the engine re-reads the file (refusing an invalid one);
-/// returns how many workers to fork with it, or, when the file changes PHP's
-/// runtime and passes `--check` in a child process, that the master must restart.
-/// What the master set up once (socket, access log, user) stays.
-fn reload(engine: &abi::Engine, args: &Args) -> Result<master::Reloaded, String> {
-    let settled = || {
-        let e = engine;
-        (e.listen(), e.access_log(), e.user(), e.group())
-    };
-    let before = settled();
+/// SIGHUP in the master: re-reads `[server]` and has the engine re-read the
+/// file (either refusing an invalid one changes nothing; `[server]` is checked
+/// first, so the engine never takes a file whose `[server]` is refused); returns
+/// how many workers to fork with it, or, when the file changes PHP's runtime and
+/// passes `--check` in a child process, that the master must restart. What the
+/// master set up once (socket, access log, user) stays.
+fn reload(
+    engine: &abi::Engine,
+    args: &Args,
+    server: &RefCell<ServerConfig>,
+) -> Result<master::Reloaded, String> {
+    let new = ServerConfig::from_file(&args.config).map_err(|refused| refused.message())?;
     match engine.reload(&args.config) {
         Ok(()) => {}
         Err(abi::ReloadRefused::Invalid(msg)) => return Err(msg),
@@ -228,12 +250,16 @@ fn reload(engine: &abi::Engine, args: &Args) -> Result<master::Reloaded, String>
             return Ok(master::Reloaded::Restart);
         }
     }
-    let after = settled();
+    let before = server.replace(new);
+    let after = server.borrow();
     let kept = [
-        ("listen", args.listen.is_none() && before.0 != after.0),
-        ("access_log", before.1 != after.1),
-        ("user", before.2 != after.2),
-        ("group", before.3 != after.3),
+        (
+            "listen",
+            args.listen.is_none() && before.listen != after.listen,
+        ),
+        ("access_log", before.access_log != after.access_log),
+        ("user", before.user != after.user),
+        ("group", before.group != after.group),
     ];
     for (key, changed) in kept {
         if changed {
@@ -245,7 +271,7 @@ fn reload(engine: &abi::Engine, args: &Args) -> Result<master::Reloaded, String>
         tracing::info!("{messages}");
     }
     tracing::info!("new configuration; backends: {}", describe_backends(engine));
-    Ok(master::Reloaded::Workers(worker_count(args, engine)))
+    Ok(master::Reloaded::Workers(worker_count(args, &after)))
 }
 
 /// "static (embedded: not available: …; fastcgi: …)".

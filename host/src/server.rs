@@ -4,11 +4,12 @@
 
 use crate::abi::{BodyKind, Engine, Response, StreamWaker};
 use crate::access_log::AccessLog;
+use crate::config::ServerConfig;
 use crate::conn::{Busy, ConnState, Timeouts, WatchedStream};
 use crate::sendfile::{self, FileOwner, SendQueue};
 use crate::spool::{self, Spooled};
 use bytes::{Bytes, BytesMut};
-use fe_php::ffi::{fephp_header, fephp_request, fephp_server_limits, fephp_str};
+use fe_php::ffi::{fephp_header, fephp_request, fephp_str};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -56,18 +57,17 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn from_engine(engine: &Engine) -> Limits {
-        let l: fephp_server_limits = engine.server_limits();
+    pub fn new(s: &ServerConfig) -> Limits {
         Limits {
             timeouts: Timeouts {
-                header: Duration::from_millis(l.header_read_timeout_ms),
-                keepalive: Duration::from_millis(l.keepalive_timeout_ms),
-                send: Duration::from_millis(engine.send_timeout_ms()),
+                header: s.header_read_timeout.0,
+                keepalive: s.keepalive_timeout.0,
+                send: s.send_timeout.0,
             },
-            body_read_timeout: Duration::from_millis(l.body_read_timeout_ms),
-            max_header_size: usize::try_from(l.max_header_size).unwrap_or(usize::MAX),
-            max_body_size: l.max_body_size,
-            max_connections: l.max_connections.max(1) as usize,
+            body_read_timeout: s.body_read_timeout.0,
+            max_header_size: usize::try_from(s.max_header_size.0).unwrap_or(usize::MAX),
+            max_body_size: s.max_body_size.0,
+            max_connections: s.max_connections.max(1),
         }
     }
 }

@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    pub server: ServerConfig,
+    /// fe-php-host's section, not read by the library (see `HostSection`).
+    pub server: HostSection,
     pub backend: BackendConfig,
     pub php: PhpConfig,
 }

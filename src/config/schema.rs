@@ -1,7 +1,9 @@
 //! The sections of the configuration file and their defaults: what the file may
-//! say. `deny_unknown_fields` everywhere, so a misspelt key is an error naming it.
+//! say. `deny_unknown_fields` everywhere, so a misspelt key is an error naming it
+//! (except inside `[server]`: the library leaves that table to the host, which
+//! checks its keys).
 
-use super::{ConfigDuration, ConfigSize, IniValue};
+use super::{ConfigDuration, IniValue};
 use std::collections::BTreeMap;
 use serde::Deserialize;
 use std::fmt;
@@ -10,79 +12,23 @@ use std::time::Duration;
 
 /// Default `[php] libphp_path`.
 pub const DEFAULT_LIBPHP_PATH: &str = "/usr/lib/libphp.so";
-/// Default `[server] listen`.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default `[php] fpm_max_connections` (per worker process).
 pub const DEFAULT_FPM_MAX_CONNECTIONS: usize = 8;
 /// Upper bound of `[php] fpm_max_connections`.
 pub const MAX_FPM_MAX_CONNECTIONS: usize = 1024;
 
-/// `[server]`: settings for hosts that own the socket (`fe-php-host`); an embedding
-/// server such as nginx ignores them.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    /// Worker processes; 0 means one per CPU core.
-    pub workers: usize,
-    pub listen: String,
-    /// Access log in combined log format: "-" (stdout), "off", or a file path.
-    pub access_log: String,
-    /// Longest time to receive a request's head, counted from its first byte (from
-    /// the connection's start for the first request); exceeded → 408 and close.
-    pub header_read_timeout: ConfigDuration,
-    /// Longest wait between two reads of a request body (nginx's
-    /// `client_body_timeout`); exceeded → 408 and close.
-    pub body_read_timeout: ConfigDuration,
-    /// How long an idle keep-alive connection waits for its next request.
-    pub keepalive_timeout: ConfigDuration,
-    /// Longest wait for a client to take more of a response (nginx's
-    /// `send_timeout`); exceeded → the connection closes, and a PHP script still
-    /// writing to it ends as when the client leaves.
-    pub send_timeout: ConfigDuration,
-    /// Largest request head (request line and headers); larger → 431.
-    pub max_header_size: ConfigSize,
-    /// Largest request body; larger → 413.
-    pub max_body_size: ConfigSize,
-    /// Connections one worker process serves at once; at the limit it stops accepting
-    /// and its listening socket's backlog holds new connections.
-    pub max_connections: usize,
-    /// User the worker processes run as: the master starts as root, binds the
-    /// socket, and workers drop to this user before serving. Unset: no change.
-    pub user: Option<String>,
-    /// Group of the workers; unset: the user's primary group. Needs `user`.
-    pub group: Option<String>,
-}
+/// `[server]`: the section of hosts that own the socket. fe-php-host reads it
+/// itself (listen address, workers, access log, connection limits, user) from
+/// the same file; an embedding server such as nginx ignores it. The library
+/// accepts any table here and reads nothing of it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostSection;
 
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            workers: 0,
-            listen: DEFAULT_LISTEN.to_owned(),
-            access_log: "-".to_owned(),
-            header_read_timeout: ConfigDuration(Duration::from_secs(10)),
-            body_read_timeout: ConfigDuration(Duration::from_secs(60)),
-            keepalive_timeout: ConfigDuration(Duration::from_secs(75)),
-            send_timeout: ConfigDuration(Duration::from_secs(60)),
-            max_header_size: ConfigSize(DEFAULT_MAX_HEADER_SIZE),
-            max_body_size: ConfigSize(DEFAULT_MAX_BODY_SIZE),
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            user: None,
-            group: None,
-        }
+impl<'de> Deserialize<'de> for HostSection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        toml::Table::deserialize(d).map(|_| HostSection)
     }
 }
-
-/// Default `[server] max_header_size`: more than the largest header php-fpm takes
-/// (64 KiB, one FastCGI record), so any header PHP can receive gets through.
-pub const DEFAULT_MAX_HEADER_SIZE: u64 = 128 << 10;
-/// Accepted range of `[server] max_header_size`.
-pub const MAX_HEADER_SIZE_RANGE: std::ops::RangeInclusive<u64> = (1 << 10)..=(1 << 20);
-/// Default `[server] max_body_size` (bodies are held in memory before PHP runs).
-pub const DEFAULT_MAX_BODY_SIZE: u64 = 64 << 20;
-/// Default `[server] max_connections` (per worker process).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-/// Upper bound of `[server] max_connections`.
-pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 
 /// `[backend]`.
 #[derive(Debug, Clone, Deserialize)]

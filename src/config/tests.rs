@@ -56,8 +56,6 @@ fn parses_every_seed_key() {
         "#,
         root = static_root()
     ));
-    assert_eq!(c.server.workers, 16);
-    assert_eq!(c.server.listen, "0.0.0.0:9090");
     assert_eq!(c.backend.default_backend.as_deref(), Some("static"));
     assert_eq!(c.backend.static_files.index_files, ["index.html"]);
     assert_eq!(c.backend.routing_rules.len(), 2);
@@ -75,7 +73,6 @@ fn parses_every_seed_key() {
 fn defaults() {
     let c = parse("");
     assert!(c.backend.enable_hybrid);
-    assert_eq!(c.server.listen, DEFAULT_LISTEN);
     assert_eq!(c.php.libphp_path, PathBuf::from(DEFAULT_LIBPHP_PATH));
     assert_eq!(c.static_index(), ["index.html", "index.htm"]);
     assert_eq!(c.backend.health_path, "/_health");
@@ -89,16 +86,20 @@ impl Config {
 
 #[test]
 fn unknown_keys_and_wrong_types_name_key_and_line() {
-    let e = Config::from_toml("[server]\nworkers = 2\nlistn = \"x\"\n")
+    let e = Config::from_toml("[php]\nuse_fpm = true\nfpm_sockt = \"x\"\n")
         .unwrap_err()
         .to_string();
     assert!(e.contains("line 3"), "{e}");
-    assert!(e.contains("unknown field `listn`"), "{e}");
-    let e = Config::from_toml("[server]\n\nworkers = \"two\"\n")
+    assert!(e.contains("unknown field `fpm_sockt`"), "{e}");
+    let e = Config::from_toml("[php]\n\nfpm_max_connections = \"two\"\n")
         .unwrap_err()
         .to_string();
     assert!(e.contains("line 3"), "{e}");
     assert!(e.contains("invalid type"), "{e}");
+    let e = Config::from_toml("[servr]\nworkers = 2\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field `servr`"), "{e}");
     let e = Config::from_toml("[[backend.routing_rules]]\npattern = { type = \"glob\", value = \"/\" }\nbackend = \"static\"\n")
         .unwrap_err()
         .to_string();
@@ -391,104 +392,20 @@ fn fastcgi_limits_are_validated() {
     .is_ok());
 }
 
+/// `[server]` belongs to the host (fe-php-host reads and validates it): the
+/// library takes any table there, reads nothing of it and finds no problem in it,
+/// but a `server` that is not a table is still an error.
 #[test]
-fn server_limits_defaults_and_forms() {
-    let server = parse("").server;
-    assert_eq!(server.header_read_timeout.0, Duration::from_secs(10));
-    assert_eq!(server.body_read_timeout.0, Duration::from_secs(60));
-    assert_eq!(server.keepalive_timeout.0, Duration::from_secs(75));
-    assert_eq!(server.send_timeout.0, Duration::from_secs(60));
-    assert_eq!(server.max_header_size.0, 128 << 10);
-    assert_eq!(server.max_body_size.0, 64 << 20);
-    assert_eq!(server.max_connections, 10_000);
-    assert_eq!((server.user, server.group), (None, None));
-    let server = parse(
-        "[server]\nheader_read_timeout = \"500ms\"\nbody_read_timeout = \"2m\"\nkeepalive_timeout = \"5s\"\nsend_timeout = \"3s\"\nmax_header_size = \"8k\"\nmax_body_size = 1048576\nmax_connections = 3\nuser = \"www-data\"\ngroup = \"nogroup\"\n",
-    )
-    .server;
-    assert_eq!(server.header_read_timeout.0, Duration::from_millis(500));
-    assert_eq!(server.body_read_timeout.0, Duration::from_secs(120));
-    assert_eq!(server.keepalive_timeout.0, Duration::from_secs(5));
-    assert_eq!(server.send_timeout.0, Duration::from_secs(3));
-    assert_eq!(server.max_header_size.0, 8192);
-    assert_eq!(server.max_body_size.0, 1 << 20);
-    assert_eq!(server.max_connections, 3);
-    assert_eq!(server.user.as_deref(), Some("www-data"));
-    assert_eq!(server.group.as_deref(), Some("nogroup"));
-    for (text, bytes) in [
-        ("0", 0),
-        ("4096", 4096),
-        ("16K", 16 << 10),
-        ("64M", 64 << 20),
-        ("1G", 1 << 30),
-        ("3g", 3 << 30),
-    ] {
-        assert_eq!(ConfigSize::parse(text), Ok(ConfigSize(bytes)), "{text}");
-    }
-    assert_eq!(ConfigSize(64 << 20).to_string(), "\"64M\"");
-    assert_eq!(ConfigSize(1536).to_string(), "1536");
-    assert_eq!(ConfigSize(0).to_string(), "0");
-}
-
-#[test]
-fn sizes_are_bytes_or_have_a_binary_unit() {
-    for (value, why) in [
-        ("\"64 MB\"", "invalid size \"64 MB\": write a number of bytes or a whole number with K, M or G, e.g. \"16K\", \"64M\" or \"1G\""),
-        ("\"64MB\"", "invalid size \"64MB\": write a number of bytes"),
-        ("\"1.5M\"", "invalid size \"1.5M\": write a number of bytes"),
-        ("\"M\"", "invalid size \"M\": write a number of bytes"),
-        ("\"1T\"", "invalid size \"1T\": write a number of bytes"),
-        ("\"99999999999G\"", "invalid size \"99999999999G\": too large"),
-        ("-1", "invalid size -1: sizes cannot be negative"),
-        ("1.5", "invalid size 1.5: write a whole number of bytes or e.g. \"1536K\""),
-    ] {
-        let e = Config::from_toml(&format!("[server]\nmax_body_size = {value}\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains(why), "{value}: {e}");
-        assert!(e.contains("line 2"), "{value}: {e}");
-    }
-    let e = Config::from_toml("[server]\nkeepalive_timeout = 75\n")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("durations need a unit: write \"75s\" (or \"500ms\", \"2m\"), not 75"),
-        "{e}"
-    );
-}
-
-#[test]
-fn server_limits_are_validated() {
-    let base = format!(
-        "[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{}\"\n[server]\n",
+fn server_is_the_hosts_section() {
+    let c = parse(&format!(
+        "[server]\nworkers = \"two\"\nmax_connections = 0\nno_such_key = {{ a = 1 }}\n[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{}\"\n",
         static_root()
-    );
-    for (keys, want) in [
-        ("max_header_size = 512", "[server] max_header_size = 512 is out of range: use \"1K\" to \"1M\".\n    It bounds the request line and headers together; the default is \"128K\"."),
-        ("max_header_size = \"2M\"", "[server] max_header_size = \"2M\" is out of range: use \"1K\" to \"1M\"."),
-        ("max_body_size = 0", "[server] max_body_size = 0 is out of range: use at least 1 byte, e.g. \"64M\".\n    Bodies are held in memory before the backend runs, so there is no \"unlimited\"."),
-        ("max_connections = 0", "[server] max_connections = 0 is out of range: use 1 to 1000000.\n    It bounds the connections each worker process serves at once."),
-        ("max_connections = 1000001", "[server] max_connections = 1000001 is out of range"),
-        ("user = \"\"", "[server] user \"\" is not a user name.\n    Name an existing user, e.g. user = \"www-data\", or remove the key."),
-        ("user = \"www data\"", "[server] user \"www data\" is not a user name."),
-        ("user = \"a:b\"", "[server] user \"a:b\" is not a user name."),
-        ("user = \"www-data\"\ngroup = \"\\n\"", "[server] group \"\\n\" is not a group name."),
-        ("group = \"www-data\"", "[server] group is set without [server] user.\n    Workers change their group together with their user: add user = \"www-data\" (group defaults to the user's own)."),
-    ] {
-        let e = err(&format!("{base}{keys}\n"), BUILT);
-        assert!(e.contains(want), "{keys}: {e}");
-    }
-    let v = parse(&format!(
-        "{base}max_header_size = \"1K\"\nmax_body_size = 1\nmax_connections = 1\nuser = \"nobody\"\ngroup = \"nogroup\"\n"
-    ))
-    .validate(BUILT)
-    .unwrap();
-    assert_eq!(v.config.server.max_header_size.0, 1024);
-    assert!(parse(&format!(
-        "{base}max_header_size = \"1M\"\nmax_connections = 1000000\n"
-    ))
-    .validate(BUILT)
-    .is_ok());
+    ));
+    assert!(c.validate(BUILT).is_ok());
+    let e = Config::from_toml("server = \"x\"\n").unwrap_err().to_string();
+    assert!(e.contains("line 1") && e.contains("invalid type"), "{e}");
+    let e = Config::from_toml("[server]\nworkers = \n").unwrap_err().to_string();
+    assert!(e.starts_with("invalid configuration: TOML parse error at line 2"), "{e}");
 }
 
 #[test]

@@ -59,42 +59,6 @@ impl Validated {
     }
 }
 
-impl ServerConfig {
-    /// What is wrong with the `[server]` limits and identity, one message each.
-    fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if !MAX_HEADER_SIZE_RANGE.contains(&self.max_header_size.0) {
-            problems.push(format!(
-                "[server] max_header_size = {} is out of range: use \"1K\" to \"1M\".\n    It bounds the request line and headers together; the default is \"128K\".",
-                self.max_header_size
-            ));
-        }
-        if self.max_body_size.0 == 0 {
-            problems.push("[server] max_body_size = 0 is out of range: use at least 1 byte, e.g. \"64M\".\n    Bodies are held in memory before the backend runs, so there is no \"unlimited\".".to_owned());
-        }
-        if self.max_connections == 0 || self.max_connections > MAX_MAX_CONNECTIONS {
-            problems.push(format!(
-                "[server] max_connections = {} is out of range: use 1 to {MAX_MAX_CONNECTIONS}.\n    It bounds the connections each worker process serves at once.",
-                self.max_connections
-            ));
-        }
-        for (key, value) in [("user", &self.user), ("group", &self.group)] {
-            if let Some(name) = value {
-                if name.is_empty() || name.bytes().any(|b| b <= b' ' || b == b':' || b == 0x7f) {
-                    problems.push(format!(
-                        "[server] {key} \"{}\" is not a {key} name.\n    Name an existing {key}, e.g. {key} = \"www-data\", or remove the key.",
-                        name.escape_debug()
-                    ));
-                }
-            }
-        }
-        if self.group.is_some() && self.user.is_none() {
-            problems.push("[server] group is set without [server] user.\n    Workers change their group together with their user: add user = \"www-data\" (group defaults to the user's own).".to_owned());
-        }
-        problems
-    }
-}
-
 impl Config {
     /// Decides which backends are available and checks every rule against them.
     pub fn validate(mut self, built: Built) -> Result<Validated, ConfigError> {
@@ -112,7 +76,6 @@ impl Config {
         check_rules(&self.backend, &backends, &mut problems);
         check_php(&self.php, &mut problems);
         check_backend_paths(&self.backend, &mut problems);
-        problems.extend(self.server.problems());
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }

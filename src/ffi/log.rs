@@ -3,7 +3,8 @@
 //! those events. `fephp_log_set_callback` installs a process-wide subscriber
 //! that turns each event into a `fephp_log_record` for the host's callback.
 
-use super::{fephp_result, fephp_str, guard, set_last_error};
+use super::boundary::{guard, set_last_error};
+use super::types::{fephp_result, fephp_str};
 use parking_lot::RwLock;
 use std::ffi::c_void;
 use std::fmt::Write as _;

@@ -1,7 +1,8 @@
 //! Tests of the C ABI from Rust: header freshness, NULL handling, body reading.
 
 use super::*;
-use std::ffi::{CStr, CString};
+use crate::http::{Body, Response};
+use std::ffi::{c_char, CStr, CString};
 use std::ptr;
 
 #[test]
@@ -138,32 +139,44 @@ fn stream_body_reads_through_the_abi() {
     }
 }
 
+/// `[server]` is the host's section: the engine accepts whatever the table holds
+/// (fe-php-host validates it), but not a file that is not TOML, nor a `server`
+/// that is no table.
 #[test]
-fn server_limits_and_send_timeout() {
-    let toml = CString::new(
-        "[server]\nsend_timeout = \"1500ms\"\nmax_connections = 7\n[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"/tmp\"\n[php]\nlibphp_path = \"/nonexistent\"\n",
-    )
-    .unwrap();
-    unsafe {
+fn server_section_is_the_hosts() {
+    let init = |text: &str| unsafe {
+        let toml = CString::new(text).unwrap();
         let mut e = ptr::null();
-        assert_eq!(
-            fephp_init(ptr::null(), toml.as_ptr(), &mut e),
-            fephp_result::Ok
-        );
-        let mut limits = fephp_server_limits::default();
-        assert_eq!(fephp_engine_server_limits(e, &mut limits), fephp_result::Ok);
-        assert_eq!(limits.max_connections, 7);
-        assert_eq!(limits.header_read_timeout_ms, 10_000);
-        // The struct keeps the layout it had when it was published.
-        assert_eq!(std::mem::size_of::<fephp_server_limits>(), 48);
-        let mut ms = 0u64;
-        assert_eq!(fephp_engine_send_timeout_ms(e, &mut ms), fephp_result::Ok);
-        assert_eq!(ms, 1500);
-        assert_eq!(
-            fephp_engine_send_timeout_ms(e, ptr::null_mut()),
-            fephp_result::NullParameter
-        );
+        let r = fephp_init(ptr::null(), toml.as_ptr(), &mut e);
+        let mut buf = vec![0 as c_char; 4096];
+        let mut len = 0;
+        fephp_last_error(buf.as_mut_ptr(), buf.len(), &mut len);
         fephp_engine_free(e);
+        let msg = CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned();
+        (r, msg)
+    };
+    let rest = "[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"/tmp\"\n[php]\nlibphp_path = \"/nonexistent\"\n";
+    let (r, msg) = init(&format!(
+        "[server]\nmax_connections = 0\nsend_timeout = 75\nno_such_key = [1]\n{rest}"
+    ));
+    assert_eq!(r, fephp_result::Ok, "{msg}");
+    let (r, msg) = init(&format!("[server]\nlisten = \n{rest}"));
+    assert_eq!(r, fephp_result::ConfigError);
+    assert!(
+        msg.starts_with("invalid configuration: TOML parse error at line 2"),
+        "{msg}"
+    );
+    let (r, msg) = init(&format!("server = 5\n{rest}"));
+    assert_eq!(r, fephp_result::ConfigError);
+    assert!(msg.contains("invalid type: integer `5`"), "{msg}");
+    // The getters of `[server]` left the ABI with version 1.
+    let header = include_str!(concat!(env!("OUT_DIR"), "/fe_php.h"));
+    for gone in [
+        "fephp_server_limits",
+        "fephp_engine_listen",
+        "fephp_engine_workers",
+    ] {
+        assert!(!header.contains(gone), "{gone}");
     }
 }
 

@@ -7,6 +7,11 @@ use crate::http::{Request, Response};
 
 /// More header lines than this: 431 (what fe-php-host's parser allows too).
 pub const MAX_HEADER_LINES: usize = 100;
+/// A larger head (request line and headers) than this: 431, whatever the host
+/// let through. A host applies its own, usually smaller, limit while it reads the
+/// head (fe-php-host: `[server] max_header_size`, at most this; nginx:
+/// `large_client_header_buffers`).
+pub const MAX_HEAD_SIZE: u64 = 1 << 20;
 
 /// Why a request head was refused; `status()` is the answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +71,7 @@ impl std::fmt::Display for HeadError {
             ),
             HeadError::HeadTooLarge { size, max } => write!(
                 f,
-                "the request head is {size} bytes; at most {max} are accepted ([server] max_header_size)"
+                "the request head is {size} bytes; at most {max} are accepted"
             ),
         }
     }
@@ -85,8 +90,8 @@ const NOT_SERVED: &[(&str, &str)] = &[
 ];
 
 /// Checks `req`'s head: its method, target bytes, `Host` and size (request line
-/// and headers together at most `max_head_size` bytes, as `[server]
-/// max_header_size` counts them; at most `MAX_HEADER_LINES` header lines).
+/// and headers together at most `max_head_size` bytes, counted as fe-php-host's
+/// `[server] max_header_size` counts them; at most `MAX_HEADER_LINES` header lines).
 /// Linear in the number and size of the headers.
 pub fn check(req: &Request<'_>, max_head_size: u64) -> Result<(), HeadError> {
     if !is_token(req.method.as_bytes()) {
