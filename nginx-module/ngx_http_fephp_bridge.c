@@ -86,6 +86,10 @@ ngx_http_fephp_job_free(ngx_http_fephp_job_t *job)
 {
     /* event loop: the last reference to the job */
 
+    if (job->body) {
+        ngx_http_fephp_body_free(job->body);
+    }
+
     ngx_http_fephp_jobs--;
     ngx_free(job);
 }

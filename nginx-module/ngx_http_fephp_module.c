@@ -25,9 +25,11 @@ static ngx_int_t ngx_http_fephp_handler(ngx_http_request_t *r);
 static void ngx_http_fephp_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_fephp_start(ngx_http_request_t *r);
 static ngx_int_t ngx_http_fephp_build_request(ngx_http_request_t *r,
-    fephp_request *req, u_char **body_copy);
+    fephp_request *req, ngx_http_fephp_job_t *job);
 static ngx_int_t ngx_http_fephp_request_body(ngx_http_request_t *r,
-    fephp_request *req, u_char **body_copy);
+    fephp_request *req, ngx_http_fephp_job_t *job);
+static ptrdiff_t ngx_http_fephp_body_read(void *ctx, uint8_t *buf,
+    size_t cap);
 static void ngx_http_fephp_free_engine(void *data);
 static ngx_int_t ngx_http_fephp_postconfiguration(ngx_conf_t *cf);
 static void *ngx_http_fephp_create_main_conf(ngx_conf_t *cf);
@@ -135,7 +137,6 @@ ngx_http_fephp_body_handler(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_fephp_start(ngx_http_request_t *r)
 {
-    u_char                      *body_copy;
     ngx_int_t                    rc;
     ngx_str_t                    msg;
     fephp_result                 res;
@@ -182,9 +183,7 @@ ngx_http_fephp_start(ngx_http_request_t *r)
 
     ngx_http_set_ctx(r, job, ngx_http_fephp_module);
 
-    body_copy = NULL;
-
-    rc = ngx_http_fephp_build_request(r, &req, &body_copy);
+    rc = ngx_http_fephp_build_request(r, &req, job);
     if (rc != NGX_OK) {
         return rc;
     }
@@ -198,11 +197,6 @@ ngx_http_fephp_start(ngx_http_request_t *r)
                                      ngx_http_fephp_on_response, job);
 
     ngx_http_fephp_submitting = NULL;
-
-    /* the engine copied the request: the body copy is no longer needed */
-    if (body_copy) {
-        ngx_pfree(r->pool, body_copy);
-    }
 
     if (res != FEPHP_RESULT_OK) {
         /* the callback will not run */
@@ -236,7 +230,7 @@ ngx_http_fephp_start(ngx_http_request_t *r)
 
 static ngx_int_t
 ngx_http_fephp_build_request(ngx_http_request_t *r, fephp_request *req,
-    u_char **body_copy)
+    ngx_http_fephp_job_t *job)
 {
     u_char            *p, *addr;
     size_t             len;
@@ -355,96 +349,191 @@ ngx_http_fephp_build_request(ngx_http_request_t *r, fephp_request *req,
     req->tls = (c->ssl != NULL);
 #endif
 
-    return ngx_http_fephp_request_body(r, req, body_copy);
+    return ngx_http_fephp_request_body(r, req, job);
 }
 
 
 static ngx_int_t
 ngx_http_fephp_request_body(ngx_http_request_t *r, fephp_request *req,
-    u_char **body_copy)
+    ngx_http_fephp_job_t *job)
 {
-    u_char       *p;
-    off_t         total, size;
-    ssize_t       n;
-    ngx_buf_t    *b;
-    ngx_chain_t  *cl;
+    off_t                   total;
+    size_t                  len;
+    ngx_buf_t              *b;
+    ngx_uint_t              n;
+    ngx_chain_t            *cl;
+    ngx_http_fephp_body_t  *body;
+    ngx_http_fephp_piece_t *pc;
 
-    /* event loop: the body as one block; *body_copy set if it was copied */
+    /*
+     * event loop: nginx has the whole body (client_max_body_size checked),
+     * in memory up to client_body_buffer_size, else in its temp file
+     */
 
     if (r->request_body == NULL || r->request_body->bufs == NULL) {
         return NGX_OK;
     }
 
     total = 0;
+    n = 0;
 
     for (cl = r->request_body->bufs; cl; cl = cl->next) {
         total += ngx_buf_size(cl->buf);
+        n++;
     }
 
     if (total == 0) {
         return NGX_OK;
     }
 
-    if (total > NGX_HTTP_FEPHP_MAX_BODY) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "fephp: a request body of %O bytes is larger than the "
-                      "%d bytes the engine takes", total,
-                      NGX_HTTP_FEPHP_MAX_BODY);
-        return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
-    }
-
     b = r->request_body->bufs->buf;
 
     if (r->request_body->bufs->next == NULL && ngx_buf_in_memory(b)) {
-        /* one buffer in memory: no copy */
+        /* one buffer in memory: the engine copies it during the call */
         req->body = b->pos;
         req->body_len = b->last - b->pos;
         return NGX_OK;
     }
 
-    /* several buffers, or a body nginx spooled to a temp file: one copy */
+    /*
+     * Otherwise the engine pulls the body through body_read as PHP or the
+     * upstream consumes it: never the whole of a large body in memory.
+     */
 
-    p = ngx_palloc(r->pool, (size_t) total);
-    if (p == NULL) {
+    body = ngx_alloc(sizeof(ngx_http_fephp_body_t)
+                     + (n - 1) * sizeof(ngx_http_fephp_piece_t),
+                     r->connection->log);
+    if (body == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    *body_copy = p;
-    req->body = p;
-    req->body_len = (size_t) total;
+    body->fd = NGX_INVALID_FILE;
+    body->n = 0;
+    body->next = 0;
+    body->off = 0;
+
+    /* from here the job frees it, whatever happens */
+    job->body = body;
 
     for (cl = r->request_body->bufs; cl; cl = cl->next) {
         b = cl->buf;
+        pc = &body->pieces[body->n];
 
         if (ngx_buf_in_memory(b)) {
-            p = ngx_cpymem(p, b->pos, b->last - b->pos);
-            continue;
-        }
+            len = b->last - b->pos;
 
-        if (!b->in_file) {
-            continue;
-        }
+            if (len == 0) {
+                continue;
+            }
 
-        for (size = b->file_last - b->file_pos; size > 0; size -= n) {
-            n = ngx_read_file(b->file, p, (size_t) size,
-                              b->file_last - size);
-
-            if (n == NGX_ERROR) {
+            pc->mem = ngx_alloc(len, r->connection->log);
+            if (pc->mem == NULL) {
                 return NGX_HTTP_INTERNAL_SERVER_ERROR;
             }
 
-            if (n == 0) {
-                ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
-                              "fephp: the request body file \"%V\" is "
-                              "shorter than expected", &b->file->name);
+            ngx_memcpy(pc->mem, b->pos, len);
+            pc->pos = 0;
+            pc->len = len;
+            body->n++;
+            continue;
+        }
+
+        if (!b->in_file || b->file_last == b->file_pos) {
+            continue;
+        }
+
+        if (body->fd == NGX_INVALID_FILE) {
+            body->fd = dup(b->file->fd);
+
+            if (body->fd == NGX_INVALID_FILE) {
+                ngx_log_error(NGX_LOG_CRIT, r->connection->log, ngx_errno,
+                              "fephp: dup() of the request body file \"%V\" "
+                              "failed", &b->file->name);
                 return NGX_HTTP_INTERNAL_SERVER_ERROR;
             }
+        }
 
-            p += n;
+        pc->mem = NULL;
+        pc->pos = b->file_pos;
+        pc->len = (size_t) (b->file_last - b->file_pos);
+        body->n++;
+    }
+
+    req->body = NULL;
+    req->body_len = (size_t) total;
+    req->body_read = ngx_http_fephp_body_read;
+    req->body_read_ctx = body;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The engine's body_read, on an engine thread (the PHP thread, or the
+ * library's I/O thread for FastCGI and proxy routes): it reads only what the
+ * job owns (see ngx_http_fephp_body_t) and logs nothing, since nginx's log is
+ * the event loop's.  Calls never overlap.
+ */
+
+static ptrdiff_t
+ngx_http_fephp_body_read(void *ctx, uint8_t *buf, size_t cap)
+{
+    ngx_http_fephp_body_t  *body = ctx;
+
+    size_t                   n;
+    ssize_t                  got;
+    ngx_http_fephp_piece_t  *pc;
+
+    while (body->next < body->n) {
+        pc = &body->pieces[body->next];
+
+        if (body->off == pc->len) {
+            body->next++;
+            body->off = 0;
+            continue;
+        }
+
+        n = ngx_min(cap, pc->len - body->off);
+
+        if (pc->mem) {
+            ngx_memcpy(buf, pc->mem + body->off, n);
+            got = (ssize_t) n;
+
+        } else {
+            got = pread(body->fd, buf, n, pc->pos + (off_t) body->off);
+
+            if (got <= 0) {
+                return -1;
+            }
+        }
+
+        body->off += (size_t) got;
+
+        return got;
+    }
+
+    return 0;
+}
+
+
+void
+ngx_http_fephp_body_free(ngx_http_fephp_body_t *body)
+{
+    ngx_uint_t  i;
+
+    /* event loop, with the job: after the last body_read */
+
+    for (i = 0; i < body->n; i++) {
+        if (body->pieces[i].mem) {
+            ngx_free(body->pieces[i].mem);
         }
     }
 
-    return NGX_OK;
+    if (body->fd != NGX_INVALID_FILE) {
+        (void) close(body->fd);
+    }
+
+    ngx_free(body);
 }
 
 

@@ -29,8 +29,6 @@
 #define NGX_HTTP_FEPHP_STREAM_BUF_SIZE  (64 * 1024)
 /* ... and at most this many are on their way to the client at once */
 #define NGX_HTTP_FEPHP_STREAM_BUFS      4
-/* the engine takes request bodies in memory: refuse larger ones with 413 */
-#define NGX_HTTP_FEPHP_MAX_BODY         (256 * 1024 * 1024)
 
 
 typedef struct {
@@ -48,6 +46,31 @@ typedef struct {
 
 
 typedef struct ngx_http_fephp_job_s  ngx_http_fephp_job_t;
+
+
+/* a piece of a request body: in memory (mem) or a range of nginx's temp file */
+typedef struct {
+    u_char                     *mem;
+    off_t                       pos;
+    size_t                      len;
+} ngx_http_fephp_piece_t;
+
+
+/*
+ * A request body the engine pulls through body_read, on an engine thread.
+ * The job owns it: memory pieces are copied and the temp file's descriptor is
+ * dup()ed, because nginx frees both with the request, which may end (a client
+ * that leaves) while the engine still reads.  Only body_read touches it once
+ * the request is handed over; it is freed with the job, after the completion,
+ * and the library never calls body_read after that.
+ */
+typedef struct {
+    ngx_fd_t                    fd;          /* -1: no piece in a file */
+    ngx_uint_t                  n;
+    ngx_uint_t                  next;        /* the piece being read */
+    size_t                      off;         /* bytes of it already read */
+    ngx_http_fephp_piece_t      pieces[1];
+} ngx_http_fephp_body_t;
 
 /*
  * One request handed to the engine.  Allocated with ngx_alloc(), not from the
@@ -70,6 +93,8 @@ struct ngx_http_fephp_job_s {
     ngx_msec_t                  timeout;
     ngx_chain_t                *free;
     ngx_chain_t                *busy;
+
+    ngx_http_fephp_body_t      *body;        /* NULL: none, or in req.body */
 
     unsigned                    inline_done:1;
     unsigned                    started:1;
@@ -103,6 +128,7 @@ ngx_uint_t ngx_http_fephp_enqueue(ngx_http_fephp_job_t *job);
 void ngx_http_fephp_wake(void);
 void ngx_http_fephp_wake_handler(ngx_event_t *rev);
 ngx_int_t ngx_http_fephp_last_error(ngx_pool_t *pool, ngx_str_t *msg);
+void ngx_http_fephp_body_free(ngx_http_fephp_body_t *body);
 
 
 #endif /* _NGX_HTTP_FEPHP_MODULE_H_INCLUDED_ */

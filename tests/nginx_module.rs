@@ -695,6 +695,76 @@ fn request_bodies_in_memory_and_spooled_to_a_temp_file() {
     n.assert_clean_log();
 }
 
+/// VmHWM (peak RSS) of `pid`, in KiB.
+fn peak_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// nginx spools a large body to its temp file; the module hands the engine that
+/// file (`body_read`), so neither it nor the library holds the body in memory,
+/// through the embedded and the FastCGI backend; past `client_max_body_size`
+/// nginx answers 413 (the module has no limit of its own).
+#[test]
+fn large_bodies_stay_in_nginx_temp_file() {
+    let fpm_root = tempfile::tempdir().unwrap();
+    let fpm = PhpFpm::start(fpm_root.path(), FpmListen::Tcp);
+    let n = ModNginx::start(Opts {
+        fpm: Some(fpm.address().to_owned()),
+        fastcgi_rule: true,
+        ..Opts::default()
+    });
+    let worker = n.workers()[0];
+    // Reads its body in pieces: the script itself never holds it whole.
+    let streaming = "<?php header('Content-Type: application/json'); $h = fopen('php://input', 'rb'); $md5 = hash_init('md5'); $n = 0; while (($c = fread($h, 65536)) !== '' && $c !== false) { $n += strlen($c); hash_update($md5, $c); } echo json_encode(['length' => $n, 'md5' => hash_final($md5)]);";
+    std::fs::write(n.dir().join("www/stream.php"), streaming).unwrap();
+    std::fs::write(n.dir().join("www/fpm/stream.php"), streaming).unwrap();
+    let file = n.dir().join("big.bin");
+    let data: Vec<u8> = (0..48u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    std::fs::write(&file, &data).unwrap();
+    drop(data);
+    // Warm the worker (PHP's first request, OPcache) before measuring.
+    assert_eq!(get(&n.url("/hello.php")).text(), "Hello, World!");
+    let before = peak_rss_kib(worker);
+    for path in ["/stream.php", "/fpm/stream.php"] {
+        let r = curl(&[
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &n.url(path),
+        ]);
+        let v = json(&r);
+        assert_eq!(v["length"], 48 << 20, "{path}: {v}");
+        assert_eq!(v["md5"], md5_hex(&file), "{path}");
+    }
+    let grown = peak_rss_kib(worker).saturating_sub(before);
+    assert!(
+        grown < 16 << 10,
+        "the worker's peak RSS grew by {grown} KiB for two 48 MiB bodies"
+    );
+
+    // Over client_max_body_size (64m in this configuration): nginx's own 413.
+    let big = n.dir().join("too-big.bin");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(65 << 20).unwrap();
+    let r = curl(&[
+        "-H",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        &format!("@{}", big.display()),
+        &n.url("/raw.php"),
+    ]);
+    assert_eq!(r.status, 413);
+    n.assert_clean_log();
+}
+
 #[test]
 fn slow_php_does_not_delay_static_responses() {
     let n = ModNginx::start(Opts::default());
