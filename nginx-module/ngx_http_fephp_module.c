@@ -25,9 +25,7 @@ static ngx_int_t ngx_http_fephp_handler(ngx_http_request_t *r);
 static void ngx_http_fephp_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_fephp_start(ngx_http_request_t *r);
 static ngx_int_t ngx_http_fephp_build_request(ngx_http_request_t *r,
-    fephp_request *req, u_char **body_copy);
-static ngx_int_t ngx_http_fephp_request_body(ngx_http_request_t *r,
-    fephp_request *req, u_char **body_copy);
+    fephp_request *req);
 static void ngx_http_fephp_free_engine(void *data);
 static ngx_int_t ngx_http_fephp_postconfiguration(ngx_conf_t *cf);
 static void *ngx_http_fephp_create_main_conf(ngx_conf_t *cf);
@@ -135,7 +133,6 @@ ngx_http_fephp_body_handler(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_fephp_start(ngx_http_request_t *r)
 {
-    u_char                      *body_copy;
     ngx_int_t                    rc;
     ngx_str_t                    msg;
     fephp_result                 res;
@@ -163,6 +160,8 @@ ngx_http_fephp_start(ngx_http_request_t *r)
 
     ngx_memzero(job, sizeof(ngx_http_fephp_job_t));
 
+    job->body_fd = NGX_INVALID_FILE;
+
     cln = ngx_pool_cleanup_add(r->pool, 0);
     if (cln == NULL) {
         ngx_free(job);
@@ -182,9 +181,14 @@ ngx_http_fephp_start(ngx_http_request_t *r)
 
     ngx_http_set_ctx(r, job, ngx_http_fephp_module);
 
-    body_copy = NULL;
+    rc = ngx_http_fephp_build_request(r, &req);
+    if (rc != NGX_OK) {
+        return rc;
+    }
 
-    rc = ngx_http_fephp_build_request(r, &req, &body_copy);
+    /* the body: borrowed, or served from the job by body_read */
+
+    rc = ngx_http_fephp_body_init(r, job, &req);
     if (rc != NGX_OK) {
         return rc;
     }
@@ -198,11 +202,6 @@ ngx_http_fephp_start(ngx_http_request_t *r)
                                      ngx_http_fephp_on_response, job);
 
     ngx_http_fephp_submitting = NULL;
-
-    /* the engine copied the request: the body copy is no longer needed */
-    if (body_copy) {
-        ngx_pfree(r->pool, body_copy);
-    }
 
     if (res != FEPHP_RESULT_OK) {
         /* the callback will not run */
@@ -235,8 +234,7 @@ ngx_http_fephp_start(ngx_http_request_t *r)
 
 
 static ngx_int_t
-ngx_http_fephp_build_request(ngx_http_request_t *r, fephp_request *req,
-    u_char **body_copy)
+ngx_http_fephp_build_request(ngx_http_request_t *r, fephp_request *req)
 {
     u_char            *p, *addr;
     size_t             len;
@@ -247,7 +245,10 @@ ngx_http_fephp_build_request(ngx_http_request_t *r, fephp_request *req,
     ngx_table_elt_t   *h;
     ngx_connection_t  *c;
 
-    /* event loop: a view of r; everything it points to lives in r->pool */
+    /*
+     * event loop: a view of r, its body aside; everything it points to lives
+     * in r->pool
+     */
 
     c = r->connection;
 
@@ -354,95 +355,6 @@ ngx_http_fephp_build_request(ngx_http_request_t *r, fephp_request *req,
 #if (NGX_SSL || NGX_COMPAT)
     req->tls = (c->ssl != NULL);
 #endif
-
-    return ngx_http_fephp_request_body(r, req, body_copy);
-}
-
-
-static ngx_int_t
-ngx_http_fephp_request_body(ngx_http_request_t *r, fephp_request *req,
-    u_char **body_copy)
-{
-    u_char       *p;
-    off_t         total, size;
-    ssize_t       n;
-    ngx_buf_t    *b;
-    ngx_chain_t  *cl;
-
-    /* event loop: the body as one block; *body_copy set if it was copied */
-
-    if (r->request_body == NULL || r->request_body->bufs == NULL) {
-        return NGX_OK;
-    }
-
-    total = 0;
-
-    for (cl = r->request_body->bufs; cl; cl = cl->next) {
-        total += ngx_buf_size(cl->buf);
-    }
-
-    if (total == 0) {
-        return NGX_OK;
-    }
-
-    if (total > NGX_HTTP_FEPHP_MAX_BODY) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "fephp: a request body of %O bytes is larger than the "
-                      "%d bytes the engine takes", total,
-                      NGX_HTTP_FEPHP_MAX_BODY);
-        return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
-    }
-
-    b = r->request_body->bufs->buf;
-
-    if (r->request_body->bufs->next == NULL && ngx_buf_in_memory(b)) {
-        /* one buffer in memory: no copy */
-        req->body = b->pos;
-        req->body_len = b->last - b->pos;
-        return NGX_OK;
-    }
-
-    /* several buffers, or a body nginx spooled to a temp file: one copy */
-
-    p = ngx_palloc(r->pool, (size_t) total);
-    if (p == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    *body_copy = p;
-    req->body = p;
-    req->body_len = (size_t) total;
-
-    for (cl = r->request_body->bufs; cl; cl = cl->next) {
-        b = cl->buf;
-
-        if (ngx_buf_in_memory(b)) {
-            p = ngx_cpymem(p, b->pos, b->last - b->pos);
-            continue;
-        }
-
-        if (!b->in_file) {
-            continue;
-        }
-
-        for (size = b->file_last - b->file_pos; size > 0; size -= n) {
-            n = ngx_read_file(b->file, p, (size_t) size,
-                              b->file_last - size);
-
-            if (n == NGX_ERROR) {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-
-            if (n == 0) {
-                ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
-                              "fephp: the request body file \"%V\" is "
-                              "shorter than expected", &b->file->name);
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-
-            p += n;
-        }
-    }
 
     return NGX_OK;
 }

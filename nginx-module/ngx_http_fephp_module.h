@@ -7,6 +7,8 @@
  *   ngx_http_fephp_bridge.c    engine threads -> event loop (completions,
  *                              stream notifies, the eventfd)
  *   ngx_http_fephp_response.c  response headers and the body pump
+ *   ngx_http_fephp_body.c      the request body, served to the engine's
+ *                              threads through body_read
  */
 
 
@@ -29,8 +31,6 @@
 #define NGX_HTTP_FEPHP_STREAM_BUF_SIZE  (64 * 1024)
 /* ... and at most this many are on their way to the client at once */
 #define NGX_HTTP_FEPHP_STREAM_BUFS      4
-/* the engine takes request bodies in memory: refuse larger ones with 413 */
-#define NGX_HTTP_FEPHP_MAX_BODY         (256 * 1024 * 1024)
 
 
 typedef struct {
@@ -49,6 +49,18 @@ typedef struct {
 
 typedef struct ngx_http_fephp_job_s  ngx_http_fephp_job_t;
 
+
+/*
+ * One piece of a request body, in the order of r->request_body->bufs: bytes
+ * the job holds a copy of (data), or a range of nginx's temp file (data is
+ * NULL, read from the job's duplicate of its descriptor).
+ */
+typedef struct {
+    u_char                     *data;
+    off_t                       offset;      /* in the file; data == NULL */
+    off_t                       size;        /* bytes not yet served */
+} ngx_http_fephp_part_t;
+
 /*
  * One request handed to the engine.  Allocated with ngx_alloc(), not from the
  * request pool: it outlives the request when the client leaves while the
@@ -63,6 +75,20 @@ struct ngx_http_fephp_job_s {
     ngx_uint_t                  awaiting;    /* the completion has not run */
     fephp_result                result;
     fephp_response             *response;   /* ours once awaiting is 0 */
+
+    /*
+     * The request body served by ngx_http_fephp_body_read().  Filled on the
+     * event loop before the engine learns of the job; from then on only the
+     * engine reads them (one body_read call at a time, none after the
+     * completion), and the event loop frees them with the job, after the
+     * completion (awaiting is 0, read under the lock).  None points into
+     * the request: the job outlives it, and nginx closes its temp file with
+     * the request pool.
+     */
+    ngx_http_fephp_part_t      *parts;       /* ngx_alloc()'d, copies after */
+    ngx_uint_t                  nparts;
+    ngx_uint_t                  part;        /* the first with bytes left */
+    ngx_fd_t                    body_fd;     /* dup() of the temp file, or -1 */
 
     /* event loop only */
     ngx_http_request_t         *request;     /* NULL once the request is gone */
@@ -102,6 +128,10 @@ void ngx_http_fephp_on_body(void *userdata);
 ngx_uint_t ngx_http_fephp_enqueue(ngx_http_fephp_job_t *job);
 void ngx_http_fephp_wake(void);
 void ngx_http_fephp_wake_handler(ngx_event_t *rev);
+ngx_int_t ngx_http_fephp_body_init(ngx_http_request_t *r,
+    ngx_http_fephp_job_t *job, fephp_request *req);
+ptrdiff_t ngx_http_fephp_body_read(void *ctx, uint8_t *buf, size_t cap);
+void ngx_http_fephp_body_free(ngx_http_fephp_job_t *job);
 ngx_int_t ngx_http_fephp_last_error(ngx_pool_t *pool, ngx_str_t *msg);
 
 
