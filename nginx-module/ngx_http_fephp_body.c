@@ -163,8 +163,11 @@ ngx_http_fephp_body_init(ngx_http_request_t *r, ngx_http_fephp_job_t *job,
  * fephp_body_read_cb, on an engine thread while the event loop runs: it
  * touches only the job's body fields (see ngx_http_fephp_job_s), no nginx
  * structure and no log.  The library never overlaps two calls and makes none
- * after the completion, so these fields need no lock.  A read error, or a
- * file shorter than nginx said, is -1: the library fails the request.
+ * after the completion, so these fields need no lock.
+ *
+ * It fills buf across parts, short only at the end of the body: PHP takes a
+ * short read of its SAPI's read_post as the end of the body.  A read error,
+ * or a file shorter than nginx said, is -1: the library fails the request.
  */
 
 ptrdiff_t
@@ -172,7 +175,7 @@ ngx_http_fephp_body_read(void *ctx, uint8_t *buf, size_t cap)
 {
     ngx_http_fephp_job_t *job = ctx;
 
-    size_t                  len;
+    size_t                  len, done;
     ssize_t                 n;
     ngx_http_fephp_part_t  *part;
 
@@ -180,7 +183,9 @@ ngx_http_fephp_body_read(void *ctx, uint8_t *buf, size_t cap)
         cap = NGX_MAX_SIZE_T_VALUE / 2;      /* fits a ptrdiff_t */
     }
 
-    while (job->part < job->nparts) {
+    done = 0;
+
+    while (done < cap && job->part < job->nparts) {
         part = &job->parts[job->part];
 
         if (part->size == 0) {
@@ -188,20 +193,20 @@ ngx_http_fephp_body_read(void *ctx, uint8_t *buf, size_t cap)
             continue;
         }
 
-        if (cap == 0) {
-            return 0;
+        len = cap - done;
+
+        if ((off_t) len > part->size) {
+            len = (size_t) part->size;
         }
 
-        len = (part->size < (off_t) cap) ? (size_t) part->size : cap;
-
         if (part->data) {
-            memcpy(buf, part->data, len);
+            memcpy(buf + done, part->data, len);
             part->data += len;
             n = len;
 
         } else {
             do {
-                n = pread(job->body_fd, buf, len, part->offset);
+                n = pread(job->body_fd, buf + done, len, part->offset);
             } while (n == -1 && errno == EINTR);
 
             if (n <= 0) {
@@ -212,11 +217,10 @@ ngx_http_fephp_body_read(void *ctx, uint8_t *buf, size_t cap)
         }
 
         part->size -= n;
-
-        return n;
+        done += n;
     }
 
-    return 0;
+    return done;
 }
 
 
