@@ -84,11 +84,9 @@ ngx_http_fephp_cleanup(void *data)
 static void
 ngx_http_fephp_job_free(ngx_http_fephp_job_t *job)
 {
-    /* event loop: the last reference to the job */
+    /* event loop: the last reference to the job, its completion has run */
 
-    if (job->body) {
-        ngx_http_fephp_body_free(job->body);
-    }
+    ngx_http_fephp_body_free(job);
 
     ngx_http_fephp_jobs--;
     ngx_free(job);

@@ -25,11 +25,7 @@ static ngx_int_t ngx_http_fephp_handler(ngx_http_request_t *r);
 static void ngx_http_fephp_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_fephp_start(ngx_http_request_t *r);
 static ngx_int_t ngx_http_fephp_build_request(ngx_http_request_t *r,
-    fephp_request *req, ngx_http_fephp_job_t *job);
-static ngx_int_t ngx_http_fephp_request_body(ngx_http_request_t *r,
-    fephp_request *req, ngx_http_fephp_job_t *job);
-static ptrdiff_t ngx_http_fephp_body_read(void *ctx, uint8_t *buf,
-    size_t cap);
+    fephp_request *req);
 static void ngx_http_fephp_free_engine(void *data);
 static ngx_int_t ngx_http_fephp_postconfiguration(ngx_conf_t *cf);
 static void *ngx_http_fephp_create_main_conf(ngx_conf_t *cf);
@@ -164,6 +160,8 @@ ngx_http_fephp_start(ngx_http_request_t *r)
 
     ngx_memzero(job, sizeof(ngx_http_fephp_job_t));
 
+    job->body_fd = NGX_INVALID_FILE;
+
     cln = ngx_pool_cleanup_add(r->pool, 0);
     if (cln == NULL) {
         ngx_free(job);
@@ -183,7 +181,14 @@ ngx_http_fephp_start(ngx_http_request_t *r)
 
     ngx_http_set_ctx(r, job, ngx_http_fephp_module);
 
-    rc = ngx_http_fephp_build_request(r, &req, job);
+    rc = ngx_http_fephp_build_request(r, &req);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    /* the body: borrowed, or served from the job by body_read */
+
+    rc = ngx_http_fephp_body_init(r, job, &req);
     if (rc != NGX_OK) {
         return rc;
     }
@@ -229,8 +234,7 @@ ngx_http_fephp_start(ngx_http_request_t *r)
 
 
 static ngx_int_t
-ngx_http_fephp_build_request(ngx_http_request_t *r, fephp_request *req,
-    ngx_http_fephp_job_t *job)
+ngx_http_fephp_build_request(ngx_http_request_t *r, fephp_request *req)
 {
     u_char            *p, *addr;
     size_t             len;
@@ -241,7 +245,10 @@ ngx_http_fephp_build_request(ngx_http_request_t *r, fephp_request *req,
     ngx_table_elt_t   *h;
     ngx_connection_t  *c;
 
-    /* event loop: a view of r; everything it points to lives in r->pool */
+    /*
+     * event loop: a view of r, its body aside; everything it points to lives
+     * in r->pool
+     */
 
     c = r->connection;
 
@@ -349,191 +356,7 @@ ngx_http_fephp_build_request(ngx_http_request_t *r, fephp_request *req,
     req->tls = (c->ssl != NULL);
 #endif
 
-    return ngx_http_fephp_request_body(r, req, job);
-}
-
-
-static ngx_int_t
-ngx_http_fephp_request_body(ngx_http_request_t *r, fephp_request *req,
-    ngx_http_fephp_job_t *job)
-{
-    off_t                   total;
-    size_t                  len;
-    ngx_buf_t              *b;
-    ngx_uint_t              n;
-    ngx_chain_t            *cl;
-    ngx_http_fephp_body_t  *body;
-    ngx_http_fephp_piece_t *pc;
-
-    /*
-     * event loop: nginx has the whole body (client_max_body_size checked),
-     * in memory up to client_body_buffer_size, else in its temp file
-     */
-
-    if (r->request_body == NULL || r->request_body->bufs == NULL) {
-        return NGX_OK;
-    }
-
-    total = 0;
-    n = 0;
-
-    for (cl = r->request_body->bufs; cl; cl = cl->next) {
-        total += ngx_buf_size(cl->buf);
-        n++;
-    }
-
-    if (total == 0) {
-        return NGX_OK;
-    }
-
-    b = r->request_body->bufs->buf;
-
-    if (r->request_body->bufs->next == NULL && ngx_buf_in_memory(b)) {
-        /* one buffer in memory: the engine copies it during the call */
-        req->body = b->pos;
-        req->body_len = b->last - b->pos;
-        return NGX_OK;
-    }
-
-    /*
-     * Otherwise the engine pulls the body through body_read as PHP or the
-     * upstream consumes it: never the whole of a large body in memory.
-     */
-
-    body = ngx_alloc(sizeof(ngx_http_fephp_body_t)
-                     + (n - 1) * sizeof(ngx_http_fephp_piece_t),
-                     r->connection->log);
-    if (body == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    body->fd = NGX_INVALID_FILE;
-    body->n = 0;
-    body->next = 0;
-    body->off = 0;
-
-    /* from here the job frees it, whatever happens */
-    job->body = body;
-
-    for (cl = r->request_body->bufs; cl; cl = cl->next) {
-        b = cl->buf;
-        pc = &body->pieces[body->n];
-
-        if (ngx_buf_in_memory(b)) {
-            len = b->last - b->pos;
-
-            if (len == 0) {
-                continue;
-            }
-
-            pc->mem = ngx_alloc(len, r->connection->log);
-            if (pc->mem == NULL) {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-
-            ngx_memcpy(pc->mem, b->pos, len);
-            pc->pos = 0;
-            pc->len = len;
-            body->n++;
-            continue;
-        }
-
-        if (!b->in_file || b->file_last == b->file_pos) {
-            continue;
-        }
-
-        if (body->fd == NGX_INVALID_FILE) {
-            body->fd = dup(b->file->fd);
-
-            if (body->fd == NGX_INVALID_FILE) {
-                ngx_log_error(NGX_LOG_CRIT, r->connection->log, ngx_errno,
-                              "fephp: dup() of the request body file \"%V\" "
-                              "failed", &b->file->name);
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-        }
-
-        pc->mem = NULL;
-        pc->pos = b->file_pos;
-        pc->len = (size_t) (b->file_last - b->file_pos);
-        body->n++;
-    }
-
-    req->body = NULL;
-    req->body_len = (size_t) total;
-    req->body_read = ngx_http_fephp_body_read;
-    req->body_read_ctx = body;
-
     return NGX_OK;
-}
-
-
-/*
- * The engine's body_read, on an engine thread (the PHP thread, or the
- * library's I/O thread for FastCGI and proxy routes): it reads only what the
- * job owns (see ngx_http_fephp_body_t) and logs nothing, since nginx's log is
- * the event loop's.  Calls never overlap.
- */
-
-static ptrdiff_t
-ngx_http_fephp_body_read(void *ctx, uint8_t *buf, size_t cap)
-{
-    ngx_http_fephp_body_t  *body = ctx;
-
-    size_t                   n;
-    ssize_t                  got;
-    ngx_http_fephp_piece_t  *pc;
-
-    while (body->next < body->n) {
-        pc = &body->pieces[body->next];
-
-        if (body->off == pc->len) {
-            body->next++;
-            body->off = 0;
-            continue;
-        }
-
-        n = ngx_min(cap, pc->len - body->off);
-
-        if (pc->mem) {
-            ngx_memcpy(buf, pc->mem + body->off, n);
-            got = (ssize_t) n;
-
-        } else {
-            got = pread(body->fd, buf, n, pc->pos + (off_t) body->off);
-
-            if (got <= 0) {
-                return -1;
-            }
-        }
-
-        body->off += (size_t) got;
-
-        return got;
-    }
-
-    return 0;
-}
-
-
-void
-ngx_http_fephp_body_free(ngx_http_fephp_body_t *body)
-{
-    ngx_uint_t  i;
-
-    /* event loop, with the job: after the last body_read */
-
-    for (i = 0; i < body->n; i++) {
-        if (body->pieces[i].mem) {
-            ngx_free(body->pieces[i].mem);
-        }
-    }
-
-    if (body->fd != NGX_INVALID_FILE) {
-        (void) close(body->fd);
-    }
-
-    ngx_free(body);
 }
 
 

@@ -7,6 +7,8 @@
  *   ngx_http_fephp_bridge.c    engine threads -> event loop (completions,
  *                              stream notifies, the eventfd)
  *   ngx_http_fephp_response.c  response headers and the body pump
+ *   ngx_http_fephp_body.c      the request body, served to the engine's
+ *                              threads through body_read
  */
 
 
@@ -48,29 +50,16 @@ typedef struct {
 typedef struct ngx_http_fephp_job_s  ngx_http_fephp_job_t;
 
 
-/* a piece of a request body: in memory (mem) or a range of nginx's temp file */
-typedef struct {
-    u_char                     *mem;
-    off_t                       pos;
-    size_t                      len;
-} ngx_http_fephp_piece_t;
-
-
 /*
- * A request body the engine pulls through body_read, on an engine thread.
- * The job owns it: memory pieces are copied and the temp file's descriptor is
- * dup()ed, because nginx frees both with the request, which may end (a client
- * that leaves) while the engine still reads.  Only body_read touches it once
- * the request is handed over; it is freed with the job, after the completion,
- * and the library never calls body_read after that.
+ * One piece of a request body, in the order of r->request_body->bufs: bytes
+ * the job holds a copy of (data), or a range of nginx's temp file (data is
+ * NULL, read from the job's duplicate of its descriptor).
  */
 typedef struct {
-    ngx_fd_t                    fd;          /* -1: no piece in a file */
-    ngx_uint_t                  n;
-    ngx_uint_t                  next;        /* the piece being read */
-    size_t                      off;         /* bytes of it already read */
-    ngx_http_fephp_piece_t      pieces[1];
-} ngx_http_fephp_body_t;
+    u_char                     *data;
+    off_t                       offset;      /* in the file; data == NULL */
+    off_t                       size;        /* bytes not yet served */
+} ngx_http_fephp_part_t;
 
 /*
  * One request handed to the engine.  Allocated with ngx_alloc(), not from the
@@ -87,14 +76,26 @@ struct ngx_http_fephp_job_s {
     fephp_result                result;
     fephp_response             *response;   /* ours once awaiting is 0 */
 
+    /*
+     * The request body served by ngx_http_fephp_body_read().  Filled on the
+     * event loop before the engine learns of the job; from then on only the
+     * engine reads them (one body_read call at a time, none after the
+     * completion), and the event loop frees them with the job, after the
+     * completion (awaiting is 0, read under the lock).  None points into
+     * the request: the job outlives it, and nginx closes its temp file with
+     * the request pool.
+     */
+    ngx_http_fephp_part_t      *parts;       /* ngx_alloc()'d, copies after */
+    ngx_uint_t                  nparts;
+    ngx_uint_t                  part;        /* the first with bytes left */
+    ngx_fd_t                    body_fd;     /* dup() of the temp file, or -1 */
+
     /* event loop only */
     ngx_http_request_t         *request;     /* NULL once the request is gone */
     ngx_event_t                 timer;       /* fephp_timeout on the engine */
     ngx_msec_t                  timeout;
     ngx_chain_t                *free;
     ngx_chain_t                *busy;
-
-    ngx_http_fephp_body_t      *body;        /* NULL: none, or in req.body */
 
     unsigned                    inline_done:1;
     unsigned                    started:1;
@@ -127,8 +128,11 @@ void ngx_http_fephp_on_body(void *userdata);
 ngx_uint_t ngx_http_fephp_enqueue(ngx_http_fephp_job_t *job);
 void ngx_http_fephp_wake(void);
 void ngx_http_fephp_wake_handler(ngx_event_t *rev);
+ngx_int_t ngx_http_fephp_body_init(ngx_http_request_t *r,
+    ngx_http_fephp_job_t *job, fephp_request *req);
+ptrdiff_t ngx_http_fephp_body_read(void *ctx, uint8_t *buf, size_t cap);
+void ngx_http_fephp_body_free(ngx_http_fephp_job_t *job);
 ngx_int_t ngx_http_fephp_last_error(ngx_pool_t *pool, ngx_str_t *msg);
-void ngx_http_fephp_body_free(ngx_http_fephp_body_t *body);
 
 
 #endif /* _NGX_HTTP_FEPHP_MODULE_H_INCLUDED_ */

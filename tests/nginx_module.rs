@@ -49,7 +49,8 @@ libphp_path = "/usr/lib/libphp.so"
 
 [php.ini]
 upload_max_filesize = "16M"
-post_max_size = "64M"
+# Above the 80 MiB body of the large-body tests (nginx's limit is the one tested).
+post_max_size = "128M"
 display_errors = false
 log_errors = true
 # Under nginx, PHP's messages reach no log unless error_log names a file.
@@ -97,6 +98,33 @@ http {
             fephp;
         }
 
+        # Request bodies: client_max_body_size per location, and the shapes
+        # nginx gives a body (memory buffers, one buffer, a temp file only).
+        location /small/ {
+            client_max_body_size 1m;
+            rewrite ^/small(/.*)$ $1 break;
+            fephp;
+        }
+
+        location /big/ {
+            client_max_body_size 128m;
+            rewrite ^/big(/.*)$ $1 break;
+            fephp;
+        }
+
+        location /single/ {
+            client_body_in_single_buffer on;
+            client_body_buffer_size 1m;
+            rewrite ^/single(/.*)$ $1 break;
+            fephp;
+        }
+
+        location /fileonly/ {
+            client_body_in_file_only clean;
+            rewrite ^/fileonly(/.*)$ $1 break;
+            fephp;
+        }
+
         # nginx's own static handler, next to the module.
         location /plain/ {
             alias {d}/www/;
@@ -122,8 +150,14 @@ const SITE: &[(&str, &str)] = &[
     ("target.php", "<?php $compiled_once = true;"),
     ("check.php", "<?php echo json_encode(['pid' => getmypid(), 'cached' => opcache_is_script_cached(__DIR__ . '/target.php')]);"),
     ("fpm/info.php", "<?php header('Content-Type: application/json'); echo json_encode(['sapi' => PHP_SAPI, 'pid' => getmypid(), 'input' => strlen(file_get_contents('php://input'))]);"),
+    ("stream.php", STREAM_PHP),
+    ("fpm/stream.php", STREAM_PHP),
     ("style.css", "body { color: #333; }\n"),
 ];
+
+/// Reads php://input 64 KiB at a time (never the whole body in PHP's memory),
+/// after sleeping `s` seconds; reports length and md5, also into the file `out`.
+const STREAM_PHP: &str = "<?php usleep((int) ((float) ($_GET['s'] ?? 0) * 1000000)); $h = hash_init('md5'); $n = 0; $in = fopen('php://input', 'rb'); while (!feof($in)) { $c = fread($in, 65536); if ($c === false || $c === '') { break; } $n += strlen($c); hash_update($h, $c); } $r = json_encode(['length' => $n, 'md5' => hash_final($h)]); if (isset($_GET['out'])) { file_put_contents(__DIR__ . '/' . basename($_GET['out']), $r); } header('Content-Type: application/json'); echo $r;";
 
 /// What to start.
 struct Opts {
@@ -383,6 +417,76 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The peak resident set (VmHWM) of a process so far, in bytes.
+fn peak_rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib * 1024
+}
+
+/// The one worker of `n` (the large-body tests run one).
+fn only_worker(n: &ModNginx) -> i32 {
+    let workers = n.workers();
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    workers[0]
+}
+
+/// POSTs the file `path` as a raw body (the library is a debug build: a long
+/// timeout for the large ones).
+fn post_file(url: &str, path: &Path, extra: &[&str]) -> Reply {
+    let at = format!("@{}", path.display());
+    let mut args = vec![
+        "--max-time",
+        "180",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        &at,
+    ];
+    args.extend_from_slice(extra);
+    args.push(url);
+    curl(&args)
+}
+
+/// Sends `head`, then as much of `body` as nginx takes, and returns the status
+/// line of the answer (without waiting for nginx's lingering close).
+fn raw_status(port: u16, head: &str, body: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    // nginx may answer and stop reading before the end: not an error here.
+    let _ = s.write_all(body);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => got.extend_from_slice(&buf[..k]),
+        }
+    }
+    String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Descriptors of `pid` open on a file in the test's client_body directory
+/// (nginx's request body temp files, and the module's duplicates of them).
+fn body_files_open(n: &ModNginx, pid: i32) -> usize {
+    let dir = n.dir().join("client_body");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(&dir))
+        .count()
 }
 
 /// `nginx -t` on a setup whose fe-php TOML and nginx.conf were edited by `edit`.
@@ -692,76 +796,203 @@ fn request_bodies_in_memory_and_spooled_to_a_temp_file() {
     assert_eq!(v["length"], data.len());
     assert_eq!(v["md5"], md5_hex(&file));
 
+    // Every shape nginx gives a body: in the header buffer and a body buffer
+    // (`/`), in one buffer (`/single/`), only in a temp file (`/fileonly/`),
+    // and past client_body_buffer_size in a temp file; with a length and chunked.
+    for size in [0usize, 1, 1000, 5000, 20_000, 100_000, 1 << 20] {
+        let body = n.dir().join(format!("body-{size}.bin"));
+        std::fs::write(&body, common::diff::pattern(size, size as u32)).unwrap();
+        let md5 = md5_hex(&body);
+        for prefix in ["", "/single", "/fileonly"] {
+            for chunked in [false, true] {
+                let te: &[&str] = if chunked {
+                    &["-H", "Transfer-Encoding: chunked"]
+                } else {
+                    &[]
+                };
+                let r = post_file(&n.url(&format!("{prefix}/stream.php")), &body, te);
+                let v = json(&r);
+                assert_eq!(
+                    (v["length"].as_u64(), v["md5"].as_str()),
+                    (Some(size as u64), Some(md5.as_str())),
+                    "{size} bytes through {prefix}/ (chunked: {chunked})"
+                );
+            }
+        }
+    }
+    // Nothing of them stays open in the worker.
+    for pid in n.workers() {
+        assert_eq!(body_files_open(&n, pid), 0);
+    }
+
     n.assert_clean_log();
 }
 
-/// VmHWM (peak RSS) of `pid`, in KiB.
-fn peak_rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-/// nginx spools a large body to its temp file; the module hands the engine that
-/// file (`body_read`), so neither it nor the library holds the body in memory,
-/// through the embedded and the FastCGI backend; past `client_max_body_size`
-/// nginx answers 413 (the module has no limit of its own).
+/// nginx's `client_max_body_size` is the limit (the module had a 256 MiB cap of
+/// its own): 413 for an announced length and for a chunked body past it, per
+/// location, and what fits passes.
 #[test]
-fn large_bodies_stay_in_nginx_temp_file() {
-    let fpm_root = tempfile::tempdir().unwrap();
-    let fpm = PhpFpm::start(fpm_root.path(), FpmListen::Tcp);
-    let n = ModNginx::start(Opts {
-        fpm: Some(fpm.address().to_owned()),
-        fastcgi_rule: true,
-        ..Opts::default()
-    });
-    let worker = n.workers()[0];
-    // Reads its body in pieces: the script itself never holds it whole.
-    let streaming = "<?php header('Content-Type: application/json'); $h = fopen('php://input', 'rb'); $md5 = hash_init('md5'); $n = 0; while (($c = fread($h, 65536)) !== '' && $c !== false) { $n += strlen($c); hash_update($md5, $c); } echo json_encode(['length' => $n, 'md5' => hash_final($md5)]);";
-    std::fs::write(n.dir().join("www/stream.php"), streaming).unwrap();
-    std::fs::write(n.dir().join("www/fpm/stream.php"), streaming).unwrap();
-    let file = n.dir().join("big.bin");
-    let data: Vec<u8> = (0..48u32 << 20)
-        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
-        .collect();
-    std::fs::write(&file, &data).unwrap();
-    drop(data);
-    // Warm the worker (PHP's first request, OPcache) before measuring.
-    assert_eq!(get(&n.url("/hello.php")).text(), "Hello, World!");
-    let before = peak_rss_kib(worker);
-    for path in ["/stream.php", "/fpm/stream.php"] {
-        let r = curl(&[
-            "-H",
-            "Content-Type: application/octet-stream",
-            "--data-binary",
-            &format!("@{}", file.display()),
-            &n.url(path),
-        ]);
-        let v = json(&r);
-        assert_eq!(v["length"], 48 << 20, "{path}: {v}");
-        assert_eq!(v["md5"], md5_hex(&file), "{path}");
-    }
-    let grown = peak_rss_kib(worker).saturating_sub(before);
+fn client_max_body_size_is_the_request_body_limit() {
+    let n = ModNginx::start(Opts::default());
+    let workers = n.workers();
+
+    // 64m in the http block: an announced 100 MiB is refused from the head.
+    let status = raw_status(
+        n.port,
+        "POST /stream.php HTTP/1.1\r\nHost: localhost\r\nContent-Length: 104857600\r\n\r\n",
+        b"",
+    );
+    assert!(status.contains(" 413 "), "{status}");
+
+    // 1m in /small/: an announced 2 MiB, and 2 MiB chunked (counted as it comes).
+    let two = common::diff::pattern(2 << 20, 3);
+    let head = format!(
+        "POST /small/stream.php HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+        two.len()
+    );
+    let status = raw_status(n.port, &head, &two);
+    assert!(status.contains(" 413 "), "{status}");
+    let mut chunked = format!("{:x}\r\n", two.len()).into_bytes();
+    chunked.extend_from_slice(&two);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let status = raw_status(
+        n.port,
+        "POST /small/stream.php HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n",
+        &chunked,
+    );
+    assert!(status.contains(" 413 "), "{status}");
+    let log = n.log();
     assert!(
-        grown < 16 << 10,
-        "the worker's peak RSS grew by {grown} KiB for two 48 MiB bodies"
+        log.contains("client intended to send too large body")
+            && log.contains("client intended to send too large chunked body"),
+        "{log}"
     );
 
-    // Over client_max_body_size (64m in this configuration): nginx's own 413.
-    let big = n.dir().join("too-big.bin");
-    let f = std::fs::File::create(&big).unwrap();
-    f.set_len(65 << 20).unwrap();
-    let r = curl(&[
-        "-H",
-        "Content-Type: application/octet-stream",
-        "--data-binary",
-        &format!("@{}", big.display()),
-        &n.url("/raw.php"),
-    ]);
-    assert_eq!(r.status, 413);
+    // Just under the limit passes, whole.
+    let file = n.dir().join("fits.bin");
+    std::fs::write(&file, &two[..1000 * 1024]).unwrap();
+    let v = json(&post_file(&n.url("/small/stream.php"), &file, &[]));
+    assert_eq!(v["length"], 1000 * 1024);
+    assert_eq!(v["md5"], md5_hex(&file));
+
+    assert_eq!(get(&n.url("/hello.php")).status, 200);
+    assert_eq!(n.workers(), workers, "a worker was replaced");
+    n.assert_clean_log();
+}
+
+/// The size of the large bodies, and how much the worker may grow meanwhile.
+const LARGE_BODY: usize = 80 << 20;
+const LARGE_BODY_GROWTH: u64 = 32 << 20;
+
+/// Sends a warm-up body, then an 80 MiB one through `url`; checks that both
+/// reach PHP whole and that the worker's peak RSS grows by far less than the
+/// body: the body stays in nginx's temp file on its way to PHP.
+fn large_body_stays_on_disk(n: &ModNginx, url: &str) {
+    let worker = only_worker(n);
+    let warm = n.dir().join("warm.bin");
+    std::fs::write(&warm, common::diff::pattern(4 << 20, 1)).unwrap();
+    let v = json(&post_file(url, &warm, &[]));
+    assert_eq!(v["md5"], md5_hex(&warm));
+
+    let file = n.dir().join("large.bin");
+    std::fs::write(&file, common::diff::pattern(LARGE_BODY, 2)).unwrap();
+    let before = peak_rss(worker);
+    let v = json(&post_file(url, &file, &[]));
+    let after = peak_rss(worker);
+    assert_eq!(v["length"], LARGE_BODY);
+    assert_eq!(v["md5"], md5_hex(&file));
+    eprintln!(
+        "{url}: worker peak RSS {} -> {} MiB for a {} MiB body",
+        before >> 20,
+        after >> 20,
+        LARGE_BODY >> 20
+    );
+    assert!(
+        after - before < LARGE_BODY_GROWTH,
+        "the worker's peak RSS grew by {} MiB ({} -> {} MiB) for a {} MiB body",
+        (after - before) >> 20,
+        before >> 20,
+        after >> 20,
+        LARGE_BODY >> 20
+    );
+    assert_eq!(only_worker(n), worker, "the worker was replaced");
+    std::fs::remove_file(&file).unwrap();
+}
+
+#[test]
+fn large_bodies_reach_embedded_php_from_nginx_temp_file() {
+    let n = ModNginx::start(Opts::default());
+    large_body_stays_on_disk(&n, &n.url("/big/stream.php"));
+    assert_eq!(body_files_open(&n, only_worker(&n)), 0);
+    n.assert_clean_log();
+}
+
+/// A client sends its body and leaves while PHP sleeps; nginx then closes and
+/// deletes its temp file (`client_body_in_file_only clean`), and PHP still
+/// reads the whole body, from the module's own descriptor, which is closed
+/// with the request's job. PUT, because PHP reads a POST body of any type at
+/// request startup, before the script runs; a PUT body only when the script
+/// reads php://input.
+fn client_leaves_before_php_reads_its_body(n: &ModNginx, path: &str, marker: &Path) {
+    let worker = only_worker(n);
+    let data = common::diff::pattern(8 << 20, 9);
+    let spool = n.dir().join("client_body");
+    let mut s = TcpStream::connect(("127.0.0.1", n.port)).unwrap();
+    s.write_all(
+        format!(
+            "PUT {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            data.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.write_all(&data).unwrap();
+    let spooled = || {
+        std::fs::read_dir(&spool)
+            .unwrap()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .any(|m| m.len() == data.len() as u64)
+    };
+    wait_for("nginx to spool the whole body", Duration::from_secs(10), spooled);
+    std::thread::sleep(Duration::from_millis(200));
+    drop(s);
+
+    wait_for("nginx to delete its temp file", Duration::from_secs(10), || {
+        std::fs::read_dir(&spool).unwrap().next().is_none()
+    });
+    assert!(
+        !marker.exists(),
+        "PHP read the body before the client left: make it sleep longer"
+    );
+    wait_for("PHP to read the body", Duration::from_secs(20), || {
+        std::fs::read_to_string(marker).is_ok_and(|s| s.ends_with('}'))
+    });
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(marker).unwrap()).unwrap();
+    assert_eq!(v["length"], data.len());
+    assert_eq!(v["md5"], common::diff::md5_hex(&data));
+    wait_for("the late response to be discarded", Duration::from_secs(10), || {
+        n.log().contains("discarded a response")
+    });
+    assert_eq!(body_files_open(n, worker), 0, "a body file is left open");
+    assert_eq!(get(&n.url("/hello.php")).status, 200);
+    assert_eq!(only_worker(n), worker, "the worker was replaced");
+}
+
+#[test]
+fn a_client_that_leaves_while_php_has_yet_to_read_its_body() {
+    let n = ModNginx::start(Opts::default());
+    client_leaves_before_php_reads_its_body(
+        &n,
+        "/fileonly/stream.php?s=2&out=left.json",
+        &n.dir().join("www/left.json"),
+    );
+    assert!(n.log().contains("client prematurely closed connection"));
+
+    // Nothing is left in the engine when the worker exits.
+    let mut n = n;
+    n.signal("quit");
+    assert!(n.wait_exit(Duration::from_secs(10)).success());
     n.assert_clean_log();
 }
 
@@ -1225,6 +1456,44 @@ fn fastcgi_routes_when_the_backend_is_available() {
     // Embedded next to it still runs in nginx.
     let v = json(&get(&n.url("/info.php")));
     assert!(nginx_pids(&n).contains(&(v["pid"].as_i64().unwrap() as i32)));
+    n.assert_clean_log();
+}
+
+/// Large bodies through php-fpm: the library's I/O thread reads them from the
+/// module as it sends them, so they too stay in nginx's temp file; and a client
+/// that leaves before the script reads its body.
+#[test]
+fn large_bodies_reach_php_fpm_from_nginx_temp_file() {
+    let fpm_root = tempfile::tempdir().unwrap();
+    let fpm = PhpFpm::builder(fpm_root.path(), FpmListen::Tcp)
+        .ini("post_max_size", "128M")
+        .start();
+    let n = ModNginx::start(Opts {
+        fpm: Some(fpm.address().to_owned()),
+        fastcgi_rule: true,
+        ..Opts::default()
+    });
+    let health = json(&get(&n.url("/_health")));
+    let fastcgi = &health["backends"]["fastcgi"];
+    if fastcgi["enabled"] != true || fastcgi["healthy"] != true {
+        eprintln!(
+            "SKIPPED large_bodies_reach_php_fpm_from_nginx_temp_file: the FastCGI \
+             backend is not available in this build of the library ({})",
+            fastcgi["message"]
+        );
+        return;
+    }
+    let worker = only_worker(&n);
+    let v = json(&get(&n.url("/fpm/info.php")));
+    assert_eq!(v["sapi"], "fpm-fcgi");
+    assert_ne!(v["pid"].as_i64(), Some(worker as i64));
+
+    large_body_stays_on_disk(&n, &n.url("/big/fpm/stream.php"));
+    client_leaves_before_php_reads_its_body(
+        &n,
+        "/fileonly/fpm/stream.php?s=2&out=left.json",
+        &n.dir().join("www/fpm/left.json"),
+    );
     n.assert_clean_log();
 }
 
