@@ -409,14 +409,22 @@ unsafe extern "C" fn cb_read_body(ctx: *mut c_void, buf: *mut c_char, len: usize
         }
         // SAFETY: PHP passes a buffer of `len` writable bytes.
         let buf = std::slice::from_raw_parts_mut(buf as *mut u8, len);
-        match ctx.job.body.read(buf) {
-            Ok(n) => n,
-            Err(e) => {
-                // PHP sees the body end here; the host's error names the cause.
-                tracing::error!(uri = %ctx.job.log_uri, "reading the request body failed: {e}; PHP gets it truncated");
-                0
+        // PHP takes a short read for the end of the body (sapi_read_post_block's
+        // callers stop below a full block): fill the buffer unless the body ends,
+        // whatever pieces the host's body_read hands over.
+        let mut filled = 0;
+        while filled < len {
+            match ctx.job.body.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) => {
+                    // PHP sees the body end here; the host's error names the cause.
+                    tracing::error!(uri = %ctx.job.log_uri, "reading the request body failed: {e}; PHP gets it truncated");
+                    break;
+                }
             }
         }
+        filled
     })
 }
 
