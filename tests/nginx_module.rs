@@ -953,13 +953,19 @@ fn client_leaves_before_php_reads_its_body(n: &ModNginx, path: &str, marker: &Pa
             .filter_map(|e| e.ok()?.metadata().ok())
             .any(|m| m.len() == data.len() as u64)
     };
-    wait_for("nginx to spool the whole body", Duration::from_secs(10), spooled);
+    wait_for(
+        "nginx to spool the whole body",
+        Duration::from_secs(10),
+        spooled,
+    );
     std::thread::sleep(Duration::from_millis(200));
     drop(s);
 
-    wait_for("nginx to delete its temp file", Duration::from_secs(10), || {
-        std::fs::read_dir(&spool).unwrap().next().is_none()
-    });
+    wait_for(
+        "nginx to delete its temp file",
+        Duration::from_secs(10),
+        || std::fs::read_dir(&spool).unwrap().next().is_none(),
+    );
     assert!(
         !marker.exists(),
         "PHP read the body before the client left: make it sleep longer"
@@ -971,9 +977,11 @@ fn client_leaves_before_php_reads_its_body(n: &ModNginx, path: &str, marker: &Pa
         serde_json::from_str(&std::fs::read_to_string(marker).unwrap()).unwrap();
     assert_eq!(v["length"], data.len());
     assert_eq!(v["md5"], common::diff::md5_hex(&data));
-    wait_for("the late response to be discarded", Duration::from_secs(10), || {
-        n.log().contains("discarded a response")
-    });
+    wait_for(
+        "the late response to be discarded",
+        Duration::from_secs(10),
+        || n.log().contains("discarded a response"),
+    );
     assert_eq!(body_files_open(n, worker), 0, "a body file is left open");
     assert_eq!(get(&n.url("/hello.php")).status, 200);
     assert_eq!(only_worker(n), worker, "the worker was replaced");
