@@ -1,13 +1,15 @@
 //! Engines in the calling process (as a host that reloads without forking uses
 //! them): one PHP runtime and one PHP thread per process, shared by every engine;
 //! settings PHP only takes at start are refused on a new engine with a message.
+//! This is PHP in the calling process, without the runner pool (`[php.pool]
+//! enabled = false`); the pool's own tests run through fe-php-host.
 
 use fe_php::http::{Body, Request};
 use fe_php::{Config, Engine};
 
 fn config(root: &std::path::Path, ini: &str) -> Config {
     Config::from_toml(&format!(
-        "[backend]\ndefault_backend = \"embedded\"\n[backend.static_files]\nenable = true\nroot = \"{}\"\n[php.ini]\n{ini}\n",
+        "[backend]\ndefault_backend = \"embedded\"\n[backend.static_files]\nenable = true\nroot = \"{}\"\n[php.pool]\nenabled = false\n[php.ini]\n{ini}\n",
         root.display()
     ))
     .unwrap()

@@ -180,38 +180,60 @@ fn a_worker_killed_under_load_costs_only_its_connections() {
 }
 
 #[test]
-fn a_segfault_under_load_costs_only_its_workers_connections() {
+fn a_segfault_in_php_costs_only_its_own_request() {
     let h = host("", "");
     let load = load(&h, 8);
-    let workers = h.workers();
-    let pids: Vec<i32> = load
-        .conn_pids
-        .iter()
-        .map(|p| p.load(std::sync::atomic::Ordering::SeqCst))
-        .collect();
-    let crash = raw_get(h.port, "/crash.php");
-    assert_eq!(status_of(&crash), 0, "{}", String::from_utf8_lossy(&crash));
-    let mut victim = 0;
-    eventually("the crashed worker's replacement", || {
-        let now = h.workers();
-        match workers.iter().find(|w| !now.contains(w)) {
-            Some(&dead) if now.len() == 2 => {
-                victim = dead;
-                true
-            }
-            _ => false,
-        }
-    });
-    let on_victim = pids.iter().filter(|&&p| p == victim).count();
-    load.wait_ok(2000, Duration::from_secs(20));
-    let report = load.stop();
-    only_the_dead_workers_requests_failed(&report, victim, on_victim);
+    let (line, report) = php_crash_costs_only_itself(&h, load, "/crash.php");
+    assert!(line.contains("killed by signal 11"), "{line}");
     eprintln!(
-        "SIGSEGV under load: {} of {} requests failed ({on_victim} connections on the crashed worker)",
+        "SIGSEGV in PHP under load: {} of {} other requests failed; {line}",
         report.failed.len(),
         report.total()
     );
-    assert!(h.stderr().contains("killed by signal 11"), "{}", h.stderr());
+}
+
+/// Runs `path`, which kills the PHP runner that takes it, under `load`: that
+/// request gets 502, no worker dies, no other request fails, a new runner takes
+/// the dead one's place, and the log names the request. Gives the log line.
+fn php_crash_costs_only_itself(h: &Host, load: Load, path: &str) -> (String, Report) {
+    let workers = h.workers();
+    let runners = h.runners();
+    assert!(!runners.is_empty(), "no PHP runner");
+    let crash = raw_get(h.port, path);
+    assert_eq!(
+        status_of(&crash),
+        502,
+        "{}",
+        String::from_utf8_lossy(&crash)
+    );
+    load.wait_ok(1000, Duration::from_secs(20));
+    let report = load.stop();
+    assert!(
+        report.failed.is_empty(),
+        "other requests failed: {:#?}",
+        report.failed
+    );
+    assert_eq!(h.workers(), workers, "a worker died");
+    let log = h.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("PHP runner") && l.contains(path) && l.contains("answered 502"))
+        .unwrap_or_else(|| panic!("no log line for the dead runner:\n{log}"))
+        .to_owned();
+    let dead: i32 = line
+        .split("(pid ")
+        .nth(1)
+        .and_then(|t| t.split(')').next()?.parse().ok())
+        .expect("the line names the runner's pid");
+    assert!(
+        runners.contains(&dead),
+        "{dead} was not a runner: {runners:?}"
+    );
+    eventually("a runner in the dead one's place", || {
+        let now = h.runners();
+        !now.contains(&dead) && !now.is_empty()
+    });
+    (line, report)
 }
 
 #[test]
@@ -744,38 +766,11 @@ fn php_faults_under_load_cost_only_their_own_request() {
     load.wait_ok(100, Duration::from_secs(20));
 
     // Recursion through array_map recurses in C: the stack overflows and the
-    // worker dies; only the requests on its connections may fail.
-    let pids: Vec<i32> = load
-        .conn_pids
-        .iter()
-        .map(|p| p.load(std::sync::atomic::Ordering::SeqCst))
-        .collect();
-    let workers = h.workers();
-    let crash = raw_get(h.port, "/overflow.php");
-    assert_eq!(status_of(&crash), 0, "{}", String::from_utf8_lossy(&crash));
-    let mut victim = 0;
-    eventually("the crashed worker's replacement", || {
-        let now = h.workers();
-        match workers.iter().find(|w| !now.contains(w)) {
-            Some(&dead) if now.len() == 2 => {
-                victim = dead;
-                true
-            }
-            _ => false,
-        }
-    });
-    let on_victim = pids.iter().filter(|&&p| p == victim).count();
-    load.wait_ok(1000, Duration::from_secs(20));
-    let report = load.stop();
-    only_the_dead_workers_requests_failed(&report, victim, on_victim);
+    // runner dies; only that request fails.
+    let (how, report) = php_crash_costs_only_itself(&h, load, "/overflow.php");
     let log = h.stderr();
-    let how = log
-        .lines()
-        .find(|l| l.contains(&format!("pid={victim}")) && l.contains("killed by signal"))
-        .unwrap_or_else(|| panic!("no crash line for {victim}:\n{log}"));
     observed.push(format!(
-        "stack overflow: worker {victim} {}; {} of {} good requests failed ({on_victim} connections on it)",
-        how.split("worker ").nth(1).unwrap_or(how),
+        "stack overflow: {how}; {} of {} good requests failed",
         report.failed.len(),
         report.total()
     ));

@@ -19,6 +19,8 @@ fn config() -> String {
         .sections("\n[[backend.routing_rules]]\npattern = { type = \"suffix\", value = \".php\" }\nbackend = \"embedded\"\n")
         .php("")
         .toml()
+        // Two PHP runners, fixed: the interpreter gauges are known.
+        + "\n[php.pool]\nmin_runners = 2\nmax_runners = 2\n"
 }
 
 fn site(dir: &Path) {
@@ -202,8 +204,8 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 #[test]
 fn series_move_by_what_requests_did_in_every_worker() {
     let h = Host::start(&config(), site);
-    // Both PHP threads (one per worker) are up: the idle gauge sums both processes.
-    eventually("two idle PHP threads", || {
+    // Both PHP runners are up.
+    eventually("two idle PHP runners", || {
         v(&scrape(&h), "fephp_embedded_workers_idle") == 2.0
     });
     let before = scrape(&h);
@@ -225,11 +227,19 @@ fn series_move_by_what_requests_did_in_every_worker() {
     let mut php_requests = 0;
     while pids.len() < 2 {
         assert!(php_requests < 200, "one worker answered everything");
-        let r = get(&h.url("/pid.php"));
+        // The worker is the process holding the server end of the connection.
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+        use std::io::{Read, Write};
+        let worker = common::load::server_pid(&s);
+        s.write_all(b"GET /pid.php HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let r = parse_reply(&raw);
         assert_eq!(r.status, 200);
         php_bytes += r.body.len();
         php_requests += 1;
-        pids.insert(r.text());
+        pids.insert(worker.expect("the connection's worker"));
     }
     let nope = get(&h.url("/nope.php"));
     assert_eq!(nope.status, 404);
@@ -318,7 +328,11 @@ fn series_move_by_what_requests_did_in_every_worker() {
 
 #[test]
 fn a_slow_script_is_in_flight_and_busy() {
-    let h = Host::start(&config().replace("workers = 2", "workers = 1"), |dir| {
+    let one = config().replace("workers = 2", "workers = 1").replace(
+        "min_runners = 2\nmax_runners = 2",
+        "min_runners = 1\nmax_runners = 1",
+    );
+    let h = Host::start(&one, |dir| {
         site(dir);
         std::fs::write(dir.join("www/slow.php"), "<?php usleep(800000); echo 'ok';").unwrap();
     });

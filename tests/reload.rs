@@ -293,11 +293,14 @@ fn engine_reload_through_the_c_abi() {
         "<?php usleep(400000); echo 'slow old';",
     )
     .unwrap();
+    // PHP in this process (no runner pool): it moves the process into its
+    // script's directory, which a relative root must survive.
     let toml = |route: &str| {
         CString::new(
             config(route)
                 .replace("{dir}", dir.path().to_str().unwrap())
-                .replace("{port}", "1"),
+                .replace("{port}", "1")
+                + "\n[php.pool]\nenabled = false\n",
         )
         .unwrap()
     };

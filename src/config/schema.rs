@@ -3,7 +3,7 @@
 //! (except inside `[server]`: the library leaves that table to the host, which
 //! checks its keys).
 
-use super::{ConfigDuration, IniValue};
+use super::{ConfigDuration, ConfigSize, IniValue};
 use std::collections::BTreeMap;
 use serde::Deserialize;
 use std::fmt;
@@ -306,6 +306,61 @@ pub struct PhpConfig {
     pub fpm_ping_path: Option<String>,
     /// php.ini overrides.
     pub ini: BTreeMap<String, IniValue>,
+    /// `[php.pool]`: the embedded backend's runner processes.
+    pub pool: PoolConfig,
+}
+
+/// `[php.pool]`: PHP interpreters (runners) shared by every worker process through
+/// one queue, so that whichever runner is free takes the next request.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// false: each worker process runs PHP on its own thread instead (one
+    /// interpreter per worker; a slow request holds up the next ones there).
+    pub enabled: bool,
+    /// Runners kept even when idle.
+    pub min_runners: usize,
+    /// Most runners at once; more are started while requests wait.
+    pub max_runners: usize,
+    /// Requests that may wait for a runner; past it, 503.
+    pub queue_size: usize,
+    /// A request still running after this long is stopped (its runner is killed
+    /// and replaced) and answered 504. 0 disables it.
+    pub request_deadline: ConfigDuration,
+    /// Requests before a runner is replaced; 0: never.
+    pub max_requests: u64,
+    /// A runner whose own memory (not shared with others) exceeds this after a
+    /// request is replaced; 0 disables it.
+    pub memory_budget: ConfigSize,
+    /// Runners above `min_runners` idle this long exit.
+    pub idle_timeout: ConfigDuration,
+    /// A request running longer than this has its PHP stack written to the log
+    /// once; 0 disables it.
+    pub slowlog_timeout: ConfigDuration,
+}
+
+/// Cores of this machine (at least 1).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Upper bound of `[php.pool] max_runners`.
+pub const MAX_RUNNERS: usize = 4096;
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            enabled: true,
+            min_runners: cores().max(2),
+            max_runners: (16 * cores()).clamp(32, 256),
+            queue_size: 1024,
+            request_deadline: ConfigDuration(Duration::from_secs(300)),
+            max_requests: 10_000,
+            memory_budget: ConfigSize(256 << 20),
+            idle_timeout: ConfigDuration(Duration::from_secs(10)),
+            slowlog_timeout: ConfigDuration(Duration::ZERO),
+        }
+    }
 }
 
 impl Default for PhpConfig {
@@ -323,6 +378,7 @@ impl Default for PhpConfig {
             fpm_idle_timeout: ConfigDuration(Duration::from_secs(30)),
             fpm_ping_path: None,
             ini: BTreeMap::new(),
+            pool: PoolConfig::default(),
         }
     }
 }

@@ -465,12 +465,38 @@ fn check_php(php: &PhpConfig, problems: &mut Vec<String>) {
             php.fpm_max_connections
         ));
     }
+    check_pool(&php.pool, problems);
     if let Some(p) = &php.fpm_ping_path {
         if !p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
             problems.push(format!(
                 "[php] fpm_ping_path '{p}' must be a path starting with '/' without spaces (e.g. \"/ping\", php-fpm's ping.path)."
             ));
         }
+    }
+}
+
+fn check_pool(pool: &PoolConfig, problems: &mut Vec<String>) {
+    if pool.max_runners == 0 || pool.max_runners > MAX_RUNNERS {
+        problems.push(format!(
+            "[php.pool] max_runners = {} is out of range: use 1 to {MAX_RUNNERS}.\n    Each runner is one PHP interpreter (a process); the default is {}.",
+            pool.max_runners,
+            PoolConfig::default().max_runners
+        ));
+    }
+    if pool.min_runners > pool.max_runners {
+        problems.push(format!(
+            "[php.pool] min_runners = {} is above max_runners = {}.\n    Lower min_runners or raise max_runners.",
+            pool.min_runners, pool.max_runners
+        ));
+    }
+    if pool.queue_size == 0 || pool.queue_size > 1 << 20 {
+        problems.push(format!(
+            "[php.pool] queue_size = {} is out of range: use 1 to 1048576.\n    It is how many requests may wait for a free runner before the next one gets 503.",
+            pool.queue_size
+        ));
+    }
+    if pool.idle_timeout.0.is_zero() {
+        problems.push("[php.pool] idle_timeout must be above 0 (e.g. \"10s\").\n    Runners above min_runners exit after idling this long.".to_owned());
     }
 }
 

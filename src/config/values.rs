@@ -6,7 +6,7 @@ use serde::Deserialize;
 use std::fmt;
 use std::path::PathBuf;
 
-pub use fe_php_units::ConfigDuration;
+pub use fe_php_units::{ConfigDuration, ConfigSize};
 
 /// An upstream of the proxy backend, from `[backend.proxy] upstream(s)`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -112,6 +112,7 @@ impl Engine {
                 runner: Embedded::start(
                     &validated.config.php.libphp_path,
                     &validated.config.php.ini,
+                    &validated.config.php.pool,
                     metrics.clone(),
                 )
                 .map_err(fail)?,

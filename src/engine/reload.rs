@@ -81,7 +81,7 @@ impl ReloadableEngine {
     pub fn restart_required(&self, config: &Config) -> Option<String> {
         // Only a file that differs from the running PHP is validated here (again,
         // by the reload otherwise): does it use the embedded backend at all?
-        let why = embedded::runtime_conflict(&config.php.libphp_path, &config.php.ini)?;
+        let why = embedded::runtime_conflict(&config.php.libphp_path, &config.php.ini, &config.php.pool)?;
         let validated = config.clone().validate(BUILT).ok()?;
         validated.embedded.is_available().then_some(why)
     }

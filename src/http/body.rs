@@ -36,7 +36,7 @@ pub fn set_spill_dir(dir: Option<PathBuf>) {
     *SPILL_DIR.lock() = dir;
 }
 
-fn spill_dir() -> PathBuf {
+pub fn spill_dir() -> PathBuf {
     SPILL_DIR.lock().clone().unwrap_or_else(std::env::temp_dir)
 }
 

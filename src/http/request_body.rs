@@ -99,6 +99,16 @@ impl RequestBody {
         )
     }
 
+    /// A body of `len` bytes at the start of `file` (one that crossed to a pool
+    /// runner).
+    pub fn file(file: File, len: u64) -> RequestBody {
+        RequestBody::new(
+            len,
+            std::env::temp_dir(),
+            State::Spooled { file, pos: 0, len },
+        )
+    }
+
     /// A body of exactly `len` bytes the host serves through `reader`; what must
     /// outlive the request is copied into `spool_dir`.
     ///

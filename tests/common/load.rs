@@ -259,6 +259,33 @@ fn connect(spec: &LoadSpec) -> std::io::Result<Conn> {
     })
 }
 
+/// The process holding the accepted end of `s` (from `ss`), once a worker has
+/// accepted it (tries for a second).
+pub fn server_pid(s: &std::net::TcpStream) -> Option<i32> {
+    let (local, peer) = (s.local_addr().ok()?, s.peer_addr().ok()?);
+    for _ in 0..100 {
+        let out = std::process::Command::new("ss")
+            .args(["-Htnp", "state", "established"])
+            .arg(format!(
+                "( sport = :{} and dport = :{} )",
+                peer.port(),
+                local.port()
+            ))
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(at) = text.find("pid=") {
+            return text[at + 4..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    None
+}
+
 /// Connects and, with a probe, learns the connection's worker (spreading the
 /// clients over the workers when asked). Err with a status: the probe failed.
 fn open(spec: &LoadSpec, me: usize, pids: &[AtomicI32]) -> std::io::Result<Result<Conn, u16>> {
@@ -273,7 +300,10 @@ fn open(spec: &LoadSpec, me: usize, pids: &[AtomicI32]) -> std::io::Result<Resul
         if status != 200 || close {
             return Ok(Err(status));
         }
-        c.pid = String::from_utf8_lossy(&body).trim().parse().unwrap_or(0);
+        // The worker is the process holding the server side of this connection
+        // (PHP's getmypid() names a pool runner, not the worker).
+        let _ = body;
+        c.pid = server_pid(c.reader.get_ref()).unwrap_or(0);
         tries += 1;
         if let Some(workers) = spec.spread_over {
             let share = spec.clients.div_ceil(workers.max(1));

@@ -106,21 +106,50 @@ impl Host {
     }
 
     /// PIDs of the worker processes (children of the master).
+    /// The worker processes (the master's children but the PHP pool manager).
     pub fn workers(&self) -> Vec<i32> {
-        let out = Command::new("pgrep")
-            .arg("-P")
-            .arg(self.child.id().to_string())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .filter_map(|s| s.parse().ok())
+        children(self.child.id() as i32)
+            .into_iter()
+            .filter(|&p| comm(p) != "fe-php: pool")
             .collect()
+    }
+
+    /// The PHP runner pool's manager, if it runs.
+    pub fn pool_manager(&self) -> Option<i32> {
+        children(self.child.id() as i32)
+            .into_iter()
+            .find(|&p| comm(p) == "fe-php: pool")
+    }
+
+    /// The PHP runners (children of the pool manager).
+    pub fn runners(&self) -> Vec<i32> {
+        self.pool_manager().map_or_else(Vec::new, children)
     }
 
     pub fn signal(&self, sig: i32) {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
+}
+
+/// The children of `pid`.
+pub fn children(pid: i32) -> Vec<i32> {
+    let out = Command::new("pgrep")
+        .arg("-P")
+        .arg(pid.to_string())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// A process's name as `ps` shows it ("" once it has gone).
+pub fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim_end()
+        .to_owned()
 }
 
 impl Drop for Host {

@@ -9,7 +9,7 @@
 use super::runtime::Runtime;
 use super::sapi::{fephp_sapi_callbacks, fephp_sapi_pair, fephp_sapi_request};
 use super::Job;
-use crate::http::body::{self, BodySender};
+use super::respond::Sink;
 use crate::http::{Body, Response};
 use crate::metrics::Metrics;
 use parking_lot::{Condvar, Mutex};
@@ -139,8 +139,8 @@ impl Executor {
 enum State {
     /// Headers and output are collected; the completion has not run.
     Buffering,
-    /// The completion has run with a streamed body; output goes to `sender`.
-    Streaming(BodySender),
+    /// The head has gone out with a streamed body; output goes to the sink.
+    Streaming(Box<dyn Sink>),
     /// The response is complete (script ended or fastcgi_finish_request()).
     Done,
 }
@@ -158,7 +158,7 @@ struct Ctx {
     not_stored: bool,
 }
 
-fn run(rt: &'static Runtime, job: Job) {
+pub(super) fn run(rt: &'static Runtime, job: Job) {
     let pairs = |p: &crate::backends::php::cgi::Pairs| -> Vec<fephp_sapi_pair> {
         let (buf, spans) = p.raw();
         let base = buf.as_ptr() as *const c_char;
@@ -239,7 +239,7 @@ fn finish(ctx: &mut Ctx) {
     match std::mem::replace(&mut ctx.state, State::Done) {
         State::Buffering if ctx.not_stored => {
             if let Some(c) = ctx.job.complete.take() {
-                c(Response::error(500, None));
+                c.complete(Response::error(500, None));
             }
         }
         State::Buffering => {
@@ -260,7 +260,7 @@ fn finish(ctx: &mut Ctx) {
                 resp.with_body(Body::Bytes(body))
             };
             if let Some(c) = ctx.job.complete.take() {
-                c(resp);
+                c.complete(resp);
             }
         }
         State::Streaming(sender) => {
@@ -291,16 +291,13 @@ fn start_stream(ctx: &mut Ctx) {
     if !matches!(ctx.state, State::Buffering) {
         return;
     }
-    let (tx, rx) = body::channel();
-    let resp = head(ctx).with_body(if ctx.job.head {
-        Body::Empty
-    } else {
-        Body::Stream(rx)
-    });
+    let resp = head(ctx);
+    let head_only = ctx.job.head;
     if let Some(c) = ctx.job.complete.take() {
-        c(resp);
+        ctx.state = State::Streaming(c.stream(resp, head_only));
+    } else {
+        ctx.state = State::Done;
     }
-    ctx.state = State::Streaming(tx);
 }
 
 /// Sends buffered output down the stream. False when the client has gone.
@@ -458,7 +455,7 @@ unsafe extern "C" fn cb_storage_failed(ctx: *mut c_void, what: *const c_char, di
     })
 }
 
-fn show_bytes(bytes: u64) -> String {
+pub(super) fn show_bytes(bytes: u64) -> String {
     match bytes {
         b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
         b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
@@ -468,7 +465,7 @@ fn show_bytes(bytes: u64) -> String {
 
 /// "the directory has 12 KiB free of 1.0 MiB (or is not writable)", or why it
 /// cannot be looked at.
-fn space(dir: &str) -> String {
+pub(super) fn space(dir: &str) -> String {
     let Ok(path) = std::ffi::CString::new(dir) else {
         return "the directory name is not a path".to_owned();
     };

@@ -7,6 +7,9 @@
 #[cfg(fephp_embedded)]
 mod executor;
 #[cfg(fephp_embedded)]
+mod pool;
+mod respond;
+#[cfg(fephp_embedded)]
 mod runtime;
 #[cfg(fephp_embedded)]
 mod sapi;
@@ -14,7 +17,8 @@ mod sapi;
 use crate::metrics::Source;
 use crate::backends::php::Runner;
 use crate::backends::php::cgi::{CgiVars, Pairs};
-use crate::config::IniValue;
+use crate::config::{IniValue, PoolConfig};
+use respond::Respond;
 use crate::http::{Request, Completion, Response};
 use crate::metrics::Metrics;
 use crate::http::request_body::RequestBody;
@@ -48,7 +52,8 @@ pub struct Job {
     pub body: RequestBody,
     /// For log lines.
     pub log_uri: String,
-    pub complete: Option<Completion>,
+    /// Where the response goes.
+    pub complete: Option<Box<dyn Respond>>,
 }
 
 /// An unused completion still answers: a job dropped unrun becomes a 500.
@@ -56,7 +61,7 @@ impl Drop for Job {
     fn drop(&mut self) {
         if let Some(c) = self.complete.take() {
             self.body.close();
-            c(Response::error(500, None));
+            c.complete(Response::error(500, None));
         }
     }
 }
@@ -109,7 +114,7 @@ impl Job {
             headers: cgi.headers,
             body: req.body_for_backend(),
             log_uri: format!("{} {}", req.method, req.target),
-            complete: Some(complete),
+            complete: Some(Box::new(respond::Local(complete))),
         }
     }
 }
@@ -142,6 +147,10 @@ fn fork_generation() -> u64 {
 pub struct Embedded {
     #[cfg(fephp_embedded)]
     runtime: &'static runtime::Runtime,
+    /// The runner pool, unless `[php.pool] enabled = false` (then this process's
+    /// PHP thread runs every job).
+    #[cfg(fephp_embedded)]
+    pool: Option<&'static pool::Pool>,
     /// Where this process's PHP thread reports busy/idle, if this engine starts it.
     #[cfg_attr(not(fephp_embedded), allow(dead_code))]
     metrics: Arc<Metrics>,
@@ -153,6 +162,7 @@ impl Embedded {
     pub fn start(
         libphp_path: &Path,
         ini: &BTreeMap<String, IniValue>,
+        pool_settings: &PoolConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Embedded, String> {
         for (k, v) in ini {
@@ -164,13 +174,23 @@ impl Embedded {
             }
         }
         let runtime = runtime::start(libphp_path, ini, &executor::CALLBACKS)?;
-        Ok(Embedded { runtime, metrics })
+        let pool = if pool_settings.enabled {
+            Some(pool::start(runtime, pool_settings)?)
+        } else {
+            None
+        };
+        Ok(Embedded {
+            runtime,
+            pool,
+            metrics,
+        })
     }
 
     #[cfg(not(fephp_embedded))]
     pub fn start(
         _libphp_path: &Path,
         _ini: &BTreeMap<String, IniValue>,
+        _pool_settings: &PoolConfig,
         _metrics: Arc<Metrics>,
     ) -> Result<Embedded, String> {
         Err("the embedded backend is not built into this library (PHP headers were missing at build time)".to_owned())
@@ -189,7 +209,10 @@ impl Embedded {
     pub fn worker_start(&self) -> Result<(), String> {
         #[cfg(fephp_embedded)]
         {
-            self.executor().map(|_| ())
+            match self.pool {
+                Some(pool) => pool.worker_start(),
+                None => self.executor().map(|_| ()),
+            }
         }
         #[cfg(not(fephp_embedded))]
         Ok(())
@@ -218,6 +241,9 @@ impl Embedded {
     pub fn submit(&self, job: Job) {
         #[cfg(fephp_embedded)]
         {
+            if let Some(pool) = self.pool {
+                return pool.submit(job);
+            }
             match self.executor() {
                 Ok(e) => {
                     if let Err(job) = e.submit(job) {
@@ -247,21 +273,47 @@ impl Embedded {
 
 fn respond(mut job: Job, resp: Response) {
     if let Some(c) = job.complete.take() {
-        c(resp);
+        c.complete(resp);
     }
 }
 
 /// Why PHP could not start with `libphp_path` and `ini` in this process because it
 /// already runs here with others (a new process is needed); None when it does not
 /// run yet or runs with exactly these.
-pub fn runtime_conflict(libphp_path: &Path, ini: &BTreeMap<String, IniValue>) -> Option<String> {
+pub fn runtime_conflict(
+    libphp_path: &Path,
+    ini: &BTreeMap<String, IniValue>,
+    pool_settings: &PoolConfig,
+) -> Option<String> {
     #[cfg(fephp_embedded)]
-    return runtime::conflict(libphp_path, ini);
+    return runtime::conflict(libphp_path, ini)
+        .or_else(|| pool_settings.enabled.then(|| pool::conflict(pool_settings)).flatten());
     #[cfg(not(fephp_embedded))]
     {
-        let _ = (libphp_path, ini);
+        let _ = (libphp_path, ini, pool_settings);
         None
     }
+}
+
+/// The runner pool's figures, for `/_metrics`.
+pub struct PoolStats {
+    pub runners: i64,
+    pub busy: i64,
+    pub idle: i64,
+    pub max: usize,
+    pub queued: i64,
+    pub rejected: u64,
+    pub taken: u64,
+    pub wait_us: u64,
+    pub exits: Vec<(&'static str, u64)>,
+}
+
+/// The runner pool's figures, when this process tree runs one.
+pub fn pool_stats() -> Option<PoolStats> {
+    #[cfg(fephp_embedded)]
+    return pool::stats();
+    #[cfg(not(fephp_embedded))]
+    None
 }
 
 /// Absolute document root for PHP (SCRIPT_FILENAME is built from it).

@@ -1,0 +1,220 @@
+//! The pool's board: one shared-memory page set, mapped before any fork, where
+//! runners post what they do and I/O processes claim their reply lanes. The pool
+//! manager reads it to size the pool, enforce deadlines and answer for a runner
+//! that died. Everything on it is an atomic: processes never lock each other.
+
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::*};
+
+/// A runner slot's state.
+pub const FREE: u32 = 0;
+pub const STARTING: u32 = 1;
+pub const IDLE: u32 = 2;
+pub const BUSY: u32 = 3;
+
+/// Bytes of the current request's description kept for log lines.
+const WHAT: usize = 192;
+
+#[repr(C)]
+pub struct Header {
+    /// Jobs sent to the queue and not yet taken by a runner.
+    pub queued: AtomicI64,
+    /// Runners waiting for a job.
+    pub idle: AtomicI64,
+    /// Jobs ever taken (for tests and metrics).
+    pub taken: AtomicU64,
+    /// Runners that ended, by reason (see `Exit`).
+    pub exits: [AtomicU64; 5],
+    /// Jobs refused because the queue was full.
+    pub rejected: AtomicU64,
+    /// Sum of queue waits in microseconds (divided by `taken`: the mean).
+    pub wait_us: AtomicU64,
+    /// The identity of the I/O processes, published by the first one to claim a
+    /// lane (0: not yet, 1: being written, 2: set); runners switch to it.
+    pub ident: AtomicU32,
+    pub uid: AtomicU32,
+    pub gid: AtomicU32,
+    pub ngroups: AtomicU32,
+    pub groups: [AtomicU32; 32],
+}
+
+/// Why a runner ended.
+#[derive(Clone, Copy)]
+pub enum Exit {
+    /// `max_requests` or the memory budget: replaced between requests.
+    Recycled = 0,
+    /// Killed past the request deadline.
+    Deadline = 1,
+    /// Died on its own (signal, exit) while it was expected to run.
+    Crashed = 2,
+    /// Idle past `idle_timeout`, above `min_runners`.
+    Idle = 3,
+    /// The memory budget.
+    Memory = 4,
+}
+
+pub const EXIT_NAMES: [&str; 5] = ["recycled", "deadline", "crashed", "idle", "memory"];
+
+#[repr(C)]
+pub struct Slot {
+    pub pid: AtomicI32,
+    pub state: AtomicU32,
+    /// Set by the manager: exit when idle.
+    pub stop: AtomicU32,
+    /// The lane and id of the job being run.
+    pub lane: AtomicU32,
+    pub id: AtomicU64,
+    /// CLOCK_MONOTONIC nanoseconds when the job (BUSY) or the wait (IDLE) began.
+    pub since: AtomicU64,
+    /// The response's head has been sent for `id`.
+    pub head_sent: AtomicU64,
+    /// The client of job `abort` has gone (set by the I/O process).
+    pub abort: AtomicU64,
+    /// Jobs this runner has run.
+    pub requests: AtomicU64,
+    /// The slow log has been written for job `slow_logged`.
+    pub slow_logged: AtomicU64,
+    /// "GET /x.php (script /srv/x.php)", NUL-padded: for the manager's log lines.
+    what: [AtomicU64; WHAT / 8],
+}
+
+/// The mapped board.
+pub struct Board {
+    base: *mut u8,
+    len: usize,
+    pub runners: usize,
+    pub lanes: usize,
+}
+
+// SAFETY: the board is only accessed through atomics.
+unsafe impl Send for Board {}
+unsafe impl Sync for Board {}
+
+impl Board {
+    /// Maps a zeroed board for `runners` slots and `lanes` lanes, shared with
+    /// every process forked after this.
+    pub fn new(runners: usize, lanes: usize) -> std::io::Result<Board> {
+        let len = Self::offset_slots(lanes) + runners * std::mem::size_of::<Slot>();
+        // SAFETY: an anonymous shared mapping; checked for MAP_FAILED below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Board {
+            base: base as *mut u8,
+            len,
+            runners,
+            lanes,
+        })
+    }
+
+    fn offset_lanes() -> usize {
+        std::mem::size_of::<Header>().next_multiple_of(64)
+    }
+
+    fn offset_slots(lanes: usize) -> usize {
+        (Self::offset_lanes() + lanes * 4).next_multiple_of(64)
+    }
+
+    pub fn header(&self) -> &Header {
+        // SAFETY: the mapping starts with a zeroed Header (all-zero atomics are
+        // valid), page-aligned, and lives as long as self.
+        unsafe { &*(self.base as *const Header) }
+    }
+
+    /// The pid owning lane `i` (0: free).
+    pub fn lane(&self, i: usize) -> &AtomicI32 {
+        assert!(i < self.lanes);
+        // SAFETY: inside the lanes array, 4-aligned.
+        unsafe { &*(self.base.add(Self::offset_lanes() + i * 4) as *const AtomicI32) }
+    }
+
+    pub fn slot(&self, i: usize) -> &Slot {
+        assert!(i < self.runners);
+        // SAFETY: inside the slots array, 64-aligned base, Slot of 8-byte fields.
+        unsafe {
+            &*(self
+                .base
+                .add(Self::offset_slots(self.lanes) + i * std::mem::size_of::<Slot>())
+                as *const Slot)
+        }
+    }
+
+    pub fn slots(&self) -> impl Iterator<Item = (usize, &Slot)> {
+        (0..self.runners).map(|i| (i, self.slot(i)))
+    }
+}
+
+impl Drop for Board {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+    }
+}
+
+impl Slot {
+    pub fn set_what(&self, text: &str) {
+        let mut bytes = [0u8; WHAT];
+        let n = text.len().min(WHAT);
+        bytes[..n].copy_from_slice(&text.as_bytes()[..n]);
+        for (i, w) in self.what.iter().enumerate() {
+            w.store(
+                u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8")),
+                Relaxed,
+            );
+        }
+    }
+
+    pub fn what(&self) -> String {
+        let mut bytes = Vec::with_capacity(WHAT);
+        for w in &self.what {
+            bytes.extend_from_slice(&w.load(Relaxed).to_le_bytes());
+        }
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        String::from_utf8_lossy(&bytes[..end]).into_owned()
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (the same clock in every process).
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_across_fork() {
+        let board = Board::new(4, 8).unwrap();
+        board.slot(3).set_what("GET /x.php");
+        // SAFETY: the child only touches atomics and exits with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            board.slot(2).requests.fetch_add(5, SeqCst);
+            board.lane(7).store(42, SeqCst);
+            board.header().queued.fetch_add(1, SeqCst);
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(board.slot(2).requests.load(SeqCst), 5);
+        assert_eq!(board.lane(7).load(SeqCst), 42);
+        assert_eq!(board.header().queued.load(SeqCst), 1);
+        assert_eq!(board.slot(3).what(), "GET /x.php");
+    }
+}

@@ -1,0 +1,305 @@
+//! The pool manager: the runners' parent, as php-fpm's master is its children's.
+//!
+//! It forks runners (at least `min_runners`; one more whenever a job waits and no
+//! runner is idle, up to `max_runners`), lets idle ones above the minimum go,
+//! kills a runner whose job has run past `request_deadline` (its client gets 504),
+//! and answers 502 for a job whose runner died. It runs until every process that
+//! could send a job (the master and its I/O processes) has gone.
+
+use super::board::{self, Exit, BUSY, FREE, IDLE, STARTING};
+use super::job::{self, ERROR};
+use super::runner::{self, EXIT_BROKEN, EXIT_MEMORY, EXIT_RECYCLED};
+use super::wire;
+use super::Pool;
+use crate::backends::embedded::runtime::Runtime;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering::*;
+use std::time::{Duration, Instant};
+
+/// How often the manager looks at the board when nothing wakes it.
+const TICK: Duration = Duration::from_millis(50);
+/// Runner starts that fail within this long count toward the back-off.
+const FAST_FAILURE: Duration = Duration::from_secs(1);
+
+/// Forks the manager from this process (where PHP has started).
+pub fn fork(pool: &Pool, rt: &'static Runtime) -> Result<(), String> {
+    let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
+    if threads > 1 {
+        tracing::debug!(
+            threads,
+            "the PHP runner pool is forked from a process with several threads"
+        );
+    }
+    // SAFETY: fork; the child only runs the manager loop below and never returns.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(format!(
+            "cannot start the PHP runner pool: fork failed: {}",
+            std::io::Error::last_os_error()
+        )),
+        0 => {
+            // SAFETY: the pool outlives the process: it is leaked into the static
+            // by the caller right after this returns in the parent; in the child
+            // it is only read, and this frame never returns.
+            let pool: &'static Pool = unsafe { &*(pool as *const Pool) };
+            run(pool, rt)
+        }
+        _ => Ok(()),
+    }
+}
+
+struct Runner {
+    pid: libc::pid_t,
+    slot: usize,
+    started: Instant,
+    /// Killed for the deadline (its job gets 504, not 502).
+    deadline: bool,
+}
+
+fn run(pool: &'static Pool, rt: &'static Runtime) -> ! {
+    // SAFETY: signal dispositions and mask of this single-threaded child. The
+    // host's stop and reload signals are the master's business: the manager ends
+    // when the life line closes, after the I/O processes have finished.
+    unsafe {
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGPIPE, libc::SIGUSR1, libc::SIGUSR2] {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
+    runner::set_name("fe-php: pool");
+    // Only the I/O side holds the life line's write end and the lanes' receiving ends.
+    // SAFETY: closing descriptors this process will not use; the OwnedFds in
+    // the pool are never used here again.
+    unsafe {
+        libc::close(pool.life_write.as_raw_fd());
+        libc::close(pool.submit.as_raw_fd());
+        for (recv, _) in &pool.lanes {
+            libc::close(recv.as_raw_fd());
+        }
+    }
+    let board = &pool.board;
+    let s = &pool.settings;
+    let mut runners: Vec<Runner> = Vec::new();
+    let mut failures = 0u32;
+    let mut not_before = Instant::now();
+    let mut last_spawn = Instant::now() - Duration::from_secs(1);
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: pool.life_read.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: pool.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: polls two valid descriptors.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, TICK.as_millis() as i32) };
+        if fds[0].revents != 0 {
+            shutdown(&runners);
+        }
+        if fds[1].revents != 0 {
+            let mut v = [0u8; 8];
+            // SAFETY: drains the eventfd into a local.
+            unsafe { libc::read(pool.wake.as_raw_fd(), v.as_mut_ptr() as *mut libc::c_void, 8) };
+        }
+        reap(pool, &mut runners, &mut failures, &mut not_before);
+
+        // Runners start once the I/O processes have said who they run as.
+        if board.header().ident.load(SeqCst) != 2 || Instant::now() < not_before {
+            continue;
+        }
+        let live = runners.len();
+        let header = board.header();
+        let want = if live < s.min_runners {
+            s.min_runners - live
+        } else if live < s.max_runners
+            && header.queued.load(SeqCst) > 0
+            && header.idle.load(SeqCst) <= 0
+            && last_spawn.elapsed() >= Duration::from_millis(1)
+        {
+            // One at a time: a runner starts in about a millisecond, and the
+            // next wake tells whether jobs still wait.
+            1
+        } else {
+            0
+        };
+        for _ in 0..want {
+            match spawn(pool, rt) {
+                Some(r) => runners.push(r),
+                None => break,
+            }
+            last_spawn = Instant::now();
+        }
+        if want > 0 {
+            // More may be needed at once: look again without sleeping a tick.
+            if header.queued.load(SeqCst) > 0 && header.idle.load(SeqCst) <= 0 {
+                nudge(pool);
+            }
+        }
+        police(pool, &mut runners);
+    }
+}
+
+fn nudge(pool: &Pool) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: an 8-byte write to the pool's eventfd.
+    unsafe { libc::write(pool.wake.as_raw_fd(), one.as_ptr() as *const libc::c_void, 8) };
+}
+
+fn spawn(pool: &'static Pool, rt: &'static Runtime) -> Option<Runner> {
+    let board = &pool.board;
+    let (index, slot) = board.slots().find(|(_, s)| s.state.load(SeqCst) == FREE)?;
+    slot.state.store(STARTING, SeqCst);
+    slot.stop.store(0, SeqCst);
+    slot.requests.store(0, SeqCst);
+    slot.id.store(0, SeqCst);
+    // SAFETY: this process is single-threaded; the child runs the runner and
+    // never returns.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => {
+            tracing::error!(
+                "cannot start a PHP runner: fork failed: {}",
+                std::io::Error::last_os_error()
+            );
+            slot.state.store(FREE, SeqCst);
+            None
+        }
+        0 => runner::main(pool, rt, index),
+        pid => {
+            slot.pid.store(pid, SeqCst);
+            Some(Runner {
+                pid,
+                slot: index,
+                started: Instant::now(),
+                deadline: false,
+            })
+        }
+    }
+}
+
+/// Reaps runners that ended and answers for the job any of them held.
+fn reap(pool: &Pool, runners: &mut Vec<Runner>, failures: &mut u32, not_before: &mut Instant) {
+    let board = &pool.board;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own children, non-blocking.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return;
+        }
+        let Some(at) = runners.iter().position(|r| r.pid == pid) else {
+            continue;
+        };
+        let r = runners.swap_remove(at);
+        let slot = board.slot(r.slot);
+        let state = slot.state.load(SeqCst);
+        let signaled = libc::WIFSIGNALED(status);
+        let code = if signaled { 0 } else { libc::WEXITSTATUS(status) };
+        let reason = if r.deadline {
+            Exit::Deadline
+        } else if signaled || code == EXIT_BROKEN {
+            Exit::Crashed
+        } else if code == EXIT_RECYCLED {
+            Exit::Recycled
+        } else if code == EXIT_MEMORY {
+            Exit::Memory
+        } else {
+            Exit::Idle
+        };
+        board.header().exits[reason as usize].fetch_add(1, Relaxed);
+        if state == IDLE && signaled {
+            // It died waiting: it was counted idle.
+            board.header().idle.fetch_sub(1, SeqCst);
+        }
+        if state == BUSY {
+            let id = slot.id.load(SeqCst);
+            let lane = slot.lane.load(SeqCst) as usize;
+            let what = slot.what();
+            let answer: u16 = if r.deadline { 504 } else { 502 };
+            if r.deadline {
+                tracing::error!(
+                    "PHP request {what} ran past [php.pool] request_deadline = {}: its runner (pid {pid}) was killed and replaced; answered 504. Raise request_deadline if such requests are expected, or find where the script waits (set slowlog_timeout for its stack)",
+                    pool.settings.request_deadline
+                );
+            } else {
+                let how = if signaled {
+                    format!("was killed by signal {}", libc::WTERMSIG(status))
+                } else {
+                    format!("exited with status {code}")
+                };
+                tracing::error!(
+                    "the PHP runner (pid {pid}) running {what} {how}; answered 502 and started a new runner. Only this request was affected; a crash in an extension shows in the system log (dmesg)"
+                );
+            }
+            if let Some((_, send)) = pool.lanes.get(lane) {
+                let w = job::reply(ERROR, 0, answer, r.slot as u32, id);
+                let _ = wire::send(send.as_raw_fd(), &w.0, None, true);
+            }
+        }
+        slot.pid.store(0, SeqCst);
+        slot.state.store(FREE, SeqCst);
+        if matches!(reason, Exit::Crashed) && r.started.elapsed() < FAST_FAILURE {
+            *failures += 1;
+            let wait = Duration::from_millis(100 << (*failures).min(8)).min(Duration::from_secs(30));
+            tracing::error!(
+                "a PHP runner died {:.0?} after it started ({} in a row): starting the next one in {wait:.1?}",
+                r.started.elapsed(),
+                failures
+            );
+            *not_before = Instant::now() + wait;
+        } else if !matches!(reason, Exit::Crashed) {
+            *failures = 0;
+        }
+    }
+}
+
+/// Deadlines and idle runners.
+fn police(pool: &Pool, runners: &mut [Runner]) {
+    let board = &pool.board;
+    let s = &pool.settings;
+    let now = board::now_ns();
+    let deadline = s.request_deadline.0.as_nanos() as u64;
+    let idle_limit = s.idle_timeout.0.as_nanos() as u64;
+    let mut idle_live = runners.len();
+    for r in runners.iter_mut() {
+        let slot = board.slot(r.slot);
+        let since = slot.since.load(SeqCst);
+        match slot.state.load(SeqCst) {
+            BUSY if deadline != 0 && !r.deadline && now.saturating_sub(since) > deadline => {
+                r.deadline = true;
+                // SAFETY: kill of our own child.
+                unsafe { libc::kill(r.pid, libc::SIGKILL) };
+            }
+            IDLE if idle_live > s.min_runners
+                && slot.stop.load(SeqCst) == 0
+                && now.saturating_sub(since) > idle_limit =>
+            {
+                slot.stop.store(1, SeqCst);
+                idle_live -= 1;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Every I/O process has gone: nobody waits for an answer any more.
+fn shutdown(runners: &[Runner]) -> ! {
+    for r in runners {
+        // SAFETY: kill of our own children.
+        unsafe { libc::kill(r.pid, libc::SIGKILL) };
+    }
+    for _ in runners {
+        // SAFETY: reaps our children.
+        unsafe { libc::waitpid(-1, std::ptr::null_mut(), 0) };
+    }
+    // SAFETY: ends the manager without the parent's atexit handlers.
+    unsafe { libc::_exit(0) }
+}

@@ -1,0 +1,200 @@
+//! The runner pool: PHP interpreters in processes of their own, shared by every
+//! I/O process through one queue.
+//!
+//! ```text
+//!  master ──fork──▶ I/O processes ── job ──▶ [queue socket] ──▶ runner (any free one)
+//!    │                  ▲                                        │
+//!    │                  └──────── reply on the process's lane ◀──┘
+//!    └──fork──▶ pool manager ──fork──▶ runners
+//! ```
+//!
+//! `start` runs once, in the process where PHP started (before the host forks its
+//! workers): it maps the board, makes the queue and the reply lanes, and forks the
+//! manager, which forks the runners from that same PHP (so they share OPcache's
+//! memory). An I/O process claims a lane on its first job (`client`), sends jobs
+//! to the queue and receives replies on its lane in a thread of its own; its I/O
+//! threads never wait for PHP. The manager sizes the pool, enforces the request
+//! deadline and answers for a runner that died (`manager`); a runner runs one job
+//! at a time through the same SAPI as in-process PHP (`runner`).
+
+mod board;
+mod client;
+mod job;
+mod manager;
+mod runner;
+mod wire;
+
+use super::runtime::Runtime;
+use super::Job;
+use crate::config::PoolConfig;
+use board::Board;
+use once_cell::sync::OnceCell;
+use parking_lot::Mutex;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+/// The pool of this process tree (one, like PHP itself).
+static POOL: OnceCell<Pool> = OnceCell::new();
+
+/// Everything the processes of one pool share, created before any fork.
+pub struct Pool {
+    settings: PoolConfig,
+    board: Board,
+    /// The queue: I/O processes send on `submit`, runners receive on `take`.
+    submit: OwnedFd,
+    take: OwnedFd,
+    /// Reply lanes: (receiving end, for the I/O process that owns the lane;
+    /// sending end, for runners and the manager).
+    lanes: Vec<(OwnedFd, OwnedFd)>,
+    /// Written by an I/O process when no runner is idle: the manager may add one.
+    wake: OwnedFd,
+    /// The life line: the manager's end reads EOF when every process holding the
+    /// other end (the master and the I/O processes) has gone.
+    life_write: OwnedFd,
+    life_read: OwnedFd,
+    /// This process's client (its lane and reply thread), by fork generation.
+    client: Mutex<Option<(u64, Arc<client::Client>)>>,
+}
+
+/// Lanes for I/O processes: enough for the workers of a reload roll-over and
+/// respawns; a process that finds none runs PHP on its own thread.
+fn lane_count() -> usize {
+    (8 + 4 * crate::config::cores()).min(256)
+}
+
+/// Starts the pool (once per process tree); later calls return it. `settings`
+/// that differ from the running pool's are refused: they apply at a restart.
+pub fn start(rt: &'static Runtime, settings: &PoolConfig) -> Result<&'static Pool, String> {
+    let pool = POOL.get_or_try_init(|| create(rt, settings))?;
+    if pool.settings != *settings {
+        return Err("[php.pool] differs from the settings the runner pool started with: they apply when the pool starts, so changing them needs a restart (not a reload).".to_owned());
+    }
+    Ok(pool)
+}
+
+/// Whether a pool runs with other settings than `settings` (a restart is needed).
+pub fn conflict(settings: &PoolConfig) -> Option<String> {
+    let pool = POOL.get()?;
+    (pool.settings != *settings).then(|| {
+        "[php.pool] differs from the settings the runner pool started with: changing them needs a restart (not a reload).".to_owned()
+    })
+}
+
+fn create(rt: &'static Runtime, settings: &PoolConfig) -> Result<Pool, String> {
+    let os = |what: &str, e: std::io::Error| format!("cannot start the PHP runner pool: {what}: {e}");
+    let board = Board::new(settings.max_runners, lane_count()).map_err(|e| os("mmap", e))?;
+    let (submit, take) = wire::pair().map_err(|e| os("socketpair", e))?;
+    let mut lanes = Vec::new();
+    for _ in 0..board.lanes {
+        lanes.push(wire::pair().map_err(|e| os("socketpair", e))?);
+    }
+    let wake = eventfd().map_err(|e| os("eventfd", e))?;
+    let (life_read, life_write) = pipe().map_err(|e| os("pipe", e))?;
+    let pool = Pool {
+        settings: settings.clone(),
+        board,
+        submit,
+        take,
+        lanes,
+        wake,
+        life_write,
+        life_read,
+        client: Mutex::new(None),
+    };
+    manager::fork(&pool, rt)?;
+    Ok(pool)
+}
+
+impl Pool {
+    /// Sends a job to the pool; its completion runs when a runner has answered.
+    pub fn submit(&'static self, job: Job) {
+        match self.client() {
+            Ok(c) => c.submit(self, job),
+            Err(msg) => {
+                tracing::error!("{msg}");
+                super::respond(
+                    job,
+                    crate::http::Response::error(503, Some("PHP is not available in this worker")),
+                );
+            }
+        }
+    }
+
+    /// Claims this process's lane and starts its reply thread (once per process).
+    pub fn worker_start(&'static self) -> Result<(), String> {
+        self.client().map(|_| ())
+    }
+
+    fn client(&'static self) -> Result<Arc<client::Client>, String> {
+        let generation = super::fork_generation();
+        let mut slot = self.client.lock();
+        if let Some((g, c)) = slot.as_ref() {
+            if *g == generation {
+                return Ok(c.clone());
+            }
+        }
+        let c = client::Client::start(self)?;
+        *slot = Some((generation, c.clone()));
+        Ok(c)
+    }
+
+    /// Tells the manager that a job waits with no idle runner.
+    fn nudge_manager(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: an 8-byte write to our eventfd; a full counter (EAGAIN) is fine.
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr() as *const libc::c_void, 8) };
+    }
+}
+
+/// The pool's figures, read from the board.
+pub fn stats() -> Option<super::PoolStats> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let pool = POOL.get()?;
+    let b = &pool.board;
+    let h = b.header();
+    let (mut runners, mut busy, mut idle) = (0, 0, 0);
+    for (_, slot) in b.slots() {
+        match slot.state.load(Relaxed) {
+            board::FREE => continue,
+            board::BUSY => busy += 1,
+            board::IDLE => idle += 1,
+            _ => {}
+        }
+        runners += 1;
+    }
+    Some(super::PoolStats {
+        runners,
+        busy,
+        idle,
+        max: pool.settings.max_runners,
+        queued: h.queued.load(Relaxed).max(0),
+        rejected: h.rejected.load(Relaxed),
+        taken: h.taken.load(Relaxed),
+        wait_us: h.wait_us.load(Relaxed),
+        exits: board::EXIT_NAMES
+            .iter()
+            .zip(&h.exits)
+            .map(|(n, c)| (*n, c.load(Relaxed)))
+            .collect(),
+    })
+}
+
+fn eventfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: eventfd returns a new descriptor or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two new descriptors on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: new descriptors we own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
