@@ -6,7 +6,7 @@ Rounds are interleaved (A B C A B C ...) so that drift hits every server alike;
 the table shows the median req/s, p50/p99 latency and the peak RSS of each
 server's whole process tree, with ratios to the named peer.
 
-    bench/run.py [--rounds 3] [--seconds 2] [--scenarios hello,json,...]
+    [FEPHP_HOST_BIN=path/to/fe-php-host] bench/run.py [--rounds 3] [--seconds 2] [--scenarios hello,json,...]
                  [--shapes ka32,ka256,close32,close256] [--servers fe-php,nginx,...]
                  [--json results.json]
 
@@ -17,7 +17,8 @@ import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, s
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WWW = os.path.join(ROOT, "bench", "www")
-HOST_BIN = os.path.join(ROOT, "target", "release", "fe-php-host")
+# FEPHP_HOST_BIN runs another build (e.g. a checkout that has one) instead of ours.
+HOST_BIN = os.environ.get("FEPHP_HOST_BIN") or os.path.join(ROOT, "target", "release", "fe-php-host")
 CORES = os.cpu_count() or 1
 
 
@@ -409,7 +410,7 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: run `make deps` (or apt-get install wrk nginx php8.2-fpm)")
     if not os.path.exists(HOST_BIN):
-        sys.exit("target/release/fe-php-host is missing: run `make build`")
+        sys.exit(f"{HOST_BIN} is missing: run `make build` (or point FEPHP_HOST_BIN at a build)")
     scenarios = [s for s in args.scenarios.split(",") if s]
     shapes = [s for s in args.shapes.split(",") if s]
     for name, known in [(n, SCENARIOS) for n in scenarios] + [(n, SHAPES) for n in shapes]:
