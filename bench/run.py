@@ -16,7 +16,8 @@ Connection: close shapes (TIME_WAIT, the client's port search) stays per server.
 import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WWW = os.path.join(ROOT, "bench", "www")
+BENCH = os.path.join(ROOT, "bench")
+WWW = os.path.join(BENCH, "www")
 # FEPHP_HOST_BIN runs another build (e.g. a checkout that has one) instead of ours.
 HOST_BIN = os.environ.get("FEPHP_HOST_BIN") or os.path.join(ROOT, "target", "release", "fe-php-host")
 CORES = os.cpu_count() or 1
@@ -146,11 +147,18 @@ root = "{WWW}"
     return s
 
 
-def start_php_fpm(tmp, children, name="php-fpm", tcp=False):
-    """A static pool on a Unix socket (Debian's default), or on TCP; `s.sock` is
-    the address for fe-php's fpm_socket."""
+# The process manager of Debian's /etc/php/8.2/fpm/pool.d/www.conf, as installed.
+DEBIAN_POOL = {"pm": "dynamic", "pm.max_children": 5, "pm.start_servers": 2,
+               "pm.min_spare_servers": 1, "pm.max_spare_servers": 3}
+
+
+def start_php_fpm(tmp, children, name="php-fpm", tcp=False, pool=None):
+    """A static pool of `children` on a Unix socket (Debian's default), or on TCP;
+    `pool` (e.g. DEBIAN_POOL) replaces the pm.* settings. `s.sock` is the address
+    for fe-php's fpm_socket."""
     s = Server(name, tmp)
     sock = f"{s.addr}:{s.port}" if tcp else os.path.join(tmp, f"{name}.sock")
+    pm = "\n".join(f"{k} = {v}" for k, v in (pool or {"pm": "static", "pm.max_children": children}).items())
     conf = write(os.path.join(tmp, f"{name}.conf"), f"""
 [global]
 error_log = {tmp}/{name}-error.log
@@ -159,8 +167,7 @@ pid = {tmp}/{name}.pid
 [www]
 listen = {sock}
 listen.mode = 0666
-pm = static
-pm.max_children = {children}
+{pm}
 """)
     s.spawn(["/usr/sbin/php-fpm8.2", "-F", "-R", "-y", conf])
     if tcp:
@@ -312,13 +319,20 @@ DocumentRoot {WWW}
     return s
 
 
-def wrk(url, seconds, connections, close=False):
-    """One bounded wrk run (a timeout stops a hung one)."""
+def wrk(url, seconds, connections, close=False, script=None, headers=()):
+    """One bounded wrk run (a timeout stops a hung one); `script` is a wrk Lua
+    script that picks the requests, `headers` extra "Name: value" headers."""
     args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
-    if close:
-        args[1:1] = ["-H", "Connection: close"]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 30).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    for h in list(headers) + (["Connection: close"] if close else []):
+        args[1:1] = ["-H", h]
+    if script:
+        args[1:1] = ["-s", script]
+    run = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 30)
+    out = run.stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m:
+        raise RuntimeError(f"wrk gave no result ({' '.join(args)}): {run.stderr.strip() or out.strip()}")
+    rps = float(m.group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sockerr = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
 
@@ -347,24 +361,52 @@ SCENARIOS = {
     "static-1k": ("/1k.txt", STATIC_SERVERS),
     "static-100k": ("/100k.bin", STATIC_SERVERS),
     "static-10m": ("/10m.bin", STATIC_SERVERS),
+    # Waiting requests: 19 in 20 instant, 1 in 20 waits 50 ms (bench/mixed.lua),
+    # against php-fpm as Debian ships it (DEBIAN_POOL, nginx without kept-alive
+    # FastCGI connections).
+    "mixed": ("/fast.php", ["fe-php", "nginx+php-fpm-deb"]),
+}
+# Scenarios with a load of their own: measured once, under their shape (added to
+# --shapes when it is not there), with a wrk script and extra headers.
+FIXED = {
+    "mixed": {"shape": "ka32", "script": os.path.join(BENCH, "mixed.lua"),
+              "note": "mixed: every 20th request /slow.php (usleep 50 ms), the others /fast.php; "
+                      "nginx+php-fpm-deb = Debian's pool (pm dynamic, max_children 5, start 2, spare 1-3)"},
 }
 # Who each fe-php variant is measured against.
 PEERS = {"hello": ["nginx+php-fpm", "apache+mod_php"], "json": ["nginx+php-fpm", "apache+mod_php"],
          "page": ["nginx+php-fpm", "apache+mod_php"],
          "page-tcp": ["nginx+php-fpm-tcp", "nginx+php-fpm-tcp-ka"], "static-1k": ["nginx"], "static-100k": ["nginx"],
-         "static-10m": ["nginx"]}
+         "static-10m": ["nginx"], "mixed": ["nginx+php-fpm-deb"]}
 
 
 SHAPES = {
     # name: (connections, Connection: close)
     "ka32": (32, False), "ka256": (256, False), "close32": (32, True), "close256": (256, True),
 }
+DEFAULT_SHAPES = ["ka32", "ka256", "close32", "close256"]
+# Not run unless named in --scenarios.
+OPTIONAL = set()
 
 
-def measure(servers, names, path, rounds, seconds, connections, close):
+def plan(scenarios, shapes):
+    """[(shape, [scenario, ...])]: every scenario under every shape, except those in
+    FIXED, which run once under their own shape."""
+    out = [(shape, [sc for sc in scenarios if sc not in FIXED]) for shape in shapes]
+    for sc in scenarios:
+        if sc in FIXED:
+            shape = FIXED[sc]["shape"]
+            if shape not in shapes:
+                shapes = shapes + [shape]
+                out.append((shape, []))
+            out[shapes.index(shape)][1].append(sc)
+    return [(shape, scs) for shape, scs in out if scs]
+
+
+def measure(servers, names, path, rounds, seconds, connections, close, script=None, headers=()):
     """Interleaved rounds of wrk against each server; median figures and peak RSS."""
     for n in names:  # warm-up (OPcache, page cache, pools)
-        wrk(servers[n].url(path), 1, connections, close)
+        wrk(servers[n].url(path), 1, connections, close, script, headers)
     runs = {n: [] for n in names}
     peak = {n: 0 for n in names}
     for _ in range(rounds):
@@ -378,7 +420,7 @@ def measure(servers, names, path, rounds, seconds, connections, close):
 
             t = threading.Thread(target=sample)
             t.start()
-            runs[n].append(wrk(servers[n].url(path), seconds, connections, close))
+            runs[n].append(wrk(servers[n].url(path), seconds, connections, close, script, headers))
             sampler_stop.set()
             t.join()
     out = {}
@@ -399,8 +441,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=2)
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
-    ap.add_argument("--shapes", default=",".join(SHAPES),
+    ap.add_argument("--scenarios", default=",".join(s for s in SCENARIOS if s not in OPTIONAL),
+                    help=f"comma-separated, from {', '.join(SCENARIOS)} (default: all but {', '.join(sorted(OPTIONAL)) or '-'}); "
+                         + ", ".join(f"{sc} always runs as {f['shape']}" for sc, f in FIXED.items()))
+    ap.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
                     help="load shapes: ka32, ka256 (keep-alive, 32/256 connections), close32, close256")
     ap.add_argument("--servers", help="only these servers (comma-separated names)")
     ap.add_argument("--fpm-children", type=int, default=4 * CORES)
@@ -421,48 +465,37 @@ def main():
         with open(os.path.join(WWW, "10m.bin"), "wb") as f:
             f.write(os.urandom(10 << 20))
 
+    # Start only the servers the chosen scenarios measure.
+    wanted = {n for sc in scenarios for n in SCENARIOS[sc][1] if only is None or n in only}
+
     tmp = tempfile.mkdtemp(prefix="fephp-bench-")
     os.chmod(tmp, 0o755)  # nginx and Apache workers run as www-data
     servers = {}
+    pools = []  # php-fpm pools, stopped after the servers in front of them
     started = time.time()
     try:
-        servers["fe-php"] = start_fe_php(tmp)
-        fpm = start_php_fpm(tmp, args.fpm_children)
-        # fe-php's FastCGI backend gets an identical pool of its own: kept-alive
-        # connections hold php-fpm children, so two clients must not share one.
-        # Keep workers x fpm_max_connections within the pool's children.
-        fpm2 = start_php_fpm(tmp, args.fpm_children, "php-fpm-2")
-        servers["fe-php-fastcgi"] = start_fe_php(tmp, "fe-php-fastcgi", "fastcgi", fpm2.sock,
-                                                 max(1, args.fpm_children // CORES))
-        servers["fe-php-fastcgi"].procs.insert(0, fpm2.procs[0])
-        if os.path.exists(MODULE):
-            servers["nginx+fephp"] = start_nginx_fephp(tmp)
-        else:
-            print(f"note: {MODULE} is missing (make nginx-module): nginx + fe-php module left out", file=sys.stderr)
-        servers["nginx+php-fpm"] = start_nginx(tmp, fpm.sock, keepalive=CORES)
-        servers["nginx+php-fpm"].procs.insert(0, fpm.procs[0])
-        servers["nginx"] = start_nginx(tmp)
-        if "page-tcp" in scenarios:
-            fpm_tcp = start_php_fpm(tmp, args.fpm_children, "php-fpm-tcp", tcp=True)
-            fpm_tcp2 = start_php_fpm(tmp, args.fpm_children, "php-fpm-tcp-2", tcp=True)
-            servers["fe-php-fastcgi-tcp"] = start_fe_php(tmp, "fe-php-fastcgi-tcp", "fastcgi", fpm_tcp.sock,
-                                                         max(1, args.fpm_children // CORES))
-            servers["fe-php-fastcgi-tcp"].procs.insert(0, fpm_tcp.procs[0])
-            # The two nginx variants take turns on one pool.
-            servers["nginx+php-fpm-tcp"] = start_nginx(tmp, fpm_tcp2.sock, keepalive=0, name="nginx+php-fpm-tcp")
-            servers["nginx+php-fpm-tcp"].procs.insert(0, fpm_tcp2.procs[0])
-            servers["nginx+php-fpm-tcp-ka"] = start_nginx(tmp, fpm_tcp2.sock, keepalive=CORES,
-                                                          name="nginx+php-fpm-tcp-ka")
-        if os.path.exists("/usr/lib/apache2/modules/libphp8.2.so"):
-            servers["apache+mod_php"] = start_apache(tmp)
+        if "fe-php" in wanted:
+            servers["fe-php"] = start_fe_php(tmp)
+        if "nginx+php-fpm-deb" in wanted:
+            # php-fpm and nginx as Debian ships them: the pool's pm settings from
+            # www.conf, and fastcgi_pass without an upstream keepalive (a FastCGI
+            # connection per request, as in snippets/fastcgi-php.conf).
+            fpm_deb = start_php_fpm(tmp, 0, "php-fpm-deb", pool=DEBIAN_POOL)
+            pools.append(fpm_deb)
+            servers["nginx+php-fpm-deb"] = start_nginx(tmp, fpm_deb.sock, keepalive=0, name="nginx+php-fpm-deb")
+            servers["nginx+php-fpm-deb"].procs.insert(0, fpm_deb.procs[0])
+        if wanted - {"fe-php", "nginx+php-fpm-deb"}:
+            start_classic(tmp, args, scenarios, servers, pools)
         results = {}
-        for shape in shapes:
+        for shape, scs in plan(scenarios, shapes):
             connections, close = SHAPES[shape]
             results[shape] = {}
-            for sc in scenarios:
+            for sc in scs:
                 path, names = SCENARIOS[sc]
                 names = [n for n in names if n in servers and (only is None or n in only)]
-                results[shape][sc] = measure(servers, names, path, args.rounds, args.seconds, connections, close)
+                fixed = FIXED.get(sc, {})
+                results[shape][sc] = measure(servers, names, path, args.rounds, args.seconds, connections, close,
+                                             fixed.get("script"), fixed.get("headers", ()))
             report(shape, results[shape], args)
         print(f"({time.time() - started:.0f} s)")
         if args.json:
@@ -471,12 +504,44 @@ def main():
     finally:
         for s in servers.values():
             s.stop()
-        if "fpm" in locals():
-            fpm.stop()
-        for extra in ("fpm2", "fpm_tcp", "fpm_tcp2"):
-            if extra in locals():
-                locals()[extra].stop()
+        for p in pools:
+            p.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def start_classic(tmp, args, scenarios, servers, pools):
+    """The servers of the hello ... static-10m scenarios."""
+    fpm = start_php_fpm(tmp, args.fpm_children)
+    pools.append(fpm)
+    # fe-php's FastCGI backend gets an identical pool of its own: kept-alive
+    # connections hold php-fpm children, so two clients must not share one.
+    # Keep workers x fpm_max_connections within the pool's children.
+    fpm2 = start_php_fpm(tmp, args.fpm_children, "php-fpm-2")
+    pools.append(fpm2)
+    servers["fe-php-fastcgi"] = start_fe_php(tmp, "fe-php-fastcgi", "fastcgi", fpm2.sock,
+                                             max(1, args.fpm_children // CORES))
+    servers["fe-php-fastcgi"].procs.insert(0, fpm2.procs[0])
+    if os.path.exists(MODULE):
+        servers["nginx+fephp"] = start_nginx_fephp(tmp)
+    else:
+        print(f"note: {MODULE} is missing (make nginx-module): nginx + fe-php module left out", file=sys.stderr)
+    servers["nginx+php-fpm"] = start_nginx(tmp, fpm.sock, keepalive=CORES)
+    servers["nginx+php-fpm"].procs.insert(0, fpm.procs[0])
+    servers["nginx"] = start_nginx(tmp)
+    if "page-tcp" in scenarios:
+        fpm_tcp = start_php_fpm(tmp, args.fpm_children, "php-fpm-tcp", tcp=True)
+        fpm_tcp2 = start_php_fpm(tmp, args.fpm_children, "php-fpm-tcp-2", tcp=True)
+        pools += [fpm_tcp, fpm_tcp2]
+        servers["fe-php-fastcgi-tcp"] = start_fe_php(tmp, "fe-php-fastcgi-tcp", "fastcgi", fpm_tcp.sock,
+                                                     max(1, args.fpm_children // CORES))
+        servers["fe-php-fastcgi-tcp"].procs.insert(0, fpm_tcp.procs[0])
+        # The two nginx variants take turns on one pool.
+        servers["nginx+php-fpm-tcp"] = start_nginx(tmp, fpm_tcp2.sock, keepalive=0, name="nginx+php-fpm-tcp")
+        servers["nginx+php-fpm-tcp"].procs.insert(0, fpm_tcp2.procs[0])
+        servers["nginx+php-fpm-tcp-ka"] = start_nginx(tmp, fpm_tcp2.sock, keepalive=CORES,
+                                                      name="nginx+php-fpm-tcp-ka")
+    if os.path.exists("/usr/lib/apache2/modules/libphp8.2.so"):
+        servers["apache+mod_php"] = start_apache(tmp)
 
 
 def machine():
@@ -494,15 +559,18 @@ def report(shape, results, args):
     connections, close = SHAPES[shape]
     print(f"\nfe-php benchmark: {m['cores']} cores ({m['cpu']}), wrk -t1 -c{connections}, "
           f"{'Connection: close' if close else 'keep-alive'}, {args.rounds}x{args.seconds}s interleaved rounds\n")
-    print(f"{'scenario':<12} {'server':<16} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'RSS MiB':>8} {'errors':>7}  ratios (req/s)")
+    print(f"{'scenario':<14} {'server':<20} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'RSS MiB':>8} {'errors':>7}  ratios (req/s)")
     for sc, rows in results.items():
         peers = [p for p in PEERS.get(sc, []) if p in rows and rows[p]["rps"]]
         for n, r in rows.items():
             ratio = ""
             if n.startswith("fe-php") or n == "nginx+fephp":
                 ratio = "  ".join(f"{r['rps'] / rows[p]['rps']:.2f}x {p}" for p in peers)
-            print(f"{sc:<12} {n:<16} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['peak_rss_mib']:>8} {r['errors']:>7}  {ratio}")
+            print(f"{sc:<14} {n:<20} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['peak_rss_mib']:>8} {r['errors']:>7}  {ratio}")
         print()
+    for sc in results:
+        if FIXED.get(sc, {}).get("note"):
+            print(f"  {FIXED[sc]['note']}")
 
 
 if __name__ == "__main__":
