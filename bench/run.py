@@ -13,7 +13,7 @@ server's whole process tree, with ratios to the named peer.
 Every server listens on a loopback address of its own, so connection churn in the
 Connection: close shapes (TIME_WAIT, the client's port search) stays per server.
 """
-import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
+import argparse, http.client, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
@@ -124,11 +124,14 @@ def write(path, text):
     return path
 
 
-def start_fe_php(tmp, name="fe-php", backend="embedded", fpm=None, fpm_connections=None):
+def start_fe_php(tmp, name="fe-php", backend="embedded", fpm=None, fpm_connections=None, root=WWW,
+                 front_controller=None):
     s = Server(name, tmp)
     php = f'fpm_socket = "{fpm}"\n' if fpm else ""
     if fpm_connections:
         php += f"fpm_max_connections = {fpm_connections}\n"
+    if front_controller:
+        php += f'front_controller = "{front_controller}"\n'
     conf = write(os.path.join(tmp, f"{name}.toml"), f"""
 [server]
 listen = "{s.addr}:{s.port}"
@@ -138,7 +141,7 @@ access_log = "off"
 default_backend = "{backend}"
 [backend.static_files]
 enable = true
-root = "{WWW}"
+root = "{root}"
 [php]
 {php}
 """)
@@ -180,9 +183,11 @@ listen.mode = 0666
     return s
 
 
-def start_nginx(tmp, fpm_sock=None, keepalive=2, name=None):
+def start_nginx(tmp, fpm_sock=None, keepalive=2, name=None, root=WWW, fallback="=404", server_name=None):
     """nginx, or nginx + php-fpm at `fpm_sock` (a Unix socket path or host:port);
-    keepalive=0 is nginx's default: a new php-fpm connection per request."""
+    keepalive=0 is nginx's default: a new php-fpm connection per request.
+    `fallback` ends `try_files $uri $uri/` (a front controller: "/index.php?$args");
+    `server_name` is PHP's SERVER_NAME (nginx's fastcgi.conf passes $server_name)."""
     s = Server(name or ("nginx" if not fpm_sock else "nginx+php-fpm"), tmp)
     d = tempfile.mkdtemp(dir=tmp)
     php = ""
@@ -221,8 +226,10 @@ http {{
     {upstream}
     server {{
         listen {s.addr}:{s.port} reuseport;
-        root {WWW};
-        location / {{ try_files $uri $uri/ =404; }}
+        root {root};
+        {"index index.php;" if fallback != "=404" else ""}
+        {f"server_name {server_name};" if server_name else ""}
+        location / {{ try_files $uri $uri/ {fallback}; }}
         {php}
     }}
 }}
@@ -352,6 +359,12 @@ PHP_SERVERS = ["fe-php", "fe-php-fastcgi", "nginx+fephp", "nginx+php-fpm", "apac
 # connections (fastcgi_keep_conn, which meets php-fpm's Nagle: the 40 ms stall).
 TCP_SERVERS = ["fe-php-fastcgi-tcp", "nginx+php-fpm-tcp", "nginx+php-fpm-tcp-ka"]
 STATIC_SERVERS = ["fe-php", "nginx+fephp", "nginx"]
+WP_SERVERS = ["fe-php-wp", "nginx+php-fpm-wp"]
+WP_ROOT = "/usr/share/wordpress"
+# The Host of every WordPress request: Debian's wp-config.php loads
+# /etc/wordpress/config-<host>.php by it, so both servers serve one site, and
+# their pages are byte for byte the same.
+WP_HOST = "127.0.0.1"
 SCENARIOS = {
     # name: (path, servers); fe-php variants are compared with the peers after them.
     "hello": ("/hello.php", PHP_SERVERS),
@@ -365,6 +378,10 @@ SCENARIOS = {
     # against php-fpm as Debian ships it (DEBIAN_POOL, nginx without kept-alive
     # FastCGI connections).
     "mixed": ("/fast.php", ["fe-php", "nginx+php-fpm-deb"]),
+    # Debian's WordPress and MariaDB (bench/wordpress/setup.sh), the front page and
+    # the REST API's post list; php-fpm as Debian ships it.
+    "wordpress": ("/", WP_SERVERS),
+    "wordpress-rest": ("/?rest_route=/wp/v2/posts", WP_SERVERS),
 }
 # Scenarios with a load of their own: measured once, under their shape (added to
 # --shapes when it is not there), with a wrk script and extra headers.
@@ -372,21 +389,28 @@ FIXED = {
     "mixed": {"shape": "ka32", "script": os.path.join(BENCH, "mixed.lua"),
               "note": "mixed: every 20th request /slow.php (usleep 50 ms), the others /fast.php; "
                       "nginx+php-fpm-deb = Debian's pool (pm dynamic, max_children 5, start 2, spare 1-3)"},
+    "wordpress": {"shape": "ka16", "headers": [f"Host: {WP_HOST}"],
+                  "note": f"wordpress: Debian's wordpress 6 + MariaDB, front page, Host: {WP_HOST}; "
+                          "nginx+php-fpm-wp = Debian's pool; fe-php-wp embedded, front_controller index.php"},
+    "wordpress-rest": {"shape": "ka16", "headers": [f"Host: {WP_HOST}"],
+                       "note": "wordpress-rest: /?rest_route=/wp/v2/posts (JSON), same servers"},
 }
 # Who each fe-php variant is measured against.
 PEERS = {"hello": ["nginx+php-fpm", "apache+mod_php"], "json": ["nginx+php-fpm", "apache+mod_php"],
          "page": ["nginx+php-fpm", "apache+mod_php"],
          "page-tcp": ["nginx+php-fpm-tcp", "nginx+php-fpm-tcp-ka"], "static-1k": ["nginx"], "static-100k": ["nginx"],
-         "static-10m": ["nginx"], "mixed": ["nginx+php-fpm-deb"]}
+         "static-10m": ["nginx"], "mixed": ["nginx+php-fpm-deb"], "wordpress": ["nginx+php-fpm-wp"],
+         "wordpress-rest": ["nginx+php-fpm-wp"]}
 
 
 SHAPES = {
     # name: (connections, Connection: close)
     "ka32": (32, False), "ka256": (256, False), "close32": (32, True), "close256": (256, True),
+    "ka16": (16, False),
 }
 DEFAULT_SHAPES = ["ka32", "ka256", "close32", "close256"]
 # Not run unless named in --scenarios.
-OPTIONAL = set()
+OPTIONAL = {"wordpress", "wordpress-rest"}
 
 
 def plan(scenarios, shapes):
@@ -403,8 +427,25 @@ def plan(scenarios, shapes):
     return [(shape, scs) for shape, scs in out if scs]
 
 
+def check(server, path, headers=()):
+    """One GET before measuring, which must answer 200: a benchmark of redirects or
+    error pages (wrk counts a 3xx as a success) says nothing. Returns the body's size."""
+    conn = http.client.HTTPConnection(server.addr, server.port, timeout=30)
+    try:
+        conn.request("GET", path, headers=dict(h.split(": ", 1) for h in headers))
+        r = conn.getresponse()
+        body = r.read()
+    finally:
+        conn.close()
+    if r.status != 200:
+        raise RuntimeError(f"{server.name}: GET {path} answered {r.status} {r.reason}"
+                           f"{' to ' + r.getheader('Location') if r.getheader('Location') else ''}: {body[:300]!r}")
+    return len(body)
+
+
 def measure(servers, names, path, rounds, seconds, connections, close, script=None, headers=()):
     """Interleaved rounds of wrk against each server; median figures and peak RSS."""
+    size = {n: check(servers[n], path, headers) for n in names}
     for n in names:  # warm-up (OPcache, page cache, pools)
         wrk(servers[n].url(path), 1, connections, close, script, headers)
     runs = {n: [] for n in names}
@@ -433,6 +474,7 @@ def measure(servers, names, path, rounds, seconds, connections, close, script=No
             "errors": sum(r["non2xx"] + r["socket_errors"] for r in rs),
             "peak_rss_mib": round(peak[n] / 1024, 1),
             "rounds": [r["rps"] for r in rs],
+            "bytes": size[n],
         }
     return out
 
@@ -445,7 +487,8 @@ def main():
                     help=f"comma-separated, from {', '.join(SCENARIOS)} (default: all but {', '.join(sorted(OPTIONAL)) or '-'}); "
                          + ", ".join(f"{sc} always runs as {f['shape']}" for sc, f in FIXED.items()))
     ap.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
-                    help="load shapes: ka32, ka256 (keep-alive, 32/256 connections), close32, close256")
+                    help="load shapes: ka32, ka256 (keep-alive, 32/256 connections), close32, close256 "
+                         f"(default: {','.join(DEFAULT_SHAPES)}); also ka16")
     ap.add_argument("--servers", help="only these servers (comma-separated names)")
     ap.add_argument("--fpm-children", type=int, default=4 * CORES)
     ap.add_argument("--json", help="also write the results as JSON to this file")
@@ -484,7 +527,9 @@ def main():
             pools.append(fpm_deb)
             servers["nginx+php-fpm-deb"] = start_nginx(tmp, fpm_deb.sock, keepalive=0, name="nginx+php-fpm-deb")
             servers["nginx+php-fpm-deb"].procs.insert(0, fpm_deb.procs[0])
-        if wanted - {"fe-php", "nginx+php-fpm-deb"}:
+        if wanted & set(WP_SERVERS):
+            start_wordpress(tmp, wanted, servers, pools)
+        if wanted - {"fe-php", "nginx+php-fpm-deb", *WP_SERVERS}:
             start_classic(tmp, args, scenarios, servers, pools)
         results = {}
         for shape, scs in plan(scenarios, shapes):
@@ -507,6 +552,25 @@ def main():
         for p in pools:
             p.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def start_wordpress(tmp, wanted, servers, pools):
+    """Debian's WordPress (bench/wordpress/setup.sh: packages, MariaDB, the site)
+    under fe-php and under nginx + php-fpm as Debian ships them."""
+    setup = os.path.join(BENCH, "wordpress", "setup.sh")
+    conf = f"/etc/wordpress/config-{WP_HOST}.php"
+    if os.geteuid() == 0:
+        subprocess.run([setup, WP_HOST], check=True)
+    elif not os.path.exists(conf):
+        sys.exit(f"{conf} is missing: run `sudo {setup}` first")
+    if "fe-php-wp" in wanted:
+        servers["fe-php-wp"] = start_fe_php(tmp, "fe-php-wp", root=WP_ROOT, front_controller="index.php")
+    if "nginx+php-fpm-wp" in wanted:
+        fpm = start_php_fpm(tmp, 0, "php-fpm-wp", pool=DEBIAN_POOL)
+        pools.append(fpm)
+        servers["nginx+php-fpm-wp"] = start_nginx(tmp, fpm.sock, keepalive=0, name="nginx+php-fpm-wp", root=WP_ROOT,
+                                                 fallback="/index.php?$args", server_name=WP_HOST)
+        servers["nginx+php-fpm-wp"].procs.insert(0, fpm.procs[0])
 
 
 def start_classic(tmp, args, scenarios, servers, pools):
@@ -568,6 +632,10 @@ def report(shape, results, args):
                 ratio = "  ".join(f"{r['rps'] / rows[p]['rps']:.2f}x {p}" for p in peers)
             print(f"{sc:<14} {n:<20} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['peak_rss_mib']:>8} {r['errors']:>7}  {ratio}")
         print()
+    for sc, rows in results.items():
+        sizes = {n: r["bytes"] for n, r in rows.items()}
+        if len(set(sizes.values())) > 1:
+            print(f"  {sc}: the servers' responses differ in size: " + ", ".join(f"{n} {b} B" for n, b in sizes.items()))
     for sc in results:
         if FIXED.get(sc, {}).get("note"):
             print(f"  {FIXED[sc]['note']}")
