@@ -12,6 +12,15 @@ server's whole process tree, with ratios to the named peer.
 
 Every server listens on a loopback address of its own, so connection churn in the
 Connection: close shapes (TIME_WAIT, the client's port search) stays per server.
+
+Scenarios with a load of their own run once, under their shape, whatever --shapes:
+  mixed           waiting requests: wrk -t1 -c32 with bench/mixed.lua, every 20th
+                  request /slow.php (usleep 50 ms, as a database query would), the
+                  rest /fast.php; fe-php against nginx + php-fpm with Debian's pool
+                  (pm dynamic, max_children 5). In the default set.
+  wordpress       Debian's WordPress + MariaDB front page, 16 connections; optional
+  wordpress-rest  (--scenarios wordpress,wordpress-rest), run as root: it runs
+                  bench/wordpress/setup.sh (packages, database, site) first.
 """
 import argparse, http.client, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 
