@@ -6,18 +6,29 @@ Rounds are interleaved (A B C A B C ...) so that drift hits every server alike;
 the table shows the median req/s, p50/p99 latency and the peak RSS of each
 server's whole process tree, with ratios to the named peer.
 
-    bench/run.py [--rounds 3] [--seconds 2] [--scenarios hello,json,...]
+    [FEPHP_HOST_BIN=path/to/fe-php-host] bench/run.py [--rounds 3] [--seconds 2] [--scenarios hello,json,...]
                  [--shapes ka32,ka256,close32,close256] [--servers fe-php,nginx,...]
                  [--json results.json]
 
 Every server listens on a loopback address of its own, so connection churn in the
 Connection: close shapes (TIME_WAIT, the client's port search) stays per server.
+
+Scenarios with a load of their own run once, under their shape, whatever --shapes:
+  mixed           waiting requests: wrk -t1 -c32 with bench/mixed.lua, every 20th
+                  request /slow.php (usleep 50 ms, as a database query would), the
+                  rest /fast.php; fe-php against nginx + php-fpm with Debian's pool
+                  (pm dynamic, max_children 5). In the default set.
+  wordpress       Debian's WordPress + MariaDB front page, 16 connections; optional
+  wordpress-rest  (--scenarios wordpress,wordpress-rest), run as root: it runs
+                  bench/wordpress/setup.sh (packages, database, site) first.
 """
-import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
+import argparse, http.client, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WWW = os.path.join(ROOT, "bench", "www")
-HOST_BIN = os.path.join(ROOT, "target", "release", "fe-php-host")
+BENCH = os.path.join(ROOT, "bench")
+WWW = os.path.join(BENCH, "www")
+# FEPHP_HOST_BIN runs another build (e.g. a checkout that has one) instead of ours.
+HOST_BIN = os.environ.get("FEPHP_HOST_BIN") or os.path.join(ROOT, "target", "release", "fe-php-host")
 CORES = os.cpu_count() or 1
 
 
@@ -122,11 +133,14 @@ def write(path, text):
     return path
 
 
-def start_fe_php(tmp, name="fe-php", backend="embedded", fpm=None, fpm_connections=None):
+def start_fe_php(tmp, name="fe-php", backend="embedded", fpm=None, fpm_connections=None, root=WWW,
+                 front_controller=None):
     s = Server(name, tmp)
     php = f'fpm_socket = "{fpm}"\n' if fpm else ""
     if fpm_connections:
         php += f"fpm_max_connections = {fpm_connections}\n"
+    if front_controller:
+        php += f'front_controller = "{front_controller}"\n'
     conf = write(os.path.join(tmp, f"{name}.toml"), f"""
 [server]
 listen = "{s.addr}:{s.port}"
@@ -136,7 +150,7 @@ access_log = "off"
 default_backend = "{backend}"
 [backend.static_files]
 enable = true
-root = "{WWW}"
+root = "{root}"
 [php]
 {php}
 """)
@@ -145,11 +159,18 @@ root = "{WWW}"
     return s
 
 
-def start_php_fpm(tmp, children, name="php-fpm", tcp=False):
-    """A static pool on a Unix socket (Debian's default), or on TCP; `s.sock` is
-    the address for fe-php's fpm_socket."""
+# The process manager of Debian's /etc/php/8.2/fpm/pool.d/www.conf, as installed.
+DEBIAN_POOL = {"pm": "dynamic", "pm.max_children": 5, "pm.start_servers": 2,
+               "pm.min_spare_servers": 1, "pm.max_spare_servers": 3}
+
+
+def start_php_fpm(tmp, children, name="php-fpm", tcp=False, pool=None):
+    """A static pool of `children` on a Unix socket (Debian's default), or on TCP;
+    `pool` (e.g. DEBIAN_POOL) replaces the pm.* settings. `s.sock` is the address
+    for fe-php's fpm_socket."""
     s = Server(name, tmp)
     sock = f"{s.addr}:{s.port}" if tcp else os.path.join(tmp, f"{name}.sock")
+    pm = "\n".join(f"{k} = {v}" for k, v in (pool or {"pm": "static", "pm.max_children": children}).items())
     conf = write(os.path.join(tmp, f"{name}.conf"), f"""
 [global]
 error_log = {tmp}/{name}-error.log
@@ -158,8 +179,7 @@ pid = {tmp}/{name}.pid
 [www]
 listen = {sock}
 listen.mode = 0666
-pm = static
-pm.max_children = {children}
+{pm}
 """)
     s.spawn(["/usr/sbin/php-fpm8.2", "-F", "-R", "-y", conf])
     if tcp:
@@ -172,9 +192,11 @@ pm.max_children = {children}
     return s
 
 
-def start_nginx(tmp, fpm_sock=None, keepalive=2, name=None):
+def start_nginx(tmp, fpm_sock=None, keepalive=2, name=None, root=WWW, fallback="=404", server_name=None):
     """nginx, or nginx + php-fpm at `fpm_sock` (a Unix socket path or host:port);
-    keepalive=0 is nginx's default: a new php-fpm connection per request."""
+    keepalive=0 is nginx's default: a new php-fpm connection per request.
+    `fallback` ends `try_files $uri $uri/` (a front controller: "/index.php?$args");
+    `server_name` is PHP's SERVER_NAME (nginx's fastcgi.conf passes $server_name)."""
     s = Server(name or ("nginx" if not fpm_sock else "nginx+php-fpm"), tmp)
     d = tempfile.mkdtemp(dir=tmp)
     php = ""
@@ -213,8 +235,10 @@ http {{
     {upstream}
     server {{
         listen {s.addr}:{s.port} reuseport;
-        root {WWW};
-        location / {{ try_files $uri $uri/ =404; }}
+        root {root};
+        {"index index.php;" if fallback != "=404" else ""}
+        {f"server_name {server_name};" if server_name else ""}
+        location / {{ try_files $uri $uri/ {fallback}; }}
         {php}
     }}
 }}
@@ -311,13 +335,20 @@ DocumentRoot {WWW}
     return s
 
 
-def wrk(url, seconds, connections, close=False):
-    """One bounded wrk run (a timeout stops a hung one)."""
+def wrk(url, seconds, connections, close=False, script=None, headers=()):
+    """One bounded wrk run (a timeout stops a hung one); `script` is a wrk Lua
+    script that picks the requests, `headers` extra "Name: value" headers."""
     args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
-    if close:
-        args[1:1] = ["-H", "Connection: close"]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 30).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    for h in list(headers) + (["Connection: close"] if close else []):
+        args[1:1] = ["-H", h]
+    if script:
+        args[1:1] = ["-s", script]
+    run = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 30)
+    out = run.stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m:
+        raise RuntimeError(f"wrk gave no result ({' '.join(args)}): {run.stderr.strip() or out.strip()}")
+    rps = float(m.group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sockerr = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
 
@@ -337,6 +368,12 @@ PHP_SERVERS = ["fe-php", "fe-php-fastcgi", "nginx+fephp", "nginx+php-fpm", "apac
 # connections (fastcgi_keep_conn, which meets php-fpm's Nagle: the 40 ms stall).
 TCP_SERVERS = ["fe-php-fastcgi-tcp", "nginx+php-fpm-tcp", "nginx+php-fpm-tcp-ka"]
 STATIC_SERVERS = ["fe-php", "nginx+fephp", "nginx"]
+WP_SERVERS = ["fe-php-wp", "nginx+php-fpm-wp"]
+WP_ROOT = "/usr/share/wordpress"
+# The Host of every WordPress request: Debian's wp-config.php loads
+# /etc/wordpress/config-<host>.php by it, so both servers serve one site, and
+# their pages are byte for byte the same.
+WP_HOST = "127.0.0.1"
 SCENARIOS = {
     # name: (path, servers); fe-php variants are compared with the peers after them.
     "hello": ("/hello.php", PHP_SERVERS),
@@ -346,24 +383,80 @@ SCENARIOS = {
     "static-1k": ("/1k.txt", STATIC_SERVERS),
     "static-100k": ("/100k.bin", STATIC_SERVERS),
     "static-10m": ("/10m.bin", STATIC_SERVERS),
+    # Waiting requests: 19 in 20 instant, 1 in 20 waits 50 ms (bench/mixed.lua),
+    # against php-fpm as Debian ships it (DEBIAN_POOL, nginx without kept-alive
+    # FastCGI connections).
+    "mixed": ("/fast.php", ["fe-php", "nginx+php-fpm-deb"]),
+    # Debian's WordPress and MariaDB (bench/wordpress/setup.sh), the front page and
+    # the REST API's post list; php-fpm as Debian ships it.
+    "wordpress": ("/", WP_SERVERS),
+    "wordpress-rest": ("/?rest_route=/wp/v2/posts", WP_SERVERS),
+}
+# Scenarios with a load of their own: measured once, under their shape (added to
+# --shapes when it is not there), with a wrk script and extra headers.
+FIXED = {
+    "mixed": {"shape": "ka32", "script": os.path.join(BENCH, "mixed.lua"),
+              "note": "mixed: every 20th request /slow.php (usleep 50 ms), the others /fast.php; "
+                      "nginx+php-fpm-deb = Debian's pool (pm dynamic, max_children 5, start 2, spare 1-3)"},
+    "wordpress": {"shape": "ka16", "headers": [f"Host: {WP_HOST}"],
+                  "note": f"wordpress: Debian's wordpress 6 + MariaDB, front page, Host: {WP_HOST}; "
+                          "nginx+php-fpm-wp = Debian's pool; fe-php-wp embedded, front_controller index.php"},
+    "wordpress-rest": {"shape": "ka16", "headers": [f"Host: {WP_HOST}"],
+                       "note": "wordpress-rest: /?rest_route=/wp/v2/posts (JSON), same servers"},
 }
 # Who each fe-php variant is measured against.
 PEERS = {"hello": ["nginx+php-fpm", "apache+mod_php"], "json": ["nginx+php-fpm", "apache+mod_php"],
          "page": ["nginx+php-fpm", "apache+mod_php"],
          "page-tcp": ["nginx+php-fpm-tcp", "nginx+php-fpm-tcp-ka"], "static-1k": ["nginx"], "static-100k": ["nginx"],
-         "static-10m": ["nginx"]}
+         "static-10m": ["nginx"], "mixed": ["nginx+php-fpm-deb"], "wordpress": ["nginx+php-fpm-wp"],
+         "wordpress-rest": ["nginx+php-fpm-wp"]}
 
 
 SHAPES = {
     # name: (connections, Connection: close)
     "ka32": (32, False), "ka256": (256, False), "close32": (32, True), "close256": (256, True),
+    "ka16": (16, False),
 }
+DEFAULT_SHAPES = ["ka32", "ka256", "close32", "close256"]
+# Not run unless named in --scenarios.
+OPTIONAL = {"wordpress", "wordpress-rest"}
 
 
-def measure(servers, names, path, rounds, seconds, connections, close):
+def plan(scenarios, shapes):
+    """[(shape, [scenario, ...])]: every scenario under every shape, except those in
+    FIXED, which run once under their own shape."""
+    out = [(shape, [sc for sc in scenarios if sc not in FIXED]) for shape in shapes]
+    for sc in scenarios:
+        if sc in FIXED:
+            shape = FIXED[sc]["shape"]
+            if shape not in shapes:
+                shapes = shapes + [shape]
+                out.append((shape, []))
+            out[shapes.index(shape)][1].append(sc)
+    return [(shape, scs) for shape, scs in out if scs]
+
+
+def check(server, path, headers=()):
+    """One GET before measuring, which must answer 200: a benchmark of redirects or
+    error pages (wrk counts a 3xx as a success) says nothing. Returns the body's size."""
+    conn = http.client.HTTPConnection(server.addr, server.port, timeout=30)
+    try:
+        conn.request("GET", path, headers=dict(h.split(": ", 1) for h in headers))
+        r = conn.getresponse()
+        body = r.read()
+    finally:
+        conn.close()
+    if r.status != 200:
+        raise RuntimeError(f"{server.name}: GET {path} answered {r.status} {r.reason}"
+                           f"{' to ' + r.getheader('Location') if r.getheader('Location') else ''}: {body[:300]!r}")
+    return len(body)
+
+
+def measure(servers, names, path, rounds, seconds, connections, close, script=None, headers=()):
     """Interleaved rounds of wrk against each server; median figures and peak RSS."""
+    size = {n: check(servers[n], path, headers) for n in names}
     for n in names:  # warm-up (OPcache, page cache, pools)
-        wrk(servers[n].url(path), 1, connections, close)
+        wrk(servers[n].url(path), 1, connections, close, script, headers)
     runs = {n: [] for n in names}
     peak = {n: 0 for n in names}
     for _ in range(rounds):
@@ -377,7 +470,7 @@ def measure(servers, names, path, rounds, seconds, connections, close):
 
             t = threading.Thread(target=sample)
             t.start()
-            runs[n].append(wrk(servers[n].url(path), seconds, connections, close))
+            runs[n].append(wrk(servers[n].url(path), seconds, connections, close, script, headers))
             sampler_stop.set()
             t.join()
     out = {}
@@ -390,6 +483,7 @@ def measure(servers, names, path, rounds, seconds, connections, close):
             "errors": sum(r["non2xx"] + r["socket_errors"] for r in rs),
             "peak_rss_mib": round(peak[n] / 1024, 1),
             "rounds": [r["rps"] for r in rs],
+            "bytes": size[n],
         }
     return out
 
@@ -398,9 +492,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=2)
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
-    ap.add_argument("--shapes", default=",".join(SHAPES),
-                    help="load shapes: ka32, ka256 (keep-alive, 32/256 connections), close32, close256")
+    ap.add_argument("--scenarios", default=",".join(s for s in SCENARIOS if s not in OPTIONAL),
+                    help=f"comma-separated, from {', '.join(SCENARIOS)} (default: all but {', '.join(sorted(OPTIONAL)) or '-'}); "
+                         + ", ".join(f"{sc} always runs as {f['shape']}" for sc, f in FIXED.items()))
+    ap.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
+                    help="load shapes: ka32, ka256 (keep-alive, 32/256 connections), close32, close256 "
+                         f"(default: {','.join(DEFAULT_SHAPES)}); also ka16")
     ap.add_argument("--servers", help="only these servers (comma-separated names)")
     ap.add_argument("--fpm-children", type=int, default=4 * CORES)
     ap.add_argument("--json", help="also write the results as JSON to this file")
@@ -409,7 +506,7 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: run `make deps` (or apt-get install wrk nginx php8.2-fpm)")
     if not os.path.exists(HOST_BIN):
-        sys.exit("target/release/fe-php-host is missing: run `make build`")
+        sys.exit(f"{HOST_BIN} is missing: run `make build` (or point FEPHP_HOST_BIN at a build)")
     scenarios = [s for s in args.scenarios.split(",") if s]
     shapes = [s for s in args.shapes.split(",") if s]
     for name, known in [(n, SCENARIOS) for n in scenarios] + [(n, SHAPES) for n in shapes]:
@@ -420,48 +517,39 @@ def main():
         with open(os.path.join(WWW, "10m.bin"), "wb") as f:
             f.write(os.urandom(10 << 20))
 
+    # Start only the servers the chosen scenarios measure.
+    wanted = {n for sc in scenarios for n in SCENARIOS[sc][1] if only is None or n in only}
+
     tmp = tempfile.mkdtemp(prefix="fephp-bench-")
     os.chmod(tmp, 0o755)  # nginx and Apache workers run as www-data
     servers = {}
+    pools = []  # php-fpm pools, stopped after the servers in front of them
     started = time.time()
     try:
-        servers["fe-php"] = start_fe_php(tmp)
-        fpm = start_php_fpm(tmp, args.fpm_children)
-        # fe-php's FastCGI backend gets an identical pool of its own: kept-alive
-        # connections hold php-fpm children, so two clients must not share one.
-        # Keep workers x fpm_max_connections within the pool's children.
-        fpm2 = start_php_fpm(tmp, args.fpm_children, "php-fpm-2")
-        servers["fe-php-fastcgi"] = start_fe_php(tmp, "fe-php-fastcgi", "fastcgi", fpm2.sock,
-                                                 max(1, args.fpm_children // CORES))
-        servers["fe-php-fastcgi"].procs.insert(0, fpm2.procs[0])
-        if os.path.exists(MODULE):
-            servers["nginx+fephp"] = start_nginx_fephp(tmp)
-        else:
-            print(f"note: {MODULE} is missing (make nginx-module): nginx + fe-php module left out", file=sys.stderr)
-        servers["nginx+php-fpm"] = start_nginx(tmp, fpm.sock, keepalive=CORES)
-        servers["nginx+php-fpm"].procs.insert(0, fpm.procs[0])
-        servers["nginx"] = start_nginx(tmp)
-        if "page-tcp" in scenarios:
-            fpm_tcp = start_php_fpm(tmp, args.fpm_children, "php-fpm-tcp", tcp=True)
-            fpm_tcp2 = start_php_fpm(tmp, args.fpm_children, "php-fpm-tcp-2", tcp=True)
-            servers["fe-php-fastcgi-tcp"] = start_fe_php(tmp, "fe-php-fastcgi-tcp", "fastcgi", fpm_tcp.sock,
-                                                         max(1, args.fpm_children // CORES))
-            servers["fe-php-fastcgi-tcp"].procs.insert(0, fpm_tcp.procs[0])
-            # The two nginx variants take turns on one pool.
-            servers["nginx+php-fpm-tcp"] = start_nginx(tmp, fpm_tcp2.sock, keepalive=0, name="nginx+php-fpm-tcp")
-            servers["nginx+php-fpm-tcp"].procs.insert(0, fpm_tcp2.procs[0])
-            servers["nginx+php-fpm-tcp-ka"] = start_nginx(tmp, fpm_tcp2.sock, keepalive=CORES,
-                                                          name="nginx+php-fpm-tcp-ka")
-        if os.path.exists("/usr/lib/apache2/modules/libphp8.2.so"):
-            servers["apache+mod_php"] = start_apache(tmp)
+        if "fe-php" in wanted:
+            servers["fe-php"] = start_fe_php(tmp)
+        if "nginx+php-fpm-deb" in wanted:
+            # php-fpm and nginx as Debian ships them: the pool's pm settings from
+            # www.conf, and fastcgi_pass without an upstream keepalive (a FastCGI
+            # connection per request, as in snippets/fastcgi-php.conf).
+            fpm_deb = start_php_fpm(tmp, 0, "php-fpm-deb", pool=DEBIAN_POOL)
+            pools.append(fpm_deb)
+            servers["nginx+php-fpm-deb"] = start_nginx(tmp, fpm_deb.sock, keepalive=0, name="nginx+php-fpm-deb")
+            servers["nginx+php-fpm-deb"].procs.insert(0, fpm_deb.procs[0])
+        if wanted & set(WP_SERVERS):
+            start_wordpress(tmp, wanted, servers, pools)
+        if wanted - {"fe-php", "nginx+php-fpm-deb", *WP_SERVERS}:
+            start_classic(tmp, args, scenarios, servers, pools)
         results = {}
-        for shape in shapes:
+        for shape, scs in plan(scenarios, shapes):
             connections, close = SHAPES[shape]
             results[shape] = {}
-            for sc in scenarios:
+            for sc in scs:
                 path, names = SCENARIOS[sc]
                 names = [n for n in names if n in servers and (only is None or n in only)]
-                results[shape][sc] = measure(servers, names, path, args.rounds, args.seconds, connections, close)
+                fixed = FIXED.get(sc, {})
+                results[shape][sc] = measure(servers, names, path, args.rounds, args.seconds, connections, close,
+                                             fixed.get("script"), fixed.get("headers", ()))
             report(shape, results[shape], args)
         print(f"({time.time() - started:.0f} s)")
         if args.json:
@@ -470,12 +558,63 @@ def main():
     finally:
         for s in servers.values():
             s.stop()
-        if "fpm" in locals():
-            fpm.stop()
-        for extra in ("fpm2", "fpm_tcp", "fpm_tcp2"):
-            if extra in locals():
-                locals()[extra].stop()
+        for p in pools:
+            p.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def start_wordpress(tmp, wanted, servers, pools):
+    """Debian's WordPress (bench/wordpress/setup.sh: packages, MariaDB, the site)
+    under fe-php and under nginx + php-fpm as Debian ships them."""
+    setup = os.path.join(BENCH, "wordpress", "setup.sh")
+    conf = f"/etc/wordpress/config-{WP_HOST}.php"
+    if os.geteuid() == 0:
+        subprocess.run([setup, WP_HOST], check=True)
+    elif not os.path.exists(conf):
+        sys.exit(f"{conf} is missing: run `sudo {setup}` first")
+    if "fe-php-wp" in wanted:
+        servers["fe-php-wp"] = start_fe_php(tmp, "fe-php-wp", root=WP_ROOT, front_controller="index.php")
+    if "nginx+php-fpm-wp" in wanted:
+        fpm = start_php_fpm(tmp, 0, "php-fpm-wp", pool=DEBIAN_POOL)
+        pools.append(fpm)
+        servers["nginx+php-fpm-wp"] = start_nginx(tmp, fpm.sock, keepalive=0, name="nginx+php-fpm-wp", root=WP_ROOT,
+                                                 fallback="/index.php?$args", server_name=WP_HOST)
+        servers["nginx+php-fpm-wp"].procs.insert(0, fpm.procs[0])
+
+
+def start_classic(tmp, args, scenarios, servers, pools):
+    """The servers of the hello ... static-10m scenarios."""
+    fpm = start_php_fpm(tmp, args.fpm_children)
+    pools.append(fpm)
+    # fe-php's FastCGI backend gets an identical pool of its own: kept-alive
+    # connections hold php-fpm children, so two clients must not share one.
+    # Keep workers x fpm_max_connections within the pool's children.
+    fpm2 = start_php_fpm(tmp, args.fpm_children, "php-fpm-2")
+    pools.append(fpm2)
+    servers["fe-php-fastcgi"] = start_fe_php(tmp, "fe-php-fastcgi", "fastcgi", fpm2.sock,
+                                             max(1, args.fpm_children // CORES))
+    servers["fe-php-fastcgi"].procs.insert(0, fpm2.procs[0])
+    if os.path.exists(MODULE):
+        servers["nginx+fephp"] = start_nginx_fephp(tmp)
+    else:
+        print(f"note: {MODULE} is missing (make nginx-module): nginx + fe-php module left out", file=sys.stderr)
+    servers["nginx+php-fpm"] = start_nginx(tmp, fpm.sock, keepalive=CORES)
+    servers["nginx+php-fpm"].procs.insert(0, fpm.procs[0])
+    servers["nginx"] = start_nginx(tmp)
+    if "page-tcp" in scenarios:
+        fpm_tcp = start_php_fpm(tmp, args.fpm_children, "php-fpm-tcp", tcp=True)
+        fpm_tcp2 = start_php_fpm(tmp, args.fpm_children, "php-fpm-tcp-2", tcp=True)
+        pools += [fpm_tcp, fpm_tcp2]
+        servers["fe-php-fastcgi-tcp"] = start_fe_php(tmp, "fe-php-fastcgi-tcp", "fastcgi", fpm_tcp.sock,
+                                                     max(1, args.fpm_children // CORES))
+        servers["fe-php-fastcgi-tcp"].procs.insert(0, fpm_tcp.procs[0])
+        # The two nginx variants take turns on one pool.
+        servers["nginx+php-fpm-tcp"] = start_nginx(tmp, fpm_tcp2.sock, keepalive=0, name="nginx+php-fpm-tcp")
+        servers["nginx+php-fpm-tcp"].procs.insert(0, fpm_tcp2.procs[0])
+        servers["nginx+php-fpm-tcp-ka"] = start_nginx(tmp, fpm_tcp2.sock, keepalive=CORES,
+                                                      name="nginx+php-fpm-tcp-ka")
+    if os.path.exists("/usr/lib/apache2/modules/libphp8.2.so"):
+        servers["apache+mod_php"] = start_apache(tmp)
 
 
 def machine():
@@ -493,15 +632,22 @@ def report(shape, results, args):
     connections, close = SHAPES[shape]
     print(f"\nfe-php benchmark: {m['cores']} cores ({m['cpu']}), wrk -t1 -c{connections}, "
           f"{'Connection: close' if close else 'keep-alive'}, {args.rounds}x{args.seconds}s interleaved rounds\n")
-    print(f"{'scenario':<12} {'server':<16} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'RSS MiB':>8} {'errors':>7}  ratios (req/s)")
+    print(f"{'scenario':<14} {'server':<20} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'RSS MiB':>8} {'errors':>7}  ratios (req/s)")
     for sc, rows in results.items():
         peers = [p for p in PEERS.get(sc, []) if p in rows and rows[p]["rps"]]
         for n, r in rows.items():
             ratio = ""
             if n.startswith("fe-php") or n == "nginx+fephp":
                 ratio = "  ".join(f"{r['rps'] / rows[p]['rps']:.2f}x {p}" for p in peers)
-            print(f"{sc:<12} {n:<16} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['peak_rss_mib']:>8} {r['errors']:>7}  {ratio}")
+            print(f"{sc:<14} {n:<20} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['peak_rss_mib']:>8} {r['errors']:>7}  {ratio}")
         print()
+    for sc, rows in results.items():
+        sizes = {n: r["bytes"] for n, r in rows.items()}
+        if len(set(sizes.values())) > 1:
+            print(f"  {sc}: the servers' responses differ in size: " + ", ".join(f"{n} {b} B" for n, b in sizes.items()))
+    for sc in results:
+        if FIXED.get(sc, {}).get("note"):
+            print(f"  {FIXED[sc]['note']}")
 
 
 if __name__ == "__main__":

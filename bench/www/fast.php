@@ -1,0 +1,3 @@
+<?php
+// The "mixed" scenario's instant request (19 in 20).
+echo "fast\n";
