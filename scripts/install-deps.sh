@@ -8,6 +8,7 @@ packages=(
   clang libclang-dev
   libphp8.2-embed php8.2-dev php8.2-cli php8.2-fpm
   nginx nginx-dev
+  iproute2
 )
 # Extra packages a caller asks for (e.g. `make bench` adds Apache + mod_php).
 read -r -a extra <<< "${FEPHP_EXTRA_PACKAGES:-}"
