@@ -315,18 +315,25 @@ impl ModNginx {
         self.child.as_ref().unwrap().id() as i32
     }
 
+    /// nginx's worker processes (the master's children but fe-php's PHP pool
+    /// manager).
     fn workers(&self) -> Vec<i32> {
-        let out = Command::new("pgrep")
-            .arg("-P")
-            .arg(self.master().to_string())
-            .output()
-            .unwrap();
-        let mut pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .filter_map(|s| s.parse().ok())
+        let mut pids: Vec<i32> = children(self.master())
+            .into_iter()
+            .filter(|&p| comm(p) != "fe-php: pool")
             .collect();
         pids.sort();
         pids
+    }
+
+    /// The PHP runners: children of the pool manager the library forked from
+    /// nginx's master in `fephp_init`.
+    fn runners(&self) -> Vec<i32> {
+        children(self.master())
+            .into_iter()
+            .filter(|&p| comm(p) == "fe-php: pool")
+            .flat_map(children)
+            .collect()
     }
 
     /// error.log and stderr.
@@ -568,7 +575,7 @@ fn embedded_static_and_health_through_nginx() {
     let n = ModNginx::start(Opts::default());
     let workers = n.workers();
 
-    // Embedded PHP runs inside the nginx worker process.
+    // Embedded PHP runs in a runner of the library's pool, under nginx's master.
     let r = get(&n.url("/hello.php"));
     assert_eq!((r.status, r.text().as_str()), (200, "Hello, World!"));
     assert_eq!(r.header("content-type"), Some("text/html; charset=UTF-8"));
@@ -581,9 +588,10 @@ fn embedded_static_and_health_through_nginx() {
     assert_eq!(v["port"], n.port.to_string());
     assert!(v["https"].is_null());
     let pid = v["pid"].as_i64().unwrap() as i32;
+    let runners = n.runners();
     assert!(
-        workers.contains(&pid),
-        "PHP ran in pid {pid}, not in an nginx worker {workers:?}"
+        runners.contains(&pid) && !workers.contains(&pid),
+        "PHP ran in pid {pid}, not in a PHP runner {runners:?}"
     );
 
     // A rewritten URI reaches the engine as the current URI (escaped again).
@@ -1448,6 +1456,7 @@ fn fastcgi_routes_when_the_backend_is_available() {
     let nginx_pids = |n: &ModNginx| {
         let mut p = n.workers();
         p.push(n.master());
+        p.extend(n.runners());
         p
     };
     wait_for("the FastCGI route", Duration::from_secs(10), || {
@@ -1461,7 +1470,7 @@ fn fastcgi_routes_when_the_backend_is_available() {
     assert_eq!(v["sapi"], "fpm-fcgi");
     let r = curl(&["--data-binary", "0123456789", &n.url("/fpm/info.php")]);
     assert_eq!(json(&r)["input"], 10);
-    // Embedded next to it still runs in nginx.
+    // Embedded next to it still runs in the library's runners under nginx.
     let v = json(&get(&n.url("/info.php")));
     assert!(nginx_pids(&n).contains(&(v["pid"].as_i64().unwrap() as i32)));
     n.assert_clean_log();
