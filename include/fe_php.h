@@ -421,6 +421,27 @@ fephp_result fephp_metrics_worker_exited(const struct fephp_engine *engine,
 fephp_result fephp_worker_start(const struct fephp_engine *engine);
 
 /**
+ * Lets the calling host receive PHP's responses on its own event loop instead of
+ * a library thread: call once per worker process, after `fephp_worker_start`.
+ * `*fd_out` receives a descriptor to watch for readability (level or edge
+ * triggered), or -1 when PHP does not run in the runner pool here (nothing to
+ * do then). From this call on, only `fephp_engine_process_events` receives
+ * responses in this process: call it whenever the descriptor is readable (and
+ * it may be called at any time). Completions of embedded PHP then run inside
+ * that call, on the calling thread. The descriptor belongs to the library: do
+ * not close it. This saves a thread switch per PHP request; hosts that do not
+ * call it get their completions on a library thread.
+ */
+fephp_result fephp_engine_event_fd(const struct fephp_engine *engine, int *fd_out);
+
+/**
+ * Completes the embedded PHP responses that have arrived (see
+ * `fephp_engine_event_fd`), running their completions on the calling thread,
+ * and returns when none is left. Never blocks.
+ */
+fephp_result fephp_engine_process_events(const struct fephp_engine *engine);
+
+/**
  * Writes the configuration's informational lines (the seed's `[i] …` messages,
  * separated by newlines; empty when there are none) into `buf`.
  */

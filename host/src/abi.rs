@@ -103,6 +103,26 @@ impl Engine {
         }
     }
 
+    /// Takes over receiving embedded PHP's responses in this process: the
+    /// descriptor to watch (None when PHP does not run in the runner pool).
+    pub fn event_fd(&self) -> Result<Option<i32>, String> {
+        let mut fd = -1;
+        // SAFETY: live engine, valid out-pointer.
+        match unsafe { fephp_engine_event_fd(self.0, &mut fd) } {
+            fephp_result::Ok => Ok((fd >= 0).then_some(fd)),
+            _ => Err(last_error()),
+        }
+    }
+
+    /// Runs the completions of the PHP responses that have arrived.
+    pub fn process_events(&self) -> Result<(), String> {
+        // SAFETY: live engine.
+        match unsafe { fephp_engine_process_events(self.0) } {
+            fephp_result::Ok => Ok(()),
+            _ => Err(last_error()),
+        }
+    }
+
     /// Starts a request; the returned receiver yields the response. `body` is
     /// what `req.body_read_ctx` points at: it lives until the completion has run
     /// (however long the connection lasts), the last moment the engine reads it.

@@ -173,6 +173,48 @@ impl AcceptStarvation {
     }
 }
 
+/// A descriptor the library owns (never closed here).
+struct Borrowed(i32);
+
+impl std::os::fd::AsRawFd for Borrowed {
+    fn as_raw_fd(&self) -> i32 {
+        self.0
+    }
+}
+
+/// Completes embedded PHP's responses whenever their descriptor is readable.
+async fn php_events(engine: Arc<Engine>, fd: i32) {
+    // SAFETY: the library keeps the descriptor open, the same socket, for the
+    // life of the process (fephp_engine_event_fd); this task lives no longer.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(
+            Borrowed(fd),
+            tokio::io::Interest::READABLE,
+        )
+    };
+    let afd = match registered {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("cannot watch PHP's responses: {e}");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = afd.readable().await else {
+            return;
+        };
+        // Drained to the end: readiness is cleared only then (try_io sees
+        // WouldBlock), so a response arriving meanwhile is not missed.
+        let _ = guard.try_io(|_| match engine.process_events() {
+            Ok(()) => Err::<(), _>(std::io::ErrorKind::WouldBlock.into()),
+            Err(e) => {
+                tracing::error!("receiving PHP responses failed: {e}");
+                Err(std::io::ErrorKind::WouldBlock.into())
+            }
+        });
+    }
+}
+
 /// Runs the worker until SIGTERM/SIGINT, then drains connections.
 pub fn run(
     engine: Arc<Engine>,
@@ -196,6 +238,16 @@ pub fn run(
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        // Embedded PHP's responses are received here, on this thread.
+        // Kept to the end: requests still draining at shutdown need it.
+        let _php_events = match engine.event_fd() {
+            Ok(Some(fd)) => Some(tokio::spawn(php_events(engine.clone(), fd))),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!("PHP responses stay on the library's thread: {e}");
+                None
+            }
+        };
         let flusher = tokio::spawn({
             let log = log.clone();
             async move {

@@ -9,7 +9,7 @@ use super::boundary::{
 use super::types::{fephp_backend, fephp_engine, fephp_result, fephp_str};
 use crate::config::{BackendKind, Config};
 use crate::engine::{Decision, Engine, ReloadableEngine};
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, c_int, CStr};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -256,6 +256,55 @@ pub unsafe extern "C" fn fephp_worker_start(engine: *const fephp_engine) -> feph
             Err(e) => {
                 set_last_error(e);
                 fephp_result::BackendStartFailed
+            }
+        }
+    })
+}
+
+/// Lets the calling host receive PHP's responses on its own event loop instead of
+/// a library thread: call once per worker process, after `fephp_worker_start`.
+/// `*fd_out` receives a descriptor to watch for readability (level or edge
+/// triggered), or -1 when PHP does not run in the runner pool here (nothing to
+/// do then). From this call on, only `fephp_engine_process_events` receives
+/// responses in this process: call it whenever the descriptor is readable (and
+/// it may be called at any time). Completions of embedded PHP then run inside
+/// that call, on the calling thread. The descriptor belongs to the library: do
+/// not close it. This saves a thread switch per PHP request; hosts that do not
+/// call it get their completions on a library thread.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_engine_event_fd(
+    engine: *const fephp_engine,
+    fd_out: *mut c_int,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine, fd_out);
+        *fd_out = -1;
+        match crate::backends::embedded::pool_event_fd() {
+            None => fephp_result::Ok,
+            Some(Ok(fd)) => {
+                *fd_out = fd;
+                fephp_result::Ok
+            }
+            Some(Err(e)) => {
+                set_last_error(e);
+                fephp_result::BackendStartFailed
+            }
+        }
+    })
+}
+
+/// Completes the embedded PHP responses that have arrived (see
+/// `fephp_engine_event_fd`), running their completions on the calling thread,
+/// and returns when none is left. Never blocks.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_engine_process_events(engine: *const fephp_engine) -> fephp_result {
+    guard(|| {
+        non_null!(engine);
+        match crate::backends::embedded::pool_process_events() {
+            Ok(()) => fephp_result::Ok,
+            Err(e) => {
+                set_last_error(format!("receiving PHP responses failed: {e}"));
+                fephp_result::IoError
             }
         }
     })

@@ -308,6 +308,25 @@ pub struct PoolStats {
     pub exits: Vec<(&'static str, u64)>,
 }
 
+/// The descriptor a host watches to receive PHP replies on its own thread, and
+/// from then on the only way replies are received in this process (see
+/// `fephp_engine_event_fd`); None without a runner pool.
+pub fn pool_event_fd() -> Option<Result<i32, String>> {
+    #[cfg(fephp_embedded)]
+    return pool::get().map(|p| p.drive());
+    #[cfg(not(fephp_embedded))]
+    None
+}
+
+/// Completes the PHP responses whose replies have arrived, on the calling thread.
+pub fn pool_process_events() -> std::io::Result<()> {
+    #[cfg(fephp_embedded)]
+    if let Some(p) = pool::get() {
+        return p.process_replies();
+    }
+    Ok(())
+}
+
 /// The runner pool's figures, when this process tree runs one.
 pub fn pool_stats() -> Option<PoolStats> {
     #[cfg(fephp_embedded)]

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU32, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::*};
 use std::sync::Arc;
 
 /// A job sent and not answered yet.
@@ -45,6 +45,12 @@ pub struct Client {
     /// the body thread (large bodies are rare; copying must not hold up an I/O
     /// thread).
     bodies: Mutex<std::sync::mpsc::Sender<(Job, u64)>>,
+    /// The host receives replies on its own thread (`drive`): the reply thread
+    /// only sends parked jobs then.
+    driven: AtomicBool,
+    /// Held while replies are received and handled, so that the chunks of a
+    /// stream are handled in order whichever thread receives them.
+    receiving: Mutex<Vec<u8>>,
 }
 
 impl Client {
@@ -77,6 +83,8 @@ impl Client {
             parked: Mutex::new(VecDeque::new()),
             unpark,
             bodies: Mutex::new(bodies),
+            driven: AtomicBool::new(false),
+            receiving: Mutex::new(Vec::new()),
         });
         let c = client.clone();
         std::thread::Builder::new()
@@ -227,45 +235,60 @@ impl Client {
         }
     }
 
-    /// The reply thread: receives replies on the lane and completes responses.
+    /// The reply thread: receives replies on the lane and completes responses
+    /// (unless the host drives them), and sends parked jobs when the queue
+    /// socket has room again.
     fn receive(&self, pool: &Pool) {
         let lane = pool.lanes[self.lane].0.as_raw_fd();
-        let mut buf = Vec::new();
         loop {
             let waiting = !self.parked.lock().is_empty();
+            let driven = self.driven.load(Relaxed);
             let mut fds = [
-                poll_fd(lane, libc::POLLIN),
                 poll_fd(self.unpark.as_raw_fd(), libc::POLLIN),
                 poll_fd(pool.submit.as_raw_fd(), if waiting { libc::POLLOUT } else { 0 }),
+                poll_fd(lane, libc::POLLIN),
             ];
-            // SAFETY: polls three valid descriptors.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
-            if n < 0 {
+            let n = if driven { 2 } else { 3 };
+            // SAFETY: polls valid descriptors.
+            if unsafe { libc::poll(fds.as_mut_ptr(), n, -1) } < 0 {
                 continue;
             }
-            if fds[1].revents != 0 {
+            if fds[0].revents != 0 {
                 let mut v = [0u8; 8];
                 // SAFETY: drains the eventfd's counter into a local.
                 unsafe { libc::read(self.unpark.as_raw_fd(), v.as_mut_ptr() as *mut libc::c_void, 8) };
             }
-            if waiting || fds[1].revents != 0 {
+            if waiting || fds[0].revents != 0 {
                 self.flush_parked(pool);
             }
-            if fds[0].revents & libc::POLLIN == 0 {
-                continue;
-            }
-            // Drain what is there without blocking.
-            loop {
-                match recv_nonblocking(lane, &mut buf) {
-                    Ok(true) => self.handle(pool, &buf),
-                    Ok(false) => break,
-                    Err(e) => {
-                        tracing::error!("the PHP runner pool's reply lane failed: {e}");
-                        return;
-                    }
+            if !driven && fds[2].revents != 0 {
+                if let Err(e) = self.drain(pool) {
+                    tracing::error!("the PHP runner pool's reply lane failed: {e}");
+                    return;
                 }
             }
         }
+    }
+
+    /// Handles every reply waiting on the lane, on the calling thread.
+    pub fn drain(&self, pool: &Pool) -> std::io::Result<()> {
+        let lane = pool.lanes[self.lane].0.as_raw_fd();
+        let mut buf = self.receiving.lock();
+        while recv_nonblocking(lane, &mut buf)? {
+            self.handle(pool, &buf);
+        }
+        Ok(())
+    }
+
+    /// The host receives replies itself from now on: it polls `lane_fd` and
+    /// calls `drain` on its own thread when it is readable.
+    pub fn drive(&self, pool: &Pool) -> RawFd {
+        self.driven.store(true, SeqCst);
+        // Wake the reply thread so that it stops watching the lane.
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: an 8-byte write to our eventfd.
+        unsafe { libc::write(self.unpark.as_raw_fd(), one.as_ptr() as *const libc::c_void, 8) };
+        pool.lanes[self.lane].0.as_raw_fd()
     }
 
     fn handle(&self, pool: &Pool, msg: &[u8]) {

@@ -72,6 +72,11 @@ pub fn start(rt: &'static Runtime, settings: &PoolConfig) -> Result<&'static Poo
     Ok(pool)
 }
 
+/// The running pool, if any.
+pub fn get() -> Option<&'static Pool> {
+    POOL.get()
+}
+
 /// Whether a pool runs with other settings than `settings` (a restart is needed).
 pub fn conflict(settings: &PoolConfig) -> Option<String> {
     let pool = POOL.get()?;
@@ -136,6 +141,18 @@ impl Pool {
         let c = client::Client::start(self)?;
         *slot = Some((generation, c.clone()));
         Ok(c)
+    }
+
+    /// Hands this process's replies to the host: it watches the returned
+    /// descriptor and calls `process_replies` when it is readable.
+    pub fn drive(&'static self) -> Result<std::os::fd::RawFd, String> {
+        Ok(self.client()?.drive(self))
+    }
+
+    /// Completes the responses whose replies have arrived, on the calling thread.
+    pub fn process_replies(&'static self) -> std::io::Result<()> {
+        let c = self.client().map_err(std::io::Error::other)?;
+        c.drain(self)
     }
 
     /// Tells the manager that a job waits with no idle runner.
