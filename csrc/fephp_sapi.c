@@ -395,3 +395,65 @@ const char *fephp_sapi_build_id(void)
 {
     return ZEND_MODULE_BUILD_ID;
 }
+
+/* Appends `len` bytes of `text` to buf at *at (cap bytes), truncating. */
+static void bt_put(char *buf, size_t cap, size_t *at, const char *text, size_t len)
+{
+    if (*at >= cap) {
+        return;
+    }
+    if (len > cap - *at) {
+        len = cap - *at;
+    }
+    memcpy(buf + *at, text, len);
+    *at += len;
+}
+
+static void bt_num(char *buf, size_t cap, size_t *at, unsigned long n)
+{
+    char digits[24];
+    size_t i = sizeof(digits);
+    do {
+        digits[--i] = (char) ('0' + n % 10);
+        n /= 10;
+    } while (n && i);
+    bt_put(buf, cap, at, digits + i, sizeof(digits) - i);
+}
+
+size_t fephp_sapi_backtrace(char *buf, size_t cap)
+{
+    size_t at = 0;
+    unsigned long depth = 0;
+    /* Only reads: the frames belong to the interrupted script, which does not
+     * run while this handler does (same thread or a stopped one). */
+    zend_execute_data *ex = EG(current_execute_data);
+    while (ex && depth < 64) {
+        zend_function *f = ex->func;
+        if (f) {
+            bt_put(buf, cap, &at, "#", 1);
+            bt_num(buf, cap, &at, depth++);
+            bt_put(buf, cap, &at, " ", 1);
+            if (f->common.scope && f->common.scope->name) {
+                bt_put(buf, cap, &at, ZSTR_VAL(f->common.scope->name), ZSTR_LEN(f->common.scope->name));
+                bt_put(buf, cap, &at, "::", 2);
+            }
+            if (f->common.function_name) {
+                bt_put(buf, cap, &at, ZSTR_VAL(f->common.function_name), ZSTR_LEN(f->common.function_name));
+                bt_put(buf, cap, &at, "()", 2);
+            } else {
+                bt_put(buf, cap, &at, "{main}", 6);
+            }
+            if (ZEND_USER_CODE(f->type) && f->op_array.filename) {
+                bt_put(buf, cap, &at, " ", 1);
+                bt_put(buf, cap, &at, ZSTR_VAL(f->op_array.filename), ZSTR_LEN(f->op_array.filename));
+                if (ex->opline) {
+                    bt_put(buf, cap, &at, ":", 1);
+                    bt_num(buf, cap, &at, ex->opline->lineno);
+                }
+            }
+            bt_put(buf, cap, &at, "\n", 1);
+        }
+        ex = ex->prev_execute_data;
+    }
+    return at;
+}

@@ -84,6 +84,13 @@ int fephp_sapi_startup(const fephp_sapi_callbacks *callbacks, const char *sapi_n
  * treated as unhealthy). */
 int fephp_sapi_execute(const fephp_sapi_request *request);
 
+/* Writes the running script's PHP stack into `buf` ("#0 f() /path/x.php:12"
+ * lines, innermost first) and returns its length (0 when no script runs).
+ * Async-signal-safe: it only reads PHP's executor state and formats by hand,
+ * for a signal handler that interrupts the script wherever it is (the runner
+ * pool's slow log). */
+size_t fephp_sapi_backtrace(char *buf, size_t cap);
+
 /* Stops PHP (module shutdown). */
 void fephp_sapi_shutdown(void);
 

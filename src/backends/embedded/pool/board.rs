@@ -13,6 +13,8 @@ pub const BUSY: u32 = 3;
 
 /// Bytes of the current request's description kept for log lines.
 const WHAT: usize = 192;
+/// Bytes of a slow request's PHP stack.
+pub const STACK: usize = 4096;
 
 #[repr(C)]
 pub struct Header {
@@ -71,8 +73,12 @@ pub struct Slot {
     pub abort: AtomicU64,
     /// Jobs this runner has run.
     pub requests: AtomicU64,
-    /// The slow log has been written for job `slow_logged`.
-    pub slow_logged: AtomicU64,
+    /// The manager asks for the stack of job `slow_wanted` (slow log)...
+    pub slow_wanted: AtomicU64,
+    /// ...and the runner has written it into `stack` for job `slow_ready`.
+    pub slow_ready: AtomicU64,
+    stack_len: AtomicU64,
+    stack: [AtomicU64; STACK / 8],
     /// "GET /x.php (script /srv/x.php)", NUL-padded: for the manager's log lines.
     what: [AtomicU64; WHAT / 8],
 }
@@ -171,6 +177,37 @@ impl Slot {
                 Relaxed,
             );
         }
+    }
+
+    /// Stores a PHP stack (truncated to `STACK` bytes).
+    pub fn set_stack(&self, text: &[u8]) {
+        let n = text.len().min(STACK);
+        for (i, w) in self.stack.iter().enumerate().take(n.div_ceil(8)) {
+            let mut word = [0u8; 8];
+            let end = (i * 8 + 8).min(n);
+            word[..end - i * 8].copy_from_slice(&text[i * 8..end]);
+            w.store(u64::from_le_bytes(word), Relaxed);
+        }
+        self.stack_len.store(n as u64, Relaxed);
+    }
+
+    pub fn stack_len(&self) -> u64 {
+        self.stack_len.load(Relaxed)
+    }
+
+    /// Marks the stack as logged (it is logged once per job).
+    pub fn clear_stack(&self) {
+        self.stack_len.store(0, Relaxed);
+    }
+
+    pub fn stack(&self) -> String {
+        let n = (self.stack_len.load(Relaxed) as usize).min(STACK);
+        let mut bytes = Vec::with_capacity(n + 8);
+        for w in self.stack.iter().take(n.div_ceil(8)) {
+            bytes.extend_from_slice(&w.load(Relaxed).to_le_bytes());
+        }
+        bytes.truncate(n);
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     pub fn what(&self) -> String {

@@ -226,7 +226,7 @@ fn reap(pool: &Pool, runners: &mut Vec<Runner>, failures: &mut u32, not_before: 
             let answer: u16 = if r.deadline { 504 } else { 502 };
             if r.deadline {
                 tracing::error!(
-                    "PHP request {what} ran past [php.pool] request_deadline = {}: its runner (pid {pid}) was killed and replaced; answered 504. Raise request_deadline if such requests are expected, or find where the script waits (set slowlog_timeout for its stack)",
+                    "PHP request {what} ran past [php.pool] request_deadline = \"{}\": its runner (pid {pid}) was killed and replaced; answered 504. Raise request_deadline if such requests are expected, or find where the script waits (set slowlog_timeout for its stack)",
                     pool.settings.request_deadline
                 );
             } else {
@@ -267,11 +267,29 @@ fn police(pool: &Pool, runners: &mut [Runner]) {
     let s = &pool.settings;
     let now = board::now_ns();
     let deadline = s.request_deadline.0.as_nanos() as u64;
+    let slow = s.slowlog_timeout.0.as_nanos() as u64;
     let idle_limit = s.idle_timeout.0.as_nanos() as u64;
     let mut idle_live = runners.len();
     for r in runners.iter_mut() {
         let slot = board.slot(r.slot);
         let since = slot.since.load(SeqCst);
+        let busy_for = now.saturating_sub(since);
+        if slot.state.load(SeqCst) == BUSY && slow != 0 && busy_for > slow {
+            let id = slot.id.load(SeqCst);
+            if slot.slow_wanted.load(SeqCst) != id {
+                slot.slow_wanted.store(id, SeqCst);
+            } else if slot.slow_ready.load(SeqCst) == id && slot.stack_len() > 0 {
+                tracing::warn!(
+                    "PHP request {} has run for {:.1} s ([php.pool] slowlog_timeout = \"{}\"), in runner pid {}; its PHP stack:\n{}",
+                    slot.what(),
+                    busy_for as f64 / 1e9,
+                    s.slowlog_timeout,
+                    r.pid,
+                    slot.stack().trim_end()
+                );
+                slot.clear_stack();
+            }
+        }
         match slot.state.load(SeqCst) {
             BUSY if deadline != 0 && !r.deadline && now.saturating_sub(since) > deadline => {
                 r.deadline = true;

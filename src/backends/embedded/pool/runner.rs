@@ -40,6 +40,9 @@ pub fn main(pool: &'static Pool, rt: &'static Runtime, index: usize) -> ! {
     let name = format!("fe-php: runner {index}");
     set_name(&name);
     wire::set_recv_timeout(pool.take.as_raw_fd(), Some(Duration::from_secs(1)));
+    if !pool.settings.slowlog_timeout.0.is_zero() {
+        watch_for_slow_log(pool, rt, index);
+    }
     let code = std::thread::Builder::new()
         .name("php".into())
         .stack_size(PHP_STACK)
@@ -136,6 +139,42 @@ fn serve(pool: &'static Pool, rt: &'static Runtime, index: usize) -> i32 {
                 }
             }
         }
+    }
+}
+
+/// The slow log's watcher: when the manager asks for the stack of the running
+/// job, it reads PHP's frames (NTS PHP's executor state is a plain global of this
+/// process) and posts them on the board for the manager to log. Reading does not
+/// interrupt the script: a script blocked in a query or a sleep is not disturbed.
+fn watch_for_slow_log(pool: &'static Pool, rt: &'static Runtime, index: usize) {
+    let spawned = std::thread::Builder::new()
+        .name("php-slowlog".into())
+        .stack_size(64 << 10)
+        .spawn(move || {
+            crate::backends::sigprof::set_blocked(true);
+            let slot = pool.board.slot(index);
+            let mut buf = vec![0u8; board::STACK];
+            loop {
+                std::thread::sleep(Duration::from_millis(100));
+                let wanted = slot.slow_wanted.load(SeqCst);
+                if wanted == 0
+                    || slot.slow_ready.load(SeqCst) == wanted
+                    || slot.id.load(SeqCst) != wanted
+                    || slot.state.load(SeqCst) != BUSY
+                {
+                    continue;
+                }
+                // SAFETY: the shim only reads PHP's frames into `buf` (of its length).
+                let n = unsafe {
+                    rt.shim
+                        .fephp_sapi_backtrace(buf.as_mut_ptr() as *mut std::ffi::c_char, buf.len())
+                };
+                slot.set_stack(&buf[..n.min(buf.len())]);
+                slot.slow_ready.store(wanted, SeqCst);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("a PHP runner cannot start its slow-log watcher: {e}");
     }
 }
 
