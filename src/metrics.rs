@@ -572,6 +572,31 @@ impl Drop for OpenConnection {
     }
 }
 
+/// The runner pool's series (`[php.pool]`).
+fn render_pool(out: &mut String, p: &crate::backends::embedded::PoolStats) {
+    let scalars: [(&str, &str, &str, String); 6] = [
+        ("fephp_php_runners", "gauge", "PHP runner processes alive (busy, idle or starting).", p.runners.to_string()),
+        ("fephp_php_runners_max", "gauge", "[php.pool] max_runners.", p.max.to_string()),
+        ("fephp_php_queue_depth", "gauge", "PHP requests waiting for a free runner.", p.queued.to_string()),
+        ("fephp_php_queue_rejected_total", "counter", "PHP requests answered 503 because queue_size requests already waited.", p.rejected.to_string()),
+        ("fephp_php_queue_taken_total", "counter", "PHP requests taken from the queue by a runner.", p.taken.to_string()),
+        ("fephp_php_queue_wait_seconds_total", "counter", "Time PHP requests waited in the queue, summed (divide by fephp_php_queue_taken_total for the mean).", format!("{:.6}", p.wait_us as f64 / 1e6)),
+    ];
+    for (name, kind, help, value) in scalars {
+        header(out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    header(
+        out,
+        "fephp_php_runner_exits_total",
+        "counter",
+        "PHP runners that ended, by reason: recycled (max_requests), memory (memory_budget), deadline (killed past request_deadline), crashed, idle (above min_runners).",
+    );
+    for (reason, n) in &p.exits {
+        let _ = writeln!(out, "fephp_php_runner_exits_total{{reason=\"{reason}\"}} {n}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -763,27 +788,3 @@ mod tests {
     }
 }
 
-/// The runner pool's series (`[php.pool]`).
-fn render_pool(out: &mut String, p: &crate::backends::embedded::PoolStats) {
-    let scalars: [(&str, &str, &str, String); 6] = [
-        ("fephp_php_runners", "gauge", "PHP runner processes alive (busy, idle or starting).", p.runners.to_string()),
-        ("fephp_php_runners_max", "gauge", "[php.pool] max_runners.", p.max.to_string()),
-        ("fephp_php_queue_depth", "gauge", "PHP requests waiting for a free runner.", p.queued.to_string()),
-        ("fephp_php_queue_rejected_total", "counter", "PHP requests answered 503 because queue_size requests already waited.", p.rejected.to_string()),
-        ("fephp_php_queue_taken_total", "counter", "PHP requests taken from the queue by a runner.", p.taken.to_string()),
-        ("fephp_php_queue_wait_seconds_total", "counter", "Time PHP requests waited in the queue, summed (divide by fephp_php_queue_taken_total for the mean).", format!("{:.6}", p.wait_us as f64 / 1e6)),
-    ];
-    for (name, kind, help, value) in scalars {
-        header(out, name, kind, help);
-        let _ = writeln!(out, "{name} {value}");
-    }
-    header(
-        out,
-        "fephp_php_runner_exits_total",
-        "counter",
-        "PHP runners that ended, by reason: recycled (max_requests), memory (memory_budget), deadline (killed past request_deadline), crashed, idle (above min_runners).",
-    );
-    for (reason, n) in &p.exits {
-        let _ = writeln!(out, "fephp_php_runner_exits_total{{reason=\"{reason}\"}} {n}");
-    }
-}
