@@ -11,9 +11,9 @@
  * library's at run time. Within one major version the ABI only grows: functions
  * and enum values are added, never changed or removed. */
 #define FEPHP_VERSION_MAJOR 1
-#define FEPHP_VERSION_MINOR 0
+#define FEPHP_VERSION_MINOR 1
 #define FEPHP_VERSION_PATCH 0
-#define FEPHP_VERSION "1.0.0"
+#define FEPHP_VERSION "1.1.0"
 
 
 /**

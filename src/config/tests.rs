@@ -367,6 +367,35 @@ fn fpm_socket_forms() {
 }
 
 #[test]
+fn pool_settings_are_validated() {
+    let base = "[backend]\ndefault_backend = \"fastcgi\"\n[php]\nfpm_socket = \"127.0.0.1:9000\"\n[php.pool]\n";
+    let e = err(&format!("{base}max_runners = 0\n"), BUILT);
+    assert!(
+        e.contains("[php.pool] max_runners = 0 is out of range: use 1 to 4096.\n    Each runner is one PHP interpreter (a process); the default is "),
+        "{e}"
+    );
+    let e = err(&format!("{base}min_runners = 9\nmax_runners = 4\n"), BUILT);
+    assert!(
+        e.contains("[php.pool] min_runners = 9 is above max_runners = 4.\n    Lower min_runners or raise max_runners."),
+        "{e}"
+    );
+    let e = err(&format!("{base}queue_size = 0\nidle_timeout = \"0s\"\n"), BUILT);
+    assert!(e.contains("[php.pool] queue_size = 0 is out of range: use 1 to 1048576."), "{e}");
+    assert!(e.contains("[php.pool] idle_timeout must be above 0"), "{e}");
+    let e = err(&format!("{base}request_deadline = 30\n"), BUILT);
+    assert!(e.contains("durations need a unit"), "{e}");
+    let e = err(&format!("{base}memory_budget = \"lots\"\n"), BUILT);
+    assert!(e.contains("invalid size \"lots\""), "{e}");
+    let e = err(&format!("{base}max_runnerz = 3\n"), BUILT);
+    assert!(e.contains("max_runnerz"), "{e}");
+    let c = parse(&format!("{base}max_runners = 64\nslowlog_timeout = \"2s\"\nmemory_budget = \"512M\"\n"));
+    assert_eq!(c.php.pool.max_runners, 64);
+    assert_eq!(c.php.pool.slowlog_timeout.0, std::time::Duration::from_secs(2));
+    assert_eq!(c.php.pool.memory_budget.0, 512 << 20);
+    assert!(c.php.pool.enabled);
+}
+
+#[test]
 fn fastcgi_limits_are_validated() {
     let base =
         "[backend]\ndefault_backend = \"fastcgi\"\n[php]\nfpm_socket = \"127.0.0.1:9000\"\n";

@@ -9,7 +9,7 @@ use super::Pool;
 use crate::backends::embedded::executor;
 use crate::backends::embedded::respond::Respond;
 use crate::backends::embedded::Job;
-use crate::http::body::{self, BodySender};
+use crate::http::body::{self, BodySender, TrySend};
 use crate::http::{Body, Response};
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
@@ -319,7 +319,8 @@ impl Client {
                     pending.insert(reply.id, Pending::Buffering(respond, resp, reply.data.to_vec()));
                 } else if reply.flags & STREAMED != 0 {
                     let (tx, rx) = body::channel();
-                    let ok = reply.data.is_empty() || tx.send(reply.data.to_vec());
+                    let ok = reply.data.is_empty()
+                        || matches!(tx.try_send(reply.data.to_vec()), TrySend::Sent);
                     pending.insert(reply.id, Pending::Streaming(tx));
                     drop(pending);
                     respond.complete(resp.with_body(Body::Stream(rx)));
@@ -337,14 +338,30 @@ impl Client {
                 pending.insert(reply.id, Pending::Buffering(r, resp, body));
             }
             (CHUNK_DATA, Pending::Streaming(tx)) => {
-                // Chunks of one job come in order from one runner; sending may
-                // go to a temporary file for a slow client but does not wait.
+                // Chunks of one job come in order from one runner. A slow
+                // client's share goes to a temporary file; this thread (maybe the
+                // host's event loop) never waits for the client.
                 drop(pending);
-                let ok = tx.send(reply.data.to_vec());
-                if !ok {
-                    pool.board.slot(reply.runner as usize).abort.store(reply.id, SeqCst);
+                match tx.try_send(reply.data.to_vec()) {
+                    TrySend::Sent => {
+                        self.pending.lock().insert(reply.id, Pending::Streaming(tx));
+                    }
+                    TrySend::Gone => {
+                        pool.board.slot(reply.runner as usize).abort.store(reply.id, SeqCst);
+                        self.pending.lock().insert(reply.id, Pending::Streaming(tx));
+                    }
+                    TrySend::Full(_) => {
+                        // The client is a whole temporary file (1 GiB) behind:
+                        // the response ends here, and the script with it at its
+                        // next output (connection_aborted()).
+                        tracing::warn!(
+                            "a client fell {} MiB behind a PHP response: the response is cut and the script told the client left",
+                            body::FILE_LIMIT >> 20
+                        );
+                        pool.board.slot(reply.runner as usize).abort.store(reply.id, SeqCst);
+                        tx.fail("the client fell too far behind the response".to_owned());
+                    }
                 }
-                self.pending.lock().insert(reply.id, Pending::Streaming(tx));
             }
             (END, Pending::Buffering(r, resp, body)) => {
                 drop(pending);
