@@ -165,6 +165,14 @@ fn a_full_queue_is_a_503_naming_the_setting() {
     eventually("two queued", Duration::from_secs(5), || {
         metric_sum(&metrics(&h), "fephp_php_queue_depth", &[]) == 2.0
     });
+    // /_health says so: a balancer sends PHP traffic elsewhere meanwhile.
+    let health = get(&h.url("/_health"));
+    assert_eq!(health.status, 503, "{}", health.text());
+    assert!(
+        health.text().contains("Embedded backend is saturated: 2 requests wait for a PHP runner ([php.pool] queue_size = 2), 1 of 1 runners busy"),
+        "{}",
+        health.text()
+    );
     let t = Instant::now();
     let r = get(&h.url("/fast.php"));
     assert_eq!(r.status, 503, "{}", r.text());
@@ -182,6 +190,7 @@ fn a_full_queue_is_a_503_naming_the_setting() {
         metric_sum(&metrics(&h), "fephp_php_queue_rejected_total", &[]),
         1.0
     );
+    assert_eq!(get(&h.url("/_health")).status, 200);
 }
 
 /// A script blocked where max_execution_time does not fire: past the deadline

@@ -325,7 +325,7 @@ pub struct PoolConfig {
     /// Requests that may wait for a runner; past it, 503.
     pub queue_size: usize,
     /// A request still running after this long is stopped (its runner is killed
-    /// and replaced) and answered 504. 0 disables it.
+    /// and replaced) and answered 504.
     pub request_deadline: ConfigDuration,
     /// Requests before a runner is replaced; 0: never.
     pub max_requests: u64,
@@ -335,8 +335,8 @@ pub struct PoolConfig {
     /// Runners above `min_runners` idle this long exit.
     pub idle_timeout: ConfigDuration,
     /// A request running longer than this has its PHP stack written to the log
-    /// once; 0 disables it.
-    pub slowlog_timeout: ConfigDuration,
+    /// once; unset: no slow log.
+    pub slowlog_timeout: Option<ConfigDuration>,
 }
 
 /// Cores of this machine (at least 1).
@@ -358,7 +358,7 @@ impl Default for PoolConfig {
             max_requests: 10_000,
             memory_budget: ConfigSize(256 << 20),
             idle_timeout: ConfigDuration(Duration::from_secs(10)),
-            slowlog_timeout: ConfigDuration(Duration::ZERO),
+            slowlog_timeout: None,
         }
     }
 }

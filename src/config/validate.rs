@@ -495,9 +495,6 @@ fn check_pool(pool: &PoolConfig, problems: &mut Vec<String>) {
             pool.queue_size
         ));
     }
-    if pool.idle_timeout.0.is_zero() {
-        problems.push("[php.pool] idle_timeout must be above 0 (e.g. \"10s\").\n    Runners above min_runners exit after idling this long.".to_owned());
-    }
 }
 
 /// `[backend.split]` names and the internal paths (`health_path`, `metrics_path`).

@@ -103,11 +103,24 @@ impl Engine {
             None => unavailable(BackendKind::Static),
         };
         let embedded = match &self.embedded {
-            Some(_) => BackendHealth {
-                enabled: true,
-                healthy: true,
-                message: "Embedded backend is healthy".to_owned(),
-                latency_ms: Some(0),
+            Some(_) => match crate::backends::embedded::pool_stats() {
+                // Saturated: every runner busy and the queue full, so new PHP
+                // requests get 503 (a balancer should send them elsewhere).
+                Some(p) if p.queued >= p.queue_size as i64 => BackendHealth {
+                    enabled: true,
+                    healthy: false,
+                    message: format!(
+                        "Embedded backend is saturated: {} requests wait for a PHP runner ([php.pool] queue_size = {}), {} of {} runners busy",
+                        p.queued, p.queue_size, p.busy, p.max
+                    ),
+                    latency_ms: Some(0),
+                },
+                _ => BackendHealth {
+                    enabled: true,
+                    healthy: true,
+                    message: "Embedded backend is healthy".to_owned(),
+                    latency_ms: Some(0),
+                },
             },
             None => unavailable(BackendKind::Embedded),
         };

@@ -302,6 +302,7 @@ pub struct PoolStats {
     pub idle: i64,
     pub max: usize,
     pub queued: i64,
+    pub queue_size: usize,
     pub rejected: u64,
     pub taken: u64,
     pub wait_us: u64,

@@ -267,7 +267,7 @@ fn police(pool: &Pool, runners: &mut [Runner]) {
     let s = &pool.settings;
     let now = board::now_ns();
     let deadline = s.request_deadline.0.as_nanos() as u64;
-    let slow = s.slowlog_timeout.0.as_nanos() as u64;
+    let slow = s.slowlog_timeout.map_or(0, |d| d.0.as_nanos() as u64);
     let idle_limit = s.idle_timeout.0.as_nanos() as u64;
     let mut idle_live = runners.len();
     for r in runners.iter_mut() {
@@ -283,7 +283,7 @@ fn police(pool: &Pool, runners: &mut [Runner]) {
                     "PHP request {} has run for {:.1} s ([php.pool] slowlog_timeout = \"{}\"), in runner pid {}; its PHP stack:\n{}",
                     slot.what(),
                     busy_for as f64 / 1e9,
-                    s.slowlog_timeout,
+                    s.slowlog_timeout.map(|d| d.to_string()).unwrap_or_default(),
                     r.pid,
                     slot.stack().trim_end()
                 );

@@ -185,6 +185,7 @@ pub fn stats() -> Option<super::PoolStats> {
         idle,
         max: pool.settings.max_runners,
         queued: h.queued.load(Relaxed).max(0),
+        queue_size: pool.settings.queue_size,
         rejected: h.rejected.load(Relaxed),
         taken: h.taken.load(Relaxed),
         wait_us: h.wait_us.load(Relaxed),

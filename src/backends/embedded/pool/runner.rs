@@ -40,7 +40,7 @@ pub fn main(pool: &'static Pool, rt: &'static Runtime, index: usize) -> ! {
     let name = format!("fe-php: runner {index}");
     set_name(&name);
     wire::set_recv_timeout(pool.take.as_raw_fd(), Some(Duration::from_secs(1)));
-    if !pool.settings.slowlog_timeout.0.is_zero() {
+    if pool.settings.slowlog_timeout.is_some() {
         watch_for_slow_log(pool, rt, index);
     }
     let code = std::thread::Builder::new()
