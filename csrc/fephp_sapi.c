@@ -457,3 +457,25 @@ size_t fephp_sapi_backtrace(char *buf, size_t cap)
     }
     return at;
 }
+
+int fephp_sapi_ini_set(const char *name, size_t name_len, const char *value, size_t value_len)
+{
+    zend_ini_entry *entry = zend_hash_str_find_ptr(EG(ini_directives), name, name_len);
+    if (!entry) {
+        return -1;
+    }
+    /* The directive's master value changes (not a per-request change that
+     * request shutdown would undo): persistent, like php.ini's own. */
+    zend_string *v = zend_string_init(value, value_len, 1);
+    if (entry->on_modify
+        && entry->on_modify(entry, v, entry->mh_arg1, entry->mh_arg2, entry->mh_arg3,
+                            ZEND_INI_STAGE_STARTUP) != SUCCESS) {
+        zend_string_release_ex(v, 1);
+        return -2;
+    }
+    if (entry->value) {
+        zend_string_release_ex(entry->value, 1);
+    }
+    entry->value = v;
+    return 0;
+}

@@ -91,6 +91,12 @@ int fephp_sapi_execute(const fephp_sapi_request *request);
  * pool's slow log). */
 size_t fephp_sapi_backtrace(char *buf, size_t cap);
 
+/* Sets php.ini directive `name` to `value` for the rest of this process, as if
+ * php.ini had said so (a runner pool's own settings, applied in each runner after
+ * it starts, between requests). Returns 0, -1 for a directive PHP does not know,
+ * -2 when PHP refuses the value. */
+int fephp_sapi_ini_set(const char *name, size_t name_len, const char *value, size_t value_len);
+
 /* Stops PHP (module shutdown). */
 void fephp_sapi_shutdown(void);
 

@@ -404,7 +404,7 @@ impl Metrics {
         // Per-process gauges after the in-flight ones (see `Proc::gauges`).
         let (php_busy, php_idle, fastcgi_open, fastcgi_idle) =
             (N_SOURCES, N_SOURCES + 1, N_SOURCES + 2, N_SOURCES + 3);
-        let pool = crate::backends::embedded::pool_stats();
+        let pools = crate::backends::embedded::pool_stats();
         let mut out = String::with_capacity(8 << 10);
         header(
             &mut out,
@@ -485,8 +485,8 @@ impl Metrics {
             ("fephp_fastcgi_connections_idle", "gauge", "Kept-alive connections to PHP-FPM waiting for a request.", gauge(fastcgi_idle).into()),
             ("fephp_fastcgi_pool_waits_total", "counter", "FastCGI requests that waited for a free connection (fpm_max_connections busy).", r.fastcgi_waits.load(Relaxed).into()),
             ("fephp_fastcgi_retries_total", "counter", "FastCGI requests retried on a new connection after a kept-alive one turned out closed.", r.fastcgi_retries.load(Relaxed).into()),
-            ("fephp_embedded_workers_busy", "gauge", "PHP interpreters running a script: the runner pool's runners, or the PHP threads of the worker processes without the pool.", pool.as_ref().map_or(gauge(php_busy), |p| p.busy).into()),
-            ("fephp_embedded_workers_idle", "gauge", "PHP interpreters waiting for a request (runners, or per-worker PHP threads without the pool).", pool.as_ref().map_or(gauge(php_idle), |p| p.idle).into()),
+            ("fephp_embedded_workers_busy", "gauge", "PHP interpreters running a script: the runner pool's runners, or the PHP threads of the worker processes without the pool.", if pools.is_empty() { gauge(php_busy) } else { pools.iter().map(|p| p.busy).sum() }.into()),
+            ("fephp_embedded_workers_idle", "gauge", "PHP interpreters waiting for a request (runners, or per-worker PHP threads without the pool).", if pools.is_empty() { gauge(php_idle) } else { pools.iter().map(|p| p.idle).sum() }.into()),
             ("fephp_worker_restarts_total", "counter", "Worker processes started in place of one that died.", r.worker_restarts.load(Relaxed).into()),
             ("fephp_worker_crashes_total", "counter", "Worker processes killed by a signal they were not sent by the master (e.g. a segfault in a PHP extension).", r.worker_crashes.load(Relaxed).into()),
             ("fephp_config_reloads_total", "counter", "Configuration reloads applied.", r.reloads.load(Relaxed).into()),
@@ -522,8 +522,8 @@ impl Metrics {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
-        if let Some(p) = pool {
-            render_pool(&mut out, &p);
+        if !pools.is_empty() {
+            render_pools(&mut out, &pools);
         }
         out
     }
@@ -572,19 +572,22 @@ impl Drop for OpenConnection {
     }
 }
 
-/// The runner pool's series (`[php.pool]`).
-fn render_pool(out: &mut String, p: &crate::backends::embedded::PoolStats) {
-    let scalars: [(&str, &str, &str, String); 6] = [
-        ("fephp_php_runners", "gauge", "PHP runner processes alive (busy, idle or starting).", p.runners.to_string()),
-        ("fephp_php_runners_max", "gauge", "[php.pool] max_runners.", p.max.to_string()),
-        ("fephp_php_queue_depth", "gauge", "PHP requests waiting for a free runner.", p.queued.to_string()),
-        ("fephp_php_queue_rejected_total", "counter", "PHP requests answered 503 because queue_size requests already waited.", p.rejected.to_string()),
-        ("fephp_php_queue_taken_total", "counter", "PHP requests taken from the queue by a runner.", p.taken.to_string()),
-        ("fephp_php_queue_wait_seconds_total", "counter", "Time PHP requests waited in the queue, summed (divide by fephp_php_queue_taken_total for the mean).", format!("{:.6}", p.wait_us as f64 / 1e6)),
+/// The runner pools' series, labelled by pool ("default": `[php.pool]`).
+fn render_pools(out: &mut String, pools: &[crate::backends::embedded::PoolStats]) {
+    type Value = fn(&crate::backends::embedded::PoolStats) -> String;
+    let series: [(&str, &str, &str, Value); 6] = [
+        ("fephp_php_runners", "gauge", "PHP runner processes alive (busy, idle or starting).", |p| p.runners.to_string()),
+        ("fephp_php_runners_max", "gauge", "max_runners of the pool.", |p| p.max.to_string()),
+        ("fephp_php_queue_depth", "gauge", "PHP requests waiting for a free runner.", |p| p.queued.to_string()),
+        ("fephp_php_queue_rejected_total", "counter", "PHP requests answered 503 because queue_size requests already waited.", |p| p.rejected.to_string()),
+        ("fephp_php_queue_taken_total", "counter", "PHP requests taken from the queue by a runner.", |p| p.taken.to_string()),
+        ("fephp_php_queue_wait_seconds_total", "counter", "Time PHP requests waited in the queue, summed (divide by fephp_php_queue_taken_total for the mean).", |p| format!("{:.6}", p.wait_us as f64 / 1e6)),
     ];
-    for (name, kind, help, value) in scalars {
+    for (name, kind, help, value) in series {
         header(out, name, kind, help);
-        let _ = writeln!(out, "{name} {value}");
+        for p in pools {
+            let _ = writeln!(out, "{name}{{pool=\"{}\"}} {}", p.name, value(p));
+        }
     }
     header(
         out,
@@ -592,8 +595,14 @@ fn render_pool(out: &mut String, p: &crate::backends::embedded::PoolStats) {
         "counter",
         "PHP runners that ended, by reason: recycled (max_requests), memory (memory_budget), deadline (killed past request_deadline), crashed, idle (above min_runners).",
     );
-    for (reason, n) in &p.exits {
-        let _ = writeln!(out, "fephp_php_runner_exits_total{{reason=\"{reason}\"}} {n}");
+    for p in pools {
+        for (reason, n) in &p.exits {
+            let _ = writeln!(
+                out,
+                "fephp_php_runner_exits_total{{pool=\"{}\",reason=\"{reason}\"}} {n}",
+                p.name
+            );
+        }
     }
 }
 

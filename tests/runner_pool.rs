@@ -380,3 +380,74 @@ fn the_slow_log_writes_the_stack_of_a_long_request() {
     assert!(log[..at].contains("GET /nested.php"), "{log}");
     assert_eq!(log.matches("its PHP stack").count(), 1, "{log}");
 }
+
+/// Named pools: a rule sends /admin/ to a pool with its own php.ini, sizes and
+/// deadline; everything else stays on `[php.pool]`.
+#[test]
+fn a_rule_sends_its_scripts_to_a_named_pool_with_its_own_ini() {
+    let config = HostConfig::embedded_site("")
+        .workers(2)
+        .sections(
+            "\n[[backend.routing_rules]]\npattern = { type = \"prefix\", value = \"/admin/\" }\nbackend = \"embedded\"\npool = \"admin\"\n",
+        )
+        .toml()
+        + "\n[php.pool]\nmin_runners = 1\nmax_runners = 2\n"
+        + "\n[php.pools.admin]\nmin_runners = 1\nmax_runners = 1\nrequest_deadline = \"1s\"\n"
+        + "\n[php.pools.admin.ini]\nmemory_limit = \"77M\"\n";
+    let h = Host::start(&config, |dir| {
+        site(dir);
+        let admin = dir.join("www/admin");
+        std::fs::create_dir_all(&admin).unwrap();
+        let ini = "<?php echo ini_get('memory_limit'), ' ', getmypid();";
+        std::fs::write(dir.join("www/ini.php"), ini).unwrap();
+        std::fs::write(admin.join("ini.php"), ini).unwrap();
+        std::fs::write(admin.join("stuck.php"), "<?php sleep(30);").unwrap();
+    });
+    let managers: Vec<i32> = children(h.child.id() as i32)
+        .into_iter()
+        .filter(|&p| comm(p) == "fe-php: pool")
+        .collect();
+    assert_eq!(managers.len(), 2, "one manager per pool: {managers:?}");
+    let runners_of = |m: i32| children(m);
+    let admin = get(&h.url("/admin/ini.php")).text();
+    let plain = get(&h.url("/ini.php")).text();
+    let (admin_limit, admin_pid) = admin.split_once(' ').unwrap();
+    let (plain_limit, plain_pid) = plain.split_once(' ').unwrap();
+    assert_eq!(admin_limit, "77M", "{admin}");
+    assert_ne!(plain_limit, "77M", "{plain}");
+    let admin_pid: i32 = admin_pid.parse().unwrap();
+    let plain_pid: i32 = plain_pid.parse().unwrap();
+    let owner = |pid: i32| managers.iter().position(|&m| runners_of(m).contains(&pid));
+    assert!(owner(admin_pid).is_some() && owner(plain_pid).is_some());
+    assert_ne!(
+        owner(admin_pid),
+        owner(plain_pid),
+        "the two ran in different pools"
+    );
+    // The admin pool's deadline is its own.
+    let t = Instant::now();
+    assert_eq!(get(&h.url("/admin/stuck.php")).status, 504);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let m = metrics(&h);
+    assert_eq!(
+        metric_sum(&m, "fephp_php_runners_max", &["pool=\"admin\""]),
+        1.0
+    );
+    assert_eq!(
+        metric_sum(&m, "fephp_php_runners_max", &["pool=\"default\""]),
+        2.0
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "fephp_php_runner_exits_total",
+            &["pool=\"admin\"", "reason=\"deadline\""]
+        ),
+        1.0
+    );
+    assert!(
+        h.stderr().contains("[php.pools.admin] request_deadline"),
+        "{}",
+        h.stderr()
+    );
+}

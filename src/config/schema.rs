@@ -203,6 +203,10 @@ pub struct RoutingRule {
     pub cookie: Option<String>,
     #[serde(default)]
     pub priority: i32,
+    /// Embedded PHP only: the named runner pool (`[php.pools.NAME]`) that runs
+    /// this rule's scripts, instead of `[php.pool]`.
+    #[serde(default)]
+    pub pool: Option<String>,
 }
 
 impl RoutingRule {
@@ -219,6 +223,7 @@ impl RoutingRule {
             sticky: None,
             cookie: None,
             priority,
+            pool: None,
         }
     }
 
@@ -308,6 +313,9 @@ pub struct PhpConfig {
     pub ini: BTreeMap<String, IniValue>,
     /// `[php.pool]`: the embedded backend's runner processes.
     pub pool: PoolConfig,
+    /// `[php.pools.NAME]`: more runner pools, each with its own sizes, limits and
+    /// php.ini overrides, for the routing rules that name them (`pool = "NAME"`).
+    pub pools: BTreeMap<String, PoolConfig>,
 }
 
 /// `[php.pool]`: PHP interpreters (runners) shared by every worker process through
@@ -337,6 +345,9 @@ pub struct PoolConfig {
     /// A request running longer than this has its PHP stack written to the log
     /// once; unset: no slow log.
     pub slowlog_timeout: Option<ConfigDuration>,
+    /// php.ini overrides for this pool's runners, on top of `[php.ini]` (applied
+    /// in each runner after it starts, as php-fpm's `php_value` in a pool).
+    pub ini: BTreeMap<String, IniValue>,
 }
 
 /// Cores of this machine (at least 1).
@@ -359,6 +370,7 @@ impl Default for PoolConfig {
             memory_budget: ConfigSize(256 << 20),
             idle_timeout: ConfigDuration(Duration::from_secs(10)),
             slowlog_timeout: None,
+            ini: BTreeMap::new(),
         }
     }
 }
@@ -379,6 +391,7 @@ impl Default for PhpConfig {
             fpm_ping_path: None,
             ini: BTreeMap::new(),
             pool: PoolConfig::default(),
+            pools: BTreeMap::new(),
         }
     }
 }

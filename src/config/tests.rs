@@ -403,6 +403,39 @@ fn pool_settings_are_validated() {
 }
 
 #[test]
+fn named_pools_and_the_rules_that_use_them_are_validated() {
+    let base = format!(
+        "[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{}\"\n",
+        static_root()
+    );
+    let rule = |backend: &str, pool: &str| {
+        format!("[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"/admin/\" }}\nbackend = \"{backend}\"\npool = \"{pool}\"\n")
+    };
+    let e = err(
+        &format!("{base}{}[php.pools.ops]\nmax_runners = 2\n", rule("static", "admin")),
+        BUILT,
+    );
+    assert!(
+        e.contains("Routing rule #1 (prefix \"/admin/\") uses pool 'admin', which is not defined (defined: ops).\n    Define it as [php.pools.admin] (e.g. max_runners = 4 and [php.pools.admin.ini] memory_limit = \"512M\"), or remove pool to use [php.pool]."),
+        "{e}"
+    );
+    assert!(
+        e.contains("Routing rule #1 (prefix \"/admin/\") sets pool 'admin', but only the embedded backend runs in pools.\n    Remove pool, or send the rule to backend = \"embedded\"."),
+        "{e}"
+    );
+    let e = err(&format!("{base}[php.pools.default]\n[php.pools.\"a b\"]\n"), BUILT);
+    assert!(e.contains("[php.pools.default]: a pool's name is letters, digits, '_' and '-', and not \"default\""), "{e}");
+    assert!(e.contains("[php.pools.a b]: a pool's name"), "{e}");
+    let e = err(&format!("{base}[php.pools.admin]\nmin_runners = 5\nmax_runners = 2\n"), BUILT);
+    assert!(e.contains("[php.pools.admin] min_runners = 5 is above max_runners = 2."), "{e}");
+    let c = parse(&format!(
+        "{base}[php.pools.admin]\nmax_runners = 2\n[php.pools.admin.ini]\nmemory_limit = \"512M\"\n"
+    ));
+    assert_eq!(c.php.pools["admin"].max_runners, 2);
+    assert_eq!(c.php.pools["admin"].ini["memory_limit"].to_string(), "512M");
+}
+
+#[test]
 fn fastcgi_limits_are_validated() {
     let base =
         "[backend]\ndefault_backend = \"fastcgi\"\n[php]\nfpm_socket = \"127.0.0.1:9000\"\n";

@@ -75,6 +75,7 @@ impl Config {
         let default_backend = default_backend(&self, &backends, &mut problems);
         check_rules(&self.backend, &backends, &mut problems);
         check_php(&self.php, &mut problems);
+        check_rule_pools(&self, &mut problems);
         check_backend_paths(&self.backend, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError { problems });
@@ -465,7 +466,20 @@ fn check_php(php: &PhpConfig, problems: &mut Vec<String>) {
             php.fpm_max_connections
         ));
     }
-    check_pool(&php.pool, problems);
+    check_pool(&php.pool, "php.pool", problems);
+    for (name, pool) in &php.pools {
+        if name.is_empty()
+            || name == "default"
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            problems.push(format!(
+                "[php.pools.{name}]: a pool's name is letters, digits, '_' and '-', and not \"default\" (that is [php.pool])."
+            ));
+        }
+        check_pool(pool, &format!("php.pools.{name}"), problems);
+    }
     if let Some(p) = &php.fpm_ping_path {
         if !p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
             problems.push(format!(
@@ -475,23 +489,64 @@ fn check_php(php: &PhpConfig, problems: &mut Vec<String>) {
     }
 }
 
-fn check_pool(pool: &PoolConfig, problems: &mut Vec<String>) {
+/// `pool = "NAME"` on routing rules: a defined pool, on an embedded rule.
+fn check_rule_pools(config: &Config, problems: &mut Vec<String>) {
+    for (i, rule) in config.backend.routing_rules.iter().enumerate() {
+        let Some(name) = &rule.pool else {
+            continue;
+        };
+        let what = format!(
+            "Routing rule #{} ({} \"{}\")",
+            i + 1,
+            rule.pattern.kind,
+            rule.pattern.value
+        );
+        if !config.php.pools.contains_key(name) {
+            let defined: Vec<&str> = config.php.pools.keys().map(|k| k.as_str()).collect();
+            problems.push(format!(
+                "{what} uses pool '{name}', which is not defined{}.\n    Define it as [php.pools.{name}] (e.g. max_runners = 4 and [php.pools.{name}.ini] memory_limit = \"512M\"), or remove pool to use [php.pool].",
+                if defined.is_empty() { String::new() } else { format!(" (defined: {})", defined.join(", ")) }
+            ));
+        }
+        let embedded = rule.backend.as_deref() == Some("embedded")
+            || rule
+                .split
+                .iter()
+                .flatten()
+                .any(|arm| arm.backend == "embedded");
+        if !embedded {
+            problems.push(format!(
+                "{what} sets pool '{name}', but only the embedded backend runs in pools.\n    Remove pool, or send the rule to backend = \"embedded\"."
+            ));
+        }
+    }
+}
+
+fn check_pool(pool: &PoolConfig, section: &str, problems: &mut Vec<String>) {
+    for (k, v) in &pool.ini {
+        let text = v.to_string();
+        if k.contains(['=', '\n', '\0']) || text.contains(['\n', '\0']) {
+            problems.push(format!(
+                "[{section}.ini] {k}: names and values must be single-line without NUL bytes (and names have no '=')"
+            ));
+        }
+    }
     if pool.max_runners == 0 || pool.max_runners > MAX_RUNNERS {
         problems.push(format!(
-            "[php.pool] max_runners = {} is out of range: use 1 to {MAX_RUNNERS}.\n    Each runner is one PHP interpreter (a process); the default is {}.",
+            "[{section}] max_runners = {} is out of range: use 1 to {MAX_RUNNERS}.\n    Each runner is one PHP interpreter (a process); the default is {}.",
             pool.max_runners,
             PoolConfig::default().max_runners
         ));
     }
     if pool.min_runners > pool.max_runners {
         problems.push(format!(
-            "[php.pool] min_runners = {} is above max_runners = {}.\n    Lower min_runners or raise max_runners.",
+            "[{section}] min_runners = {} is above max_runners = {}.\n    Lower min_runners or raise max_runners.",
             pool.min_runners, pool.max_runners
         ));
     }
     if pool.queue_size == 0 || pool.queue_size > 1 << 20 {
         problems.push(format!(
-            "[php.pool] queue_size = {} is out of range: use 1 to 1048576.\n    It is how many requests may wait for a free runner before the next one gets 503.",
+            "[{section}] queue_size = {} is out of range: use 1 to 1048576.\n    It is how many requests may wait for a free runner before the next one gets 503.",
             pool.queue_size
         ));
     }

@@ -103,15 +103,26 @@ impl Engine {
             None => unavailable(BackendKind::Static),
         };
         let embedded = match &self.embedded {
-            Some(_) => match crate::backends::embedded::pool_stats() {
+            Some(_) => match crate::backends::embedded::pool_stats()
+                .into_iter()
+                .find(|p| p.queued >= p.queue_size as i64)
+            {
                 // Saturated: every runner busy and the queue full, so new PHP
                 // requests get 503 (a balancer should send them elsewhere).
-                Some(p) if p.queued >= p.queue_size as i64 => BackendHealth {
+                Some(p) => BackendHealth {
                     enabled: true,
                     healthy: false,
                     message: format!(
-                        "Embedded backend is saturated: {} requests wait for a PHP runner ([php.pool] queue_size = {}), {} of {} runners busy",
-                        p.queued, p.queue_size, p.busy, p.max
+                        "Embedded backend is saturated: {} requests wait for a PHP runner ([{}] queue_size = {}), {} of {} runners busy",
+                        p.queued,
+                        if p.name == crate::backends::embedded::DEFAULT_POOL {
+                            "php.pool".to_owned()
+                        } else {
+                            format!("php.pools.{}", p.name)
+                        },
+                        p.queue_size,
+                        p.busy,
+                        p.max
                     ),
                     latency_ms: Some(0),
                 },

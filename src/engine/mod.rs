@@ -45,6 +45,8 @@ pub struct Engine {
     proxy: Option<Proxy>,
     /// Rules that split traffic, by their index in the configuration.
     splits: HashMap<usize, Split>,
+    /// Embedded PHP of the rules that name a runner pool, by rule index.
+    pooled: HashMap<usize, Php<Embedded>>,
     metrics: Arc<Metrics>,
 }
 
@@ -112,6 +114,7 @@ impl Engine {
                 runner: Embedded::start(
                     &validated.config.php.libphp_path,
                     &validated.config.php.ini,
+                    embedded::DEFAULT_POOL,
                     &validated.config.php.pool,
                     metrics.clone(),
                 )
@@ -119,6 +122,32 @@ impl Engine {
             }),
             _ => None,
         };
+        // Rules that name a runner pool of their own (`pool = "NAME"`), by index.
+        let mut pooled = HashMap::new();
+        if let (Some(site), true) = (&php, validated.embedded.is_available()) {
+            let php_config = &validated.config.php;
+            for (i, rule) in validated.config.backend.routing_rules.iter().enumerate() {
+                let Some(name) = &rule.pool else {
+                    continue;
+                };
+                let settings = &php_config.pools[name];
+                let runner = Embedded::start(
+                    &php_config.libphp_path,
+                    &php_config.ini,
+                    name,
+                    settings,
+                    metrics.clone(),
+                )
+                .map_err(fail)?;
+                pooled.insert(
+                    i,
+                    Php {
+                        site: site.clone(),
+                        runner,
+                    },
+                );
+            }
+        }
         let fastcgi = match (&php, validated.fastcgi.is_available()) {
             (Some(site), true) => Some(Php {
                 site: site.clone(),
@@ -147,6 +176,7 @@ impl Engine {
             fastcgi,
             proxy,
             splits,
+            pooled,
             metrics,
         })
     }
@@ -189,6 +219,9 @@ impl Engine {
     /// the FastCGI and proxy threads) start here, never before the fork.
     pub fn worker_start(&self) -> Result<(), String> {
         if let Some(e) = &self.embedded {
+            e.worker_start()?;
+        }
+        for e in self.pooled.values() {
             e.worker_start()?;
         }
         if let Some(f) = &self.fastcgi {
@@ -315,7 +348,11 @@ impl Engine {
             query: t.query,
         };
         let reply = Reply::new(self.metrics.clone(), started, complete);
-        match self.backend(backend) {
+        let pooled = match (backend, route.rule) {
+            (BackendKind::Embedded, Some(r)) => self.pooled.get(&r).map(|b| b as &dyn Backend),
+            _ => None,
+        };
+        match pooled.or_else(|| self.backend(backend)) {
             Some(b) => b.serve(req, &target, reply, body_read).is_ok(),
             None => {
                 let why = unavailable(backend, self.availability(backend));

@@ -81,7 +81,13 @@ impl ReloadableEngine {
     pub fn restart_required(&self, config: &Config) -> Option<String> {
         // Only a file that differs from the running PHP is validated here (again,
         // by the reload otherwise): does it use the embedded backend at all?
-        let why = embedded::runtime_conflict(&config.php.libphp_path, &config.php.ini, &config.php.pool)?;
+        let why = embedded::runtime_conflict(
+            &config.php.libphp_path,
+            &config.php.ini,
+            &std::iter::once((embedded::DEFAULT_POOL, &config.php.pool))
+                .chain(config.php.pools.iter().map(|(n, p)| (n.as_str(), p)))
+                .collect::<Vec<_>>(),
+        )?;
         let validated = config.clone().validate(BUILT).ok()?;
         validated.embedded.is_available().then_some(why)
     }

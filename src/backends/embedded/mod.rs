@@ -162,6 +162,7 @@ impl Embedded {
     pub fn start(
         libphp_path: &Path,
         ini: &BTreeMap<String, IniValue>,
+        pool_name: &str,
         pool_settings: &PoolConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Embedded, String> {
@@ -175,7 +176,7 @@ impl Embedded {
         }
         let runtime = runtime::start(libphp_path, ini, &executor::CALLBACKS)?;
         let pool = if pool_settings.enabled {
-            Some(pool::start(runtime, pool_settings)?)
+            Some(pool::start(runtime, pool_name, pool_settings)?)
         } else {
             None
         };
@@ -190,6 +191,7 @@ impl Embedded {
     pub fn start(
         _libphp_path: &Path,
         _ini: &BTreeMap<String, IniValue>,
+        _pool_name: &str,
         _pool_settings: &PoolConfig,
         _metrics: Arc<Metrics>,
     ) -> Result<Embedded, String> {
@@ -283,20 +285,26 @@ fn respond(mut job: Job, resp: Response) {
 pub fn runtime_conflict(
     libphp_path: &Path,
     ini: &BTreeMap<String, IniValue>,
-    pool_settings: &PoolConfig,
+    pools: &[(&str, &PoolConfig)],
 ) -> Option<String> {
     #[cfg(fephp_embedded)]
-    return runtime::conflict(libphp_path, ini)
-        .or_else(|| pool_settings.enabled.then(|| pool::conflict(pool_settings)).flatten());
+    return runtime::conflict(libphp_path, ini).or_else(|| {
+        pools
+            .iter()
+            .filter(|(_, p)| p.enabled)
+            .find_map(|(name, p)| pool::conflict(name, p))
+    });
     #[cfg(not(fephp_embedded))]
     {
-        let _ = (libphp_path, ini, pool_settings);
+        let _ = (libphp_path, ini, pools);
         None
     }
 }
 
 /// The runner pool's figures, for `/_metrics`.
 pub struct PoolStats {
+    /// "default" for `[php.pool]`, else the name of `[php.pools.NAME]`.
+    pub name: String,
     pub runners: i64,
     pub busy: i64,
     pub idle: i64,
@@ -314,7 +322,7 @@ pub struct PoolStats {
 /// `fephp_engine_event_fd`); None without a runner pool.
 pub fn pool_event_fd() -> Option<Result<i32, String>> {
     #[cfg(fephp_embedded)]
-    return pool::get().map(|p| p.drive());
+    return pool::get(pool::DEFAULT).map(|p| p.drive());
     #[cfg(not(fephp_embedded))]
     None
 }
@@ -322,19 +330,22 @@ pub fn pool_event_fd() -> Option<Result<i32, String>> {
 /// Completes the PHP responses whose replies have arrived, on the calling thread.
 pub fn pool_process_events() -> std::io::Result<()> {
     #[cfg(fephp_embedded)]
-    if let Some(p) = pool::get() {
+    if let Some(p) = pool::get(pool::DEFAULT) {
         return p.process_replies();
     }
     Ok(())
 }
 
-/// The runner pool's figures, when this process tree runs one.
-pub fn pool_stats() -> Option<PoolStats> {
+/// The figures of every runner pool this process tree runs.
+pub fn pool_stats() -> Vec<PoolStats> {
     #[cfg(fephp_embedded)]
     return pool::stats();
     #[cfg(not(fephp_embedded))]
-    None
+    Vec::new()
 }
+
+/// The name of `[php.pool]` among the pools.
+pub const DEFAULT_POOL: &str = "default";
 
 /// Absolute document root for PHP (SCRIPT_FILENAME is built from it).
 pub fn absolute_root(root: &Path) -> PathBuf {

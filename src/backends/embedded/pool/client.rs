@@ -116,8 +116,9 @@ impl Client {
             header.rejected.fetch_add(1, Relaxed);
             tracing::error!(
                 uri = %job.log_uri,
-                "{} PHP requests already wait for a runner ([php.pool] queue_size = {}, all {} runners busy): answered 503. Raise [php.pool] max_runners if the machine has memory for more, or queue_size",
-                pool.settings.queue_size, pool.settings.queue_size, pool.settings.max_runners
+                "{} PHP requests already wait for a runner ({sec} queue_size = {}, all {} runners busy): answered 503. Raise {sec} max_runners if the machine has memory for more, or queue_size",
+                pool.settings.queue_size, pool.settings.queue_size, pool.settings.max_runners,
+                sec = super::section(&pool.name)
             );
             job.body.close();
             respond.complete(Response::error(503, Some("PHP is busy: too many requests wait for a runner")));

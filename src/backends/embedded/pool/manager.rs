@@ -22,7 +22,10 @@ const TICK: Duration = Duration::from_millis(50);
 const FAST_FAILURE: Duration = Duration::from_secs(1);
 
 /// Forks the manager from this process (where PHP has started).
-pub fn fork(pool: &Pool, rt: &'static Runtime) -> Result<(), String> {
+/// `others`: the pools started before, whose descriptors the new manager and its
+/// runners must not keep (above all their life lines, which would keep those
+/// managers alive).
+pub fn fork(pool: &'static Pool, rt: &'static Runtime, others: &[&'static Pool]) -> Result<(), String> {
     let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
     if threads > 1 {
         tracing::debug!(
@@ -38,10 +41,9 @@ pub fn fork(pool: &Pool, rt: &'static Runtime) -> Result<(), String> {
             std::io::Error::last_os_error()
         )),
         0 => {
-            // SAFETY: the pool outlives the process: it is leaked into the static
-            // by the caller right after this returns in the parent; in the child
-            // it is only read, and this frame never returns.
-            let pool: &'static Pool = unsafe { &*(pool as *const Pool) };
+            for other in others {
+                other.close_all();
+            }
             run(pool, rt)
         }
         _ => Ok(()),
@@ -226,7 +228,8 @@ fn reap(pool: &Pool, runners: &mut Vec<Runner>, failures: &mut u32, not_before: 
             let answer: u16 = if r.deadline { 504 } else { 502 };
             if r.deadline {
                 tracing::error!(
-                    "PHP request {what} ran past [php.pool] request_deadline = \"{}\": its runner (pid {pid}) was killed and replaced; answered 504. Raise request_deadline if such requests are expected, or find where the script waits (set slowlog_timeout for its stack)",
+                    "PHP request {what} ran past {} request_deadline = \"{}\": its runner (pid {pid}) was killed and replaced; answered 504. Raise request_deadline if such requests are expected, or find where the script waits (set slowlog_timeout for its stack)",
+                    super::section(&pool.name),
                     pool.settings.request_deadline
                 );
             } else {
@@ -280,9 +283,10 @@ fn police(pool: &Pool, runners: &mut [Runner]) {
                 slot.slow_wanted.store(id, SeqCst);
             } else if slot.slow_ready.load(SeqCst) == id && slot.stack_len() > 0 {
                 tracing::warn!(
-                    "PHP request {} has run for {:.1} s ([php.pool] slowlog_timeout = \"{}\"), in runner pid {}; its PHP stack:\n{}",
+                    "PHP request {} has run for {:.1} s ({} slowlog_timeout = \"{}\"), in runner pid {}; its PHP stack:\n{}",
                     slot.what(),
                     busy_for as f64 / 1e9,
+                    super::section(&pool.name),
                     s.slowlog_timeout.map(|d| d.to_string()).unwrap_or_default(),
                     r.pid,
                     slot.stack().trim_end()

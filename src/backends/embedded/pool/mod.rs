@@ -28,16 +28,21 @@ use super::runtime::Runtime;
 use super::Job;
 use crate::config::PoolConfig;
 use board::Board;
-use once_cell::sync::OnceCell;
 use parking_lot::Mutex;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
-/// The pool of this process tree (one, like PHP itself).
-static POOL: OnceCell<Pool> = OnceCell::new();
+/// The pools of this process tree, by name ("default" is `[php.pool]`). Each
+/// lives as long as the process (leaked on purpose: runners and workers hold
+/// its descriptors and mapping).
+static POOLS: Mutex<Vec<&'static Pool>> = parking_lot::const_mutex(Vec::new());
+
+/// The name of `[php.pool]`.
+pub const DEFAULT: &str = "default";
 
 /// Everything the processes of one pool share, created before any fork.
 pub struct Pool {
+    name: String,
     settings: PoolConfig,
     board: Board,
     /// The queue: I/O processes send on `submit`, runners receive on `take`.
@@ -62,30 +67,56 @@ fn lane_count() -> usize {
     (8 + 4 * crate::config::cores()).min(256)
 }
 
-/// Starts the pool (once per process tree); later calls return it. `settings`
-/// that differ from the running pool's are refused: they apply at a restart.
-pub fn start(rt: &'static Runtime, settings: &PoolConfig) -> Result<&'static Pool, String> {
-    let pool = POOL.get_or_try_init(|| create(rt, settings))?;
-    if pool.settings != *settings {
-        return Err("[php.pool] differs from the settings the runner pool started with: they apply when the pool starts, so changing them needs a restart (not a reload).".to_owned());
+/// The section that configures pool `name`.
+fn section(name: &str) -> String {
+    if name == DEFAULT {
+        "[php.pool]".to_owned()
+    } else {
+        format!("[php.pools.{name}]")
     }
+}
+
+/// Starts pool `name` (once per process tree); later calls return it. Settings
+/// that differ from the running pool's are refused: they apply at a restart.
+pub fn start(
+    rt: &'static Runtime,
+    name: &str,
+    settings: &PoolConfig,
+) -> Result<&'static Pool, String> {
+    let mut pools = POOLS.lock();
+    if let Some(pool) = pools.iter().find(|p| p.name == name) {
+        return match conflict_with(pool, settings) {
+            Some(why) => Err(why),
+            None => Ok(pool),
+        };
+    }
+    let pool: &'static Pool = Box::leak(Box::new(create(rt, name, settings)?));
+    manager::fork(pool, rt, &pools)?;
+    pools.push(pool);
     Ok(pool)
 }
 
-/// The running pool, if any.
-pub fn get() -> Option<&'static Pool> {
-    POOL.get()
+/// The running pool `name`, if any.
+pub fn get(name: &str) -> Option<&'static Pool> {
+    POOLS.lock().iter().find(|p| p.name == name).copied()
 }
 
-/// Whether a pool runs with other settings than `settings` (a restart is needed).
-pub fn conflict(settings: &PoolConfig) -> Option<String> {
-    let pool = POOL.get()?;
+fn conflict_with(pool: &Pool, settings: &PoolConfig) -> Option<String> {
     (pool.settings != *settings).then(|| {
-        "[php.pool] differs from the settings the runner pool started with: changing them needs a restart (not a reload).".to_owned()
+        format!(
+            "{} differs from the settings its runner pool started with: they apply when the pool starts, so changing them needs a restart (not a reload).",
+            section(&pool.name)
+        )
     })
 }
 
-fn create(rt: &'static Runtime, settings: &PoolConfig) -> Result<Pool, String> {
+/// Whether pool `name` runs with other settings than `settings` (a restart is
+/// needed).
+pub fn conflict(name: &str, settings: &PoolConfig) -> Option<String> {
+    conflict_with(get(name)?, settings)
+}
+
+fn create(_rt: &'static Runtime, name: &str, settings: &PoolConfig) -> Result<Pool, String> {
     let os = |what: &str, e: std::io::Error| format!("cannot start the PHP runner pool: {what}: {e}");
     let board = Board::new(settings.max_runners, lane_count()).map_err(|e| os("mmap", e))?;
     let (submit, take) = wire::pair().map_err(|e| os("socketpair", e))?;
@@ -95,7 +126,8 @@ fn create(rt: &'static Runtime, settings: &PoolConfig) -> Result<Pool, String> {
     }
     let wake = eventfd().map_err(|e| os("eventfd", e))?;
     let (life_read, life_write) = pipe().map_err(|e| os("pipe", e))?;
-    let pool = Pool {
+    Ok(Pool {
+        name: name.to_owned(),
         settings: settings.clone(),
         board,
         submit,
@@ -105,9 +137,7 @@ fn create(rt: &'static Runtime, settings: &PoolConfig) -> Result<Pool, String> {
         life_write,
         life_read,
         client: Mutex::new(None),
-    };
-    manager::fork(&pool, rt)?;
-    Ok(pool)
+    })
 }
 
 impl Pool {
@@ -155,6 +185,27 @@ impl Pool {
         c.drain(self)
     }
 
+    /// Closes every descriptor of this pool in the calling process (a manager
+    /// of another pool, just forked); the pool is never used here again.
+    fn close_all(&self) {
+        let mut fds = vec![
+            self.submit.as_raw_fd(),
+            self.take.as_raw_fd(),
+            self.wake.as_raw_fd(),
+            self.life_write.as_raw_fd(),
+            self.life_read.as_raw_fd(),
+        ];
+        for (a, b) in &self.lanes {
+            fds.push(a.as_raw_fd());
+            fds.push(b.as_raw_fd());
+        }
+        for fd in fds {
+            // SAFETY: closing descriptors of a pool this process never uses; the
+            // OwnedFds that name them are never dropped or used here.
+            unsafe { libc::close(fd) };
+        }
+    }
+
     /// Tells the manager that a job waits with no idle runner.
     fn nudge_manager(&self) {
         let one = 1u64.to_ne_bytes();
@@ -163,10 +214,13 @@ impl Pool {
     }
 }
 
-/// The pool's figures, read from the board.
-pub fn stats() -> Option<super::PoolStats> {
+/// Every pool's figures, read from their boards.
+pub fn stats() -> Vec<super::PoolStats> {
+    POOLS.lock().iter().map(|p| pool_stats(p)).collect()
+}
+
+fn pool_stats(pool: &Pool) -> super::PoolStats {
     use std::sync::atomic::Ordering::Relaxed;
-    let pool = POOL.get()?;
     let b = &pool.board;
     let h = b.header();
     let (mut runners, mut busy, mut idle) = (0, 0, 0);
@@ -179,7 +233,8 @@ pub fn stats() -> Option<super::PoolStats> {
         }
         runners += 1;
     }
-    Some(super::PoolStats {
+    super::PoolStats {
+        name: pool.name.clone(),
         runners,
         busy,
         idle,
@@ -194,7 +249,7 @@ pub fn stats() -> Option<super::PoolStats> {
             .zip(&h.exits)
             .map(|(n, c)| (*n, c.load(Relaxed)))
             .collect(),
-    })
+    }
 }
 
 fn eventfd() -> std::io::Result<OwnedFd> {

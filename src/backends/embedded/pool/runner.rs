@@ -39,6 +39,7 @@ pub fn main(pool: &'static Pool, rt: &'static Runtime, index: usize) -> ! {
     }
     let name = format!("fe-php: runner {index}");
     set_name(&name);
+    apply_ini(pool, rt);
     wire::set_recv_timeout(pool.take.as_raw_fd(), Some(Duration::from_secs(1)));
     if pool.settings.slowlog_timeout.is_some() {
         watch_for_slow_log(pool, rt, index);
@@ -130,8 +131,9 @@ fn serve(pool: &'static Pool, rt: &'static Runtime, index: usize) -> i32 {
             if let Some(own) = own_memory() {
                 if own > settings.memory_budget.0 {
                     tracing::warn!(
-                        "a PHP runner uses {} MiB of its own memory after {done} requests, above [php.pool] memory_budget = {}: it is replaced",
+                        "a PHP runner uses {} MiB of its own memory after {done} requests, above {} memory_budget = {}: it is replaced",
                         own >> 20,
+                        super::section(&pool.name),
                         settings.memory_budget
                     );
                     slot.state.store(IDLE, SeqCst);
@@ -175,6 +177,34 @@ fn watch_for_slow_log(pool: &'static Pool, rt: &'static Runtime, index: usize) {
         });
     if let Err(e) = spawned {
         tracing::warn!("a PHP runner cannot start its slow-log watcher: {e}");
+    }
+}
+
+/// Applies the pool's own php.ini settings (`[php.pools.NAME.ini]`) to this
+/// runner's PHP, before its first request.
+fn apply_ini(pool: &Pool, rt: &'static Runtime) {
+    for (k, v) in &pool.settings.ini {
+        let v = v.to_string();
+        // SAFETY: pointers and lengths of live strings; PHP is idle in this process.
+        let rc = unsafe {
+            rt.shim.fephp_sapi_ini_set(
+                k.as_ptr() as *const std::ffi::c_char,
+                k.len(),
+                v.as_ptr() as *const std::ffi::c_char,
+                v.len(),
+            )
+        };
+        match rc {
+            0 => {}
+            -1 => tracing::warn!(
+                "{}.ini] {k}: PHP has no such setting; ignored",
+                super::section(&pool.name).trim_end_matches(']')
+            ),
+            _ => tracing::warn!(
+                "{}.ini] {k} = {v}: PHP refused the value; ignored",
+                super::section(&pool.name).trim_end_matches(']')
+            ),
+        }
     }
 }
 
