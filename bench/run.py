@@ -134,7 +134,7 @@ def write(path, text):
 
 
 def start_fe_php(tmp, name="fe-php", backend="embedded", fpm=None, fpm_connections=None, root=WWW,
-                 front_controller=None):
+                 front_controller=None, extra=""):
     s = Server(name, tmp)
     php = f'fpm_socket = "{fpm}"\n' if fpm else ""
     if fpm_connections:
@@ -153,6 +153,7 @@ enable = true
 root = "{root}"
 [php]
 {php}
+{extra}
 """)
     s.spawn([HOST_BIN, "--config", conf], env={**os.environ, "RUST_LOG": "warn"})
     s.wait()
@@ -363,7 +364,9 @@ def wrk(url, seconds, connections, close=False, script=None, headers=()):
             "socket_errors": sum(map(int, sockerr.groups())) if sockerr else 0}
 
 
-PHP_SERVERS = ["fe-php", "fe-php-fastcgi", "nginx+fephp", "nginx+php-fpm", "apache+mod_php"]
+# fe-php-inproc: PHP on a thread of each worker instead of the runner pool
+# ([php.pool] enabled = false), to show what the pool's hand-off costs.
+PHP_SERVERS = ["fe-php", "fe-php-inproc", "fe-php-fastcgi", "nginx+fephp", "nginx+php-fpm", "apache+mod_php"]
 # php-fpm over TCP: nginx as it ships (a connection per request) and with kept-alive
 # connections (fastcgi_keep_conn, which meets php-fpm's Nagle: the 40 ms stall).
 TCP_SERVERS = ["fe-php-fastcgi-tcp", "nginx+php-fpm-tcp", "nginx+php-fpm-tcp-ka"]
@@ -386,7 +389,7 @@ SCENARIOS = {
     # Waiting requests: 19 in 20 instant, 1 in 20 waits 50 ms (bench/mixed.lua),
     # against php-fpm as Debian ships it (DEBIAN_POOL, nginx without kept-alive
     # FastCGI connections).
-    "mixed": ("/fast.php", ["fe-php", "nginx+php-fpm-deb"]),
+    "mixed": ("/fast.php", ["fe-php", "fe-php-inproc", "nginx+php-fpm-deb"]),
     # Debian's WordPress and MariaDB (bench/wordpress/setup.sh), the front page and
     # the REST API's post list; php-fpm as Debian ships it.
     "wordpress": ("/", WP_SERVERS),
@@ -528,6 +531,8 @@ def main():
     try:
         if "fe-php" in wanted:
             servers["fe-php"] = start_fe_php(tmp)
+        if "fe-php-inproc" in wanted:
+            servers["fe-php-inproc"] = start_fe_php(tmp, name="fe-php-inproc", extra="[php.pool]\nenabled = false\n")
         if "nginx+php-fpm-deb" in wanted:
             # php-fpm and nginx as Debian ships them: the pool's pm settings from
             # www.conf, and fastcgi_pass without an upstream keepalive (a FastCGI
@@ -538,7 +543,7 @@ def main():
             servers["nginx+php-fpm-deb"].procs.insert(0, fpm_deb.procs[0])
         if wanted & set(WP_SERVERS):
             start_wordpress(tmp, wanted, servers, pools)
-        if wanted - {"fe-php", "nginx+php-fpm-deb", *WP_SERVERS}:
+        if wanted - {"fe-php", "fe-php-inproc", "nginx+php-fpm-deb", *WP_SERVERS}:
             start_classic(tmp, args, scenarios, servers, pools)
         results = {}
         for shape, scs in plan(scenarios, shapes):

@@ -37,6 +37,8 @@ static char *ngx_http_fephp_config(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_http_fephp(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static void ngx_http_fephp_log(void *userdata, const fephp_log_record *rec);
 static ngx_int_t ngx_http_fephp_init_process(ngx_cycle_t *cycle);
+static ngx_int_t ngx_http_fephp_watch_events(ngx_cycle_t *cycle,
+    const fephp_engine *engine);
 static void ngx_http_fephp_exit_process(ngx_cycle_t *cycle);
 
 
@@ -807,6 +809,68 @@ ngx_http_fephp_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    return ngx_http_fephp_watch_events(cycle, fmcf->engine);
+}
+
+
+/*
+ * Embedded PHP's responses arrive on a descriptor of the library (the runner
+ * pool's reply lane): reading them here runs their completions on the event
+ * loop's thread, which queue the job as any completion does, without the
+ * library's reply thread in between.
+ */
+
+static const fephp_engine  *ngx_http_fephp_events_engine;
+static ngx_connection_t  *ngx_http_fephp_events;
+
+
+static void
+ngx_http_fephp_events_handler(ngx_event_t *rev)
+{
+    if (fephp_engine_process_events(ngx_http_fephp_events_engine)
+        != FEPHP_RESULT_OK)
+    {
+        ngx_log_error(NGX_LOG_ALERT, rev->log, 0,
+                      "fephp: receiving PHP responses failed");
+    }
+
+    if (ngx_handle_read_event(rev, 0) != NGX_OK) {
+        ngx_log_error(NGX_LOG_ALERT, rev->log, 0,
+                      "fephp: could not watch PHP responses");
+    }
+}
+
+
+static ngx_int_t
+ngx_http_fephp_watch_events(ngx_cycle_t *cycle, const fephp_engine *engine)
+{
+    int                fd;
+    ngx_connection_t  *c;
+
+    if (fephp_engine_event_fd(engine, &fd) != FEPHP_RESULT_OK || fd < 0) {
+        /* no runner pool here: completions come on the library's threads */
+        return NGX_OK;
+    }
+
+    c = ngx_get_connection(fd, cycle->log);
+    if (c == NULL) {
+        return NGX_ERROR;
+    }
+
+    c->log = cycle->log;
+    c->read->log = cycle->log;
+    c->write->log = cycle->log;
+    c->read->handler = ngx_http_fephp_events_handler;
+    ngx_http_fephp_events_engine = engine;
+    ngx_http_fephp_events = c;
+
+    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    /* what arrived before the descriptor was watched */
+    ngx_post_event(c->read, &ngx_posted_events);
+
     return NGX_OK;
 }
 
@@ -822,6 +886,20 @@ ngx_http_fephp_exit_process(ngx_cycle_t *cycle)
      * (closed, its number could be reused by another file).  Only the
      * connection is given back, so nginx does not report it as left open.
      */
+
+    c = ngx_http_fephp_events;
+
+    if (c != NULL) {
+        /* the descriptor is the library's: only the connection is returned */
+        ngx_http_fephp_events = NULL;
+
+        if (c->read->active) {
+            (void) ngx_del_event(c->read, NGX_READ_EVENT, 0);
+        }
+
+        c->fd = (ngx_socket_t) -1;
+        ngx_free_connection(c);
+    }
 
     c = ngx_http_fephp_channel;
 
