@@ -59,6 +59,9 @@ pub const EXIT_NAMES: [&str; 5] = ["recycled", "deadline", "crashed", "idle", "m
 #[repr(C)]
 pub struct Slot {
     pub pid: AtomicI32,
+    /// The thread that runs PHP in the runner (its state tells whether a busy
+    /// runner computes or waits).
+    pub tid: AtomicI32,
     pub state: AtomicU32,
     /// Set by the manager: exit when idle.
     pub stop: AtomicU32,

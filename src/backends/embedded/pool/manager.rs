@@ -50,6 +50,23 @@ pub fn fork(pool: &'static Pool, rt: &'static Runtime, others: &[&'static Pool])
     }
 }
 
+/// A check worth caching for a few milliseconds (it reads /proc).
+#[derive(Default)]
+struct Checked(Option<(Instant, bool)>);
+
+impl Checked {
+    fn get(&mut self, check: impl FnOnce() -> bool) -> bool {
+        match self.0 {
+            Some((at, v)) if at.elapsed() < Duration::from_millis(5) => v,
+            _ => {
+                let v = check();
+                self.0 = Some((Instant::now(), v));
+                v
+            }
+        }
+    }
+}
+
 struct Runner {
     pid: libc::pid_t,
     slot: usize,
@@ -88,6 +105,8 @@ fn run(pool: &'static Pool, rt: &'static Runtime) -> ! {
     let mut failures = 0u32;
     let mut not_before = Instant::now();
     let mut last_spawn = Instant::now() - Duration::from_secs(1);
+    let cores = crate::config::cores();
+    let mut room = Checked::default();
     loop {
         let mut fds = [
             libc::pollfd {
@@ -125,6 +144,7 @@ fn run(pool: &'static Pool, rt: &'static Runtime) -> ! {
             && header.queued.load(SeqCst) > 0
             && header.idle.load(SeqCst) <= 0
             && last_spawn.elapsed() >= Duration::from_millis(1)
+            && room.get(|| cpu_has_room(pool, &runners, cores))
         {
             // One at a time: a runner starts in about a millisecond, and the
             // next wake tells whether jobs still wait.
@@ -149,6 +169,32 @@ fn run(pool: &'static Pool, rt: &'static Runtime) -> ! {
     }
 }
 
+/// Whether another runner would help: the pool's busy runners are mostly waiting
+/// (on a database, an API, a sleep) rather than running, and fewer of them run
+/// than the machine has cores. Jobs that wait while the runners wait get a new
+/// runner; jobs that wait because the runners keep the CPUs busy do not (more
+/// runners would only share the same CPUs, in more memory). Other load on the
+/// machine does not count: it is not this pool's to judge.
+fn cpu_has_room(pool: &Pool, runners: &[Runner], cores: usize) -> bool {
+    let (mut running, mut waiting) = (0, 0);
+    for r in runners {
+        if pool.board.slot(r.slot).state.load(SeqCst) != BUSY {
+            continue;
+        }
+        let tid = pool.board.slot(r.slot).tid.load(SeqCst);
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/task/{tid}/stat", r.pid)) else {
+            continue;
+        };
+        // "pid (comm) S …": the state follows the last ')'.
+        match stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()) {
+            Some('R') => running += 1,
+            Some('S' | 'D') => waiting += 1,
+            _ => {}
+        }
+    }
+    running < cores && waiting >= running
+}
+
 fn nudge(pool: &Pool) {
     let one = 1u64.to_ne_bytes();
     // SAFETY: an 8-byte write to the pool's eventfd.
@@ -162,6 +208,7 @@ fn spawn(pool: &'static Pool, rt: &'static Runtime) -> Option<Runner> {
     slot.stop.store(0, SeqCst);
     slot.requests.store(0, SeqCst);
     slot.id.store(0, SeqCst);
+    slot.tid.store(0, SeqCst);
     // SAFETY: this process is single-threaded; the child runs the runner and
     // never returns.
     let pid = unsafe { libc::fork() };

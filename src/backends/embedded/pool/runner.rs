@@ -67,6 +67,8 @@ fn serve(pool: &'static Pool, rt: &'static Runtime, index: usize) -> i32 {
     let board = &pool.board;
     let header = board.header();
     let slot = board.slot(index);
+    // SAFETY: gettid has no preconditions.
+    slot.tid.store(unsafe { libc::gettid() }, SeqCst);
     let settings = &pool.settings;
     let mut buf = Vec::new();
     loop {
