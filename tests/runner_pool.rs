@@ -19,6 +19,8 @@ const SCRIPTS: &[(&str, &str)] = &[
     // sleep() is wall time: max_execution_time (CPU time on Linux) never fires.
     ("stuck.php", "<?php sleep(30); echo 'never';"),
     ("whoami.php", "<?php echo posix_geteuid(), ' ', posix_getegid();"),
+    // Computes for a second (wall time): a runner that keeps a CPU busy.
+    ("spin.php", "<?php $t = microtime(true); while (microtime(true) - $t < 1.0) {} echo 'spun';"),
     (
         "nested.php",
         "<?php\nfunction inner() { usleep(1200000); }\nfunction outer() { inner(); }\nouter();\necho 'done';",
@@ -450,4 +452,32 @@ fn a_rule_sends_its_scripts_to_a_named_pool_with_its_own_ini() {
         "{}",
         h.stderr()
     );
+}
+
+/// Requests that wait because the runners keep every CPU busy do not grow the
+/// pool: more runners would only share the same CPUs, in more memory.
+#[test]
+fn the_pool_does_not_grow_past_the_cpus_for_computing_scripts() {
+    let h = host(1, "min_runners = 1\nmax_runners = 16\n");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let spin: Vec<_> = (0..(2 * cores + 4))
+        .map(|_| {
+            let url = h.url("/spin.php");
+            std::thread::spawn(move || get(&url))
+        })
+        .collect();
+    let mut most = 0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(1500) {
+        most = most.max(h.runners().len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for s in spin {
+        assert_eq!(s.join().unwrap().text(), "spun");
+    }
+    assert!(
+        most >= cores.min(16),
+        "the pool did not use the CPUs: {most} runners"
+    );
+    assert!(most <= cores + 2, "{most} runners for {cores} cores");
 }

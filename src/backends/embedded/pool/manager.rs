@@ -192,7 +192,7 @@ fn cpu_has_room(pool: &Pool, runners: &[Runner], cores: usize) -> bool {
             _ => {}
         }
     }
-    running < cores && waiting >= running
+    running < cores && (running + waiting < cores || waiting >= running)
 }
 
 fn nudge(pool: &Pool) {
