@@ -575,19 +575,47 @@ impl Drop for OpenConnection {
 /// The runner pools' series, labelled by pool ("default": `[php.pool]`).
 fn render_pools(out: &mut String, pools: &[crate::backends::embedded::PoolStats]) {
     type Value = fn(&crate::backends::embedded::PoolStats) -> String;
-    let series: [(&str, &str, &str, Value); 6] = [
+    let series: [(&str, &str, &str, Value); 5] = [
         ("fephp_php_runners", "gauge", "PHP runner processes alive (busy, idle or starting).", |p| p.runners.to_string()),
         ("fephp_php_runners_max", "gauge", "max_runners of the pool.", |p| p.max.to_string()),
         ("fephp_php_queue_depth", "gauge", "PHP requests waiting for a free runner.", |p| p.queued.to_string()),
         ("fephp_php_queue_rejected_total", "counter", "PHP requests answered 503 because queue_size requests already waited.", |p| p.rejected.to_string()),
         ("fephp_php_queue_taken_total", "counter", "PHP requests taken from the queue by a runner.", |p| p.taken.to_string()),
-        ("fephp_php_queue_wait_seconds_total", "counter", "Time PHP requests waited in the queue, summed (divide by fephp_php_queue_taken_total for the mean).", |p| format!("{:.6}", p.wait_us as f64 / 1e6)),
     ];
     for (name, kind, help, value) in series {
         header(out, name, kind, help);
         for p in pools {
             let _ = writeln!(out, "{name}{{pool=\"{}\"}} {}", p.name, value(p));
         }
+    }
+    header(
+        out,
+        "fephp_php_queue_wait_seconds",
+        "histogram",
+        "How long PHP requests waited in the queue for a runner.",
+    );
+    for p in pools {
+        let mut cumulative = 0;
+        for (le, n) in &p.wait_buckets {
+            cumulative += n;
+            let le = le.map_or("+Inf".to_owned(), |s| s.to_string());
+            let _ = writeln!(
+                out,
+                "fephp_php_queue_wait_seconds_bucket{{pool=\"{}\",le=\"{le}\"}} {cumulative}",
+                p.name
+            );
+        }
+        let _ = writeln!(
+            out,
+            "fephp_php_queue_wait_seconds_sum{{pool=\"{}\"}} {:.6}",
+            p.name,
+            p.wait_us as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "fephp_php_queue_wait_seconds_count{{pool=\"{}\"}} {cumulative}",
+            p.name
+        );
     }
     header(
         out,

@@ -140,8 +140,23 @@ fn the_pool_grows_while_requests_wait_and_shrinks_when_idle() {
         metric_sum(&m, "fephp_php_runner_exits_total", &["reason=\"idle\""]),
         2.0
     );
+    // Three of the six waited a whole round (0.7 s): the histogram says so.
     assert!(
-        metric_sum(&m, "fephp_php_queue_wait_seconds_total", &[]) > 0.5,
+        metric_sum(&m, "fephp_php_queue_wait_seconds_sum", &[]) > 1.5,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "fephp_php_queue_wait_seconds_count", &[]),
+        6.0,
+        "{m}"
+    );
+    assert!(
+        metric_sum(&m, "fephp_php_queue_wait_seconds_bucket", &["le=\"0.1\""]) <= 3.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "fephp_php_queue_wait_seconds_bucket", &["le=\"+Inf\""]),
+        6.0,
         "{m}"
     );
 }

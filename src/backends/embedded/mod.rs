@@ -314,6 +314,8 @@ pub struct PoolStats {
     pub rejected: u64,
     pub taken: u64,
     pub wait_us: u64,
+    /// Queue waits per bucket: (upper bound in seconds, None for +Inf; count).
+    pub wait_buckets: Vec<(Option<f64>, u64)>,
     pub exits: Vec<(&'static str, u64)>,
 }
 

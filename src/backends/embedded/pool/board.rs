@@ -5,6 +5,12 @@
 
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::*};
 
+/// Upper bounds of the queue-wait histogram's buckets, in microseconds: from a
+/// tenth of a millisecond (a runner was free) to seconds (the pool was full).
+pub const WAIT_BUCKETS_US: [u64; 10] = [
+    100, 500, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000, 5_000_000,
+];
+
 /// A runner slot's state.
 pub const FREE: u32 = 0;
 pub const STARTING: u32 = 1;
@@ -30,6 +36,8 @@ pub struct Header {
     pub rejected: AtomicU64,
     /// Sum of queue waits in microseconds (divided by `taken`: the mean).
     pub wait_us: AtomicU64,
+    /// Queue waits by bucket (`WAIT_BUCKETS_US`, the last one unbounded).
+    pub wait_buckets: [AtomicU64; WAIT_BUCKETS_US.len() + 1],
     /// The identity of the I/O processes, published by the first one to claim a
     /// lane (0: not yet, 1: being written, 2: set); runners switch to it.
     pub ident: AtomicU32,

@@ -244,6 +244,13 @@ fn pool_stats(pool: &Pool) -> super::PoolStats {
         rejected: h.rejected.load(Relaxed),
         taken: h.taken.load(Relaxed),
         wait_us: h.wait_us.load(Relaxed),
+        wait_buckets: board::WAIT_BUCKETS_US
+            .iter()
+            .map(|&us| Some(us as f64 / 1e6))
+            .chain([None])
+            .zip(&h.wait_buckets)
+            .map(|(le, c)| (le, c.load(Relaxed)))
+            .collect(),
         exits: board::EXIT_NAMES
             .iter()
             .zip(&h.exits)

@@ -100,9 +100,13 @@ fn serve(pool: &'static Pool, rt: &'static Runtime, index: usize) -> i32 {
         };
         let now = board::now_ns();
         header.taken.fetch_add(1, Relaxed);
-        header
-            .wait_us
-            .fetch_add(now.saturating_sub(env.submitted_ns) / 1000, Relaxed);
+        let waited = now.saturating_sub(env.submitted_ns) / 1000;
+        header.wait_us.fetch_add(waited, Relaxed);
+        let bucket = board::WAIT_BUCKETS_US
+            .iter()
+            .position(|&le| waited <= le)
+            .unwrap_or(board::WAIT_BUCKETS_US.len());
+        header.wait_buckets[bucket].fetch_add(1, Relaxed);
         slot.lane.store(env.lane, SeqCst);
         slot.id.store(env.id, SeqCst);
         slot.set_what(&format!(
