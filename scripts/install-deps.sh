@@ -9,6 +9,8 @@ packages=(
   libphp8.2-embed php8.2-dev php8.2-cli php8.2-fpm
   nginx nginx-dev
   iproute2
+  # tests/real_apps.rs: Debian's WordPress on MariaDB (bench/wordpress/setup.sh)
+  wordpress wordpress-theme-twentytwentythree mariadb-server php8.2-mysql
 )
 # Extra packages a caller asks for (e.g. `make bench` adds Apache + mod_php).
 read -r -a extra <<< "${FEPHP_EXTRA_PACKAGES:-}"
