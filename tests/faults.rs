@@ -93,6 +93,13 @@ fn load(h: &Host, clients: usize) -> Load {
     spec.spread_over = Some(h.workers().len());
     let load = Load::start(spec);
     load.wait_ok(200, Duration::from_secs(20));
+    // Every client has learnt its worker (a lookup with `ss`, slower than the
+    // first requests of the clients that already have).
+    eventually("every client's worker", || {
+        load.conn_pids
+            .iter()
+            .all(|p| p.load(std::sync::atomic::Ordering::SeqCst) != 0)
+    });
     for w in h.workers() {
         assert!(load.clients_on(w) > 0, "no load connection on worker {w}");
     }

@@ -94,7 +94,15 @@ fn serve(pool: &'static Pool, rt: &'static Runtime, index: usize) -> i32 {
         let (env, mut job) = match job::decode(&buf, file) {
             Ok(x) => x,
             Err(e) => {
-                tracing::error!("a PHP runner received a malformed job: {e}");
+                // The sender still waits: answer 500 when the message says who.
+                tracing::error!("a PHP runner received a malformed job: {e}; answered 500");
+                let mut r = wire::Reader(&buf);
+                if let (Ok(id), Ok(lane)) = (r.u64(), r.u32()) {
+                    if let Some((_, send)) = pool.lanes.get(lane as usize) {
+                        let w = job::reply(job::ERROR, 0, 500, index as u32, id);
+                        let _ = wire::send(send.as_raw_fd(), &w.0, None, true);
+                    }
+                }
                 continue;
             }
         };
@@ -118,6 +126,7 @@ fn serve(pool: &'static Pool, rt: &'static Runtime, index: usize) -> i32 {
         slot.state.store(BUSY, SeqCst);
         let lane = match pool.lanes.get(env.lane as usize) {
             Some((_, send)) => send.as_raw_fd(),
+            // A lane this pool never had: nobody could be answered.
             None => continue,
         };
         job.complete = Some(Box::new(Remote {
