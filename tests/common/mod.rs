@@ -107,11 +107,20 @@ impl Host {
 
     /// PIDs of the worker processes (children of the master).
     /// The worker processes (the master's children but the PHP pool manager).
+    /// The master listens before it forks: right after the start, wait (up to
+    /// 2 s) for the first worker.
     pub fn workers(&self) -> Vec<i32> {
-        children(self.child.id() as i32)
-            .into_iter()
-            .filter(|&p| comm(p) != "fe-php: pool")
-            .collect()
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let workers: Vec<i32> = children(self.child.id() as i32)
+                .into_iter()
+                .filter(|&p| comm(p) != "fe-php: pool")
+                .collect();
+            if !workers.is_empty() || Instant::now() > deadline {
+                return workers;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The PHP runner pool's manager, if it runs.
