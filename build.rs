@@ -41,9 +41,18 @@ fn generate_header(dir: &Path, out: &Path) {
     }
 }
 
+/// The SAPI shim's sources: the SAPI itself and worker mode, with their headers.
+const SHIM_FILES: &[&str] = &[
+    "fephp_sapi.c",
+    "fephp_worker.c",
+    "fephp_sapi.h",
+    "fephp_shim.h",
+];
+
 fn build_sapi_shim(dir: &Path, out: &Path) {
-    println!("cargo:rerun-if-changed=csrc/fephp_sapi.c");
-    println!("cargo:rerun-if-changed=csrc/fephp_sapi.h");
+    for file in SHIM_FILES {
+        println!("cargo:rerun-if-changed=csrc/{file}");
+    }
     println!("cargo:rerun-if-env-changed=FEPHP_NO_EMBEDDED");
     println!("cargo:rerun-if-env-changed=PHP_CONFIG");
     if std::env::var_os("FEPHP_NO_EMBEDDED").is_some_and(|v| v == "1") {
@@ -69,10 +78,15 @@ fn build_sapi_shim(dir: &Path, out: &Path) {
         .args(includes.split_whitespace())
         .arg("-o")
         .arg(&shim)
-        .arg(dir.join("csrc/fephp_sapi.c"))
+        .args(
+            SHIM_FILES
+                .iter()
+                .filter(|f| f.ends_with(".c"))
+                .map(|f| dir.join("csrc").join(f)),
+        )
         .status()
         .unwrap_or_else(|e| panic!("cannot run the C compiler {cc}: {e}"));
-    assert!(status.success(), "compiling csrc/fephp_sapi.c failed");
+    assert!(status.success(), "compiling the SAPI shim (csrc/) failed");
 
     bindgen::Builder::default()
         .header(dir.join("csrc/fephp_sapi.h").to_string_lossy())

@@ -22,18 +22,15 @@
 #include "zend_signal.h"
 #include "zend_modules.h"
 
+#include "fephp_shim.h"
+
 #include <signal.h>
 #include <string.h>
 #include <unistd.h>
 
-/* The engine's callbacks, set once at startup. */
-static fephp_sapi_callbacks engine;
-
-/* The request being run; its ctx is SG(server_context). */
-static const fephp_sapi_request *current;
-
-/* Whether fastcgi_finish_request() has ended the response. */
-static int finished;
+fephp_sapi_callbacks fephp_engine;
+const fephp_sapi_request *fephp_current;
+int fephp_finished;
 
 /* The working directory: the directory of the last script run. Scripts run in
  * their own directory, as under php-fpm; consecutive requests for scripts in one
@@ -50,7 +47,7 @@ static ZEND_NAMED_FUNCTION(fephp_chdir)
 }
 
 /* Moves the process into the directory of `script` unless it is there already. */
-static void enter_script_dir(const char *script)
+void fephp_enter_script_dir(const char *script)
 {
     const char *slash = strrchr(script, '/');
     size_t len = slash ? (size_t) (slash - script) : 0;
@@ -73,10 +70,10 @@ static void enter_script_dir(const char *script)
 
 static size_t sapi_fephp_ub_write(const char *str, size_t len)
 {
-    if (finished || !SG(server_context)) {
+    if (fephp_finished || !SG(server_context)) {
         return len; /* after fastcgi_finish_request output goes nowhere, as in FPM */
     }
-    size_t taken = engine.write(SG(server_context), str, len);
+    size_t taken = fephp_engine.write(SG(server_context), str, len);
     if (taken == 0 && len > 0) {
         /* The client has gone: PHP marks the connection aborted and, unless
          * ignore_user_abort is set, bails out (only C frames are on the stack). */
@@ -87,28 +84,28 @@ static size_t sapi_fephp_ub_write(const char *str, size_t len)
 
 static void sapi_fephp_flush(void *server_context)
 {
-    if (server_context && !finished) {
+    if (server_context && !fephp_finished) {
         /* flush() means the headers are final too. */
         if (!SG(headers_sent)) {
             sapi_send_headers();
         }
-        engine.flush(server_context);
+        fephp_engine.flush(server_context);
     }
 }
 
 static int sapi_fephp_send_headers(sapi_headers_struct *headers)
 {
     void *ctx = SG(server_context);
-    if (!ctx || finished) {
+    if (!ctx || fephp_finished) {
         return SAPI_HEADER_SENT_SUCCESSFULLY;
     }
     zend_llist_position pos;
     sapi_header_struct *h = (sapi_header_struct *) zend_llist_get_first_ex(&headers->headers, &pos);
     while (h) {
-        engine.header(ctx, h->header, h->header_len);
+        fephp_engine.header(ctx, h->header, h->header_len);
         h = (sapi_header_struct *) zend_llist_get_next_ex(&headers->headers, &pos);
     }
-    engine.headers_done(ctx, headers->http_response_code ? headers->http_response_code : 200);
+    fephp_engine.headers_done(ctx, headers->http_response_code ? headers->http_response_code : 200);
     return SAPI_HEADER_SENT_SUCCESSFULLY;
 }
 
@@ -117,21 +114,21 @@ static size_t sapi_fephp_read_post(char *buf, size_t count)
     if (!SG(server_context)) {
         return 0;
     }
-    return engine.read_body(SG(server_context), buf, count);
+    return fephp_engine.read_body(SG(server_context), buf, count);
 }
 
 static char *sapi_fephp_read_cookies(void)
 {
-    return current ? (char *) current->cookie : NULL;
+    return fephp_current ? (char *) fephp_current->cookie : NULL;
 }
 
 static void sapi_fephp_register_variables(zval *track_vars_array)
 {
-    if (!current) {
+    if (!fephp_current) {
         return;
     }
-    for (size_t i = 0; i < current->var_count; i++) {
-        const fephp_sapi_pair *v = &current->vars[i];
+    for (size_t i = 0; i < fephp_current->var_count; i++) {
+        const fephp_sapi_pair *v = &fephp_current->vars[i];
         /* Names are NUL-terminated by the engine. */
         php_register_variable_safe((char *) v->name, (char *) v->value, v->value_len, track_vars_array);
     }
@@ -139,8 +136,8 @@ static void sapi_fephp_register_variables(zval *track_vars_array)
 
 static void sapi_fephp_log_message(const char *message, int syslog_type)
 {
-    if (engine.log) {
-        engine.log(SG(server_context), message, syslog_type);
+    if (fephp_engine.log) {
+        fephp_engine.log(SG(server_context), message, syslog_type);
     }
 }
 
@@ -169,11 +166,11 @@ PHP_FUNCTION(apache_request_headers)
 {
     ZEND_PARSE_PARAMETERS_NONE();
     array_init(return_value);
-    if (!current) {
+    if (!fephp_current) {
         return;
     }
-    for (size_t i = 0; i < current->header_count; i++) {
-        const fephp_sapi_pair *h = &current->headers[i];
+    for (size_t i = 0; i < fephp_current->header_count; i++) {
+        const fephp_sapi_pair *h = &fephp_current->headers[i];
         add_assoc_stringl_ex(return_value, h->name, h->name_len, (char *) h->value, h->value_len);
     }
 }
@@ -185,20 +182,33 @@ ZEND_END_ARG_INFO()
 PHP_FUNCTION(fastcgi_finish_request)
 {
     ZEND_PARSE_PARAMETERS_NONE();
-    if (finished || !SG(server_context)) {
+    if (fephp_finished || !SG(server_context)) {
         RETURN_FALSE;
     }
     php_output_end_all();
     php_header();
-    engine.finish(SG(server_context));
-    finished = 1;
+    fephp_engine.finish(SG(server_context));
+    fephp_finished = 1;
     RETURN_TRUE;
 }
+
+/* Worker mode's functions (fephp_worker.c). */
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_fephp_handle_request, 0, 1, _IS_BOOL, 0)
+    ZEND_ARG_TYPE_INFO(0, callback, IS_CALLABLE, 0)
+ZEND_END_ARG_INFO()
+
+ZEND_BEGIN_ARG_WITH_RETURN_TYPE_INFO_EX(arginfo_fephp_headers_send, 0, 0, IS_LONG, 0)
+    ZEND_ARG_TYPE_INFO_WITH_DEFAULT_VALUE(0, status, IS_LONG, 0, "200")
+ZEND_END_ARG_INFO()
 
 static const zend_function_entry fephp_functions[] = {
     ZEND_FE(apache_request_headers, arginfo_fephp_getallheaders)
     ZEND_FALIAS(getallheaders, apache_request_headers, arginfo_fephp_getallheaders)
     ZEND_FE(fastcgi_finish_request, arginfo_fephp_finish_request)
+    ZEND_FALIAS(frankenphp_finish_request, fastcgi_finish_request, arginfo_fephp_finish_request)
+    ZEND_FE(fephp_handle_request, arginfo_fephp_handle_request)
+    ZEND_FALIAS(frankenphp_handle_request, fephp_handle_request, arginfo_fephp_handle_request)
+    ZEND_FE(headers_send, arginfo_fephp_headers_send)
     ZEND_FE_END
 };
 
@@ -229,7 +239,7 @@ static sapi_module_struct fephp_module = {
 int fephp_sapi_startup(const fephp_sapi_callbacks *callbacks, const char *sapi_name, const char *ini_entries,
                        char *err, size_t err_len)
 {
-    engine = *callbacks;
+    fephp_engine = *callbacks;
 #if defined(SIGPIPE) && defined(SIG_IGN)
     signal(SIGPIPE, SIG_IGN); /* a closed client socket must not kill the process */
 #endif
@@ -250,7 +260,7 @@ int fephp_sapi_startup(const fephp_sapi_callbacks *callbacks, const char *sapi_n
      * to the host's; the host owns those signals, so only the handlers PHP asks for
      * itself (the SIGPROF time limit) are installed, once. */
     SIGG(reset) = 0;
-    /* fephp_sapi_execute enters the script's directory itself (enter_script_dir). */
+    /* fephp_sapi_execute enters the script's directory itself (fephp_enter_script_dir). */
     SG(options) |= SAPI_OPTION_NO_CHDIR;
     zend_function *chdir_fn = zend_hash_str_find_ptr(CG(function_table), "chdir", sizeof("chdir") - 1);
     if (chdir_fn && chdir_fn->type == ZEND_INTERNAL_FUNCTION) {
@@ -323,11 +333,10 @@ static const char *upload_dir(void)
     return PG(upload_tmp_dir) && *PG(upload_tmp_dir) ? PG(upload_tmp_dir) : php_get_temporary_directory();
 }
 
-int fephp_sapi_execute(const fephp_sapi_request *req)
+void fephp_bind_request(const fephp_sapi_request *req)
 {
-    int rc = 0;
-    current = req;
-    finished = 0;
+    fephp_current = req;
+    fephp_finished = 0;
 
     SG(server_context) = req->ctx;
     SG(request_info).request_method = req->method;
@@ -345,18 +354,23 @@ int fephp_sapi_execute(const fephp_sapi_request *req)
     } else {
         SG(request_info).auth_user = SG(request_info).auth_password = SG(request_info).auth_digest = NULL;
     }
+}
 
-    enter_script_dir(req->script_filename);
+int fephp_sapi_execute(const fephp_sapi_request *req)
+{
+    int rc = 0;
+    fephp_bind_request(req);
+    fephp_enter_script_dir(req->script_filename);
 
     if (php_request_startup() == FAILURE) {
         SG(server_context) = NULL;
-        current = NULL;
+        fephp_current = NULL;
         return -1;
     }
 
     const char *not_stored = upload_not_stored() ? "an uploaded file" : body_not_stored() ? "the request body" : NULL;
     if (not_stored) {
-        engine.storage_failed(req->ctx, not_stored, upload_dir());
+        fephp_engine.storage_failed(req->ctx, not_stored, upload_dir());
     } else {
         zend_first_try {
             zend_file_handle file;
@@ -376,7 +390,7 @@ int fephp_sapi_execute(const fephp_sapi_request *req)
     } zend_end_try();
 
     SG(server_context) = NULL;
-    current = NULL;
+    fephp_current = NULL;
     return rc;
 }
 

@@ -70,6 +70,15 @@ typedef struct fephp_sapi_callbacks {
      * temporary directory `dir` (full, or not writable). The script does not run;
      * the engine answers the request itself. */
     void (*storage_failed)(void *ctx, const char *what, const char *dir);
+    /* Worker mode (fephp_sapi_worker): blocks until the next job, fills `job` and
+     * returns 1, or returns 0 when the worker script must end (its
+     * frankenphp_handle_request() then returns false). `worker_ctx` is the ctx of
+     * the worker script's own request. What `job` points to stays valid until
+     * job_done is called with its ctx. */
+    int (*next_job)(void *worker_ctx, fephp_sapi_request *job);
+    /* Worker mode: the job whose ctx this is has ended; its response is complete
+     * (headers sent, output written) and its request is no longer read. */
+    void (*job_done)(void *job_ctx);
 } fephp_sapi_callbacks;
 
 /* Starts PHP: SAPI `sapi_name`, php.ini overrides `ini_entries` ("key=value\n" lines).
@@ -83,6 +92,16 @@ int fephp_sapi_startup(const fephp_sapi_callbacks *callbacks, const char *sapi_n
  * request, 1 when a bailout escaped PHP's own handling (the interpreter should be
  * treated as unhealthy). */
 int fephp_sapi_execute(const fephp_sapi_request *request);
+
+/* Worker mode: runs the worker script `worker` as one long request that serves
+ * many jobs. The script calls frankenphp_handle_request($handler) (also named
+ * fephp_handle_request) in a loop: each call takes the next job through
+ * next_job, gives it fresh request state ($_GET, $_POST, $_SERVER, $_FILES,
+ * $_COOKIE, $_SESSION, output buffers, headers, time limit) and calls $handler,
+ * then ends the job and calls job_done. Returns like fephp_sapi_execute when the
+ * script ends (it returned, called exit(), or a fatal error ended it; a job it
+ * was handling then is completed and job_done called before this returns). */
+int fephp_sapi_worker(const fephp_sapi_request *worker);
 
 /* Writes the running script's PHP stack into `buf` ("#0 f() /path/x.php:12"
  * lines, innermost first) and returns its length (0 when no script runs).

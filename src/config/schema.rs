@@ -348,6 +348,10 @@ pub struct PoolConfig {
     /// php.ini overrides for this pool's runners, on top of `[php.ini]` (applied
     /// in each runner after it starts, as php-fpm's `php_value` in a pool).
     pub ini: BTreeMap<String, IniValue>,
+    /// Worker mode: a script, relative to `[php] document_root`, that each runner
+    /// runs once; it boots the application and loops on
+    /// `frankenphp_handle_request()`, which hands it every request of the pool.
+    pub worker: Option<PathBuf>,
 }
 
 /// Cores of this machine (at least 1).
@@ -371,6 +375,7 @@ impl Default for PoolConfig {
             idle_timeout: ConfigDuration(Duration::from_secs(10)),
             slowlog_timeout: None,
             ini: BTreeMap::new(),
+            worker: None,
         }
     }
 }

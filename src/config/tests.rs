@@ -436,6 +436,31 @@ fn named_pools_and_the_rules_that_use_them_are_validated() {
 }
 
 #[test]
+fn worker_scripts_are_validated() {
+    let base = format!(
+        "[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{}\"\n",
+        static_root()
+    );
+    for worker in ["../app/worker.php", "/srv/app/worker.php", "public/worker.txt", ""] {
+        let e = err(&format!("{base}[php.pools.app]\nworker = \"{worker}\"\n"), BUILT);
+        assert!(
+            e.contains(&format!("[php.pools.app] worker = \"{worker}\" is not a PHP script inside the document root.\n    Give its path relative to [php] document_root, without '..', e.g. worker = \"index.php\".")),
+            "{worker}: {e}"
+        );
+    }
+    let e = err(&format!("{base}[php.pool]\nenabled = false\nworker = \"index.php\"\n"), BUILT);
+    assert!(
+        e.contains("[php.pool] sets a worker script but enabled = false: worker scripts run in the runner pool.\n    Remove enabled = false, or remove worker."),
+        "{e}"
+    );
+    let c = parse(&format!("{base}[php.pools.app]\nworker = \"public/index.php\"\n"));
+    assert_eq!(
+        c.php.pools["app"].worker.as_deref(),
+        Some(std::path::Path::new("public/index.php"))
+    );
+}
+
+#[test]
 fn fastcgi_limits_are_validated() {
     let base =
         "[backend]\ndefault_backend = \"fastcgi\"\n[php]\nfpm_socket = \"127.0.0.1:9000\"\n";

@@ -544,6 +544,25 @@ fn check_pool(pool: &PoolConfig, section: &str, problems: &mut Vec<String>) {
             pool.min_runners, pool.max_runners
         ));
     }
+    if let Some(w) = &pool.worker {
+        let text = w.to_string_lossy();
+        let bad = w.is_absolute()
+            || text.is_empty()
+            || text.contains('\0')
+            || w.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+            || w.extension().is_none_or(|e| e != "php");
+        if bad {
+            problems.push(format!(
+                "[{section}] worker = \"{}\" is not a PHP script inside the document root.\n    Give its path relative to [php] document_root, without '..', e.g. worker = \"index.php\".",
+                text.escape_debug()
+            ));
+        }
+        if !pool.enabled {
+            problems.push(format!(
+                "[{section}] sets a worker script but enabled = false: worker scripts run in the runner pool.\n    Remove enabled = false, or remove worker."
+            ));
+        }
+    }
     if pool.queue_size == 0 || pool.queue_size > 1 << 20 {
         problems.push(format!(
             "[{section}] queue_size = {} is out of range: use 1 to 1048576.\n    It is how many requests may wait for a free runner before the next one gets 503.",

@@ -116,6 +116,7 @@ impl Engine {
                     &validated.config.php.ini,
                     embedded::DEFAULT_POOL,
                     &validated.config.php.pool,
+                    &site.root,
                     metrics.clone(),
                 )
                 .map_err(fail)?,
@@ -136,6 +137,7 @@ impl Engine {
                     &php_config.ini,
                     name,
                     settings,
+                    &site.root,
                     metrics.clone(),
                 )
                 .map_err(fail)?;

@@ -35,6 +35,8 @@ pub static CALLBACKS: fephp_sapi_callbacks = fephp_sapi_callbacks {
     finish: Some(cb_finish),
     log: Some(cb_log),
     storage_failed: Some(cb_storage_failed),
+    next_job: Some(cb_next_job),
+    job_done: Some(cb_job_done),
 };
 
 /// A worker's PHP thread.
@@ -158,62 +160,93 @@ struct Ctx {
     not_stored: bool,
 }
 
+/// A job made ready for the shim: its context and the request structure that
+/// points into it. Everything pointed at lives on the heap (the boxed context,
+/// the job's strings, the pair vectors), so moving this struct keeps `req` valid.
+struct Prepared {
+    ctx: Box<Ctx>,
+    _vars: Vec<fephp_sapi_pair>,
+    _headers: Vec<fephp_sapi_pair>,
+    req: fephp_sapi_request,
+}
+
+impl Prepared {
+    fn new(job: Job) -> Prepared {
+        let pairs = |p: &crate::backends::php::cgi::Pairs| -> Vec<fephp_sapi_pair> {
+            let (buf, spans) = p.raw();
+            let base = buf.as_ptr() as *const c_char;
+            spans
+                .iter()
+                // SAFETY: every span lies inside `buf`, and each name is followed by a
+                // NUL there (cgi::Pairs::push_with).
+                .map(|&(n, nl, v, vl)| unsafe {
+                    fephp_sapi_pair {
+                        name: base.add(n),
+                        name_len: nl,
+                        value: base.add(v),
+                        value_len: vl,
+                    }
+                })
+                .collect()
+        };
+        let vars = pairs(&job.vars);
+        let headers = pairs(&job.headers);
+        let opt =
+            |s: &Option<std::ffi::CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+        let mut ctx = Box::new(Ctx {
+            status: 200,
+            status_header: None,
+            headers: Vec::new(),
+            out: Vec::new(),
+            out_len: 0,
+            state: State::Buffering,
+            not_stored: false,
+            job,
+        });
+        let j = &ctx.job;
+        let req = fephp_sapi_request {
+            ctx: std::ptr::null_mut(),
+            method: j.method.as_ptr(),
+            query_string: j.query.as_ptr(),
+            request_uri: j.request_uri.as_ptr(),
+            script_filename: j.script_filename.as_ptr(),
+            content_type: opt(&j.content_type),
+            content_length: j.content_length,
+            cookie: opt(&j.cookie),
+            authorization: opt(&j.authorization),
+            proto_num: j.proto_num,
+            headers_only: j.head as c_int,
+            vars: vars.as_ptr(),
+            var_count: vars.len(),
+            headers: headers.as_ptr(),
+            header_count: headers.len(),
+        };
+        let req = fephp_sapi_request {
+            ctx: &mut *ctx as *mut Ctx as *mut c_void,
+            ..req
+        };
+        Prepared {
+            ctx,
+            _vars: vars,
+            _headers: headers,
+            req,
+        }
+    }
+
+    /// The script has ended: nothing reads the body any more, so none of it
+    /// needs keeping when the completion runs; the response is completed.
+    fn end(mut self) {
+        self.ctx.job.body.close();
+        finish(&mut self.ctx);
+    }
+}
+
 pub(super) fn run(rt: &'static Runtime, job: Job) {
-    let pairs = |p: &crate::backends::php::cgi::Pairs| -> Vec<fephp_sapi_pair> {
-        let (buf, spans) = p.raw();
-        let base = buf.as_ptr() as *const c_char;
-        spans
-            .iter()
-            // SAFETY: every span lies inside `buf`, and each name is followed by a
-            // NUL there (cgi::Pairs::push_with).
-            .map(|&(n, nl, v, vl)| unsafe {
-                fephp_sapi_pair {
-                    name: base.add(n),
-                    name_len: nl,
-                    value: base.add(v),
-                    value_len: vl,
-                }
-            })
-            .collect()
-    };
-    let vars = pairs(&job.vars);
-    let headers = pairs(&job.headers);
-    let opt = |s: &Option<std::ffi::CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
-    let mut ctx = Box::new(Ctx {
-        status: 200,
-        status_header: None,
-        headers: Vec::new(),
-        out: Vec::new(),
-        out_len: 0,
-        state: State::Buffering,
-        not_stored: false,
-        job,
-    });
-    let j = &ctx.job;
-    let req = fephp_sapi_request {
-        ctx: std::ptr::null_mut(),
-        method: j.method.as_ptr(),
-        query_string: j.query.as_ptr(),
-        request_uri: j.request_uri.as_ptr(),
-        script_filename: j.script_filename.as_ptr(),
-        content_type: opt(&j.content_type),
-        content_length: j.content_length,
-        cookie: opt(&j.cookie),
-        authorization: opt(&j.authorization),
-        proto_num: j.proto_num,
-        headers_only: j.head as c_int,
-        vars: vars.as_ptr(),
-        var_count: vars.len(),
-        headers: headers.as_ptr(),
-        header_count: headers.len(),
-    };
-    let req = fephp_sapi_request {
-        ctx: &mut *ctx as *mut Ctx as *mut c_void,
-        ..req
-    };
-    // SAFETY: `req` and everything it points to live until execute returns; the
-    // callbacks receive `ctx` back and are the only users of it meanwhile.
-    let rc = unsafe { rt.shim.fephp_sapi_execute(&req) };
+    let mut p = Prepared::new(job);
+    // SAFETY: `p.req` and everything it points to live until execute returns; the
+    // callbacks receive its ctx back and are the only users of it meanwhile.
+    let rc = unsafe { rt.shim.fephp_sapi_execute(&p.req) };
+    let ctx = &mut p.ctx;
     match rc {
         0 => {}
         -1 => {
@@ -228,10 +261,98 @@ pub(super) fn run(rt: &'static Runtime, job: Job) {
             tracing::error!(uri = %ctx.job.log_uri, "PHP failed while shutting the request down; the worker keeps serving")
         }
     }
-    // The script has ended: nothing reads the body any more, so none of it needs
-    // keeping when the completion runs.
-    ctx.job.body.close();
-    finish(&mut ctx);
+    p.end();
+}
+
+/// Worker mode on this thread: where the worker script's jobs come from, and
+/// the job it is handling.
+struct WorkerLoop {
+    next: Box<dyn FnMut() -> Option<Job>>,
+    current: Option<Prepared>,
+}
+
+thread_local! {
+    static WORKER: std::cell::RefCell<Option<WorkerLoop>> = const { std::cell::RefCell::new(None) };
+}
+
+/// How a worker script ended.
+pub(super) struct WorkerEnd {
+    /// fephp_sapi_worker's result (0: the script ended; -1: PHP could not
+    /// start it; 1: its request shutdown failed).
+    pub rc: i32,
+    /// What the script printed outside any job (its first KiB), for the log.
+    pub output: String,
+}
+
+/// Runs the worker script `boot` (a request of its own) until it ends; each of
+/// its `frankenphp_handle_request()` calls handles the job `next` returns, or
+/// returns false when `next` returns None.
+pub(super) fn run_worker(
+    rt: &'static Runtime,
+    boot: Job,
+    next: Box<dyn FnMut() -> Option<Job>>,
+) -> WorkerEnd {
+    WORKER.with(|w| {
+        *w.borrow_mut() = Some(WorkerLoop {
+            next,
+            current: None,
+        })
+    });
+    let p = Prepared::new(boot);
+    // SAFETY: as in `run`; jobs handed to PHP by `cb_next_job` live in WORKER
+    // until `cb_job_done`.
+    let rc = unsafe { rt.shim.fephp_sapi_worker(&p.req) };
+    let left = WORKER.with(|w| w.borrow_mut().take());
+    if let Some(job) = left.and_then(|w| w.current) {
+        // The shim always reports the end of a job it took; never leave one
+        // unanswered.
+        job.end();
+    }
+    let out = &p.ctx.out;
+    let output = String::from_utf8_lossy(&out[..out.len().min(1024)]).into_owned();
+    WorkerEnd { rc, output }
+}
+
+unsafe extern "C" fn cb_next_job(_worker: *mut c_void, out: *mut fephp_sapi_request) -> c_int {
+    guarded(0, || {
+        WORKER.with(|w| {
+            let mut w = w.borrow_mut();
+            let Some(w) = w.as_mut() else {
+                return 0;
+            };
+            if let Some(previous) = w.current.take() {
+                previous.end();
+            }
+            let Some(job) = (w.next)() else {
+                return 0;
+            };
+            let p = Prepared::new(job);
+            // SAFETY: the shim passes a valid fephp_sapi_request to fill.
+            *out = fephp_sapi_request { ..p.req };
+            w.current = Some(p);
+            1
+        })
+    })
+}
+
+unsafe extern "C" fn cb_job_done(ctx: *mut c_void) {
+    guarded((), || {
+        WORKER.with(|w| {
+            let mut w = w.borrow_mut();
+            let Some(w) = w.as_mut() else {
+                return;
+            };
+            let is_it = w
+                .current
+                .as_ref()
+                .is_some_and(|p| std::ptr::eq(&*p.ctx as *const Ctx as *const c_void, ctx));
+            if is_it {
+                if let Some(p) = w.current.take() {
+                    p.end();
+                }
+            }
+        })
+    })
 }
 
 /// Completes the response: the whole buffered body, or the end of the stream.

@@ -164,6 +164,7 @@ impl Embedded {
         ini: &BTreeMap<String, IniValue>,
         pool_name: &str,
         pool_settings: &PoolConfig,
+        root: &Path,
         metrics: Arc<Metrics>,
     ) -> Result<Embedded, String> {
         for (k, v) in ini {
@@ -176,7 +177,7 @@ impl Embedded {
         }
         let runtime = runtime::start(libphp_path, ini, &executor::CALLBACKS)?;
         let pool = if pool_settings.enabled {
-            Some(pool::start(runtime, pool_name, pool_settings)?)
+            Some(pool::start(runtime, pool_name, pool_settings, root)?)
         } else {
             None
         };
@@ -193,6 +194,7 @@ impl Embedded {
         _ini: &BTreeMap<String, IniValue>,
         _pool_name: &str,
         _pool_settings: &PoolConfig,
+        _root: &Path,
         _metrics: Arc<Metrics>,
     ) -> Result<Embedded, String> {
         Err("the embedded backend is not built into this library (PHP headers were missing at build time)".to_owned())

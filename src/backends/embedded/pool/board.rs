@@ -31,7 +31,7 @@ pub struct Header {
     /// Jobs ever taken (for tests and metrics).
     pub taken: AtomicU64,
     /// Runners that ended, by reason (see `Exit`).
-    pub exits: [AtomicU64; 5],
+    pub exits: [AtomicU64; 6],
     /// Jobs refused because the queue was full.
     pub rejected: AtomicU64,
     /// Sum of queue waits in microseconds (divided by `taken`: the mean).
@@ -60,9 +60,12 @@ pub enum Exit {
     Idle = 3,
     /// The memory budget.
     Memory = 4,
+    /// Worker mode: the worker script ended (exit(), a fatal error, or it left
+    /// its loop) after taking requests.
+    WorkerEnded = 5,
 }
 
-pub const EXIT_NAMES: [&str; 5] = ["recycled", "deadline", "crashed", "idle", "memory"];
+pub const EXIT_NAMES: [&str; 6] = ["recycled", "deadline", "crashed", "idle", "memory", "worker_ended"];
 
 #[repr(C)]
 pub struct Slot {

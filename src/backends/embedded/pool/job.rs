@@ -175,3 +175,45 @@ pub fn read_reply(msg: &[u8]) -> io::Result<Reply<'_>> {
         data: r.rest(),
     })
 }
+
+/// The request a worker script runs in (its own, outside any job): a GET of the
+/// script itself, with `$_SERVER['FRANKENPHP_WORKER']` and `FEPHP_WORKER` set, as
+/// worker-aware runtimes (Symfony Runtime, Laravel Octane) look for them.
+pub fn worker_boot(script: &super::WorkerScript) -> Job {
+    let path = script.path.as_os_str().as_encoded_bytes();
+    let name = format!("/{}", script.relative.display());
+    let mut vars = Pairs::with_capacity(512, 12);
+    for (k, v) in [
+        ("SCRIPT_FILENAME", path),
+        ("SCRIPT_NAME", name.as_bytes()),
+        ("PHP_SELF", name.as_bytes()),
+        ("DOCUMENT_ROOT", script.root.as_os_str().as_encoded_bytes()),
+        ("REQUEST_METHOD", b"GET"),
+        ("REQUEST_URI", name.as_bytes()),
+        ("QUERY_STRING", b""),
+        ("GATEWAY_INTERFACE", b"CGI/1.1"),
+        ("SERVER_SOFTWARE", b"fe-php"),
+        ("FRANKENPHP_WORKER", b"1"),
+        ("FEPHP_WORKER", b"1"),
+    ] {
+        vars.push(k, v);
+    }
+    let c = |b: &[u8]| CString::new(b.to_vec()).unwrap_or_default();
+    Job {
+        method: c(b"GET"),
+        query: c(b""),
+        request_uri: c(name.as_bytes()),
+        script_filename: c(path),
+        content_type: None,
+        content_length: -1,
+        cookie: None,
+        authorization: None,
+        proto_num: 1100,
+        head: false,
+        vars,
+        headers: Pairs::default(),
+        body: RequestBody::memory(Vec::new()),
+        log_uri: format!("worker script {}", script.path.display()),
+        complete: None,
+    }
+}

@@ -8,7 +8,7 @@
 
 use super::board::{self, Exit, BUSY, FREE, IDLE, STARTING};
 use super::job::{self, ERROR};
-use super::runner::{self, EXIT_BROKEN, EXIT_MEMORY, EXIT_RECYCLED};
+use super::runner::{self, EXIT_BROKEN, EXIT_MEMORY, EXIT_RECYCLED, EXIT_WORKER_ENDED, EXIT_WORKER_FAILED};
 use super::wire;
 use super::Pool;
 use crate::backends::embedded::runtime::Runtime;
@@ -254,8 +254,10 @@ fn reap(pool: &Pool, runners: &mut Vec<Runner>, failures: &mut u32, not_before: 
         let code = if signaled { 0 } else { libc::WEXITSTATUS(status) };
         let reason = if r.deadline {
             Exit::Deadline
-        } else if signaled || code == EXIT_BROKEN {
+        } else if signaled || code == EXIT_BROKEN || code == EXIT_WORKER_FAILED {
             Exit::Crashed
+        } else if code == EXIT_WORKER_ENDED {
+            Exit::WorkerEnded
         } else if code == EXIT_RECYCLED {
             Exit::Recycled
         } else if code == EXIT_MEMORY {
@@ -296,7 +298,9 @@ fn reap(pool: &Pool, runners: &mut Vec<Runner>, failures: &mut u32, not_before: 
         }
         slot.pid.store(0, SeqCst);
         slot.state.store(FREE, SeqCst);
-        if matches!(reason, Exit::Crashed) && r.started.elapsed() < FAST_FAILURE {
+        if matches!(reason, Exit::Crashed)
+            && (r.started.elapsed() < FAST_FAILURE || code == EXIT_WORKER_FAILED)
+        {
             *failures += 1;
             let wait = Duration::from_millis(100 << (*failures).min(8)).min(Duration::from_secs(30));
             tracing::error!(

@@ -30,6 +30,7 @@ use crate::config::PoolConfig;
 use board::Board;
 use parking_lot::Mutex;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The pools of this process tree, by name ("default" is `[php.pool]`). Each
@@ -40,10 +41,22 @@ static POOLS: Mutex<Vec<&'static Pool>> = parking_lot::const_mutex(Vec::new());
 /// The name of `[php.pool]`.
 pub const DEFAULT: &str = "default";
 
+/// A worker pool's script (`worker = "..."`).
+pub struct WorkerScript {
+    /// Absolute, inside the document root.
+    pub path: PathBuf,
+    /// As configured, relative to the document root.
+    pub relative: PathBuf,
+    /// The document root.
+    pub root: PathBuf,
+}
+
 /// Everything the processes of one pool share, created before any fork.
 pub struct Pool {
     name: String,
     settings: PoolConfig,
+    /// Worker mode: the script every runner keeps running.
+    worker: Option<WorkerScript>,
     board: Board,
     /// The queue: I/O processes send on `submit`, runners receive on `take`.
     submit: OwnedFd,
@@ -82,6 +95,7 @@ pub fn start(
     rt: &'static Runtime,
     name: &str,
     settings: &PoolConfig,
+    root: &Path,
 ) -> Result<&'static Pool, String> {
     let mut pools = POOLS.lock();
     if let Some(pool) = pools.iter().find(|p| p.name == name) {
@@ -90,7 +104,11 @@ pub fn start(
             None => Ok(pool),
         };
     }
-    let pool: &'static Pool = Box::leak(Box::new(create(rt, name, settings)?));
+    let worker = match &settings.worker {
+        Some(w) => Some(worker_script(name, w, root)?),
+        None => None,
+    };
+    let pool: &'static Pool = Box::leak(Box::new(create(rt, name, settings, worker)?));
     manager::fork(pool, rt, &pools)?;
     pools.push(pool);
     Ok(pool)
@@ -116,7 +134,39 @@ pub fn conflict(name: &str, settings: &PoolConfig) -> Option<String> {
     conflict_with(get(name)?, settings)
 }
 
-fn create(_rt: &'static Runtime, name: &str, settings: &PoolConfig) -> Result<Pool, String> {
+/// Finds a worker pool's script inside the document root.
+fn worker_script(name: &str, relative: &Path, root: &Path) -> Result<WorkerScript, String> {
+    let joined = root.join(relative);
+    let fail = |why: String| {
+        format!(
+            "{} worker = \"{}\": {why}.\n    The worker script is relative to [php] document_root ({}), e.g. worker = \"index.php\".",
+            section(name),
+            relative.display(),
+            root.display()
+        )
+    };
+    let path = std::fs::canonicalize(&joined)
+        .map_err(|e| fail(format!("{} cannot be used: {e}", joined.display())))?;
+    let root = std::fs::canonicalize(root).map_err(|e| fail(format!("the document root cannot be used: {e}")))?;
+    if !path.starts_with(&root) {
+        return Err(fail(format!("{} lies outside the document root", path.display())));
+    }
+    if !path.is_file() {
+        return Err(fail(format!("{} is not a file", path.display())));
+    }
+    Ok(WorkerScript {
+        path,
+        relative: relative.to_owned(),
+        root,
+    })
+}
+
+fn create(
+    _rt: &'static Runtime,
+    name: &str,
+    settings: &PoolConfig,
+    worker: Option<WorkerScript>,
+) -> Result<Pool, String> {
     let os = |what: &str, e: std::io::Error| format!("cannot start the PHP runner pool: {what}: {e}");
     let board = Board::new(settings.max_runners, lane_count()).map_err(|e| os("mmap", e))?;
     let (submit, take) = wire::pair().map_err(|e| os("socketpair", e))?;
@@ -129,6 +179,7 @@ fn create(_rt: &'static Runtime, name: &str, settings: &PoolConfig) -> Result<Po
     Ok(Pool {
         name: name.to_owned(),
         settings: settings.clone(),
+        worker,
         board,
         submit,
         take,

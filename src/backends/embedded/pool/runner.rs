@@ -20,6 +20,12 @@ pub const EXIT_STOPPED: i32 = 0;
 pub const EXIT_RECYCLED: i32 = 10;
 pub const EXIT_MEMORY: i32 = 11;
 pub const EXIT_BROKEN: i32 = 12;
+/// A worker script ended after taking requests (exit(), a fatal error, or it
+/// left its loop): started again at once.
+pub const EXIT_WORKER_ENDED: i32 = 13;
+/// A worker script ended before taking a request: a boot failure, restarted
+/// with a back-off.
+pub const EXIT_WORKER_FAILED: i32 = 14;
 
 /// The PHP thread's stack (as in-process PHP's).
 const PHP_STACK: usize = 16 << 20;
@@ -49,7 +55,10 @@ pub fn main(pool: &'static Pool, rt: &'static Runtime, index: usize) -> ! {
         .stack_size(PHP_STACK)
         .spawn(move || {
             crate::backends::sigprof::set_blocked(false);
-            serve(pool, rt, index)
+            match &pool.worker {
+                Some(script) => serve_worker(pool, rt, index, script),
+                None => serve(pool, rt, index),
+            }
         })
         .map(|t| t.join().unwrap_or(EXIT_BROKEN))
         .unwrap_or(EXIT_BROKEN);
@@ -62,101 +71,199 @@ fn exit(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// What the queue gave a runner.
+enum Taken {
+    Job(Box<super::Job>),
+    /// The runner must end with this exit code.
+    Stop(i32),
+    /// Nothing yet (a timeout or a job that was answered already).
+    Again,
+}
+
 fn serve(pool: &'static Pool, rt: &'static Runtime, index: usize) -> i32 {
+    start_serving(pool, index);
+    let mut buf = Vec::new();
+    loop {
+        match take(pool, index, &mut buf) {
+            Taken::Job(job) => {
+                executor::run(rt, *job);
+                if let Some(code) = after_job(pool, index) {
+                    return code;
+                }
+            }
+            Taken::Stop(code) => return code,
+            Taken::Again => {}
+        }
+    }
+}
+
+/// A worker pool's runner: its worker script runs once and takes every job
+/// through `frankenphp_handle_request()`.
+fn serve_worker(pool: &'static Pool, rt: &'static Runtime, index: usize, script: &super::WorkerScript) -> i32 {
+    start_serving(pool, index);
+    let slot = pool.board.slot(index);
+    let stop: std::rc::Rc<std::cell::Cell<Option<i32>>> = Default::default();
+    let handed = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let next = {
+        let (stop, handed) = (stop.clone(), handed.clone());
+        let mut buf = Vec::new();
+        move || -> Option<super::Job> {
+            if handed.get() > 0 {
+                if let Some(code) = after_job(pool, index) {
+                    stop.set(Some(code));
+                    return None;
+                }
+            }
+            loop {
+                match take(pool, index, &mut buf) {
+                    Taken::Job(job) => {
+                        handed.set(handed.get() + 1);
+                        return Some(*job);
+                    }
+                    Taken::Stop(code) => {
+                        stop.set(Some(code));
+                        return None;
+                    }
+                    Taken::Again => {}
+                }
+            }
+        }
+    };
+    let end = executor::run_worker(rt, super::job::worker_boot(script), Box::new(next));
+    slot.state.store(IDLE, SeqCst);
+    if let Some(code) = stop.get() {
+        return code;
+    }
+    let section = super::section(&pool.name);
+    let shown = script.path.display();
+    let printed = if end.output.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; it printed: {}", end.output.trim())
+    };
+    if end.rc < 0 {
+        tracing::error!(
+            "PHP could not start the worker script {shown} of {section} (see PHP's messages above); its runner is restarted with a back-off"
+        );
+        EXIT_WORKER_FAILED
+    } else if handed.get() == 0 {
+        tracing::error!(
+            "the worker script {shown} of {section} ended before it took a request (it must loop on frankenphp_handle_request()){printed}; its runner is restarted with a back-off"
+        );
+        EXIT_WORKER_FAILED
+    } else {
+        tracing::warn!(
+            "the worker script {shown} of {section} ended after {} requests (it returned, called exit() or hit a fatal error){printed}; a new runner starts it again",
+            handed.get()
+        );
+        EXIT_WORKER_ENDED
+    }
+}
+
+fn start_serving(pool: &Pool, index: usize) {
     crate::backends::sigprof::set_blocked(false);
+    // SAFETY: gettid has no preconditions.
+    pool.board.slot(index).tid.store(unsafe { libc::gettid() }, SeqCst);
+}
+
+/// Waits for the next job on the queue (a second at most) and marks this runner
+/// busy with it.
+fn take(pool: &'static Pool, index: usize, buf: &mut Vec<u8>) -> Taken {
     let board = &pool.board;
     let header = board.header();
     let slot = board.slot(index);
-    // SAFETY: gettid has no preconditions.
-    slot.tid.store(unsafe { libc::gettid() }, SeqCst);
+    if slot.stop.load(SeqCst) != 0 {
+        return Taken::Stop(EXIT_STOPPED);
+    }
+    slot.since.store(board::now_ns(), SeqCst);
+    slot.state.store(IDLE, SeqCst);
+    header.idle.fetch_add(1, SeqCst);
+    let got = wire::recv(pool.take.as_raw_fd(), buf);
+    header.idle.fetch_sub(1, SeqCst);
+    let file = match got {
+        Ok(Some(file)) => file,
+        Ok(None) => return Taken::Stop(EXIT_STOPPED),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Taken::Again,
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Taken::Again,
+        Err(e) => {
+            tracing::error!("a PHP runner cannot read the queue: {e}");
+            return Taken::Stop(EXIT_BROKEN);
+        }
+    };
+    header.queued.fetch_sub(1, SeqCst);
+    let (env, mut job) = match job::decode(buf, file) {
+        Ok(x) => x,
+        Err(e) => {
+            // The sender still waits: answer 500 when the message says who.
+            tracing::error!("a PHP runner received a malformed job: {e}; answered 500");
+            let mut r = wire::Reader(buf);
+            if let (Ok(id), Ok(lane)) = (r.u64(), r.u32()) {
+                if let Some((_, send)) = pool.lanes.get(lane as usize) {
+                    let w = job::reply(job::ERROR, 0, 500, index as u32, id);
+                    let _ = wire::send(send.as_raw_fd(), &w.0, None, true);
+                }
+            }
+            return Taken::Again;
+        }
+    };
+    let now = board::now_ns();
+    header.taken.fetch_add(1, Relaxed);
+    let waited = now.saturating_sub(env.submitted_ns) / 1000;
+    header.wait_us.fetch_add(waited, Relaxed);
+    let bucket = board::WAIT_BUCKETS_US
+        .iter()
+        .position(|&le| waited <= le)
+        .unwrap_or(board::WAIT_BUCKETS_US.len());
+    header.wait_buckets[bucket].fetch_add(1, Relaxed);
+    slot.lane.store(env.lane, SeqCst);
+    slot.id.store(env.id, SeqCst);
+    slot.set_what(&format!(
+        "{} (script {})",
+        job.log_uri,
+        job.script_filename.to_string_lossy()
+    ));
+    slot.since.store(now, SeqCst);
+    slot.state.store(BUSY, SeqCst);
+    let lane = match pool.lanes.get(env.lane as usize) {
+        Some((_, send)) => send.as_raw_fd(),
+        // A lane this pool never had: nobody could be answered.
+        None => return Taken::Again,
+    };
+    job.complete = Some(Box::new(Remote {
+        board,
+        lane,
+        lane_index: env.lane as usize,
+        runner: index as u32,
+        id: env.id,
+    }));
+    Taken::Job(Box::new(job))
+}
+
+/// After a job: whether this runner must now end (max_requests, memory budget),
+/// with the exit code that says why.
+fn after_job(pool: &Pool, index: usize) -> Option<i32> {
     let settings = &pool.settings;
-    let mut buf = Vec::new();
-    loop {
-        if slot.stop.load(SeqCst) != 0 {
-            return EXIT_STOPPED;
-        }
-        slot.since.store(board::now_ns(), SeqCst);
+    let slot = pool.board.slot(index);
+    let done = slot.requests.fetch_add(1, Relaxed) + 1;
+    if settings.max_requests != 0 && done >= settings.max_requests {
         slot.state.store(IDLE, SeqCst);
-        header.idle.fetch_add(1, SeqCst);
-        let got = wire::recv(pool.take.as_raw_fd(), &mut buf);
-        header.idle.fetch_sub(1, SeqCst);
-        let file = match got {
-            Ok(Some(file)) => file,
-            Ok(None) => return EXIT_STOPPED,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                tracing::error!("a PHP runner cannot read the queue: {e}");
-                return EXIT_BROKEN;
-            }
-        };
-        header.queued.fetch_sub(1, SeqCst);
-        let (env, mut job) = match job::decode(&buf, file) {
-            Ok(x) => x,
-            Err(e) => {
-                // The sender still waits: answer 500 when the message says who.
-                tracing::error!("a PHP runner received a malformed job: {e}; answered 500");
-                let mut r = wire::Reader(&buf);
-                if let (Ok(id), Ok(lane)) = (r.u64(), r.u32()) {
-                    if let Some((_, send)) = pool.lanes.get(lane as usize) {
-                        let w = job::reply(job::ERROR, 0, 500, index as u32, id);
-                        let _ = wire::send(send.as_raw_fd(), &w.0, None, true);
-                    }
-                }
-                continue;
-            }
-        };
-        let now = board::now_ns();
-        header.taken.fetch_add(1, Relaxed);
-        let waited = now.saturating_sub(env.submitted_ns) / 1000;
-        header.wait_us.fetch_add(waited, Relaxed);
-        let bucket = board::WAIT_BUCKETS_US
-            .iter()
-            .position(|&le| waited <= le)
-            .unwrap_or(board::WAIT_BUCKETS_US.len());
-        header.wait_buckets[bucket].fetch_add(1, Relaxed);
-        slot.lane.store(env.lane, SeqCst);
-        slot.id.store(env.id, SeqCst);
-        slot.set_what(&format!(
-            "{} (script {})",
-            job.log_uri,
-            job.script_filename.to_string_lossy()
-        ));
-        slot.since.store(now, SeqCst);
-        slot.state.store(BUSY, SeqCst);
-        let lane = match pool.lanes.get(env.lane as usize) {
-            Some((_, send)) => send.as_raw_fd(),
-            // A lane this pool never had: nobody could be answered.
-            None => continue,
-        };
-        job.complete = Some(Box::new(Remote {
-            board,
-            lane,
-            lane_index: env.lane as usize,
-            runner: index as u32,
-            id: env.id,
-        }));
-        executor::run(rt, job);
-        let done = slot.requests.fetch_add(1, Relaxed) + 1;
-        if settings.max_requests != 0 && done >= settings.max_requests {
-            slot.state.store(IDLE, SeqCst);
-            return EXIT_RECYCLED;
-        }
-        if settings.memory_budget.0 != 0 && done % 16 == 0 {
-            if let Some(own) = own_memory() {
-                if own > settings.memory_budget.0 {
-                    tracing::warn!(
-                        "a PHP runner uses {} MiB of its own memory after {done} requests, above {} memory_budget = {}: it is replaced",
-                        own >> 20,
-                        super::section(&pool.name),
-                        settings.memory_budget
-                    );
-                    slot.state.store(IDLE, SeqCst);
-                    return EXIT_MEMORY;
-                }
+        return Some(EXIT_RECYCLED);
+    }
+    if settings.memory_budget.0 != 0 && done % 16 == 0 {
+        if let Some(own) = own_memory() {
+            if own > settings.memory_budget.0 {
+                tracing::warn!(
+                    "a PHP runner uses {} MiB of its own memory after {done} requests, above {} memory_budget = {}: it is replaced",
+                    own >> 20,
+                    super::section(&pool.name),
+                    settings.memory_budget
+                );
+                slot.state.store(IDLE, SeqCst);
+                return Some(EXIT_MEMORY);
             }
         }
     }
+    None
 }
 
 /// The slow log's watcher: when the manager asks for the stack of the running
