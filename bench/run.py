@@ -21,6 +21,10 @@ Scenarios with a load of their own run once, under their shape, whatever --shape
   wordpress       Debian's WordPress + MariaDB front page, 16 connections; optional
   wordpress-rest  (--scenarios wordpress,wordpress-rest), run as root: it runs
                   bench/wordpress/setup.sh (packages, database, site) first.
+  symfony-page    A Symfony 5.4 app from Debian's packages (tests/apps/symfony):
+  symfony-json    a Twig page and a JSON endpoint, 16 connections; fe-php in
+                  worker mode and classic against nginx + php-fpm with Debian's
+                  pool. Optional (--scenarios symfony-page,symfony-json).
 """
 import argparse, http.client, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 
@@ -372,6 +376,8 @@ PHP_SERVERS = ["fe-php", "fe-php-inproc", "fe-php-fastcgi", "nginx+fephp", "ngin
 TCP_SERVERS = ["fe-php-fastcgi-tcp", "nginx+php-fpm-tcp", "nginx+php-fpm-tcp-ka"]
 STATIC_SERVERS = ["fe-php", "nginx+fephp", "nginx"]
 WP_SERVERS = ["fe-php-wp", "nginx+php-fpm-wp"]
+SF_SERVERS = ["fe-php-sf-worker", "fe-php-sf", "nginx+php-fpm-sf"]
+SF_APP = os.path.join(ROOT, "tests", "apps", "symfony")
 WP_ROOT = "/usr/share/wordpress"
 # The Host of every WordPress request: Debian's wp-config.php loads
 # /etc/wordpress/config-<host>.php by it, so both servers serve one site, and
@@ -394,6 +400,10 @@ SCENARIOS = {
     # the REST API's post list; php-fpm as Debian ships it.
     "wordpress": ("/", WP_SERVERS),
     "wordpress-rest": ("/?rest_route=/wp/v2/posts", WP_SERVERS),
+    # A Symfony app from Debian's packages: worker mode, classic, and php-fpm as
+    # Debian ships it.
+    "symfony-page": ("/page/bench?q=fe-php", SF_SERVERS),
+    "symfony-json": ("/api/items?n=20", SF_SERVERS),
 }
 # Scenarios with a load of their own: measured once, under their shape (added to
 # --shapes when it is not there), with a wrk script and extra headers.
@@ -406,13 +416,18 @@ FIXED = {
                           "nginx+php-fpm-wp = Debian's pool; fe-php-wp embedded, front_controller index.php"},
     "wordpress-rest": {"shape": "ka16", "headers": [f"Host: {WP_HOST}"],
                        "note": "wordpress-rest: /?rest_route=/wp/v2/posts (JSON), same servers"},
+    "symfony-page": {"shape": "ka16",
+                     "note": "symfony-page: Symfony 5.4 (Debian) prod, Twig page; fe-php-sf-worker = [php.pool] "
+                             "worker = \"worker.php\", fe-php-sf = classic index.php, nginx+php-fpm-sf = Debian's pool"},
+    "symfony-json": {"shape": "ka16", "note": "symfony-json: /api/items?n=20 (JsonResponse), same servers"},
 }
 # Who each fe-php variant is measured against.
 PEERS = {"hello": ["nginx+php-fpm", "apache+mod_php"], "json": ["nginx+php-fpm", "apache+mod_php"],
          "page": ["nginx+php-fpm", "apache+mod_php"],
          "page-tcp": ["nginx+php-fpm-tcp", "nginx+php-fpm-tcp-ka"], "static-1k": ["nginx"], "static-100k": ["nginx"],
          "static-10m": ["nginx"], "mixed": ["nginx+php-fpm-deb"], "wordpress": ["nginx+php-fpm-wp"],
-         "wordpress-rest": ["nginx+php-fpm-wp"]}
+         "wordpress-rest": ["nginx+php-fpm-wp"], "symfony-page": ["nginx+php-fpm-sf"],
+         "symfony-json": ["nginx+php-fpm-sf"]}
 
 
 SHAPES = {
@@ -422,7 +437,7 @@ SHAPES = {
 }
 DEFAULT_SHAPES = ["ka32", "ka256", "close32", "close256"]
 # Not run unless named in --scenarios.
-OPTIONAL = {"wordpress", "wordpress-rest"}
+OPTIONAL = {"wordpress", "wordpress-rest", "symfony-page", "symfony-json"}
 
 
 def plan(scenarios, shapes):
@@ -543,7 +558,9 @@ def main():
             servers["nginx+php-fpm-deb"].procs.insert(0, fpm_deb.procs[0])
         if wanted & set(WP_SERVERS):
             start_wordpress(tmp, wanted, servers, pools)
-        if wanted - {"fe-php", "fe-php-inproc", "nginx+php-fpm-deb", *WP_SERVERS}:
+        if wanted & set(SF_SERVERS):
+            start_symfony(tmp, wanted, servers, pools)
+        if wanted - {"fe-php", "fe-php-inproc", "nginx+php-fpm-deb", *WP_SERVERS, *SF_SERVERS}:
             start_classic(tmp, args, scenarios, servers, pools)
         results = {}
         for shape, scs in plan(scenarios, shapes):
@@ -585,6 +602,29 @@ def start_wordpress(tmp, wanted, servers, pools):
         servers["nginx+php-fpm-wp"] = start_nginx(tmp, fpm.sock, keepalive=0, name="nginx+php-fpm-wp", root=WP_ROOT,
                                                  fallback="/index.php?$args", server_name=WP_HOST)
         servers["nginx+php-fpm-wp"].procs.insert(0, fpm.procs[0])
+
+
+def start_symfony(tmp, wanted, servers, pools):
+    """The Symfony app of tests/apps/symfony (Debian's Symfony 5.4 packages), its
+    prod cache warmed once, under fe-php (worker mode and classic) and under
+    nginx + php-fpm as Debian ships them."""
+    app = os.path.join(tmp, "symfony")
+    shutil.copytree(SF_APP, app)
+    subprocess.run(["php", "-r", f"require '{app}/bootstrap.php'; (new App\\Kernel('prod', false))->boot();"],
+                   check=True)
+    subprocess.run(["chmod", "-R", "a+rwX", app], check=True)  # php-fpm's children run as www-data
+    public = os.path.join(app, "public")
+    if "fe-php-sf-worker" in wanted:
+        servers["fe-php-sf-worker"] = start_fe_php(tmp, "fe-php-sf-worker", root=public, front_controller="index.php",
+                                                   extra='[php.pool]\nworker = "worker.php"\n')
+    if "fe-php-sf" in wanted:
+        servers["fe-php-sf"] = start_fe_php(tmp, "fe-php-sf", root=public, front_controller="index.php")
+    if "nginx+php-fpm-sf" in wanted:
+        fpm = start_php_fpm(tmp, 0, "php-fpm-sf", pool=DEBIAN_POOL)
+        pools.append(fpm)
+        servers["nginx+php-fpm-sf"] = start_nginx(tmp, fpm.sock, keepalive=0, name="nginx+php-fpm-sf", root=public,
+                                                 fallback="/index.php?$args")
+        servers["nginx+php-fpm-sf"].procs.insert(0, fpm.procs[0])
 
 
 def start_classic(tmp, args, scenarios, servers, pools):
