@@ -11,6 +11,9 @@ packages=(
   iproute2
   # tests/real_apps.rs: Debian's WordPress on MariaDB (bench/wordpress/setup.sh)
   wordpress wordpress-theme-twentytwentythree mariadb-server php8.2-mysql
+  # tests/frameworks.rs: Symfony 5.4 and Laravel 8 apps in worker and classic mode
+  php-symfony-framework-bundle php-symfony-twig-bundle php-symfony-runtime php-symfony-yaml
+  php-laravel-framework
 )
 # Extra packages a caller asks for (e.g. `make bench` adds Apache + mod_php).
 read -r -a extra <<< "${FEPHP_EXTRA_PACKAGES:-}"
