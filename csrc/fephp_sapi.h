@@ -103,6 +103,11 @@ int fephp_sapi_execute(const fephp_sapi_request *request);
  * was handling then is completed and job_done called before this returns). */
 int fephp_sapi_worker(const fephp_sapi_request *worker);
 
+/* Calls `each(arg, path, len)` for every file the running request has included
+ * (a worker script and what it loaded), until `each` returns non-zero. For a
+ * worker's engine, between jobs (from next_job). */
+void fephp_sapi_included_files(int (*each)(void *arg, const char *path, size_t len), void *arg);
+
 /* Writes the running script's PHP stack into `buf` ("#0 f() /path/x.php:12"
  * lines, innermost first) and returns its length (0 when no script runs).
  * Async-signal-safe: it only reads PHP's executor state and formats by hand,

@@ -420,3 +420,13 @@ int fephp_sapi_worker(const fephp_sapi_request *req)
     worker = NULL;
     return rc;
 }
+
+void fephp_sapi_included_files(int (*each)(void *arg, const char *path, size_t len), void *arg)
+{
+    zend_string *path;
+    ZEND_HASH_FOREACH_STR_KEY(&EG(included_files), path) {
+        if (path && each(arg, ZSTR_VAL(path), ZSTR_LEN(path))) {
+            break;
+        }
+    } ZEND_HASH_FOREACH_END();
+}

@@ -13,7 +13,7 @@
 #define FEPHP_VERSION_MAJOR 1
 #define FEPHP_VERSION_MINOR 1
 #define FEPHP_VERSION_PATCH 0
-#define FEPHP_VERSION "1.1.0"
+#define FEPHP_VERSION "1.2.0"
 
 
 /**
@@ -419,6 +419,19 @@ fephp_result fephp_metrics_worker_exited(const struct fephp_engine *engine,
  * of them instead of the script.
  */
 fephp_result fephp_worker_start(const struct fephp_engine *engine);
+
+/**
+ * Restarts the workers of worker pool `pool_name` (`[php.pools.NAME]` with a
+ * `worker` script; "default" is `[php.pool]`), or of every worker pool when
+ * `pool_name` is NULL. Each worker finishes the request it is handling, its
+ * script's `frankenphp_handle_request()` returns false, and a new runner boots
+ * the script again: no request is dropped (requests wait in the pool's queue
+ * meanwhile). A reload (`fephp_engine_reload`) does this by itself for the
+ * workers whose loaded files changed. Returns `FEPHP_INVALID_ARGUMENT` (with
+ * `fephp_last_error`) when there is no such worker pool. Any process of the host
+ * may call it.
+ */
+fephp_result fephp_engine_restart_workers(const struct fephp_engine *engine, const char *pool_name);
 
 /**
  * Lets the calling host receive PHP's responses on its own event loop instead of

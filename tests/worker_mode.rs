@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 /// handler that reports the request state it sees and changes it on demand.
 const WORKER: &str = r#"<?php
 ignore_user_abort(true);
+require __DIR__ . '/lib.php';
 $bootWorker = $_SERVER['FRANKENPHP_WORKER'] ?? null;
 $count = 0;
 class App { public static array $seen = []; }
@@ -53,6 +54,7 @@ $handler = function () use (&$count, $bootWorker) {
         'time_limit' => ini_get('max_execution_time'),
         'tmp_gone' => isset($q['check']) ? !is_file($q['check']) : null,
         'ob_level' => ob_get_level(),
+        'version' => APP_VERSION,
     ]);
     if (isset($q['throw'])) { throw new RuntimeException('thrown by the handler'); }
     if (isset($q['exit'])) { exit(0); }
@@ -68,6 +70,7 @@ fn site(dir: &Path) {
     std::fs::create_dir_all(www.join("app")).unwrap();
     std::fs::create_dir_all(dir.join("sessions")).unwrap();
     std::fs::write(www.join("app/worker.php"), WORKER).unwrap();
+    std::fs::write(www.join("app/lib.php"), "<?php const APP_VERSION = 'v1';").unwrap();
     std::fs::write(
         www.join("classic.php"),
         "<?php try { frankenphp_handle_request(fn() => null); } catch (RuntimeException $e) { echo 'classic: ', $e->getMessage(); }",
@@ -354,5 +357,93 @@ fn a_worker_that_cannot_boot_backs_off() {
     assert!(
         log.contains("booting"),
         "what the script printed is in the log: {log}"
+    );
+}
+
+/// A reload restarts the workers whose loaded code changed (and only those),
+/// between requests: no request fails meanwhile. SIGUSR2 restarts them whatever
+/// changed.
+#[test]
+fn a_reload_restarts_workers_whose_code_changed_without_failing_a_request() {
+    let h = host(ONE);
+    let first = app(&h, "/app/v");
+    assert_eq!(first["version"], "v1");
+
+    // Nothing changed: the worker stays.
+    h.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(1500));
+    let same = app(&h, "/app/v");
+    assert_eq!(
+        same["pid"], first["pid"],
+        "a reload without changes keeps the worker"
+    );
+    assert_eq!(same["version"], "v1");
+
+    // A file the worker loaded changes: under load, reload.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let (url, stop) = (h.url("/app/load"), stop.clone());
+            std::thread::spawn(move || {
+                let mut statuses = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    statuses.push(get(&url).status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(
+        h.dir.path().join("www/app/lib.php"),
+        "<?php const APP_VERSION = 'v2';",
+    )
+    .unwrap();
+    h.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app(&h, "/app/v")["version"] != "v2" {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never restarted:\n{}",
+            h.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses: Vec<u16> = load.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    assert!(statuses.len() > 10, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|&s| s == 200),
+        "a request failed during the restart: {statuses:?}"
+    );
+    assert!(
+        h.stderr()
+            .contains("lib.php changed since the worker script of [php.pools.app] booted"),
+        "{}",
+        h.stderr()
+    );
+
+    // SIGUSR2: a restart whatever changed.
+    let before = app(&h, "/app/v")["pid"].clone();
+    h.signal(libc::SIGUSR2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app(&h, "/app/v")["pid"] == before {
+        assert!(
+            Instant::now() < deadline,
+            "SIGUSR2 did not restart the worker:\n{}",
+            h.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let m = get(&h.url("/_metrics")).text();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "fephp_php_runner_exits_total",
+            &["pool=\"app\"", "reason=\"restarted\""]
+        ),
+        2.0,
+        "{m}"
     );
 }

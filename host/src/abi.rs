@@ -89,6 +89,15 @@ impl Engine {
         }
     }
 
+    /// Restarts every worker pool's workers (worker mode), between requests.
+    pub fn restart_workers(&self) -> Result<(), String> {
+        // SAFETY: live engine; NULL names every worker pool.
+        match unsafe { fephp_engine_restart_workers(self.0, ptr::null()) } {
+            fephp_result::Ok => Ok(()),
+            _ => Err(last_error()),
+        }
+    }
+
     /// Tells the metrics that worker `pid` was reaped (see master::run).
     pub fn worker_exited(&self, pid: i32, signal: i32, replaced: bool) {
         // SAFETY: live engine.

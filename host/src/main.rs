@@ -214,7 +214,20 @@ fn main() -> ExitCode {
         Ok(master::Reloaded::Workers(n))
     };
     let restart = |pids: &[libc::pid_t]| restart::exec_self(&listeners.borrow(), pids);
-    let code = master::run(workers, &inherited.workers, worker, reload, restart, exited);
+    let restart_php_workers = || {
+        if let Err(e) = engine.restart_workers() {
+            tracing::warn!("SIGUSR2: {e}");
+        }
+    };
+    let code = master::run(
+        workers,
+        &inherited.workers,
+        worker,
+        reload,
+        restart,
+        exited,
+        restart_php_workers,
+    );
     ExitCode::from(code as u8)
 }
 

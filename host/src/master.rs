@@ -28,6 +28,7 @@ fn signal_set() -> libc::sigset_t {
             libc::SIGINT,
             libc::SIGHUP,
             libc::SIGQUIT,
+            libc::SIGUSR2,
         ] {
             libc::sigaddset(&mut set, s);
         }
@@ -52,7 +53,8 @@ pub enum Reloaded {
 /// old ones drained, or `restart(all worker pids)` re-executes the master (it
 /// returns only on failure, with the reason). `exited(pid, signal,
 /// replaced)` learns of every worker reaped (`signal`: what killed it, 0 when it
-/// exited or the master stopped it). Returns the exit code for the master.
+/// exited or the master stopped it). On SIGUSR2, `restart_php_workers` restarts
+/// PHP's worker scripts (worker mode). Returns the exit code for the master.
 pub fn run(
     count: usize,
     inherited: &[libc::pid_t],
@@ -60,6 +62,7 @@ pub fn run(
     mut reload: impl FnMut() -> Result<Reloaded, String>,
     restart: impl Fn(&[libc::pid_t]) -> String,
     exited: impl Fn(libc::pid_t, i32, bool),
+    restart_php_workers: impl Fn(),
 ) -> i32 {
     let set = signal_set();
     // SAFETY: blocking signals in this single-threaded process; children undo it.
@@ -128,6 +131,10 @@ pub fn run(
                         children.insert(pid, (Instant::now(), slot));
                     }
                 }
+            }
+            libc::SIGUSR2 => {
+                tracing::info!("SIGUSR2 received: restarting PHP's worker scripts");
+                restart_php_workers();
             }
             libc::SIGHUP => {
                 tracing::info!("SIGHUP received: reloading the configuration");

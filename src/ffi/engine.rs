@@ -261,6 +261,43 @@ pub unsafe extern "C" fn fephp_worker_start(engine: *const fephp_engine) -> feph
     })
 }
 
+/// Restarts the workers of worker pool `pool_name` (`[php.pools.NAME]` with a
+/// `worker` script; "default" is `[php.pool]`), or of every worker pool when
+/// `pool_name` is NULL. Each worker finishes the request it is handling, its
+/// script's `frankenphp_handle_request()` returns false, and a new runner boots
+/// the script again: no request is dropped (requests wait in the pool's queue
+/// meanwhile). A reload (`fephp_engine_reload`) does this by itself for the
+/// workers whose loaded files changed. Returns `FEPHP_INVALID_ARGUMENT` (with
+/// `fephp_last_error`) when there is no such worker pool. Any process of the host
+/// may call it.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_engine_restart_workers(
+    engine: *const fephp_engine,
+    pool_name: *const c_char,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine);
+        let name = if pool_name.is_null() {
+            None
+        } else {
+            match CStr::from_ptr(pool_name).to_str() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    set_last_error("pool_name is not UTF-8".to_owned());
+                    return fephp_result::InvalidArgument;
+                }
+            }
+        };
+        match crate::backends::embedded::restart_workers(name) {
+            Ok(_) => fephp_result::Ok,
+            Err(e) => {
+                set_last_error(e);
+                fephp_result::InvalidArgument
+            }
+        }
+    })
+}
+
 /// Lets the calling host receive PHP's responses on its own event loop instead of
 /// a library thread: call once per worker process, after `fephp_worker_start`.
 /// `*fd_out` receives a descriptor to watch for readability (level or edge

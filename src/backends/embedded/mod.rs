@@ -275,6 +275,18 @@ impl Embedded {
     }
 }
 
+/// Restarts the workers of worker pool `name` (every worker pool when None),
+/// each between two jobs; the pools restarted, or why none could be.
+pub fn restart_workers(name: Option<&str>) -> Result<Vec<String>, String> {
+    #[cfg(fephp_embedded)]
+    return pool::restart_workers(name);
+    #[cfg(not(fephp_embedded))]
+    {
+        let _ = name;
+        Err("the embedded backend is not built into this library".to_owned())
+    }
+}
+
 fn respond(mut job: Job, resp: Response) {
     if let Some(c) = job.complete.take() {
         c.complete(resp);

@@ -31,7 +31,12 @@ pub struct Header {
     /// Jobs ever taken (for tests and metrics).
     pub taken: AtomicU64,
     /// Runners that ended, by reason (see `Exit`).
-    pub exits: [AtomicU64; 6],
+    pub exits: [AtomicU64; 7],
+    /// Worker mode: bumped by a reload; each worker then checks whether a file
+    /// its script loaded has changed, and restarts between jobs if one has.
+    pub code_check: AtomicU64,
+    /// Worker mode: bumped to restart every worker of the pool between jobs.
+    pub restart: AtomicU64,
     /// Jobs refused because the queue was full.
     pub rejected: AtomicU64,
     /// Sum of queue waits in microseconds (divided by `taken`: the mean).
@@ -63,9 +68,19 @@ pub enum Exit {
     /// Worker mode: the worker script ended (exit(), a fatal error, or it left
     /// its loop) after taking requests.
     WorkerEnded = 5,
+    /// Worker mode: restarted because its code changed or a restart was asked.
+    Restarted = 6,
 }
 
-pub const EXIT_NAMES: [&str; 6] = ["recycled", "deadline", "crashed", "idle", "memory", "worker_ended"];
+pub const EXIT_NAMES: [&str; 7] = [
+    "recycled",
+    "deadline",
+    "crashed",
+    "idle",
+    "memory",
+    "worker_ended",
+    "restarted",
+];
 
 #[repr(C)]
 pub struct Slot {

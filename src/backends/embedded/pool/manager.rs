@@ -8,7 +8,9 @@
 
 use super::board::{self, Exit, BUSY, FREE, IDLE, STARTING};
 use super::job::{self, ERROR};
-use super::runner::{self, EXIT_BROKEN, EXIT_MEMORY, EXIT_RECYCLED, EXIT_WORKER_ENDED, EXIT_WORKER_FAILED};
+use super::runner::{
+    self, EXIT_BROKEN, EXIT_MEMORY, EXIT_RECYCLED, EXIT_RESTARTED, EXIT_WORKER_ENDED, EXIT_WORKER_FAILED,
+};
 use super::wire;
 use super::Pool;
 use crate::backends::embedded::runtime::Runtime;
@@ -258,6 +260,8 @@ fn reap(pool: &Pool, runners: &mut Vec<Runner>, failures: &mut u32, not_before: 
             Exit::Crashed
         } else if code == EXIT_WORKER_ENDED {
             Exit::WorkerEnded
+        } else if code == EXIT_RESTARTED {
+            Exit::Restarted
         } else if code == EXIT_RECYCLED {
             Exit::Recycled
         } else if code == EXIT_MEMORY {

@@ -23,6 +23,7 @@ mod job;
 mod manager;
 mod runner;
 mod wire;
+mod worker;
 
 use super::runtime::Runtime;
 use super::Job;
@@ -101,7 +102,14 @@ pub fn start(
     if let Some(pool) = pools.iter().find(|p| p.name == name) {
         return match conflict_with(pool, settings) {
             Some(why) => Err(why),
-            None => Ok(pool),
+            None => {
+                // A new engine on a running pool is a reload: workers whose code
+                // changed restart (each checks what it loaded).
+                if pool.worker.is_some() {
+                    pool.board.header().code_check.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                Ok(pool)
+            }
         };
     }
     let worker = match &settings.worker {
@@ -112,6 +120,31 @@ pub fn start(
     manager::fork(pool, rt, &pools)?;
     pools.push(pool);
     Ok(pool)
+}
+
+/// Restarts the workers of worker pool `name` (every worker pool when None),
+/// each between two jobs. The names of the pools restarted; an error names the
+/// worker pools there are when `name` is not one of them.
+pub fn restart_workers(name: Option<&str>) -> Result<Vec<String>, String> {
+    let pools = POOLS.lock();
+    let workers: Vec<&&Pool> = pools.iter().filter(|p| p.worker.is_some()).collect();
+    let chosen: Vec<&&Pool> = workers
+        .iter()
+        .filter(|p| name.is_none_or(|n| n == p.name))
+        .copied()
+        .collect();
+    if let (Some(n), true) = (name, chosen.is_empty()) {
+        let names: Vec<&str> = workers.iter().map(|p| p.name.as_str()).collect();
+        return Err(format!(
+            "there is no worker pool '{n}' (worker pools: {})",
+            if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+        ));
+    }
+    for p in &chosen {
+        p.board.header().restart.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!("restarting the workers of {}", section(&p.name));
+    }
+    Ok(chosen.iter().map(|p| p.name.clone()).collect())
 }
 
 /// The running pool `name`, if any.

@@ -26,6 +26,8 @@ pub const EXIT_WORKER_ENDED: i32 = 13;
 /// A worker script ended before taking a request: a boot failure, restarted
 /// with a back-off.
 pub const EXIT_WORKER_FAILED: i32 = 14;
+/// A worker was restarted: its code changed, or a restart was asked.
+pub const EXIT_RESTARTED: i32 = 15;
 
 /// The PHP thread's stack (as in-process PHP's).
 const PHP_STACK: usize = 16 << 20;
@@ -56,7 +58,7 @@ pub fn main(pool: &'static Pool, rt: &'static Runtime, index: usize) -> ! {
         .spawn(move || {
             crate::backends::sigprof::set_blocked(false);
             match &pool.worker {
-                Some(script) => serve_worker(pool, rt, index, script),
+                Some(script) => super::worker::serve(pool, rt, index, script),
                 None => serve(pool, rt, index),
             }
         })
@@ -72,7 +74,7 @@ fn exit(code: i32) -> ! {
 }
 
 /// What the queue gave a runner.
-enum Taken {
+pub(super) enum Taken {
     Job(Box<super::Job>),
     /// The runner must end with this exit code.
     Stop(i32),
@@ -97,70 +99,7 @@ fn serve(pool: &'static Pool, rt: &'static Runtime, index: usize) -> i32 {
     }
 }
 
-/// A worker pool's runner: its worker script runs once and takes every job
-/// through `frankenphp_handle_request()`.
-fn serve_worker(pool: &'static Pool, rt: &'static Runtime, index: usize, script: &super::WorkerScript) -> i32 {
-    start_serving(pool, index);
-    let slot = pool.board.slot(index);
-    let stop: std::rc::Rc<std::cell::Cell<Option<i32>>> = Default::default();
-    let handed = std::rc::Rc::new(std::cell::Cell::new(0u64));
-    let next = {
-        let (stop, handed) = (stop.clone(), handed.clone());
-        let mut buf = Vec::new();
-        move || -> Option<super::Job> {
-            if handed.get() > 0 {
-                if let Some(code) = after_job(pool, index) {
-                    stop.set(Some(code));
-                    return None;
-                }
-            }
-            loop {
-                match take(pool, index, &mut buf) {
-                    Taken::Job(job) => {
-                        handed.set(handed.get() + 1);
-                        return Some(*job);
-                    }
-                    Taken::Stop(code) => {
-                        stop.set(Some(code));
-                        return None;
-                    }
-                    Taken::Again => {}
-                }
-            }
-        }
-    };
-    let end = executor::run_worker(rt, super::job::worker_boot(script), Box::new(next));
-    slot.state.store(IDLE, SeqCst);
-    if let Some(code) = stop.get() {
-        return code;
-    }
-    let section = super::section(&pool.name);
-    let shown = script.path.display();
-    let printed = if end.output.trim().is_empty() {
-        String::new()
-    } else {
-        format!("; it printed: {}", end.output.trim())
-    };
-    if end.rc < 0 {
-        tracing::error!(
-            "PHP could not start the worker script {shown} of {section} (see PHP's messages above); its runner is restarted with a back-off"
-        );
-        EXIT_WORKER_FAILED
-    } else if handed.get() == 0 {
-        tracing::error!(
-            "the worker script {shown} of {section} ended before it took a request (it must loop on frankenphp_handle_request()){printed}; its runner is restarted with a back-off"
-        );
-        EXIT_WORKER_FAILED
-    } else {
-        tracing::warn!(
-            "the worker script {shown} of {section} ended after {} requests (it returned, called exit() or hit a fatal error){printed}; a new runner starts it again",
-            handed.get()
-        );
-        EXIT_WORKER_ENDED
-    }
-}
-
-fn start_serving(pool: &Pool, index: usize) {
+pub(super) fn start_serving(pool: &Pool, index: usize) {
     crate::backends::sigprof::set_blocked(false);
     // SAFETY: gettid has no preconditions.
     pool.board.slot(index).tid.store(unsafe { libc::gettid() }, SeqCst);
@@ -168,7 +107,7 @@ fn start_serving(pool: &Pool, index: usize) {
 
 /// Waits for the next job on the queue (a second at most) and marks this runner
 /// busy with it.
-fn take(pool: &'static Pool, index: usize, buf: &mut Vec<u8>) -> Taken {
+pub(super) fn take(pool: &'static Pool, index: usize, buf: &mut Vec<u8>) -> Taken {
     let board = &pool.board;
     let header = board.header();
     let slot = board.slot(index);
@@ -241,7 +180,7 @@ fn take(pool: &'static Pool, index: usize, buf: &mut Vec<u8>) -> Taken {
 
 /// After a job: whether this runner must now end (max_requests, memory budget),
 /// with the exit code that says why.
-fn after_job(pool: &Pool, index: usize) -> Option<i32> {
+pub(super) fn after_job(pool: &Pool, index: usize) -> Option<i32> {
     let settings = &pool.settings;
     let slot = pool.board.slot(index);
     let done = slot.requests.fetch_add(1, Relaxed) + 1;
