@@ -42,10 +42,14 @@ fn symfony(dir: &Path) -> PathBuf {
 }
 
 fn host(public: &Path, pool: &str) -> Host {
+    host_with(public, pool, "")
+}
+
+fn host_with(public: &Path, pool: &str, php: &str) -> Host {
     let config = HostConfig::embedded_site("")
         .workers(2)
         .root(&public.display().to_string())
-        .php("front_controller = \"index.php\"")
+        .php(&format!("front_controller = \"index.php\"\n{php}"))
         .toml()
         + "\n[php.pool]\n"
         + pool;
@@ -136,4 +140,25 @@ fn symfony_sessions_stay_with_their_client_in_worker_mode() {
             format!(r#"{{"before":"{name}","now":"{name}"}}"#)
         );
     }
+}
+
+/// `front_controller_internal`: the front controller answers only as the
+/// fallback, as Symfony's nginx recipe marks it `internal`; each page has one URL.
+#[test]
+fn an_internal_front_controller_has_no_url_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let public = symfony(dir.path());
+    let open = host(&public, "");
+    let internal = host_with(
+        &public,
+        "worker = \"worker.php\"\n",
+        "front_controller_internal = true",
+    );
+    assert_eq!(get(&open.url("/index.php/page/x")).status, 200);
+    for path in ["/index.php", "/index.php/page/x", "/index.php?q=1"] {
+        assert_eq!(get(&internal.url(path)).status, 404, "{path}");
+    }
+    let page = get(&internal.url("/page/x"));
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("Hello x"), "{}", page.text());
 }

@@ -294,6 +294,10 @@ pub struct PhpConfig {
     pub document_root: Option<PathBuf>,
     /// Script that receives requests matching no file (e.g. "index.php").
     pub front_controller: Option<String>,
+    /// The front controller is reachable only as the fallback, never by its own
+    /// URL (`/index.php`, `/index.php/...` answer 404), as frameworks' nginx
+    /// recipes mark it `internal`: each page then has one URL.
+    pub front_controller_internal: bool,
     /// Connections to PHP-FPM one worker process may hold (busy and idle together).
     /// Keep `workers × fpm_max_connections` ≤ the pool's `pm.max_children`: an open
     /// connection holds a php-fpm child even while idle.
@@ -388,6 +392,7 @@ impl Default for PhpConfig {
             use_fpm: false,
             document_root: None,
             front_controller: None,
+            front_controller_internal: false,
             fpm_max_connections: DEFAULT_FPM_MAX_CONNECTIONS,
             fpm_connect_timeout: ConfigDuration(Duration::from_secs(5)),
             fpm_read_timeout: ConfigDuration(Duration::from_secs(60)),

@@ -451,6 +451,11 @@ fn check_php(php: &PhpConfig, problems: &mut Vec<String>) {
             ));
         }
     }
+    if php.front_controller_internal && php.front_controller.is_none() {
+        problems.push(
+            "[php] front_controller_internal = true needs a front_controller (e.g. front_controller = \"index.php\").".to_owned(),
+        );
+    }
     if !php.fpm_socket.trim().is_empty() {
         if let Err(why) = FpmAddress::parse(&php.fpm_socket) {
             problems.push(format!(

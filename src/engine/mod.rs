@@ -91,6 +91,7 @@ impl Engine {
                 files,
                 root: embedded::absolute_root(root),
                 front_controller: validated.config.php.front_controller.clone(),
+                front_controller_internal: validated.config.php.front_controller_internal,
                 serve_static: static_files.is_some(),
             }))
         } else {

@@ -18,8 +18,26 @@ pub struct Site {
     /// Absolute path, for SCRIPT_FILENAME and DOCUMENT_ROOT.
     pub root: PathBuf,
     pub front_controller: Option<String>,
+    /// The front controller answers only as the fallback (`[php]
+    /// front_controller_internal`): its own URL is a 404.
+    pub front_controller_internal: bool,
     /// Existing non-PHP files are served only when static serving is enabled.
     pub serve_static: bool,
+}
+
+impl Site {
+    /// Whether `path` names the front controller itself (`/index.php`,
+    /// `/index.php/more`) rather than reaching it as the fallback.
+    fn is_front_controller_url(&self, path: &str, resolution: &Resolution) -> bool {
+        let (Some(fc), Resolution::Script { script_name, .. }) = (&self.front_controller, resolution) else {
+            return false;
+        };
+        let own = format!("/{}", fc.trim_start_matches('/'));
+        *script_name == own
+            && path
+                .strip_prefix(own.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
 }
 
 /// Runs a resolved script: queues it with its file name and CGI variables; the
@@ -59,6 +77,10 @@ impl<R: Runner> Backend for Php<R> {
             normalized,
             site.front_controller.as_deref(),
         );
+        if site.front_controller_internal && site.is_front_controller_url(normalized, &resolution) {
+            reply.now(source, Response::error(404, None));
+            return Ok(());
+        }
         match resolution {
             // The script will read the body: the host reads it first.
             Resolution::Script { .. } if !body_ready => return Err(reply),
