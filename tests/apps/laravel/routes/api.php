@@ -1,0 +1,6 @@
+<?php
+
+use App\Http\Controllers\Pages;
+use Illuminate\Support\Facades\Route;
+
+Route::get('/items', [Pages::class, 'items']);
