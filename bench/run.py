@@ -25,6 +25,8 @@ Scenarios with a load of their own run once, under their shape, whatever --shape
   symfony-json    a Twig page and a JSON endpoint, 16 connections; fe-php in
                   worker mode and classic against nginx + php-fpm with Debian's
                   pool. Optional (--scenarios symfony-page,symfony-json).
+  laravel-page    The same for a Laravel 8 app (tests/apps/laravel): a Blade page
+  laravel-json    and a JSON endpoint. Optional.
 """
 import argparse, http.client, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 
@@ -377,7 +379,8 @@ TCP_SERVERS = ["fe-php-fastcgi-tcp", "nginx+php-fpm-tcp", "nginx+php-fpm-tcp-ka"
 STATIC_SERVERS = ["fe-php", "nginx+fephp", "nginx"]
 WP_SERVERS = ["fe-php-wp", "nginx+php-fpm-wp"]
 SF_SERVERS = ["fe-php-sf-worker", "fe-php-sf", "nginx+php-fpm-sf"]
-SF_APP = os.path.join(ROOT, "tests", "apps", "symfony")
+LV_SERVERS = ["fe-php-lv-worker", "fe-php-lv", "nginx+php-fpm-lv"]
+APPS = os.path.join(ROOT, "tests", "apps")
 WP_ROOT = "/usr/share/wordpress"
 # The Host of every WordPress request: Debian's wp-config.php loads
 # /etc/wordpress/config-<host>.php by it, so both servers serve one site, and
@@ -404,6 +407,8 @@ SCENARIOS = {
     # Debian ships it.
     "symfony-page": ("/page/bench?q=fe-php", SF_SERVERS),
     "symfony-json": ("/api/items?n=20", SF_SERVERS),
+    "laravel-page": ("/page/bench?q=fe-php", LV_SERVERS),
+    "laravel-json": ("/api/items?n=20", LV_SERVERS),
 }
 # Scenarios with a load of their own: measured once, under their shape (added to
 # --shapes when it is not there), with a wrk script and extra headers.
@@ -420,6 +425,10 @@ FIXED = {
                      "note": "symfony-page: Symfony 5.4 (Debian) prod, Twig page; fe-php-sf-worker = [php.pool] "
                              "worker = \"worker.php\", fe-php-sf = classic index.php, nginx+php-fpm-sf = Debian's pool"},
     "symfony-json": {"shape": "ka16", "note": "symfony-json: /api/items?n=20 (JsonResponse), same servers"},
+    "laravel-page": {"shape": "ka16",
+                     "note": "laravel-page: Laravel 8 (Debian) production, Blade page (web middleware: session, "
+                             "CSRF cookie); -lv servers as -sf"},
+    "laravel-json": {"shape": "ka16", "note": "laravel-json: /api/items?n=20 (api group), same servers"},
 }
 # Who each fe-php variant is measured against.
 PEERS = {"hello": ["nginx+php-fpm", "apache+mod_php"], "json": ["nginx+php-fpm", "apache+mod_php"],
@@ -427,7 +436,8 @@ PEERS = {"hello": ["nginx+php-fpm", "apache+mod_php"], "json": ["nginx+php-fpm",
          "page-tcp": ["nginx+php-fpm-tcp", "nginx+php-fpm-tcp-ka"], "static-1k": ["nginx"], "static-100k": ["nginx"],
          "static-10m": ["nginx"], "mixed": ["nginx+php-fpm-deb"], "wordpress": ["nginx+php-fpm-wp"],
          "wordpress-rest": ["nginx+php-fpm-wp"], "symfony-page": ["nginx+php-fpm-sf"],
-         "symfony-json": ["nginx+php-fpm-sf"]}
+         "symfony-json": ["nginx+php-fpm-sf"], "laravel-page": ["nginx+php-fpm-lv"],
+         "laravel-json": ["nginx+php-fpm-lv"]}
 
 
 SHAPES = {
@@ -437,7 +447,7 @@ SHAPES = {
 }
 DEFAULT_SHAPES = ["ka32", "ka256", "close32", "close256"]
 # Not run unless named in --scenarios.
-OPTIONAL = {"wordpress", "wordpress-rest", "symfony-page", "symfony-json"}
+OPTIONAL = {"wordpress", "wordpress-rest", "symfony-page", "symfony-json", "laravel-page", "laravel-json"}
 
 
 def plan(scenarios, shapes):
@@ -559,8 +569,10 @@ def main():
         if wanted & set(WP_SERVERS):
             start_wordpress(tmp, wanted, servers, pools)
         if wanted & set(SF_SERVERS):
-            start_symfony(tmp, wanted, servers, pools)
-        if wanted - {"fe-php", "fe-php-inproc", "nginx+php-fpm-deb", *WP_SERVERS, *SF_SERVERS}:
+            start_framework(tmp, "symfony", "sf", wanted, servers, pools)
+        if wanted & set(LV_SERVERS):
+            start_framework(tmp, "laravel", "lv", wanted, servers, pools)
+        if wanted - {"fe-php", "fe-php-inproc", "nginx+php-fpm-deb", *WP_SERVERS, *SF_SERVERS, *LV_SERVERS}:
             start_classic(tmp, args, scenarios, servers, pools)
         results = {}
         for shape, scs in plan(scenarios, shapes):
@@ -604,27 +616,29 @@ def start_wordpress(tmp, wanted, servers, pools):
         servers["nginx+php-fpm-wp"].procs.insert(0, fpm.procs[0])
 
 
-def start_symfony(tmp, wanted, servers, pools):
-    """The Symfony app of tests/apps/symfony (Debian's Symfony 5.4 packages), its
-    prod cache warmed once, under fe-php (worker mode and classic) and under
-    nginx + php-fpm as Debian ships them."""
-    app = os.path.join(tmp, "symfony")
-    shutil.copytree(SF_APP, app)
-    subprocess.run(["php", "-r", f"require '{app}/bootstrap.php'; (new App\\Kernel('prod', false))->boot();"],
-                   check=True)
+def start_framework(tmp, app_name, tag, wanted, servers, pools):
+    """The app tests/apps/APP (Debian's Symfony 5.4 or Laravel 8 packages), under
+    fe-php (worker mode: fe-php-TAG-worker; classic: fe-php-TAG) and under nginx +
+    php-fpm as Debian ships them (nginx+php-fpm-TAG)."""
+    app = os.path.join(tmp, app_name)
+    shutil.copytree(os.path.join(APPS, app_name), app)
+    if app_name == "symfony":  # its prod container, built once
+        subprocess.run(["php", "-r", f"require '{app}/bootstrap.php'; (new App\\Kernel('prod', false))->boot();"],
+                       check=True)
     subprocess.run(["chmod", "-R", "a+rwX", app], check=True)  # php-fpm's children run as www-data
     public = os.path.join(app, "public")
-    if "fe-php-sf-worker" in wanted:
-        servers["fe-php-sf-worker"] = start_fe_php(tmp, "fe-php-sf-worker", root=public, front_controller="index.php",
-                                                   extra='[php.pool]\nworker = "worker.php"\n')
-    if "fe-php-sf" in wanted:
-        servers["fe-php-sf"] = start_fe_php(tmp, "fe-php-sf", root=public, front_controller="index.php")
-    if "nginx+php-fpm-sf" in wanted:
-        fpm = start_php_fpm(tmp, 0, "php-fpm-sf", pool=DEBIAN_POOL)
+    if f"fe-php-{tag}-worker" in wanted:
+        servers[f"fe-php-{tag}-worker"] = start_fe_php(tmp, f"fe-php-{tag}-worker", root=public,
+                                                       front_controller="index.php",
+                                                       extra='[php.pool]\nworker = "worker.php"\n')
+    if f"fe-php-{tag}" in wanted:
+        servers[f"fe-php-{tag}"] = start_fe_php(tmp, f"fe-php-{tag}", root=public, front_controller="index.php")
+    if f"nginx+php-fpm-{tag}" in wanted:
+        fpm = start_php_fpm(tmp, 0, f"php-fpm-{tag}", pool=DEBIAN_POOL)
         pools.append(fpm)
-        servers["nginx+php-fpm-sf"] = start_nginx(tmp, fpm.sock, keepalive=0, name="nginx+php-fpm-sf", root=public,
-                                                 fallback="/index.php?$args")
-        servers["nginx+php-fpm-sf"].procs.insert(0, fpm.procs[0])
+        name = f"nginx+php-fpm-{tag}"
+        servers[name] = start_nginx(tmp, fpm.sock, keepalive=0, name=name, root=public, fallback="/index.php?$args")
+        servers[name].procs.insert(0, fpm.procs[0])
 
 
 def start_classic(tmp, args, scenarios, servers, pools):
