@@ -103,6 +103,23 @@ int fephp_sapi_execute(const fephp_sapi_request *request);
  * was handling then is completed and job_done called before this returns). */
 int fephp_sapi_worker(const fephp_sapi_request *worker);
 
+/* What a worker's PHP holds, for the leak report. */
+typedef struct fephp_sapi_figures {
+    /* zend_memory_usage(0): bytes PHP's allocator has handed out. */
+    uint64_t memory;
+    /* Global variables. */
+    uint64_t globals;
+    /* Declared classes (internal ones included). */
+    uint64_t classes;
+    /* Entries held by user classes' static properties: an array counts its
+     * elements, anything else 1. */
+    uint64_t statics;
+} fephp_sapi_figures;
+
+/* Fills `out` with the figures of this process's PHP. For a worker's engine,
+ * between jobs (from next_job). */
+void fephp_sapi_worker_figures(fephp_sapi_figures *out);
+
 /* Calls `each(arg, path, len)` for every file the running request has included
  * (a worker script and what it loaded), until `each` returns non-zero. For a
  * worker's engine, between jobs (from next_job). */

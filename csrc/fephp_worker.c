@@ -430,3 +430,39 @@ void fephp_sapi_included_files(int (*each)(void *arg, const char *path, size_t l
         }
     } ZEND_HASH_FOREACH_END();
 }
+
+/* Entries a static property holds: an array's elements, else one value. */
+static uint64_t entries_of(zval *v)
+{
+    ZVAL_DEREF(v);
+    if (Z_TYPE_P(v) == IS_INDIRECT) {
+        v = Z_INDIRECT_P(v);
+        ZVAL_DEREF(v);
+    }
+    if (Z_TYPE_P(v) == IS_UNDEF) {
+        return 0;
+    }
+    return Z_TYPE_P(v) == IS_ARRAY ? zend_hash_num_elements(Z_ARRVAL_P(v)) : 1;
+}
+
+void fephp_sapi_worker_figures(fephp_sapi_figures *out)
+{
+    out->memory = zend_memory_usage(0);
+    out->globals = zend_hash_num_elements(&EG(symbol_table));
+    out->classes = zend_hash_num_elements(EG(class_table));
+    uint64_t statics = 0;
+    zend_class_entry *ce;
+    ZEND_HASH_FOREACH_PTR(EG(class_table), ce) {
+        if (ce->type != ZEND_USER_CLASS || ce->default_static_members_count == 0) {
+            continue;
+        }
+        zval *table = ZEND_MAP_PTR_GET(ce->static_members_table);
+        if (!table) {
+            continue; /* never used in this request chain */
+        }
+        for (int i = 0; i < ce->default_static_members_count; i++) {
+            statics += entries_of(&table[i]);
+        }
+    } ZEND_HASH_FOREACH_END();
+    out->statics = statics;
+}

@@ -621,7 +621,7 @@ fn render_pools(out: &mut String, pools: &[crate::backends::embedded::PoolStats]
         out,
         "fephp_php_runner_exits_total",
         "counter",
-        "PHP runners that ended, by reason: recycled (max_requests), memory (memory_budget), deadline (killed past request_deadline), crashed, idle (above min_runners).",
+        "PHP runners that ended, by reason: recycled (max_requests), memory (memory_budget), deadline (killed past request_deadline), crashed, idle (above min_runners), worker_ended (a worker script ended: exit(), a fatal error), restarted (worker mode: code changed on reload, or a restart was asked).",
     );
     for p in pools {
         for (reason, n) in &p.exits {
@@ -630,6 +630,33 @@ fn render_pools(out: &mut String, pools: &[crate::backends::embedded::PoolStats]
                 "fephp_php_runner_exits_total{{pool=\"{}\",reason=\"{reason}\"}} {n}",
                 p.name
             );
+        }
+    }
+    if pools.iter().any(|p| !p.leaks.is_empty()) {
+        for (name, help, pick) in [
+            (
+                "fephp_worker_growth_bytes",
+                "Worker mode's leak report: memory a route's requests left behind in a worker (the most any worker grew by), for the routes found leaking.",
+                (|l: &(String, i64, i64)| l.1) as fn(&(String, i64, i64)) -> i64,
+            ),
+            (
+                "fephp_worker_growth_entries",
+                "Worker mode's leak report: global variables, classes and static-property elements a route's requests left behind in a worker.",
+                |l: &(String, i64, i64)| l.2,
+            ),
+        ] {
+            header(out, name, "gauge", help);
+            for p in pools {
+                for l in &p.leaks {
+                    let route = l.0.replace('\\', "\\\\").replace('"', "\\\"");
+                    let _ = writeln!(
+                        out,
+                        "{name}{{pool=\"{}\",route=\"{route}\"}} {}",
+                        p.name,
+                        pick(l)
+                    );
+                }
+            }
         }
     }
 }

@@ -21,12 +21,13 @@ ignore_user_abort(true);
 require __DIR__ . '/lib.php';
 $bootWorker = $_SERVER['FRANKENPHP_WORKER'] ?? null;
 $count = 0;
-class App { public static array $seen = []; }
+class App { public static array $seen = []; public static array $kept = []; }
 register_shutdown_function(function () { file_put_contents(__DIR__ . '/../boot-shutdown.txt', 'ran'); });
 $handler = function () use (&$count, $bootWorker) {
     $count++;
     $q = $_GET;
     App::$seen[] = $_SERVER['REQUEST_URI'];
+    if (str_starts_with($_SERVER['REQUEST_URI'], '/app/leaky')) { App::$kept[] = str_repeat('x', 100000); }
     if (isset($q['session'])) { session_start(); $_SESSION['v'] = $q['session']; }
     if (isset($q['resume'])) { session_start(); }
     if (isset($q['status'])) { http_response_code((int) $q['status']); }
@@ -446,4 +447,27 @@ fn a_reload_restarts_workers_whose_code_changed_without_failing_a_request() {
         2.0,
         "{m}"
     );
+}
+
+/// The leak report names the route whose requests leave memory behind, and
+/// not the others.
+#[test]
+fn the_leak_report_names_the_route_that_leaks() {
+    let h =
+        host("worker = \"app/worker.php\"\nmin_runners = 1\nmax_runners = 1\nleak_report = true\n");
+    for i in 0..30 {
+        app(&h, &format!("/app/fine?i={i}"));
+        app(&h, &format!("/app/leaky?i={i}"));
+    }
+    let log = h.stderr();
+    assert!(log.contains("route GET /app/leaky left"), "{log}");
+    assert!(!log.contains("route GET /app/fine left"), "{log}");
+    let m = get(&h.url("/_metrics")).text();
+    let leaked = metric_sum(
+        &m,
+        "fephp_worker_growth_bytes",
+        &["pool=\"app\"", "route=\"GET /app/leaky\""],
+    );
+    assert!(leaked > 1e6, "{m}");
+    assert!(!m.contains("route=\"GET /app/fine\""), "{m}");
 }

@@ -356,6 +356,9 @@ pub struct PoolConfig {
     /// runs once; it boots the application and loops on
     /// `frankenphp_handle_request()`, which hands it every request of the pool.
     pub worker: Option<PathBuf>,
+    /// Worker mode: name the routes whose requests leave memory or state behind
+    /// in a worker (log and `/_metrics`).
+    pub leak_report: bool,
 }
 
 /// Cores of this machine (at least 1).
@@ -380,6 +383,7 @@ impl Default for PoolConfig {
             slowlog_timeout: None,
             ini: BTreeMap::new(),
             worker: None,
+            leak_report: false,
         }
     }
 }

@@ -453,6 +453,11 @@ fn worker_scripts_are_validated() {
         e.contains("[php.pool] sets a worker script but enabled = false: worker scripts run in the runner pool.\n    Remove enabled = false, or remove worker."),
         "{e}"
     );
+    let e = err(&format!("{base}[php.pools.app]\nleak_report = true\n"), BUILT);
+    assert!(
+        e.contains("[php.pools.app] leak_report = true needs a worker script: the report follows what a worker keeps between requests.\n    Set worker = \"...\", or remove leak_report."),
+        "{e}"
+    );
     let e = err(&format!("{base}[php]\nfront_controller_internal = true\n"), BUILT);
     assert!(
         e.contains("[php] front_controller_internal = true needs a front_controller (e.g. front_controller = \"index.php\")."),

@@ -568,6 +568,11 @@ fn check_pool(pool: &PoolConfig, section: &str, problems: &mut Vec<String>) {
             ));
         }
     }
+    if pool.leak_report && pool.worker.is_none() {
+        problems.push(format!(
+            "[{section}] leak_report = true needs a worker script: the report follows what a worker keeps between requests.\n    Set worker = \"...\", or remove leak_report."
+        ));
+    }
     if pool.queue_size == 0 || pool.queue_size > 1 << 20 {
         problems.push(format!(
             "[{section}] queue_size = {} is out of range: use 1 to 1048576.\n    It is how many requests may wait for a free runner before the next one gets 503.",

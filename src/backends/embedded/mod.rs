@@ -331,6 +331,9 @@ pub struct PoolStats {
     /// Queue waits per bucket: (upper bound in seconds, None for +Inf; count).
     pub wait_buckets: Vec<(Option<f64>, u64)>,
     pub exits: Vec<(&'static str, u64)>,
+    /// Worker mode's leak report: (route, bytes, entries) left behind by the
+    /// routes found leaking (the most any worker grew by).
+    pub leaks: Vec<(String, i64, i64)>,
 }
 
 /// The descriptor a host watches to receive PHP replies on its own thread, and

@@ -37,6 +37,8 @@ pub struct Header {
     pub code_check: AtomicU64,
     /// Worker mode: bumped to restart every worker of the pool between jobs.
     pub restart: AtomicU64,
+    /// Worker mode's leak report: the routes found leaking.
+    pub leaks: [Leak; LEAKS],
     /// Jobs refused because the queue was full.
     pub rejected: AtomicU64,
     /// Sum of queue waits in microseconds (divided by `taken`: the mean).
@@ -50,6 +52,75 @@ pub struct Header {
     pub gid: AtomicU32,
     pub ngroups: AtomicU32,
     pub groups: [AtomicU32; 32],
+}
+
+/// Routes the leak report can name per pool.
+pub const LEAKS: usize = 32;
+/// Bytes of a route's name ("GET /path") kept.
+const ROUTE: usize = 96;
+
+/// A route found leaking: the most any worker grew by while serving it.
+#[repr(C)]
+pub struct Leak {
+    /// 0: free, 1: being claimed, 2: `route` is set.
+    state: AtomicU32,
+    /// Bytes of memory the route's requests left behind.
+    pub bytes: AtomicI64,
+    /// Entries (global variables, classes, elements of static properties) left
+    /// behind.
+    pub entries: AtomicI64,
+    route: [AtomicU64; ROUTE / 8],
+}
+
+impl Leak {
+    pub fn route(&self) -> Option<String> {
+        (self.state.load(SeqCst) == 2).then(|| read_text(&self.route))
+    }
+}
+
+impl Header {
+    /// The leak entry of `route`, claimed if the route has none yet; None when
+    /// every entry is taken.
+    pub fn leak(&self, route: &str) -> Option<&Leak> {
+        let mut end = route.len().min(ROUTE - 1);
+        while !route.is_char_boundary(end) {
+            end -= 1;
+        }
+        let route = &route[..end];
+        for l in &self.leaks {
+            if l.route().as_deref() == Some(route) {
+                return Some(l);
+            }
+        }
+        for l in &self.leaks {
+            if l.state.compare_exchange(0, 1, SeqCst, SeqCst).is_ok() {
+                write_text(&l.route, route);
+                l.state.store(2, SeqCst);
+                return Some(l);
+            }
+        }
+        None
+    }
+}
+
+/// Writes `text` (NUL-padded) into words of shared memory.
+fn write_text(words: &[AtomicU64], text: &str) {
+    let mut bytes = vec![0u8; words.len() * 8];
+    let n = text.len().min(bytes.len() - 1);
+    bytes[..n].copy_from_slice(&text.as_bytes()[..n]);
+    for (w, chunk) in words.iter().zip(bytes.chunks(8)) {
+        w.store(u64::from_ne_bytes(chunk.try_into().unwrap()), SeqCst);
+    }
+}
+
+/// Reads NUL-padded text from words of shared memory.
+fn read_text(words: &[AtomicU64]) -> String {
+    let bytes: Vec<u8> = words
+        .iter()
+        .flat_map(|w| w.load(SeqCst).to_ne_bytes())
+        .take_while(|&b| b != 0)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Why a runner ended.
@@ -197,15 +268,7 @@ impl Drop for Board {
 
 impl Slot {
     pub fn set_what(&self, text: &str) {
-        let mut bytes = [0u8; WHAT];
-        let n = text.len().min(WHAT);
-        bytes[..n].copy_from_slice(&text.as_bytes()[..n]);
-        for (i, w) in self.what.iter().enumerate() {
-            w.store(
-                u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8")),
-                Relaxed,
-            );
-        }
+        write_text(&self.what, text);
     }
 
     /// Stores a PHP stack (truncated to `STACK` bytes).
@@ -240,12 +303,7 @@ impl Slot {
     }
 
     pub fn what(&self) -> String {
-        let mut bytes = Vec::with_capacity(WHAT);
-        for w in &self.what {
-            bytes.extend_from_slice(&w.load(Relaxed).to_le_bytes());
-        }
-        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-        String::from_utf8_lossy(&bytes[..end]).into_owned()
+        read_text(&self.what)
     }
 }
 

@@ -20,6 +20,7 @@
 mod board;
 mod client;
 mod job;
+mod leaks;
 mod manager;
 mod runner;
 mod wire;
@@ -339,6 +340,11 @@ fn pool_stats(pool: &Pool) -> super::PoolStats {
             .iter()
             .zip(&h.exits)
             .map(|(n, c)| (*n, c.load(Relaxed)))
+            .collect(),
+        leaks: h
+            .leaks
+            .iter()
+            .filter_map(|l| Some((l.route()?, l.bytes.load(Relaxed), l.entries.load(Relaxed))))
             .collect(),
     }
 }

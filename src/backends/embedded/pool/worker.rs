@@ -9,6 +9,7 @@ use super::board::IDLE;
 use super::runner::{
     after_job, start_serving, take, Taken, EXIT_RESTARTED, EXIT_WORKER_ENDED, EXIT_WORKER_FAILED,
 };
+use super::leaks::{route_of, Leaks};
 use super::{Pool, WorkerScript};
 use crate::backends::embedded::executor;
 use crate::backends::embedded::runtime::Runtime;
@@ -32,7 +33,16 @@ pub fn serve(pool: &'static Pool, rt: &'static Runtime, index: usize, script: &W
         let restart = header.restart.load(SeqCst);
         let mut check = header.code_check.load(SeqCst);
         let mut code: Option<Code> = None;
+        let mut leaks = pool.settings.leak_report.then(|| Leaks::new(&pool.name));
+        let mut last_route = String::new();
         move || -> Option<super::Job> {
+            if let Some(l) = &mut leaks {
+                if handed.get() == 0 {
+                    l.baseline(rt);
+                } else {
+                    l.observe(rt, header, &last_route);
+                }
+            }
             if handed.get() > 0 {
                 if let Some(exit) = after_job(pool, index) {
                     stop.set(Some(exit));
@@ -66,6 +76,9 @@ pub fn serve(pool: &'static Pool, rt: &'static Runtime, index: usize, script: &W
                 match take(pool, index, &mut buf) {
                     Taken::Job(job) => {
                         handed.set(handed.get() + 1);
+                        if leaks.is_some() {
+                            last_route = route_of(&job.log_uri);
+                        }
                         return Some(*job);
                     }
                     Taken::Stop(exit) => {
