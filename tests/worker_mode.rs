@@ -471,3 +471,32 @@ fn the_leak_report_names_the_route_that_leaks() {
     assert!(leaked > 1e6, "{m}");
     assert!(!m.contains("route=\"GET /app/fine\""), "{m}");
 }
+
+/// `watch` (development): a worker restarts by itself when a file it loaded
+/// changes, without a reload.
+#[test]
+fn watch_restarts_a_worker_when_its_code_changes() {
+    let h =
+        host("worker = \"app/worker.php\"\nmin_runners = 1\nmax_runners = 1\nwatch = \"200ms\"\n");
+    assert_eq!(app(&h, "/app/w")["version"], "v1");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        app(&h, "/app/w")["count"],
+        2,
+        "nothing changed: the same worker"
+    );
+    std::fs::write(
+        h.dir.path().join("www/app/lib.php"),
+        "<?php const APP_VERSION = 'v3';",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app(&h, "/app/w")["version"] != "v3" {
+        assert!(
+            Instant::now() < deadline,
+            "the change was never picked up:\n{}",
+            h.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

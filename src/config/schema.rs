@@ -359,6 +359,9 @@ pub struct PoolConfig {
     /// Worker mode: name the routes whose requests leave memory or state behind
     /// in a worker (log and `/_metrics`).
     pub leak_report: bool,
+    /// Worker mode, for development: this often, each worker checks whether a
+    /// file it loaded has changed and restarts if one has; unset: only on reload.
+    pub watch: Option<ConfigDuration>,
 }
 
 /// Cores of this machine (at least 1).
@@ -384,6 +387,7 @@ impl Default for PoolConfig {
             ini: BTreeMap::new(),
             worker: None,
             leak_report: false,
+            watch: None,
         }
     }
 }

@@ -453,6 +453,11 @@ fn worker_scripts_are_validated() {
         e.contains("[php.pool] sets a worker script but enabled = false: worker scripts run in the runner pool.\n    Remove enabled = false, or remove worker."),
         "{e}"
     );
+    let e = err(&format!("{base}[php.pools.app]\nwatch = \"1s\"\n"), BUILT);
+    assert!(
+        e.contains("[php.pools.app] watch needs a worker script: it restarts workers whose code changed."),
+        "{e}"
+    );
     let e = err(&format!("{base}[php.pools.app]\nleak_report = true\n"), BUILT);
     assert!(
         e.contains("[php.pools.app] leak_report = true needs a worker script: the report follows what a worker keeps between requests.\n    Set worker = \"...\", or remove leak_report."),

@@ -568,6 +568,11 @@ fn check_pool(pool: &PoolConfig, section: &str, problems: &mut Vec<String>) {
             ));
         }
     }
+    if pool.watch.is_some() && pool.worker.is_none() {
+        problems.push(format!(
+            "[{section}] watch needs a worker script: it restarts workers whose code changed.\n    Set worker = \"...\", or remove watch (classic scripts see changes by themselves)."
+        ));
+    }
     if pool.leak_report && pool.worker.is_none() {
         problems.push(format!(
             "[{section}] leak_report = true needs a worker script: the report follows what a worker keeps between requests.\n    Set worker = \"...\", or remove leak_report."

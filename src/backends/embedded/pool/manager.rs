@@ -109,6 +109,7 @@ fn run(pool: &'static Pool, rt: &'static Runtime) -> ! {
     let mut last_spawn = Instant::now() - Duration::from_secs(1);
     let cores = crate::config::cores();
     let mut room = Checked::default();
+    let mut watched = Instant::now();
     loop {
         let mut fds = [
             libc::pollfd {
@@ -133,6 +134,13 @@ fn run(pool: &'static Pool, rt: &'static Runtime) -> ! {
             unsafe { libc::read(pool.wake.as_raw_fd(), v.as_mut_ptr() as *mut libc::c_void, 8) };
         }
         reap(pool, &mut runners, &mut failures, &mut not_before);
+        if let Some(every) = s.watch {
+            // Development: workers look at the files they loaded this often.
+            if watched.elapsed() >= every.0 {
+                watched = Instant::now();
+                board.header().code_check.fetch_add(1, SeqCst);
+            }
+        }
 
         // Runners start once the I/O processes have said who they run as.
         if board.header().ident.load(SeqCst) != 2 || Instant::now() < not_before {
