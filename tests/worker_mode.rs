@@ -36,6 +36,7 @@ $handler = function () use (&$count, $bootWorker) {
     if (isset($q['shutdown'])) { register_shutdown_function(function () { echo '[shutdown]'; }); }
     if (isset($q['memory'])) { ini_set('memory_limit', '512M'); }
     if (isset($q['limit'])) { set_time_limit(0); }
+    if (isset($q['sleep'])) { usleep((int) $q['sleep'] * 1000); }
     if (isset($q['stream'])) { echo 'a'; flush(); usleep(300000); echo 'b'; return; }
     if (isset($q['finish'])) { echo 'done'; frankenphp_finish_request(); usleep(1500000); return; }
     echo json_encode([
@@ -499,4 +500,62 @@ fn watch_restarts_a_worker_when_its_code_changes() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A worker that crashes (an extension that aborts; a kill()-sent SIGSEGV would
+/// only reach Rust's stack-overflow handler, which lets it pass) costs only the
+/// request it ran: that client gets 502, the other worker goes on serving, and a new worker
+/// boots in its place.
+#[test]
+fn a_crashing_worker_costs_only_its_own_request() {
+    let h = host("worker = \"app/worker.php\"\nmin_runners = 2\nmax_runners = 2\n");
+    let pids: std::collections::BTreeSet<String> = (0..10)
+        .map(|_| app(&h, "/app/p")["pid"].to_string())
+        .collect();
+    let slow = {
+        let url = h.url("/app/slow?sleep=3000");
+        std::thread::spawn(move || get(&url))
+    };
+    // The runner running the slow request is the busy one.
+    std::thread::sleep(Duration::from_millis(500));
+    let busy: Vec<i32> = h
+        .runners()
+        .into_iter()
+        .filter(|pid| {
+            // Its PHP thread sleeps in usleep().
+            std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+                tasks.flatten().any(|t| {
+                    std::fs::read_to_string(t.path().join("wchan"))
+                        .is_ok_and(|w| w.contains("nanosleep"))
+                })
+            })
+        })
+        .collect();
+    assert_eq!(
+        busy.len(),
+        1,
+        "one runner sleeps in the slow request: {busy:?} of {:?}",
+        h.runners()
+    );
+    // SAFETY: signals a runner process of this test's host.
+    unsafe { libc::kill(busy[0], libc::SIGABRT) };
+    for _ in 0..5 {
+        assert_eq!(get(&h.url("/app/meanwhile")).status, 200);
+    }
+    let r = slow.join().unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let fresh = loop {
+        let v = app(&h, "/app/after");
+        if !pids.contains(&v["pid"].to_string()) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no new worker:\n{}", h.stderr());
+    };
+    assert_eq!(fresh["count"], 1, "a new worker booted");
+    assert!(
+        h.stderr().contains("was killed by signal 6"),
+        "{}",
+        h.stderr()
+    );
 }

@@ -130,9 +130,13 @@ impl Host {
             .find(|&p| comm(p) == "fe-php: pool")
     }
 
-    /// The PHP runners (children of the pool manager).
+    /// The PHP runners of every pool (children of the pool managers).
     pub fn runners(&self) -> Vec<i32> {
-        self.pool_manager().map_or_else(Vec::new, children)
+        children(self.child.id() as i32)
+            .into_iter()
+            .filter(|&p| comm(p) == "fe-php: pool")
+            .flat_map(children)
+            .collect()
     }
 
     pub fn signal(&self, sig: i32) {
