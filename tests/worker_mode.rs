@@ -18,14 +18,23 @@ use std::time::{Duration, Instant};
 /// handler that reports the request state it sees and changes it on demand.
 const WORKER: &str = r#"<?php
 ignore_user_abort(true);
+// A worker script often lifts the time limit for itself: each request still gets
+// max_execution_time.
+set_time_limit(0);
 require __DIR__ . '/lib.php';
 $bootWorker = $_SERVER['FRANKENPHP_WORKER'] ?? null;
+$GLOBALS['booted_at'] = 'boot-' . getmypid();
+$kept = fopen('php://memory', 'w+');
 $count = 0;
 class App { public static array $seen = []; public static array $kept = []; }
 register_shutdown_function(function () { file_put_contents(__DIR__ . '/../boot-shutdown.txt', 'ran'); });
-$handler = function () use (&$count, $bootWorker) {
+$handler = function () use (&$count, $bootWorker, $kept) {
+    global $booted_at;
     $count++;
+    fwrite($kept, 'x');
     $q = $_GET;
+    if (isset($q['abort'])) { $was = ignore_user_abort(false); echo json_encode(['was' => $was]); return; }
+    if (isset($q['spin'])) { while (true) { } }
     App::$seen[] = $_SERVER['REQUEST_URI'];
     if (str_starts_with($_SERVER['REQUEST_URI'], '/app/leaky')) { App::$kept[] = str_repeat('x', 100000); }
     if (isset($q['session'])) { session_start(); $_SESSION['v'] = $q['session']; }
@@ -57,6 +66,12 @@ $handler = function () use (&$count, $bootWorker) {
         'tmp_gone' => isset($q['check']) ? !is_file($q['check']) : null,
         'ob_level' => ob_get_level(),
         'version' => APP_VERSION,
+        'request' => $_REQUEST,
+        'input' => file_get_contents('php://input'),
+        'filter_get' => filter_input(INPUT_GET, 'x'),
+        'ignore_user_abort' => ignore_user_abort(),
+        'global' => $booted_at,
+        'kept_resource' => is_resource($kept) ? ftell($kept) : null,
     ]);
     if (isset($q['throw'])) { throw new RuntimeException('thrown by the handler'); }
     if (isset($q['exit'])) { exit(0); }
@@ -557,5 +572,124 @@ fn a_crashing_worker_costs_only_its_own_request() {
         h.stderr().contains("was killed by signal 6"),
         "{}",
         h.stderr()
+    );
+}
+
+/// More of what a request owns: $_REQUEST, php://input, the filter extension's
+/// copy of the input, ignore_user_abort(); and more of what the application
+/// keeps: globals and open resources.
+#[test]
+fn request_inputs_are_per_request_and_app_resources_are_kept() {
+    let h = host(ONE);
+    let raw = json(&curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: text/plain",
+        "--data-binary",
+        "raw body",
+        &h.url("/app/in?x=1&r=get"),
+    ]));
+    assert_eq!(raw["input"], "raw body");
+    assert_eq!(raw["filter_get"], "1");
+    assert_eq!(raw["request"]["r"], "get");
+    let next = app(&h, "/app/in2");
+    assert_eq!(next["input"], "", "php://input is the request's own");
+    assert_eq!(
+        next["filter_get"],
+        Value::Null,
+        "filter_input() sees this request"
+    );
+    assert_eq!(
+        next["request"],
+        serde_json::json!([]),
+        "$_REQUEST is rebuilt"
+    );
+    assert_eq!(
+        next["global"],
+        format!("boot-{}", next["pid"]),
+        "globals are kept"
+    );
+    assert_eq!(
+        next["kept_resource"], 2,
+        "an open stream is kept (written once per request)"
+    );
+
+    let was = json(&get(&h.url("/app/a?abort=1")));
+    assert_eq!(was["was"], 1, "ignore_user_abort is on in a worker");
+    let after = app(&h, "/app/after-abort");
+    assert_eq!(
+        after["ignore_user_abort"], 1,
+        "ignore_user_abort(false) lasted one request"
+    );
+}
+
+/// max_execution_time fires in every request even though the script lifted it
+/// for itself while booting; the worker is replaced (a timeout is fatal).
+#[test]
+fn the_time_limit_is_armed_for_every_request() {
+    let config = HostConfig::embedded_site("\"session.save_path\" = \"{dir}/sessions\"")
+        .sections(
+            r#"
+[[backend.routing_rules]]
+pattern = { type = "prefix", value = "/app" }
+backend = "embedded"
+pool = "app"
+priority = 10
+"#,
+        )
+        .php("front_controller = \"app/worker.php\"")
+        .toml()
+        + "\n[php.pools.app]\n"
+        + ONE
+        + "[php.pools.app.ini]\nmax_execution_time = 1\n";
+    let h = Host::start(&config, site);
+    assert_eq!(app(&h, "/app/t")["time_limit"], "1");
+    let t = Instant::now();
+    let r = get(&h.url("/app/spin?spin=1"));
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(
+        app(&h, "/app/t2")["count"],
+        1,
+        "a new worker after the timeout"
+    );
+}
+
+/// request_deadline stops a worker stuck past it (504, a new worker), and
+/// memory_budget replaces a worker that grows past it.
+#[test]
+fn the_deadline_and_the_memory_budget_apply_to_workers() {
+    let h = host("worker = \"app/worker.php\"\nmin_runners = 1\nmax_runners = 1\nrequest_deadline = \"1s\"\nmemory_budget = \"24M\"\n");
+    let first = app(&h, "/app/d");
+    let r = get(&h.url("/app/stuck?sleep=5000"));
+    assert_eq!(r.status, 504);
+    let fresh = app(&h, "/app/d2");
+    assert_ne!(fresh["pid"], first["pid"], "the stuck worker was replaced");
+    assert_eq!(fresh["count"], 1);
+
+    // 100 KB kept per request: past 24 MiB of its own memory the worker goes.
+    let pid = fresh["pid"].clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = app(&h, "/app/leaky");
+        if v["pid"] != pid {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the memory budget never replaced the worker:\n{}",
+            h.stderr()
+        );
+    }
+    let m = get(&h.url("/_metrics")).text();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "fephp_php_runner_exits_total",
+            &["pool=\"app\"", "reason=\"memory\""]
+        ),
+        1.0,
+        "{m}"
     );
 }
