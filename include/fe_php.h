@@ -11,7 +11,7 @@
  * library's at run time. Within one major version the ABI only grows: functions
  * and enum values are added, never changed or removed. */
 #define FEPHP_VERSION_MAJOR 1
-#define FEPHP_VERSION_MINOR 1
+#define FEPHP_VERSION_MINOR 2
 #define FEPHP_VERSION_PATCH 0
 #define FEPHP_VERSION "1.2.0"
 
