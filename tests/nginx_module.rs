@@ -135,6 +135,8 @@ http {
 
 const SITE: &[(&str, &str)] = &[
     ("hello.php", "<?php echo 'Hello, World!';"),
+    // worker_mode_through_nginx: a worker script that counts its requests.
+    ("app/worker.php", "<?php $n = 0; while (frankenphp_handle_request(function () use (&$n) { $n++; echo getmypid(), ' ', $n; })) {}"),
     ("info.php", "<?php header('Content-Type: application/json'); echo json_encode(['sapi' => PHP_SAPI, 'pid' => getmypid(), 'opcache' => opcache_get_status(false)['opcache_enabled'] ?? false, 'uri' => $_SERVER['REQUEST_URI'], 'script' => $_SERVER['SCRIPT_NAME'], 'https' => $_SERVER['HTTPS'] ?? null, 'remote' => $_SERVER['REMOTE_ADDR'], 'port' => $_SERVER['SERVER_PORT']]);"),
     ("slow.php", "<?php $s = (float) ($_GET['s'] ?? 2); usleep((int) ($s * 1000000)); echo \"slept $s\";"),
     ("fatal.php", "<?php echo 'before'; undefined_function_xyz();"),
@@ -173,6 +175,8 @@ struct Opts {
     php_log_to_sapi: bool,
     /// Workers as `nobody` instead of root (the test dir is opened to them).
     unprivileged: bool,
+    /// Appended to the fe-php TOML (more pools and rules).
+    extra_toml: &'static str,
 }
 
 impl Default for Opts {
@@ -185,6 +189,7 @@ impl Default for Opts {
             fastcgi_rule: false,
             php_log_to_sapi: false,
             unprivileged: false,
+            extra_toml: "",
         }
     }
 }
@@ -226,6 +231,7 @@ fn write_setup(dir: &Path, opts: &Opts) -> u16 {
         let proxy = format!("\n[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"/up/\" }}\nbackend = \"proxy\"\n\n[backend.proxy]\nupstream = \"{up}\"\n");
         text = text.replacen("\n[php]\n", &format!("{proxy}\n[php]\n"), 1);
     }
+    text.push_str(opts.extra_toml);
     std::fs::write(dir.join("fe-php.toml"), text).unwrap();
     let port = free_port();
     // Workers of a root master would drop to `nobody`, which cannot use the 0700
@@ -1544,5 +1550,38 @@ fn proxy_routes_through_nginx() {
     assert_eq!(get(&n.url("/up/missing")).status, 404);
     let health = json(&get(&n.url("/_health")));
     assert_eq!(health["backends"]["proxy"]["healthy"], true, "{health}");
+    n.assert_clean_log();
+}
+
+/// Worker mode under nginx: the engine's worker pool serves nginx's workers,
+/// the application stays booted across requests, and survives `nginx -s reload`
+/// (its code did not change, so the same worker goes on).
+#[test]
+fn worker_mode_through_nginx() {
+    let n = ModNginx::start(Opts {
+        workers: 2,
+        extra_toml: "\n[[backend.routing_rules]]\npattern = { type = \"prefix\", value = \"/app/\" }\nbackend = \"embedded\"\npool = \"app\"\npriority = 10\n\n[php.pools.app]\nworker = \"app/worker.php\"\nmin_runners = 1\nmax_runners = 1\n",
+        ..Opts::default()
+    });
+    let counts: Vec<String> = (0..3)
+        .map(|_| get(&n.url("/app/worker.php?x")).text())
+        .collect();
+    let pid = counts[0].split(' ').next().unwrap().to_owned();
+    assert_eq!(
+        counts,
+        [format!("{pid} 1"), format!("{pid} 2"), format!("{pid} 3")]
+    );
+    assert_eq!(
+        get(&n.url("/hello.php")).text(),
+        "Hello, World!",
+        "classic PHP beside it"
+    );
+    n.signal("reload");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        get(&n.url("/app/worker.php?y")).text(),
+        format!("{pid} 4"),
+        "the worker survives the reload"
+    );
     n.assert_clean_log();
 }
