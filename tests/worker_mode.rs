@@ -375,6 +375,17 @@ fn a_worker_that_cannot_boot_backs_off() {
         log.contains("booting"),
         "what the script printed is in the log: {log}"
     );
+    // Its requests do not wait for request_deadline: 503 at once.
+    let t = Instant::now();
+    let r = get(&h.url("/app/broken.php"));
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(
+        h.stderr()
+            .contains("fails to boot (see above): its requests are answered 503"),
+        "{}",
+        h.stderr()
+    );
 }
 
 /// A reload restarts the workers whose loaded code changed (and only those),

@@ -110,6 +110,7 @@ fn run(pool: &'static Pool, rt: &'static Runtime) -> ! {
     let cores = crate::config::cores();
     let mut room = Checked::default();
     let mut watched = Instant::now();
+    let mut refused = 0u64;
     loop {
         let mut fds = [
             libc::pollfd {
@@ -176,6 +177,48 @@ fn run(pool: &'static Pool, rt: &'static Runtime) -> ! {
             }
         }
         police(pool, &mut runners);
+        if pool.worker.is_some() {
+            refuse_while_no_worker_boots(pool, failures, &mut refused);
+        }
+    }
+}
+
+/// A worker pool whose script keeps failing to boot has no runner to take its
+/// requests: rather than let them wait for `request_deadline`, answer them 503
+/// (the log says why) until a worker boots.
+fn refuse_while_no_worker_boots(pool: &Pool, failures: u32, refused: &mut u64) {
+    let board = &pool.board;
+    let booted = board
+        .slots()
+        .any(|(_, s)| matches!(s.state.load(SeqCst), IDLE | BUSY));
+    if failures == 0 || booted {
+        if *refused > 0 {
+            tracing::info!(
+                "a worker of {} has booted: its requests are served again ({} answered 503 meanwhile)",
+                super::section(&pool.name),
+                refused
+            );
+            *refused = 0;
+        }
+        return;
+    }
+    let mut buf = Vec::new();
+    while let Ok(Some(_file)) = wire::try_recv(pool.take.as_raw_fd(), &mut buf) {
+        board.header().queued.fetch_sub(1, SeqCst);
+        let mut r = wire::Reader(&buf);
+        if let (Ok(id), Ok(lane)) = (r.u64(), r.u32()) {
+            if let Some((_, send)) = pool.lanes.get(lane as usize) {
+                let w = job::reply(ERROR, 0, 503, 0, id);
+                let _ = wire::send(send.as_raw_fd(), &w.0, None, true);
+            }
+        }
+        if *refused == 0 {
+            tracing::error!(
+                "the worker script of {} fails to boot (see above): its requests are answered 503 until a worker boots",
+                super::section(&pool.name)
+            );
+        }
+        *refused += 1;
     }
 }
 

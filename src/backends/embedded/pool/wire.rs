@@ -115,6 +115,15 @@ pub fn send(sock: RawFd, msg: &[u8], fd: Option<RawFd>, nonblocking: bool) -> io
 /// came with it. `Ok(None)`: the other end is closed. A receive timeout set on
 /// the socket surfaces as `WouldBlock`.
 pub fn recv(sock: RawFd, buf: &mut Vec<u8>) -> io::Result<Option<Option<File>>> {
+    recv_with(sock, buf, 0)
+}
+
+/// `recv` that never waits: `WouldBlock` when no message is there.
+pub fn try_recv(sock: RawFd, buf: &mut Vec<u8>) -> io::Result<Option<Option<File>>> {
+    recv_with(sock, buf, libc::MSG_DONTWAIT)
+}
+
+fn recv_with(sock: RawFd, buf: &mut Vec<u8>, flags: libc::c_int) -> io::Result<Option<Option<File>>> {
     buf.clear();
     buf.reserve(MAX_MESSAGE);
     let mut iov = libc::iovec {
@@ -130,7 +139,7 @@ pub fn recv(sock: RawFd, buf: &mut Vec<u8>) -> io::Result<Option<Option<File>>> 
     hdr.msg_controllen = std::mem::size_of_val(&control);
     let n = loop {
         // SAFETY: hdr points at live buffers; MSG_CMSG_CLOEXEC marks received fds.
-        let n = unsafe { libc::recvmsg(sock, &mut hdr, libc::MSG_CMSG_CLOEXEC) };
+        let n = unsafe { libc::recvmsg(sock, &mut hdr, libc::MSG_CMSG_CLOEXEC | flags) };
         if n >= 0 {
             break n as usize;
         }
