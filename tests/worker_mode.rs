@@ -452,9 +452,21 @@ fn a_reload_restarts_workers_whose_code_changed_without_failing_a_request() {
         h.stderr()
     );
 
-    // SIGUSR2: a restart whatever changed.
+    // SIGUSR2: a restart whatever changed. The worker is idle, waiting for a
+    // job: it is woken to restart at once, not at its next job.
     let before = app(&h, "/app/v")["pid"].clone();
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
     h.signal(libc::SIGUSR2);
+    while !h.stderr().contains("restarts, as asked") {
+        assert!(asked.elapsed() < Duration::from_secs(5), "{}", h.stderr());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        asked.elapsed() < Duration::from_millis(300),
+        "an idle worker took {:?} to notice the restart",
+        asked.elapsed()
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while app(&h, "/app/v")["pid"] == before {
         assert!(

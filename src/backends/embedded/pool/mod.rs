@@ -108,6 +108,7 @@ pub fn start(
                 // changed restart (each checks what it loaded).
                 if pool.worker.is_some() {
                     pool.board.header().code_check.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    pool.poke_idle();
                 }
                 Ok(pool)
             }
@@ -143,6 +144,7 @@ pub fn restart_workers(name: Option<&str>) -> Result<Vec<String>, String> {
     }
     for p in &chosen {
         p.board.header().restart.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        p.poke_idle();
         tracing::info!("restarting the workers of {}", section(&p.name));
     }
     Ok(chosen.iter().map(|p| p.name.clone()).collect())
@@ -288,6 +290,23 @@ impl Pool {
             // SAFETY: closing descriptors of a pool this process never uses; the
             // OwnedFds that name them are never dropped or used here.
             unsafe { libc::close(fd) };
+        }
+    }
+
+    /// Wakes the runners waiting for a job (worker mode: so that they look at
+    /// their code now rather than at their next job). A poke no runner needs is
+    /// taken and dropped by one later.
+    fn poke_idle(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let idle = self
+            .board
+            .slots()
+            .filter(|(_, s)| s.state.load(SeqCst) == board::IDLE)
+            .count();
+        for _ in 0..idle {
+            if wire::send(self.submit.as_raw_fd(), wire::POKE, None, true).is_err() {
+                break;
+            }
         }
     }
 

@@ -129,6 +129,9 @@ pub(super) fn take(pool: &'static Pool, index: usize, buf: &mut Vec<u8>) -> Take
             return Taken::Stop(EXIT_BROKEN);
         }
     };
+    if buf.as_slice() == wire::POKE {
+        return Taken::Again;
+    }
     header.queued.fetch_sub(1, SeqCst);
     let (env, mut job) = match job::decode(buf, file) {
         Ok(x) => x,

@@ -111,6 +111,10 @@ pub fn send(sock: RawFd, msg: &[u8], fd: Option<RawFd>, nonblocking: bool) -> io
     }
 }
 
+/// A message on the queue that is not a job: it wakes a runner waiting for one
+/// (worker mode: to look at its code after a reload).
+pub const POKE: &[u8] = b"\xffpoke";
+
 /// Receives one message into `buf` (cleared first), with the descriptor that
 /// came with it. `Ok(None)`: the other end is closed. A receive timeout set on
 /// the socket surfaces as `WouldBlock`.
