@@ -104,12 +104,18 @@ impl Header {
 }
 
 /// Writes `text` (NUL-padded) into words of shared memory.
+/// Per job on a runner's hot path: no allocation, relaxed stores (readers order
+/// themselves on a flag written after, or tolerate a torn description).
 fn write_text(words: &[AtomicU64], text: &str) {
-    let mut bytes = vec![0u8; words.len() * 8];
-    let n = text.len().min(bytes.len() - 1);
-    bytes[..n].copy_from_slice(&text.as_bytes()[..n]);
-    for (w, chunk) in words.iter().zip(bytes.chunks(8)) {
-        w.store(u64::from_ne_bytes(chunk.try_into().unwrap()), SeqCst);
+    let text = text.as_bytes();
+    let room = (words.len() * 8).saturating_sub(1);
+    let text = &text[..text.len().min(room)];
+    for (i, w) in words.iter().enumerate() {
+        let mut word = [0u8; 8];
+        let start = (i * 8).min(text.len());
+        let end = (start + 8).min(text.len());
+        word[..end - start].copy_from_slice(&text[start..end]);
+        w.store(u64::from_ne_bytes(word), Relaxed);
     }
 }
 
