@@ -404,7 +404,25 @@ async fn read_body(
                     spool::dir().display(),
                     received.len()
                 );
+                // The client is still sending: take the rest (discarded, within
+                // the same limits) so that it reads the 500 rather than a reset
+                // of the connection closed under its upload.
+                let left = max.saturating_sub(received.len() + data.len() as u64);
+                drain(body, left, idle).await;
                 return Err(StatusCode::INTERNAL_SERVER_ERROR);
+            }
+        }
+    }
+}
+
+/// Reads and drops up to `left` more bytes of a request body, waiting at most
+/// `idle` between two reads.
+async fn drain(mut body: Incoming, mut left: u64, idle: Duration) {
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(idle, body.frame()).await {
+        if let Ok(data) = frame.into_data() {
+            match left.checked_sub(data.len() as u64) {
+                Some(l) => left = l,
+                None => return,
             }
         }
     }
