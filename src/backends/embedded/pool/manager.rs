@@ -7,7 +7,6 @@
 //! could send a job (the master and its I/O processes) has gone.
 
 use super::board::{self, Exit, BUSY, FREE, IDLE, STARTING};
-use super::job::{self, ERROR};
 use super::runner::{
     self, EXIT_BROKEN, EXIT_MEMORY, EXIT_RECYCLED, EXIT_RESTARTED, EXIT_WORKER_ENDED, EXIT_WORKER_FAILED,
 };
@@ -205,13 +204,7 @@ fn refuse_while_no_worker_boots(pool: &Pool, failures: u32, refused: &mut u64) {
     let mut buf = Vec::new();
     while let Ok(Some(_file)) = wire::try_recv(pool.take.as_raw_fd(), &mut buf) {
         board.header().queued.fetch_sub(1, SeqCst);
-        let mut r = wire::Reader(&buf);
-        if let (Ok(id), Ok(lane)) = (r.u64(), r.u32()) {
-            if let Some((_, send)) = pool.lanes.get(lane as usize) {
-                let w = job::reply(ERROR, 0, 503, 0, id);
-                let _ = wire::send(send.as_raw_fd(), &w.0, None, true);
-            }
-        }
+        pool.answer_message(&buf, 503, 0);
         if *refused == 0 {
             tracing::error!(
                 "the worker script of {} fails to boot (see above): its requests are answered 503 until a worker boots",
@@ -346,10 +339,7 @@ fn reap(pool: &Pool, runners: &mut Vec<Runner>, failures: &mut u32, not_before: 
                     "the PHP runner (pid {pid}) running {what} {how}; answered 502 and started a new runner. Only this request was affected; a crash in an extension shows in the system log (dmesg)"
                 );
             }
-            if let Some((_, send)) = pool.lanes.get(lane) {
-                let w = job::reply(ERROR, 0, answer, r.slot as u32, id);
-                let _ = wire::send(send.as_raw_fd(), &w.0, None, true);
-            }
+            pool.answer(lane, id, answer, r.slot as u32);
         }
         slot.pid.store(0, SeqCst);
         slot.state.store(FREE, SeqCst);

@@ -310,6 +310,23 @@ impl Pool {
         }
     }
 
+    /// Answers job `id` of lane `lane` with an error `status` (502, 503, 504, 500)
+    /// in place of a runner's reply; `runner` is the slot that held it, if any.
+    fn answer(&self, lane: usize, id: u64, status: u16, runner: u32) {
+        if let Some((_, send)) = self.lanes.get(lane) {
+            let w = job::reply(job::ERROR, 0, status, runner, id);
+            let _ = wire::send(send.as_raw_fd(), &w.0, None, true);
+        }
+    }
+
+    /// `answer` for a job message taken from the queue (its id and lane lead).
+    fn answer_message(&self, msg: &[u8], status: u16, runner: u32) {
+        let mut r = wire::Reader(msg);
+        if let (Ok(id), Ok(lane)) = (r.u64(), r.u32()) {
+            self.answer(lane as usize, id, status, runner);
+        }
+    }
+
     /// Tells the manager that a job waits with no idle runner.
     fn nudge_manager(&self) {
         let one = 1u64.to_ne_bytes();

@@ -138,13 +138,7 @@ pub(super) fn take(pool: &'static Pool, index: usize, buf: &mut Vec<u8>) -> Take
         Err(e) => {
             // The sender still waits: answer 500 when the message says who.
             tracing::error!("a PHP runner received a malformed job: {e}; answered 500");
-            let mut r = wire::Reader(buf);
-            if let (Ok(id), Ok(lane)) = (r.u64(), r.u32()) {
-                if let Some((_, send)) = pool.lanes.get(lane as usize) {
-                    let w = job::reply(job::ERROR, 0, 500, index as u32, id);
-                    let _ = wire::send(send.as_raw_fd(), &w.0, None, true);
-                }
-            }
+            pool.answer_message(buf, 500, index as u32);
             return Taken::Again;
         }
     };
