@@ -107,25 +107,41 @@ impl Header {
 /// Per job on a runner's hot path: no allocation, relaxed stores (readers order
 /// themselves on a flag written after, or tolerate a torn description).
 fn write_text(words: &[AtomicU64], text: &str) {
-    let text = text.as_bytes();
     let room = (words.len() * 8).saturating_sub(1);
-    let text = &text[..text.len().min(room)];
-    for (i, w) in words.iter().enumerate() {
-        let mut word = [0u8; 8];
-        let start = (i * 8).min(text.len());
-        let end = (start + 8).min(text.len());
-        word[..end - start].copy_from_slice(&text[start..end]);
-        w.store(u64::from_ne_bytes(word), Relaxed);
+    let text = &text.as_bytes()[..text.len().min(room)];
+    let used = store_bytes(words, text);
+    for w in &words[used..] {
+        w.store(0, Relaxed);
     }
+}
+
+/// Packs `bytes` into the first words (the last one zero-padded); how many.
+fn store_bytes(words: &[AtomicU64], bytes: &[u8]) -> usize {
+    let mut used = 0;
+    for (w, chunk) in words.iter().zip(bytes.chunks(8)) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        w.store(u64::from_ne_bytes(word), Relaxed);
+        used += 1;
+    }
+    used
+}
+
+/// The first `n` bytes packed in `words`.
+fn load_bytes(words: &[AtomicU64], n: usize) -> Vec<u8> {
+    let mut bytes: Vec<u8> = words
+        .iter()
+        .take(n.div_ceil(8))
+        .flat_map(|w| w.load(Relaxed).to_ne_bytes())
+        .collect();
+    bytes.truncate(n);
+    bytes
 }
 
 /// Reads NUL-padded text from words of shared memory.
 fn read_text(words: &[AtomicU64]) -> String {
-    let bytes: Vec<u8> = words
-        .iter()
-        .flat_map(|w| w.load(SeqCst).to_ne_bytes())
-        .take_while(|&b| b != 0)
-        .collect();
+    let mut bytes = load_bytes(words, words.len() * 8);
+    bytes.truncate(bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len()));
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -280,12 +296,7 @@ impl Slot {
     /// Stores a PHP stack (truncated to `STACK` bytes).
     pub fn set_stack(&self, text: &[u8]) {
         let n = text.len().min(STACK);
-        for (i, w) in self.stack.iter().enumerate().take(n.div_ceil(8)) {
-            let mut word = [0u8; 8];
-            let end = (i * 8 + 8).min(n);
-            word[..end - i * 8].copy_from_slice(&text[i * 8..end]);
-            w.store(u64::from_le_bytes(word), Relaxed);
-        }
+        store_bytes(&self.stack, &text[..n]);
         self.stack_len.store(n as u64, Relaxed);
     }
 
@@ -300,12 +311,7 @@ impl Slot {
 
     pub fn stack(&self) -> String {
         let n = (self.stack_len.load(Relaxed) as usize).min(STACK);
-        let mut bytes = Vec::with_capacity(n + 8);
-        for w in self.stack.iter().take(n.div_ceil(8)) {
-            bytes.extend_from_slice(&w.load(Relaxed).to_le_bytes());
-        }
-        bytes.truncate(n);
-        String::from_utf8_lossy(&bytes).into_owned()
+        String::from_utf8_lossy(&load_bytes(&self.stack, n)).into_owned()
     }
 
     pub fn what(&self) -> String {
