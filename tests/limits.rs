@@ -223,6 +223,42 @@ fn send_timeout_closes_a_connection_that_stops_reading() {
     );
 }
 
+#[test]
+fn send_timeout_cuts_a_client_that_takes_a_trickle() {
+    // A "slow read": the client takes a few KiB now and then, which keeps its
+    // window from staying shut and would hold the connection (and the response)
+    // for ever if any byte counted. Under 256 KiB per send_timeout it is cut.
+    let h = host("send_timeout = \"1s\"");
+    let size = 32 << 20;
+    std::fs::write(h.dir.path().join("public/trickle.bin"), vec![b't'; size]).unwrap();
+    let mut s = connect(&h);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /trickle.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut got = 0usize;
+    // 4 KiB every 40 ms (100 KiB/s) for 4 s ...
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        match s.read(&mut buf[..4096]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    // ... then all that comes.
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(
+        got < size,
+        "a client taking 100 KiB/s with send_timeout = 1s got the whole file ({got} bytes)"
+    );
+}
+
 /// A client that takes part of a 32 MiB file, stops reading for `stall`, then
 /// reads on: how many bytes it got in all.
 fn bytes_after_a_stall(port: u16, stall: Duration) -> usize {

@@ -192,18 +192,23 @@ impl WatchedStream {
     /// Notes how a write went; a write still waiting after `send_timeout` becomes
     /// an error, so hyper closes the connection (and drops the response body,
     /// which tells a streaming backend the client has gone).
-    fn note_write<T>(
+    fn note_write(
         &mut self,
         cx: &mut Context<'_>,
-        r: Poll<io::Result<T>>,
-        wrote: impl Fn(&T) -> bool,
-    ) -> Poll<io::Result<T>> {
+        r: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
         match &r {
-            Poll::Ready(Ok(n)) if wrote(n) => {
+            Poll::Ready(Ok(n)) if *n > 0 => {
                 self.ack_owed = false;
                 self.write_blocked = false;
-                self.send_wait = None;
                 self.state.on_write();
+                if let Some(w) = &mut self.send_wait {
+                    // The wait ends once the client has really moved on, not at
+                    // any write a trickle of acknowledgements let through.
+                    if w.wrote(*n, unacked(self.stream.as_raw_fd())) {
+                        self.send_wait = None;
+                    }
+                }
             }
             Poll::Pending => {
                 self.write_blocked = true;
@@ -214,10 +219,10 @@ impl WatchedStream {
                     .get_or_insert_with(|| SendWait::new(send, unacked(fd)));
                 while w.sleep.as_mut().poll(cx).is_ready() {
                     if w.check(send, unacked(fd)) {
-                        tracing::debug!(timeout = ?send, "the client took no response bytes within send_timeout; closing");
+                        tracing::debug!(timeout = ?send, "the client took less than {} KiB of the response within send_timeout; closing", MIN_PROGRESS >> 10);
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
-                            "the client took no response bytes within send_timeout",
+                            "the client took (almost) no response bytes within send_timeout",
                         )));
                     }
                 }
@@ -306,19 +311,30 @@ impl WatchedStream {
     }
 }
 
+/// What a client must take of a response within each `send_timeout` while
+/// writes wait for it (unless it takes all there is). Counting any byte would let
+/// a client that never reads live on: once its window is shut, each zero-window
+/// probe may still get a sliver of the response acknowledged (its kernel
+/// compacting the receive queue), and a reader that takes a few bytes now and
+/// then (a "slow read" attack) does the same on purpose. 256 KiB per 60 s (the
+/// default) is 4.4 KB/s.
+pub const MIN_PROGRESS: usize = 256 << 10;
+
 /// A write waiting for the client. The socket only reports room once its queue
 /// has drained a good part, which a slow but steady reader may take longer than
-/// `send_timeout` to do: what counts is when the client last took (acknowledged)
-/// bytes. That is sampled every `step`, so a stall is cut between `send_timeout`
-/// and `send_timeout + step` after it began. (Looking only once per `send_timeout`
+/// `send_timeout` to do: what counts is what the client has taken (acknowledged),
+/// sampled every `step`, so a stall is cut between `send_timeout` and
+/// `send_timeout + step` after it began. (Looking only once per `send_timeout`
 /// would let a client that stalls just after a look live almost twice as long:
 /// the bytes its kernel still acknowledged after the write blocked count as
 /// progress at the first look, and the second one comes a whole period later.)
 struct SendWait {
     sleep: Pin<Box<Sleep>>,
-    /// Unacknowledged bytes at the last look.
+    /// Unacknowledged bytes at the last progress.
     unacked: usize,
-    /// The last look that found fewer unacknowledged bytes than the one before.
+    /// Bytes written since the last progress.
+    written: usize,
+    /// The last look that found the client had taken `MIN_PROGRESS` more.
     progress: Instant,
 }
 
@@ -328,18 +344,33 @@ impl SendWait {
         SendWait {
             sleep: Box::pin(tokio::time::sleep_until((now + step(send)).min(now + send))),
             unacked,
+            written: 0,
             progress: now,
         }
     }
 
-    /// Looks at the socket again (`unacked` now); true when the client has taken
-    /// nothing for `send`. Otherwise the next look is scheduled.
+    /// Bytes the client has acknowledged since the last progress (`unacked` now).
+    fn taken(&self, unacked: usize) -> usize {
+        (self.unacked + self.written).saturating_sub(unacked)
+    }
+
+    /// Notes `n` bytes written (`unacked` after them); true when the wait is
+    /// over: the client has taken `MIN_PROGRESS`, or everything queued before
+    /// this write (it is keeping up).
+    fn wrote(&mut self, n: usize, unacked: usize) -> bool {
+        self.written += n;
+        unacked <= n || self.taken(unacked) >= MIN_PROGRESS
+    }
+
+    /// Looks at the socket again (`unacked` now); true when the client has not
+    /// taken `MIN_PROGRESS` for `send`. Otherwise the next look is scheduled.
     fn check(&mut self, send: Duration, unacked: usize) -> bool {
         let now = Instant::now();
-        if unacked < self.unacked {
+        if self.taken(unacked) >= MIN_PROGRESS {
             self.progress = now;
+            self.unacked = unacked;
+            self.written = 0;
         }
-        self.unacked = unacked;
         let deadline = self.progress + send;
         if now >= deadline {
             return true;
@@ -408,7 +439,7 @@ impl AsyncWrite for WatchedStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = this.poll_write_slices(cx, &[io::IoSlice::new(data)]);
-        this.note_write(cx, r, |&n| n > 0)
+        this.note_write(cx, r)
     }
 
     fn poll_write_vectored(
@@ -418,7 +449,7 @@ impl AsyncWrite for WatchedStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = this.poll_write_slices(cx, bufs);
-        this.note_write(cx, r, |&n| n > 0)
+        this.note_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -105,21 +105,40 @@ impl Host {
         std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
     }
 
-    /// PIDs of the worker processes (children of the master).
     /// The worker processes (the master's children but the PHP pool manager).
-    /// The master listens before it forks: right after the start, wait (up to
-    /// 2 s) for the first worker.
+    /// The master listens before it forks them one by one: right after the start,
+    /// wait (up to 5 s) for all of them — as many as the config's `workers = N`
+    /// names, else a list that stays the same for 100 ms. (A pool manager counts
+    /// as a worker until it has named itself, so the count also waits for that.)
     pub fn workers(&self) -> Vec<i32> {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
-            let workers: Vec<i32> = children(self.child.id() as i32)
+        let text = std::fs::read_to_string(&self.config).unwrap_or_default();
+        let expected: Option<usize> = text.lines().find_map(|l| {
+            let (key, value) = l.split_once('=')?;
+            (key.trim() == "workers").then(|| value.trim().parse().ok())?
+        });
+        let list = || -> Vec<i32> {
+            children(self.child.id() as i32)
                 .into_iter()
                 .filter(|&p| comm(p) != "fe-php: pool")
-                .collect();
-            if !workers.is_empty() || Instant::now() > deadline {
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = Vec::new();
+        loop {
+            let workers = list();
+            let settled = match expected {
+                Some(n) => workers.len() == n,
+                None => !workers.is_empty() && workers == last,
+            };
+            if settled || Instant::now() > deadline {
                 return workers;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            last = workers;
+            std::thread::sleep(Duration::from_millis(if expected.is_some() {
+                10
+            } else {
+                100
+            }));
         }
     }
 
