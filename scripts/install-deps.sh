@@ -9,6 +9,8 @@ packages=(
   libphp8.2-embed php8.2-dev php8.2-cli php8.2-fpm
   nginx nginx-dev
   iproute2
+  # tests/tls.rs: HTTP/2 load over TLS and h2c (h2load); openssl s_client
+  nghttp2-client openssl
   # tests/real_apps.rs: Debian's WordPress on MariaDB (bench/wordpress/setup.sh)
   wordpress wordpress-theme-twentytwentythree mariadb-server php8.2-mysql
   # tests/frameworks.rs: Symfony 5.4 and Laravel 8 apps in worker and classic mode

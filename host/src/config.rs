@@ -57,6 +57,11 @@ pub struct ServerConfig {
     pub user: Option<String>,
     /// Group of the workers; unset: the user's primary group. Needs `user`.
     pub group: Option<String>,
+    /// Plain listener only: HTTP/2 by prior knowledge (h2c) beside HTTP/1.1,
+    /// for a proxy in front that speaks it.
+    pub h2c: bool,
+    /// `[server.tls]`: the listener speaks TLS.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +79,8 @@ impl Default for ServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             user: None,
             group: None,
+            h2c: false,
+            tls: None,
         }
     }
 }
@@ -165,6 +172,12 @@ impl ServerConfig {
                         name.escape_debug()
                     ));
                 }
+            }
+        }
+        if let Some(tls) = &self.tls {
+            problems.extend(tls.problems());
+            if self.h2c {
+                problems.push("[server] h2c is for a plain listener, and [server.tls] makes it TLS (which offers HTTP/2 by ALPN): remove h2c.".to_owned());
             }
         }
         if self.group.is_some() && self.user.is_none() {

@@ -34,13 +34,18 @@ pub struct Timeouts {
 /// and the body of its current response.
 pub struct ConnState {
     phase: Mutex<Phase>,
-    /// File ranges of the responses being sent, for `sendfile`.
-    pub files: SendQueue,
+    /// File ranges of the responses being sent, for `sendfile`; None when the
+    /// bytes must pass through the process (TLS, HTTP/2 framing).
+    files: Option<SendQueue>,
+    /// HTTP/2: requests overlap, and bytes arriving between them are frames
+    /// (pings, window updates), not the start of a request head.
+    multiplexed: bool,
 }
 
 struct Phase {
-    /// A request is being served: its head was parsed, its response not yet sent.
-    busy: bool,
+    /// Requests being served: heads parsed, responses not yet sent (HTTP/1.1:
+    /// at most one).
+    busy: usize,
     /// Bytes of the next request have arrived.
     head_started: bool,
     /// The request being served has a body, which may still be arriving.
@@ -59,9 +64,10 @@ struct Phase {
 pub struct Busy(Arc<ConnState>);
 
 impl Busy {
-    /// The file ranges queued for this connection's socket.
-    pub fn files(&self) -> &SendQueue {
-        &self.0.files
+    /// The file ranges queued for this connection's socket, when it sends files
+    /// itself.
+    pub fn files(&self) -> Option<&SendQueue> {
+        self.0.files.as_ref()
     }
 }
 
@@ -69,9 +75,12 @@ impl Drop for Busy {
     fn drop(&mut self) {
         let waker = {
             let mut p = self.0.phase.lock();
-            p.busy = false;
-            p.head_started = false;
+            p.busy -= 1;
             p.served += 1;
+            if p.busy > 0 {
+                return;
+            }
+            p.head_started = false;
             p.since = Instant::now();
             p.idle_reader.take()
         };
@@ -84,24 +93,26 @@ impl Drop for Busy {
 }
 
 impl ConnState {
-    pub fn new() -> Arc<ConnState> {
+    /// `sendfile`: the socket may send file ranges itself (plain HTTP/1.1).
+    pub fn new(sendfile: bool, multiplexed: bool) -> Arc<ConnState> {
         Arc::new(ConnState {
             phase: Mutex::new(Phase {
-                busy: false,
+                busy: 0,
                 head_started: false,
                 body_expected: false,
                 since: Instant::now(),
                 served: 0,
                 idle_reader: None,
             }),
-            files: SendQueue::default(),
+            files: sendfile.then(SendQueue::default),
+            multiplexed,
         })
     }
 
     /// Called when hyper hands a parsed request to the service.
     pub fn begin_request(self: &Arc<Self>, body_expected: bool) -> Busy {
         let mut p = self.phase.lock();
-        p.busy = true;
+        p.busy += 1;
         p.head_started = false;
         p.body_expected = body_expected;
         Busy(self.clone())
@@ -109,7 +120,7 @@ impl ConnState {
 
     fn on_read(&self) {
         let mut p = self.phase.lock();
-        if !p.busy && !p.head_started {
+        if p.busy == 0 && !p.head_started && !self.multiplexed {
             p.head_started = true;
             // The first request's head is timed from the connection's start.
             if p.served > 0 {
@@ -122,7 +133,7 @@ impl ConnState {
     /// head or body) rather than for the next one or for our response.
     fn mid_request(&self) -> bool {
         let p = self.phase.lock();
-        if p.busy {
+        if p.busy > 0 {
             p.body_expected
         } else {
             p.head_started
@@ -132,7 +143,7 @@ impl ConnState {
     fn on_write(&self) {
         let mut p = self.phase.lock();
         // The tail of a response still going out: the idle wait starts after it.
-        if !p.busy && !p.head_started && p.served > 0 {
+        if p.busy == 0 && !p.head_started && p.served > 0 {
             p.since = Instant::now();
         }
     }
@@ -141,7 +152,7 @@ impl ConnState {
     /// busy there is none, and `cx` is woken when the request ends.
     fn deadline(&self, t: Timeouts, cx: &Context<'_>) -> Option<(Instant, bool)> {
         let mut p = self.phase.lock();
-        if p.busy {
+        if p.busy > 0 {
             if !p
                 .idle_reader
                 .as_ref()
@@ -158,10 +169,26 @@ impl ConnState {
     }
 }
 
+/// The client's connection: the socket itself, or TLS over it.
+pub enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Io {
+    /// The TCP socket underneath.
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Io::Plain(s) => s,
+            Io::Tls(t) => t.get_ref().0,
+        }
+    }
+}
+
 /// A client socket that fails its reads with `TimedOut` when a wait runs out:
 /// hyper then closes the connection. A late request head is answered 408 first.
 pub struct WatchedStream {
-    stream: TcpStream,
+    stream: Io,
     state: Arc<ConnState>,
     timeouts: Timeouts,
     sleep: Pin<Box<Sleep>>,
@@ -177,7 +204,7 @@ pub struct WatchedStream {
 }
 
 impl WatchedStream {
-    pub fn new(stream: TcpStream, state: Arc<ConnState>, timeouts: Timeouts) -> WatchedStream {
+    pub fn new(stream: Io, state: Arc<ConnState>, timeouts: Timeouts) -> WatchedStream {
         WatchedStream {
             stream,
             state,
@@ -205,7 +232,7 @@ impl WatchedStream {
                 if let Some(w) = &mut self.send_wait {
                     // The wait ends once the client has really moved on, not at
                     // any write a trickle of acknowledgements let through.
-                    if w.wrote(*n, unacked(self.stream.as_raw_fd())) {
+                    if w.wrote(*n, unacked(self.stream.tcp().as_raw_fd())) {
                         self.send_wait = None;
                     }
                 }
@@ -213,7 +240,7 @@ impl WatchedStream {
             Poll::Pending => {
                 self.write_blocked = true;
                 let send = self.timeouts.send;
-                let fd = self.stream.as_raw_fd();
+                let fd = self.stream.tcp().as_raw_fd();
                 let w = self
                     .send_wait
                     .get_or_insert_with(|| SendWait::new(send, unacked(fd)));
@@ -241,7 +268,11 @@ impl AsyncRead for WatchedStream {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+        let r = match &mut this.stream {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        };
+        match r {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
                     this.state.on_read();
@@ -256,7 +287,7 @@ impl AsyncRead for WatchedStream {
         // syscall per request would be wasted.
         if this.ack_owed && this.state.mid_request() {
             this.ack_owed = false;
-            quick_ack(this.stream.as_raw_fd());
+            quick_ack(this.stream.tcp().as_raw_fd());
         }
         let Some((deadline, mid_head)) = this.state.deadline(this.timeouts, cx) else {
             return Poll::Pending;
@@ -268,9 +299,10 @@ impl AsyncRead for WatchedStream {
             return Poll::Pending;
         }
         let what = if mid_head {
-            // Best effort, and only when no response bytes are still queued.
-            if !this.write_blocked {
-                let _ = this.stream.try_write(REQUEST_TIMEOUT);
+            // Best effort, and only when no response bytes are still queued (and
+            // the connection is plain HTTP/1.1: raw bytes would break TLS).
+            if let (false, Io::Plain(s)) = (this.write_blocked, &this.stream) {
+                let _ = s.try_write(REQUEST_TIMEOUT);
             }
             "the request head did not arrive within header_read_timeout"
         } else {
@@ -290,16 +322,23 @@ impl WatchedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let Some(first_file) = bufs.iter().position(|b| sendfile::is_stand_in(b.as_ptr())) else {
-            return Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        let stream = match &mut self.stream {
+            Io::Plain(s) => s,
+            // Stand-ins are only made for connections whose state has a queue.
+            Io::Tls(t) => return Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
         };
-        let sock = self.stream.as_raw_fd();
-        let state = &self.state;
+        let (Some(first_file), Some(files)) = (
+            bufs.iter().position(|b| sendfile::is_stand_in(b.as_ptr())),
+            self.state.files.as_ref(),
+        ) else {
+            return Pin::new(stream).poll_write_vectored(cx, bufs);
+        };
+        let sock = stream.as_raw_fd();
         loop {
-            std::task::ready!(self.stream.poll_write_ready(cx))?;
-            let r = self.stream.try_io(Interest::WRITABLE, || {
+            std::task::ready!(stream.poll_write_ready(cx))?;
+            let r = stream.try_io(Interest::WRITABLE, || {
                 if first_file == 0 {
-                    return state.files.send(sock, &bufs[0]);
+                    return files.send(sock, &bufs[0]);
                 }
                 send_more(sock, &bufs[..first_file])
             });
@@ -459,10 +498,22 @@ impl AsyncWrite for WatchedStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        match &mut this.stream {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            // TLS records wait in rustls until flushed: a flush that cannot go
+            // through is a write waiting for the client like any other.
+            Io::Tls(t) => {
+                let r = Pin::new(t.as_mut()).poll_flush(cx).map_ok(|()| 1);
+                this.note_write(cx, r).map_ok(|_| ())
+            }
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        match &mut self.get_mut().stream {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
     }
 }

@@ -15,6 +15,7 @@ mod restart;
 mod sendfile;
 mod server;
 mod spool;
+mod tls;
 
 use clap::Parser;
 use config::{Refused, ServerConfig};
@@ -88,6 +89,19 @@ fn main() -> ExitCode {
         eprintln!("{messages}");
     }
     let backends = describe_backends(&engine);
+    let front = match load_front(&args.config, &server) {
+        Ok(f) => f,
+        Err(msg) => {
+            eprintln!("{msg}");
+            if args.check {
+                eprintln!(
+                    "fe-php-host: configuration file {} test failed",
+                    args.config
+                );
+            }
+            return ExitCode::from(1);
+        }
+    };
     let identity = match privileges::resolve(server.user.as_deref(), server.group.as_deref()) {
         Ok(id) => id,
         Err(msg) => {
@@ -149,8 +163,9 @@ fn main() -> ExitCode {
     };
     server::raise_open_file_limit(limits.max_connections);
     tracing::info!(
-        "fe-php-host {} listening on http://{listen} with {workers} workers; backends: {backends}",
-        env!("CARGO_PKG_VERSION")
+        "fe-php-host {} listening on {}://{listen} with {workers} workers; backends: {backends}",
+        env!("CARGO_PKG_VERSION"),
+        if front.tls.is_some() { "https" } else { "http" }
     );
     match &identity {
         Some(id) => tracing::info!("workers run as {id}"),
@@ -166,6 +181,7 @@ fn main() -> ExitCode {
     // `[server]` as last read (a reload replaces it); workers read their limits
     // from it after the fork.
     let server = RefCell::new(server);
+    let front = RefCell::new(front);
     // SAFETY: plain identity query.
     let master_pid = unsafe { libc::getpid() };
     let worker = |slot: usize, count: usize| {
@@ -193,7 +209,8 @@ fn main() -> ExitCode {
         };
         // Read here, after the fork: a reload may have changed them.
         let limits = server::Limits::new(&server.borrow());
-        match server::run(engine.clone(), listeners, log.clone(), limits) {
+        let front = front.borrow().clone();
+        match server::run(engine.clone(), listeners, log.clone(), limits, front) {
             Ok(()) => 0,
             Err(e) => {
                 tracing::error!("worker failed: {e}");
@@ -203,7 +220,7 @@ fn main() -> ExitCode {
     };
     let exited = |pid, signal, replaced| engine.worker_exited(pid, signal, replaced);
     let reload = || {
-        let n = match reload(&engine, &args, &server)? {
+        let n = match reload(&engine, &args, &server, &front)? {
             master::Reloaded::Workers(n) => n,
             restart => return Ok(restart),
         };
@@ -252,8 +269,12 @@ fn reload(
     engine: &abi::Engine,
     args: &Args,
     server: &RefCell<ServerConfig>,
+    front: &RefCell<server::Front>,
 ) -> Result<master::Reloaded, String> {
     let new = ServerConfig::from_file(&args.config).map_err(|refused| refused.message())?;
+    // Certificates are read again (renewed files take effect); one that cannot
+    // be used refuses the reload before the engine changes anything.
+    let new_front = load_front(&args.config, &new)?;
     match engine.reload(&args.config) {
         Ok(()) => {}
         Err(abi::ReloadRefused::Invalid(msg)) => return Err(msg),
@@ -264,6 +285,10 @@ fn reload(
         }
     }
     let before = server.replace(new);
+    if before.tls.is_some() != new_front.tls.is_some() {
+        tracing::warn!("[server.tls] was added or removed: the listener changes between HTTP and HTTPS for the new workers (clients must change scheme)");
+    }
+    front.replace(new_front);
     let after = server.borrow();
     let kept = [
         (
@@ -285,6 +310,23 @@ fn reload(
     }
     tracing::info!("new configuration; backends: {}", describe_backends(engine));
     Ok(master::Reloaded::Workers(worker_count(args, &after)))
+}
+
+/// How the listener speaks, from `[server]`: TLS certificates are read here
+/// (paths relative to the configuration file's directory).
+fn load_front(config: &str, server: &ServerConfig) -> Result<server::Front, String> {
+    let tls = match &server.tls {
+        Some(t) => {
+            let path = std::path::absolute(config).unwrap_or_else(|_| config.into());
+            let base = path.parent().unwrap_or(std::path::Path::new("/"));
+            Some(t.load(base)?)
+        }
+        None => None,
+    };
+    Ok(server::Front {
+        tls,
+        h2c: server.h2c,
+    })
 }
 
 /// "static (embedded: not available: …; fastcgi: …)".

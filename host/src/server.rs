@@ -5,7 +5,7 @@
 use crate::abi::{BodyKind, Engine, Response, StreamWaker};
 use crate::access_log::AccessLog;
 use crate::config::ServerConfig;
-use crate::conn::{Busy, ConnState, Timeouts, WatchedStream};
+use crate::conn::{Busy, ConnState, Io, Timeouts, WatchedStream};
 use crate::sendfile::{self, FileOwner, SendQueue};
 use crate::spool::{self, Spooled};
 use bytes::{Bytes, BytesMut};
@@ -215,12 +215,66 @@ async fn php_events(engine: Arc<Engine>, fd: i32) {
     }
 }
 
+/// How the listener speaks: TLS (with HTTP/2 by ALPN when offered) or plain
+/// HTTP/1.1, with HTTP/2 by prior knowledge (h2c) when `h2c`.
+#[derive(Clone)]
+pub struct Front {
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub h2c: bool,
+}
+
+/// The HTTP/2 client preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client opens with the HTTP/2 preface (h2c by prior knowledge):
+/// looks at its first bytes without taking them, waiting at most `wait`.
+async fn opens_with_h2_preface(stream: &tokio::net::TcpStream, wait: Duration) -> bool {
+    let look = async {
+        let mut buf = [0u8; 24];
+        loop {
+            let n = match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            };
+            if !H2_PREFACE.starts_with(&buf[..n]) {
+                return false;
+            }
+            if n == H2_PREFACE.len() {
+                return true;
+            }
+            // Part of the preface: the rest is on its way.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    tokio::time::timeout(wait, look).await.unwrap_or(false)
+}
+
+/// The HTTP/2 settings: bounded concurrency, windows and header lists, and the
+/// h2 crate's guards against abuse (rapid reset: pending-accept and local-error
+/// reset limits; CONTINUATION floods and HPACK bombs: the header list limit).
+fn http2_builder(
+    limits: &Limits,
+) -> hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor> {
+    let mut h2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    h2.timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(128)
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(1024))
+        .max_header_list_size(limits.max_header_size.min(u32::MAX as usize) as u32)
+        .initial_stream_window_size(256 << 10)
+        .initial_connection_window_size(1 << 20)
+        .max_send_buf_size(256 << 10)
+        .keep_alive_interval(None);
+    h2
+}
+
 /// Runs the worker until SIGTERM/SIGINT, then drains connections.
 pub fn run(
     engine: Arc<Engine>,
     listeners: Vec<std::net::TcpListener>,
     log: Arc<AccessLog>,
     limits: Limits,
+    front: Front,
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -265,6 +319,7 @@ pub fn run(
         });
         // Never `pipeline_flush(true)`: it makes hyper copy body chunks into one
         // buffer, which would send the zeros of sendfile stand-ins (sendfile.rs).
+        let http2 = http2_builder(&limits);
         let mut http = hyper::server::conn::http1::Builder::new();
         http.keep_alive(true)
             // conn.rs times heads and idle keep-alive connections (hyper's timer
@@ -315,21 +370,19 @@ pub fn run(
                 _ = int.recv() => break 'serve,
             };
             let _ = stream.set_nodelay(true);
-            let local = stream.local_addr().unwrap_or(peer);
-            let state = ConnState::new();
-            let io = WatchedStream::new(stream, state.clone(), limits.timeouts);
-            let engine = engine.clone();
-            let log = log.clone();
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let busy = state.begin_request(!req.body().is_end_stream());
-                let resp = handle(engine.clone(), log.clone(), limits, peer, local, req);
-                async move { Ok::<_, Infallible>(resp.await.map(|body| ConnBody { body, _busy: busy })) }
-            });
-            let conn = graceful.watch(http.serve_connection(TokioIo::new(io), svc));
+            let conn = Conn {
+                engine: engine.clone(),
+                log: log.clone(),
+                limits,
+                peer,
+                local: stream.local_addr().unwrap_or(peer),
+                http1: http.clone(),
+                http2: http2.clone(),
+                front: front.clone(),
+                watcher: graceful.watcher(),
+            };
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
+                conn.serve(stream).await;
                 drop(slot);
             });
         }
@@ -347,6 +400,88 @@ pub fn run(
         log.flush();
         Ok(())
     })
+}
+
+/// What serving one connection needs.
+struct Conn {
+    engine: Arc<Engine>,
+    log: Arc<AccessLog>,
+    limits: Limits,
+    peer: SocketAddr,
+    local: SocketAddr,
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
+    front: Front,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+impl Conn {
+    /// The TLS handshake if any (within `header_read_timeout`), then HTTP/1.1 or
+    /// HTTP/2 until the connection ends.
+    async fn serve(self, stream: tokio::net::TcpStream) {
+        let wait = self.limits.timeouts.header;
+        let (io, h2, tls) = match &self.front.tls {
+            Some(config) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+                match tokio::time::timeout(wait, acceptor.accept(stream)).await {
+                    Ok(Ok(t)) => {
+                        let conn = t.get_ref().1;
+                        let h2 = conn.alpn_protocol() == Some(b"h2");
+                        let info = Arc::new(crate::tls::describe(conn));
+                        (Io::Tls(Box::new(t)), h2, Some(info))
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = %self.peer, "TLS handshake did not finish within header_read_timeout");
+                        return;
+                    }
+                }
+            }
+            None => {
+                let h2 = self.front.h2c && opens_with_h2_preface(&stream, wait).await;
+                (Io::Plain(stream), h2, None)
+            }
+        };
+        // Files go out by sendfile only on plain HTTP/1.1.
+        let state = ConnState::new(tls.is_none() && !h2, h2);
+        let io = TokioIo::new(WatchedStream::new(io, state.clone(), self.limits.timeouts));
+        let Conn {
+            engine,
+            log,
+            limits,
+            peer,
+            local,
+            ..
+        } = self;
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let busy = state.begin_request(!req.body().is_end_stream());
+            let resp = handle(
+                engine.clone(),
+                log.clone(),
+                limits,
+                peer,
+                local,
+                tls.clone(),
+                req,
+            );
+            async move { Ok::<_, Infallible>(resp.await.map(|body| ConnBody { body, _busy: busy })) }
+        });
+        let ended = if h2 {
+            self.watcher
+                .watch(self.http2.serve_connection(io, svc))
+                .await
+        } else {
+            self.watcher
+                .watch(self.http1.serve_connection(io, svc))
+                .await
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
 }
 
 /// The next connection from any of `listeners`, looking at them in turn from
@@ -474,11 +609,25 @@ async fn handle(
     limits: Limits,
     peer: SocketAddr,
     local: SocketAddr,
+    tls: Option<Arc<(String, String)>>,
     req: Request<Incoming>,
 ) -> hyper::Response<HostBody> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let h2 = parts.version == hyper::Version::HTTP_2;
+    if h2 && !parts.headers.contains_key(hyper::header::HOST) {
+        // HTTP/2 names the host in `:authority`; PHP and the router read `Host`.
+        if let Some(v) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(hyper::header::HOST, v);
+        }
+    }
     let target = match (parts.uri.scheme(), parts.uri.path_and_query()) {
         (None, Some(p)) => p.as_str().to_owned(),
+        // HTTP/2 requests always carry scheme and authority beside the path.
+        (Some(_), Some(p)) if h2 => p.as_str().to_owned(),
         // Absolute-form, and authority-form ("example.com:80", or "server.php",
         // which reads as a host name): passed as sent, so the engine refuses
         // what is not a path (400) instead of serving "/".
@@ -496,6 +645,7 @@ async fn handle(
         remote_port: peer.port(),
         local_ip: &local_ip,
         local_port: local.port(),
+        tls: tls.is_some(),
     };
     let framing_ok = host_ok && transfer_coding_ok(&parts.headers);
     // A client waiting for `100 Continue` gets the final answer instead when the
@@ -528,10 +678,13 @@ async fn handle(
             let body = match body {
                 Ok(b) => b.map(Arc::new),
                 Err(status) => {
-                    // The body may be unread: the connection cannot carry another request.
+                    // The body may be unread: the connection cannot carry another
+                    // request (HTTP/2 resets the stream instead).
                     let mut r = plain(status);
-                    r.headers_mut()
-                        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+                    if !h2 {
+                        r.headers_mut()
+                            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+                    }
                     let length = r.body().size_hint().exact();
                     log.log(
                         &peer,
@@ -610,7 +763,7 @@ async fn handle(
         length,
         &parts.headers,
     );
-    if close || DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
+    if !h2 && (close || DRAINING.load(std::sync::atomic::Ordering::Relaxed)) {
         out = out.header(hyper::header::CONNECTION, "close");
     }
     out.body(body)
@@ -624,6 +777,8 @@ struct Addrs<'a> {
     remote_port: u16,
     local_ip: &'a str,
     local_port: u16,
+    /// The connection is TLS.
+    tls: bool,
 }
 
 /// Calls `f` with the C view of a request; the view borrows from the arguments
@@ -659,7 +814,7 @@ fn with_c_request<T>(
         remote_port: addrs.remote_port,
         local_addr: fstr(addrs.local_ip.as_bytes()),
         local_port: addrs.local_port,
-        tls: false,
+        tls: addrs.tls,
     };
     f(&creq)
 }
@@ -702,7 +857,7 @@ impl http_body::Body for ConnBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = self.get_mut();
-        this.body.poll_frame_to(cx, Some(this._busy.files()))
+        this.body.poll_frame_to(cx, this._busy.files())
     }
 
     fn is_end_stream(&self) -> bool {
