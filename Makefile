@@ -44,7 +44,7 @@ lint:
 test-rust: nginx-module
 	@mkdir -p target
 	$(CARGO) build -p fe-php-host
-	set -o pipefail; $(CARGO) test --workspace --features fe-php/internals 2>&1 | tee target/test-rust.log
+	set -o pipefail; $(CARGO) test --workspace --no-fail-fast --features fe-php/internals 2>&1 | tee target/test-rust.log
 
 # The C ABI from C and Go: header as C99/C++, tests/c/abi_test.c under valgrind
 # and AddressSanitizer, make install + pkg-config, examples/c and examples/go.

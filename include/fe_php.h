@@ -11,9 +11,9 @@
  * library's at run time. Within one major version the ABI only grows: functions
  * and enum values are added, never changed or removed. */
 #define FEPHP_VERSION_MAJOR 1
-#define FEPHP_VERSION_MINOR 2
+#define FEPHP_VERSION_MINOR 3
 #define FEPHP_VERSION_PATCH 0
-#define FEPHP_VERSION "1.2.0"
+#define FEPHP_VERSION "1.3.0"
 
 
 /**
@@ -301,6 +301,32 @@ typedef void (*fephp_response_cb)(void *userdata,
                                   struct fephp_response *response);
 
 /**
+ * What a host knows of a request's TLS connection, for PHP's `SSL_PROTOCOL`,
+ * `SSL_CIPHER` and `SSL_TLS_SNI` (mod_ssl's names; FastCGI gets them too).
+ * Passed beside a `fephp_request` whose `tls` is true to the `_tls` variants of
+ * the request functions. Borrowed for the duration of the call.
+ */
+typedef struct fephp_tls_info {
+  /**
+   * `sizeof(struct fephp_tls_info)` as the host compiled it: the library
+   * reads no field past it, so later versions may add fields at the end.
+   */
+  size_t size;
+  /**
+   * "TLSv1.3", "TLSv1.2"; empty when unknown.
+   */
+  struct fephp_str protocol;
+  /**
+   * The cipher suite, e.g. "TLS_AES_128_GCM_SHA256"; empty when unknown.
+   */
+  struct fephp_str cipher;
+  /**
+   * The server name the client sent (SNI); empty when none.
+   */
+  struct fephp_str server_name;
+} fephp_tls_info;
+
+/**
  * Called, from any thread, when a streamed body may have more data or has ended.
  */
 typedef void (*fephp_notify_cb)(void *userdata);
@@ -574,6 +600,18 @@ fephp_result fephp_handle_request_async(const struct fephp_engine *engine,
                                         void *userdata);
 
 /**
+ * `fephp_handle_request_async` for a request that came over TLS: `tls` (NULL:
+ * none) tells its protocol, cipher suite and SNI name, which PHP sees as
+ * `SSL_PROTOCOL`, `SSL_CIPHER` and `SSL_TLS_SNI` (and `HTTPS=on`, whatever
+ * `request->tls` says). Since 1.3.0.
+ */
+fephp_result fephp_handle_request_async_tls(const struct fephp_engine *engine,
+                                            const struct fephp_request *request,
+                                            const struct fephp_tls_info *tls,
+                                            fephp_response_cb callback,
+                                            void *userdata);
+
+/**
  * For a host that has not read the request body yet — typically because the
  * client sent `Expect: 100-continue` and waits for `100 Continue` before sending
  * it. When the answer cannot depend on the body (a refused request: 400, 413
@@ -594,6 +632,17 @@ fephp_result fephp_handle_request_before_body(const struct fephp_engine *engine,
                                               fephp_response_cb callback,
                                               void *userdata,
                                               bool *answered_out);
+
+/**
+ * `fephp_handle_request_before_body` for a request that came over TLS (see
+ * `fephp_handle_request_async_tls`). Since 1.3.0.
+ */
+fephp_result fephp_handle_request_before_body_tls(const struct fephp_engine *engine,
+                                                  const struct fephp_request *request,
+                                                  const struct fephp_tls_info *tls,
+                                                  fephp_response_cb callback,
+                                                  void *userdata,
+                                                  bool *answered_out);
 
 /**
  * The HTTP status code (0 for NULL).

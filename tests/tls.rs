@@ -76,7 +76,7 @@ fn site(dir: &Path) {
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(
         www.join("info.php"),
-        "<?php foreach (['HTTPS','REQUEST_SCHEME','SERVER_PORT','SERVER_PROTOCOL','HTTP_HOST','SERVER_NAME'] as $k) echo $k, '=', $_SERVER[$k] ?? '-', \"\\n\";",
+        "<?php foreach (['HTTPS','REQUEST_SCHEME','SERVER_PORT','SERVER_PROTOCOL','HTTP_HOST','SERVER_NAME','SSL_PROTOCOL','SSL_CIPHER','SSL_TLS_SNI'] as $k) echo $k, '=', $_SERVER[$k] ?? '-', \"\\n\";",
     )
     .unwrap();
     std::fs::write(www.join("hello.php"), "<?php echo 'Hello, World!';").unwrap();
@@ -180,6 +180,10 @@ fn https_over_http1_and_http2_with_sni() {
             format!("SERVER_PROTOCOL={proto}"),
             format!("HTTP_HOST=a.test:{port}"),
             "SERVER_NAME=a.test".to_owned(),
+            // mod_ssl's names.
+            "SSL_PROTOCOL=TLSv1.3".to_owned(),
+            "SSL_CIPHER=TLS_".to_owned(),
+            "SSL_TLS_SNI=a.test".to_owned(),
         ] {
             assert!(text.contains(&want), "{flag}: {want} missing from\n{text}");
         }
@@ -208,6 +212,49 @@ fn https_over_http1_and_http2_with_sni() {
         text.contains("CN = b.test") || text.contains("CN=b.test"),
         "{text}"
     );
+}
+
+#[test]
+fn php_fpm_gets_the_tls_parameters_too() {
+    use common::peers::{FpmListen, PhpFpm};
+    let dir = tempfile::tempdir().unwrap();
+    site(dir.path());
+    let fpm = PhpFpm::builder(&dir.path().join("www"), FpmListen::Tcp).start();
+    let config = CONFIG
+        .replace("{server}", "")
+        .replace(
+            "default_backend = \"embedded\"",
+            "default_backend = \"fastcgi\"",
+        )
+        .replace(
+            "[php]\n",
+            &format!("[php]\nfpm_socket = \"{}\"\n", fpm.address()),
+        );
+    let h = Host::start(&format!("{config}{TLS}"), |d| {
+        for f in ["a.pem", "a.key", "b.pem", "b.key"] {
+            std::fs::copy(dir.path().join(f), d.join(f)).unwrap();
+        }
+        // The same document root as php-fpm's.
+        std::os::unix::fs::symlink(dir.path().join("www"), d.join("www")).unwrap();
+    });
+    let (r, _) = curl_tls(
+        &h,
+        "b.test",
+        "b.pem",
+        &["--http2", "--tlsv1.2", "--tls-max", "1.2"],
+        "/info.php",
+    );
+    let text = r.text();
+    for want in [
+        "HTTPS=on",
+        "REQUEST_SCHEME=https",
+        "SERVER_PROTOCOL=HTTP/2.0",
+        "SSL_PROTOCOL=TLSv1.2",
+        "SSL_CIPHER=ECDHE-ECDSA-",
+        "SSL_TLS_SNI=b.test",
+    ] {
+        assert!(text.contains(want), "{want} missing from\n{text}");
+    }
 }
 
 #[test]
@@ -447,7 +494,7 @@ fn served_serial(h: &Host) -> String {
         .stdin
         .take()
         .unwrap()
-        .write_all(text[pem_start..pem_end].as_bytes())
+        .write_all(&text.as_bytes()[pem_start..pem_end])
         .unwrap();
     String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
 }

@@ -142,11 +142,13 @@ impl Engine {
     pub unsafe fn handle_async(
         &self,
         req: &fephp_request,
+        tls: Option<&fephp_tls_info>,
         body: Option<std::sync::Arc<crate::spool::Spooled>>,
     ) -> tokio::sync::oneshot::Receiver<Result<Response, String>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let ud = Box::into_raw(Box::new((tx, body))) as *mut c_void;
-        let r = fephp_handle_request_async(self.0, req, Some(on_response), ud);
+        let tls = tls.map_or(std::ptr::null(), |t| t as *const fephp_tls_info);
+        let r = fephp_handle_request_async_tls(self.0, req, tls, Some(on_response), ud);
         if r != fephp_result::Ok {
             // The callback was not called: take the sender back and report.
             let (tx, _body) = *Box::from_raw(ud as *mut Reply);
@@ -164,12 +166,21 @@ impl Engine {
     pub unsafe fn handle_before_body(
         &self,
         req: &fephp_request,
+        tls: Option<&fephp_tls_info>,
     ) -> Option<tokio::sync::oneshot::Receiver<Result<Response, String>>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let reply: Reply = (tx, None);
         let ud = Box::into_raw(Box::new(reply)) as *mut c_void;
         let mut answered = false;
-        let r = fephp_handle_request_before_body(self.0, req, Some(on_response), ud, &mut answered);
+        let tls = tls.map_or(std::ptr::null(), |t| t as *const fephp_tls_info);
+        let r = fephp_handle_request_before_body_tls(
+            self.0,
+            req,
+            tls,
+            Some(on_response),
+            ud,
+            &mut answered,
+        );
         if r != fephp_result::Ok || !answered {
             // The callback was not called and never will be: take the sender back.
             let (tx, _) = *Box::from_raw(ud as *mut Reply);

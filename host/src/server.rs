@@ -609,7 +609,7 @@ async fn handle(
     limits: Limits,
     peer: SocketAddr,
     local: SocketAddr,
-    tls: Option<Arc<(String, String)>>,
+    tls: Option<Arc<crate::tls::Facts>>,
     req: Request<Incoming>,
 ) -> hyper::Response<HostBody> {
     let (mut parts, body) = req.into_parts();
@@ -645,7 +645,7 @@ async fn handle(
         remote_port: peer.port(),
         local_ip: &local_ip,
         local_port: local.port(),
-        tls: tls.is_some(),
+        tls: tls.as_deref(),
     };
     let framing_ok = host_ok && transfer_coding_ok(&parts.headers);
     // A client waiting for `100 Continue` gets the final answer instead when the
@@ -661,7 +661,7 @@ async fn handle(
         true => with_c_request(&parts, &target, proto, None, addrs, |creq| {
             // SAFETY: creq borrows locals that outlive this call; the engine
             // copies what it keeps.
-            unsafe { engine.handle_before_body(creq) }
+            unsafe { engine.handle_before_body(creq, tls_info(addrs).as_ref()) }
         }),
         false => None,
     };
@@ -703,7 +703,7 @@ async fn handle(
                 // copies what it keeps before returning), except body_read_ctx:
                 // the Spooled it points at goes with the completion, which keeps
                 // it alive.
-                unsafe { engine.handle_async(creq, body.clone()) }
+                unsafe { engine.handle_async(creq, tls_info(addrs).as_ref(), body.clone()) }
             });
             (rx, false)
         }
@@ -777,8 +777,8 @@ struct Addrs<'a> {
     remote_port: u16,
     local_ip: &'a str,
     local_port: u16,
-    /// The connection is TLS.
-    tls: bool,
+    /// The connection is TLS: what PHP is told of it.
+    tls: Option<&'a crate::tls::Facts>,
 }
 
 /// Calls `f` with the C view of a request; the view borrows from the arguments
@@ -814,9 +814,19 @@ fn with_c_request<T>(
         remote_port: addrs.remote_port,
         local_addr: fstr(addrs.local_ip.as_bytes()),
         local_port: addrs.local_port,
-        tls: addrs.tls,
+        tls: addrs.tls.is_some(),
     };
     f(&creq)
+}
+
+/// The C view of a TLS connection's facts (borrowing from `addrs`).
+fn tls_info(addrs: Addrs<'_>) -> Option<fe_php::ffi::fephp_tls_info> {
+    addrs.tls.map(|t| fe_php::ffi::fephp_tls_info {
+        size: std::mem::size_of::<fe_php::ffi::fephp_tls_info>(),
+        protocol: fstr(t.protocol.as_bytes()),
+        cipher: fstr(t.cipher.as_bytes()),
+        server_name: fstr(t.server_name.as_bytes()),
+    })
 }
 
 /// Whether the client waits for `100 Continue` before sending its body.

@@ -216,9 +216,19 @@ impl ResolvesServerCert for BySni {
     }
 }
 
-/// The protocol and cipher suite of an established connection, as mod_ssl names
-/// them for PHP (`SSL_PROTOCOL`, `SSL_CIPHER`): "TLSv1.3", "TLS_AES_128_GCM_SHA256".
-pub fn describe(conn: &rustls::ServerConnection) -> (String, String) {
+/// What PHP is told of a TLS connection.
+#[derive(Debug)]
+pub struct Facts {
+    /// "TLSv1.3" (mod_ssl's `SSL_PROTOCOL`).
+    pub protocol: String,
+    /// "TLS_AES_128_GCM_SHA256" (`SSL_CIPHER`).
+    pub cipher: String,
+    /// The SNI name, empty without one (`SSL_TLS_SNI`).
+    pub server_name: String,
+}
+
+/// The facts of an established connection.
+pub fn describe(conn: &rustls::ServerConnection) -> Facts {
     let protocol = match conn.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
@@ -228,7 +238,29 @@ pub fn describe(conn: &rustls::ServerConnection) -> (String, String) {
     let cipher = conn
         .negotiated_cipher_suite()
         .and_then(|s| s.suite().as_str())
+        .map(openssl_name)
         .unwrap_or_default()
         .to_owned();
-    (protocol, cipher)
+    Facts {
+        protocol,
+        cipher,
+        server_name: conn.server_name().unwrap_or_default().to_owned(),
+    }
+}
+
+/// The OpenSSL name of a cipher suite (what mod_ssl puts in `SSL_CIPHER`) from
+/// its IANA-style name as rustls gives it; other names pass unchanged.
+fn openssl_name(iana: &str) -> &str {
+    match iana {
+        "TLS13_AES_128_GCM_SHA256" => "TLS_AES_128_GCM_SHA256",
+        "TLS13_AES_256_GCM_SHA384" => "TLS_AES_256_GCM_SHA384",
+        "TLS13_CHACHA20_POLY1305_SHA256" => "TLS_CHACHA20_POLY1305_SHA256",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" => "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" => "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256" => "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" => "ECDHE-RSA-AES128-GCM-SHA256",
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384" => "ECDHE-RSA-AES256-GCM-SHA384",
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256" => "ECDHE-RSA-CHACHA20-POLY1305",
+        other => other,
+    }
 }

@@ -4,7 +4,9 @@
 
 use super::boundary::{engine_ref, guard, non_null, set_last_error, str_bytes, str_utf8};
 use super::response::ResponseHandle;
-use super::types::{fephp_engine, fephp_request, fephp_response, fephp_response_cb, fephp_result};
+use super::types::{
+    fephp_engine, fephp_request, fephp_response, fephp_response_cb, fephp_result, fephp_tls_info,
+};
 use crate::engine::{Engine, MeteredCompletion};
 use crate::http::request_body::{HostReader, RequestBody};
 use crate::http::{Request, Response};
@@ -61,7 +63,42 @@ pub(super) unsafe fn request_view<'a>(
         local_addr: str_utf8(req.local_addr, "local_addr")?,
         local_port: req.local_port,
         tls: req.tls,
+        tls_protocol: "",
+        tls_cipher: "",
+        tls_server_name: "",
     })
+}
+
+/// Adds what `tls` tells of the connection to `req` (fields within its `size`).
+///
+/// # Safety
+/// `tls` is NULL or valid as `fephp_tls_info` documents.
+unsafe fn with_tls<'a>(
+    mut req: Request<'a>,
+    tls: *const fephp_tls_info,
+) -> Result<Request<'a>, fephp_result> {
+    let Some(info) = tls.as_ref() else {
+        return Ok(req);
+    };
+    const WHOLE: usize = std::mem::size_of::<fephp_tls_info>();
+    if info.size < std::mem::size_of::<usize>() + std::mem::size_of::<super::types::fephp_str>() {
+        set_last_error("fephp_tls_info.size is too small: set it to sizeof(struct fephp_tls_info)");
+        return Err(fephp_result::InvalidArgument);
+    }
+    // Fields past what the host's version of the struct has stay empty.
+    let has = |end: usize| info.size.min(WHOLE) >= end;
+    let field_end = |offset: usize| offset + std::mem::size_of::<super::types::fephp_str>();
+    req.tls = true;
+    if has(field_end(std::mem::offset_of!(fephp_tls_info, protocol))) {
+        req.tls_protocol = str_utf8(info.protocol, "tls protocol")?;
+    }
+    if has(field_end(std::mem::offset_of!(fephp_tls_info, cipher))) {
+        req.tls_cipher = str_utf8(info.cipher, "tls cipher")?;
+    }
+    if has(field_end(std::mem::offset_of!(fephp_tls_info, server_name))) {
+        req.tls_server_name = str_utf8(info.server_name, "tls server_name")?;
+    }
+    Ok(req)
 }
 
 /// Wraps the completion of a request whose body the host serves through
@@ -139,6 +176,21 @@ pub unsafe extern "C" fn fephp_handle_request_async(
     callback: fephp_response_cb,
     userdata: *mut c_void,
 ) -> fephp_result {
+    fephp_handle_request_async_tls(engine, request, std::ptr::null(), callback, userdata)
+}
+
+/// `fephp_handle_request_async` for a request that came over TLS: `tls` (NULL:
+/// none) tells its protocol, cipher suite and SNI name, which PHP sees as
+/// `SSL_PROTOCOL`, `SSL_CIPHER` and `SSL_TLS_SNI` (and `HTTPS=on`, whatever
+/// `request->tls` says). Since 1.3.0.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_handle_request_async_tls(
+    engine: *const fephp_engine,
+    request: *const fephp_request,
+    tls: *const fephp_tls_info,
+    callback: fephp_response_cb,
+    userdata: *mut c_void,
+) -> fephp_result {
     guard(|| {
         non_null!(engine, request);
         let Some(cb) = callback else {
@@ -146,7 +198,7 @@ pub unsafe extern "C" fn fephp_handle_request_async(
             return fephp_result::NullParameter;
         };
         let engine = engine_ref(engine);
-        let req = match request_view(&*request, &engine) {
+        let req = match request_view(&*request, &engine).and_then(|r| with_tls(r, tls)) {
             Ok(r) => r,
             Err(e) => return e,
         };
@@ -177,6 +229,27 @@ pub unsafe extern "C" fn fephp_handle_request_before_body(
     userdata: *mut c_void,
     answered_out: *mut bool,
 ) -> fephp_result {
+    fephp_handle_request_before_body_tls(
+        engine,
+        request,
+        std::ptr::null(),
+        callback,
+        userdata,
+        answered_out,
+    )
+}
+
+/// `fephp_handle_request_before_body` for a request that came over TLS (see
+/// `fephp_handle_request_async_tls`). Since 1.3.0.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_handle_request_before_body_tls(
+    engine: *const fephp_engine,
+    request: *const fephp_request,
+    tls: *const fephp_tls_info,
+    callback: fephp_response_cb,
+    userdata: *mut c_void,
+    answered_out: *mut bool,
+) -> fephp_result {
     guard(|| {
         non_null!(engine, request, answered_out);
         let Some(cb) = callback else {
@@ -184,7 +257,7 @@ pub unsafe extern "C" fn fephp_handle_request_before_body(
             return fephp_result::NullParameter;
         };
         let engine = engine_ref(engine);
-        let req = match request_view(&*request, &engine) {
+        let req = match request_view(&*request, &engine).and_then(|r| with_tls(r, tls)) {
             Ok(r) => r,
             Err(e) => return e,
         };

@@ -171,6 +171,23 @@ pub struct fephp_request {
     pub tls: bool,
 }
 
+/// What a host knows of a request's TLS connection, for PHP's `SSL_PROTOCOL`,
+/// `SSL_CIPHER` and `SSL_TLS_SNI` (mod_ssl's names; FastCGI gets them too).
+/// Passed beside a `fephp_request` whose `tls` is true to the `_tls` variants of
+/// the request functions. Borrowed for the duration of the call.
+#[repr(C)]
+pub struct fephp_tls_info {
+    /// `sizeof(struct fephp_tls_info)` as the host compiled it: the library
+    /// reads no field past it, so later versions may add fields at the end.
+    pub size: usize,
+    /// "TLSv1.3", "TLSv1.2"; empty when unknown.
+    pub protocol: fephp_str,
+    /// The cipher suite, e.g. "TLS_AES_128_GCM_SHA256"; empty when unknown.
+    pub cipher: fephp_str,
+    /// The server name the client sent (SNI); empty when none.
+    pub server_name: fephp_str,
+}
+
 /// The engine: configuration, router and backends (replaced as a whole by
 /// `fephp_engine_reload`), and its metrics. Opaque.
 pub struct fephp_engine {

@@ -34,6 +34,11 @@ pub struct Request<'a> {
     pub local_addr: &'a str,
     pub local_port: u16,
     pub tls: bool,
+    /// The TLS connection's protocol ("TLSv1.3"), cipher suite and the name the
+    /// client asked for (SNI), as a host tells them; empty when it does not.
+    pub tls_protocol: &'a str,
+    pub tls_cipher: &'a str,
+    pub tls_server_name: &'a str,
 }
 
 impl<'a> Request<'a> {
@@ -52,6 +57,9 @@ impl<'a> Request<'a> {
             local_addr: "127.0.0.1",
             local_port: 0,
             tls: false,
+            tls_protocol: "",
+            tls_cipher: "",
+            tls_server_name: "",
         }
     }
 

@@ -118,6 +118,16 @@ pub fn variables(
     vars.push("REQUEST_SCHEME", if req.tls { b"https" } else { b"http" });
     if req.tls {
         vars.push("HTTPS", b"on");
+        // mod_ssl's names, when the host tells them.
+        for (name, value) in [
+            ("SSL_PROTOCOL", req.tls_protocol),
+            ("SSL_CIPHER", req.tls_cipher),
+            ("SSL_TLS_SNI", req.tls_server_name),
+        ] {
+            if !value.is_empty() {
+                vars.push(name, value.as_bytes());
+            }
+        }
     }
     vars.push("GATEWAY_INTERFACE", b"CGI/1.1");
     vars.push(
