@@ -542,3 +542,50 @@ fn certificates_are_reread_on_reload_without_a_failed_request() {
     );
     assert_eq!(served_serial(&h), after);
 }
+
+#[test]
+fn plain_http_is_redirected_to_https() {
+    let plain = common::free_port();
+    let h = start(
+        "",
+        &TLS.replace(
+            "[server.tls]",
+            &format!("[server.tls]\nredirect_http = \"127.0.0.1:{plain}\""),
+        ),
+    );
+    let url = format!("http://127.0.0.1:{plain}/info.php?x=1&y=%20");
+    let r = common::curl(&["-H", &format!("Host: a.test:{plain}"), &url]);
+    assert_eq!(r.status, 308, "{}", r.text());
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://a.test:{}/info.php?x=1&y=%20", h.port).as_str())
+    );
+    // Followed by curl, it reaches PHP over TLS.
+    let out = Command::new("curl")
+        .args(["-s", "-L", "--cacert"])
+        .arg(h.dir.path().join("a.pem"))
+        .args([
+            "--resolve",
+            &format!("a.test:{plain}:127.0.0.1"),
+            "--resolve",
+            &format!("a.test:{}:127.0.0.1", h.port),
+            &format!("http://a.test:{plain}/info.php"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("HTTPS=on"), "{text}");
+    // No usable Host: 400, not a redirect to a name the client did not give.
+    let raw = common::raw_request(plain, b"GET / HTTP/1.0\r\n\r\n");
+    assert!(
+        raw.starts_with(b"HTTP/1.0 400"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    let raw = common::raw_request(plain, b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n");
+    assert!(
+        raw.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+}

@@ -151,6 +151,20 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The plain-HTTP listener that redirects to HTTPS (bound again by a restart:
+    // its sockets are not handed over).
+    let redirect = match server.tls.as_ref().and_then(|t| t.redirect_http.as_deref()) {
+        Some(addr) => match listen::Listeners::bind(addr, workers) {
+            Ok(l) => Some(RefCell::new(l)),
+            Err(e) => {
+                eprintln!("fe-php-host: cannot listen on {addr} ([server.tls] redirect_http): {e}\n    Choose a free address, or remove redirect_http.");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
+    let mut front = front;
+    front.https_port = listeners.borrow().addr().port();
     let log = match access_log::AccessLog::open(&server.access_log) {
         Ok(l) => Arc::new(l),
         Err(e) => {
@@ -209,8 +223,23 @@ fn main() -> ExitCode {
         };
         // Read here, after the fork: a reload may have changed them.
         let limits = server::Limits::new(&server.borrow());
+        let redirect = match redirect.as_ref().map(|r| r.borrow().for_slot(slot, count)) {
+            Some(Ok(l)) => l,
+            Some(Err(e)) => {
+                tracing::error!("cannot use the redirect_http socket: {e}");
+                return 1;
+            }
+            None => Vec::new(),
+        };
         let front = front.borrow().clone();
-        match server::run(engine.clone(), listeners, log.clone(), limits, front) {
+        match server::run(
+            engine.clone(),
+            listeners,
+            log.clone(),
+            limits,
+            front,
+            redirect,
+        ) {
             Ok(()) => 0,
             Err(e) => {
                 tracing::error!("worker failed: {e}");
@@ -228,6 +257,11 @@ fn main() -> ExitCode {
             .borrow_mut()
             .ensure(n)
             .map_err(|e| format!("cannot open listening sockets for {n} workers: {e}"))?;
+        if let Some(r) = &redirect {
+            r.borrow_mut()
+                .ensure(n)
+                .map_err(|e| format!("cannot open redirect_http sockets for {n} workers: {e}"))?;
+        }
         Ok(master::Reloaded::Workers(n))
     };
     let restart = |pids: &[libc::pid_t]| restart::exec_self(&listeners.borrow(), pids);
@@ -288,7 +322,11 @@ fn reload(
     if before.tls.is_some() != new_front.tls.is_some() {
         tracing::warn!("[server.tls] was added or removed: the listener changes between HTTP and HTTPS for the new workers (clients must change scheme)");
     }
-    front.replace(new_front);
+    let https_port = front.borrow().https_port;
+    front.replace(server::Front {
+        https_port,
+        ..new_front
+    });
     let after = server.borrow();
     let kept = [
         (
@@ -296,6 +334,11 @@ fn reload(
             args.listen.is_none() && before.listen != after.listen,
         ),
         ("access_log", before.access_log != after.access_log),
+        (
+            "tls.redirect_http",
+            before.tls.as_ref().and_then(|t| t.redirect_http.as_ref())
+                != after.tls.as_ref().and_then(|t| t.redirect_http.as_ref()),
+        ),
         ("user", before.user != after.user),
         ("group", before.group != after.group),
     ];
@@ -326,6 +369,7 @@ fn load_front(config: &str, server: &ServerConfig) -> Result<server::Front, Stri
     Ok(server::Front {
         tls,
         h2c: server.h2c,
+        https_port: 0,
     })
 }
 

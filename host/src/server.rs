@@ -221,6 +221,79 @@ async fn php_events(engine: Arc<Engine>, fd: i32) {
 pub struct Front {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub h2c: bool,
+    /// The port HTTPS is served on, for redirects to it.
+    pub https_port: u16,
+}
+
+/// Answers every request on a `redirect_http` listener with a 308 to the same
+/// URL over HTTPS (400 without a usable `Host`).
+fn redirect_to_https(req: &Request<Incoming>, https_port: u16) -> hyper::Response<HostBody> {
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok());
+    let refuse = || {
+        let mut r = plain(StatusCode::BAD_REQUEST);
+        r.headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    };
+    let Some(host) = host else {
+        return refuse();
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
+    let location = format!("https://{}{port}{path}", host.host());
+    let mut r = plain(StatusCode::PERMANENT_REDIRECT);
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            r.headers_mut().insert(hyper::header::LOCATION, v);
+            r
+        }
+        Err(_) => refuse(),
+    }
+}
+
+/// Serves `listeners` (`[server.tls] redirect_http`) with redirects to HTTPS.
+/// (Not drained at shutdown: a redirect is answered at once, and the worker's
+/// exit ends idle connections.)
+async fn serve_redirects(
+    listeners: Vec<tokio::net::TcpListener>,
+    limits: Limits,
+    https_port: u16,
+    slots: Arc<tokio::sync::Semaphore>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.timeouts.header)
+        .max_buf_size(HYPER_MAX_BUF);
+    let mut first = 0;
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, _) = match accept(&listeners, &mut first).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed (redirect_http)");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let svc = service_fn(move |req: Request<Incoming>| {
+            std::future::ready(Ok::<_, Infallible>(redirect_to_https(&req, https_port)))
+        });
+        let conn = http.serve_connection(TokioIo::new(stream), svc);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(slot);
+        });
+    }
 }
 
 /// The HTTP/2 client preface (RFC 9113 §3.4).
@@ -275,6 +348,7 @@ pub fn run(
     log: Arc<AccessLog>,
     limits: Limits,
     front: Front,
+    redirect: Vec<std::net::TcpListener>,
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -282,6 +356,13 @@ pub fn run(
     spool::set_dir(engine.temp_dir().into());
     rt.block_on(async move {
         let listeners = listeners
+            .into_iter()
+            .map(|l| {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let redirect = redirect
             .into_iter()
             .map(|l| {
                 l.set_nonblocking(true)?;
@@ -330,6 +411,14 @@ pub fn run(
         // At the limit the worker stops accepting: new connections wait in the
         // backlog of its listening sockets until a connection closes.
         let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+        let redirects = (!redirect.is_empty()).then(|| {
+            tokio::spawn(serve_redirects(
+                redirect,
+                limits,
+                front.https_port,
+                slots.clone(),
+            ))
+        });
         let mut warned_full: Option<Instant> = None;
         let mut starved = AcceptStarvation::default();
         'serve: loop {
@@ -388,6 +477,9 @@ pub fn run(
         }
         DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
         drop(listeners);
+        if let Some(r) = redirects {
+            r.abort();
+        }
         let linger = Instant::now() + LINGER;
         while graceful.count() > 0 && Instant::now() < linger {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -36,6 +36,8 @@ pub struct TlsConfig {
     pub min_version: String,
     /// Offer HTTP/2 (ALPN "h2") besides HTTP/1.1.
     pub http2: bool,
+    /// A plain-HTTP address whose requests are all redirected to HTTPS.
+    pub redirect_http: Option<String>,
 }
 
 impl Default for TlsConfig {
@@ -46,6 +48,7 @@ impl Default for TlsConfig {
             certificates: Vec::new(),
             min_version: "1.2".to_owned(),
             http2: true,
+            redirect_http: None,
         }
     }
 }
