@@ -296,7 +296,7 @@ fn open_in(dir: &DocRoot, rel: &str) -> Result<(std::fs::File, String), Refusal>
                 Refusal::Forbidden("permission denied (chmod 644 the file, 755 its directories)")
             }
             Some(libc::EINVAL) => Refusal::Forbidden("the kernel refused the name"),
-            _ => match super::super::exhaustion(&e) {
+            _ => match crate::backends::exhaustion(&e) {
                 Some(why) => Refusal::Exhausted(why),
                 None => Refusal::Failed(e),
             },
