@@ -48,6 +48,9 @@ pub struct BackendConfig {
     pub proxy: ProxyConfig,
     /// `[backend.split]`: settings shared by the rules that split traffic.
     pub split: SplitConfig,
+    /// `[backend.sendfile]`: PHP responses that name a file to send instead of
+    /// their body (`X-Sendfile`, `X-Accel-Redirect`).
+    pub sendfile: SendfileConfig,
 }
 
 impl Default for BackendConfig {
@@ -61,6 +64,7 @@ impl Default for BackendConfig {
             metrics_path: "/_metrics".to_owned(),
             proxy: ProxyConfig::default(),
             split: SplitConfig::default(),
+            sendfile: SendfileConfig::default(),
         }
     }
 }
@@ -142,6 +146,31 @@ impl Default for SplitConfig {
             expose_header: None,
         }
     }
+}
+
+/// `[backend.sendfile]`: a PHP script (embedded or FastCGI) answers with
+/// `X-Sendfile: /absolute/path` or `X-Accel-Redirect: /uri`, and the engine sends
+/// that file as the static backend would, instead of the script's body — only
+/// from these directories.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SendfileConfig {
+    /// Off (the default): both headers reach the client as the script set them.
+    pub enable: bool,
+    /// `X-Sendfile` paths must name a file below one of these directories.
+    pub roots: Vec<PathBuf>,
+    /// `X-Accel-Redirect` URIs are mapped to files through these.
+    pub locations: Vec<SendfileLocation>,
+}
+
+/// `[[backend.sendfile.locations]]`: an `X-Accel-Redirect` URI starting with
+/// `prefix` names the file at the rest of the URI below `root` (as nginx's
+/// `location /prefix/ { internal; alias /root/; }`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendfileLocation {
+    pub prefix: String,
+    pub root: PathBuf,
 }
 
 /// One arm of `split = [{ backend = "embedded", weight = 90 }, …]`.

@@ -644,6 +644,80 @@ fn split_rules_are_validated() {
 }
 
 #[test]
+fn sendfile_keys_defaults_and_validation() {
+    let c = parse("");
+    assert!(!c.backend.sendfile.enable);
+    assert!(c.backend.sendfile.roots.is_empty() && c.backend.sendfile.locations.is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let base = format!("[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{}\"\n", static_root());
+    let v = parse(&format!(
+        "{base}[backend.sendfile]\nenable = true\nroots = [\"{d}\"]\n[[backend.sendfile.locations]]\nprefix = \"/protected/\"\nroot = \"{d}\"\n"
+    ))
+    .validate(BUILT)
+    .unwrap();
+    let sf = &v.config.backend.sendfile;
+    assert_eq!(sf.roots, [dir.path()]);
+    assert_eq!(sf.locations[0].prefix, "/protected/");
+    // Disabled: nothing is checked.
+    parse(&format!("{base}[backend.sendfile]\nroots = [\"/no/such/dir\"]\n"))
+        .validate(BUILT)
+        .unwrap();
+
+    let e = Config::from_toml("[backend.sendfile]\nenable = true\nroot = \"/srv\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field `root`"), "{e}");
+    let e = Config::from_toml("[[backend.sendfile.locations]]\nprefix = \"/p/\"\nroot = \"/srv\"\nalias = \"/x\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field `alias`"), "{e}");
+
+    let e = err(&format!("{base}[backend.sendfile]\nenable = true\n"), BUILT);
+    assert!(
+        e.contains("[backend.sendfile] enable = true names no directory to send files from."),
+        "{e}"
+    );
+    let e = err(
+        &format!("{base}[backend.sendfile]\nenable = true\nroots = [\"/no/such/dir\", \"rel/dir\", \"/\", \"{}\"]\n", static_root() + "/index.html"),
+        BUILT,
+    );
+    assert!(
+        e.contains("[backend.sendfile] roots: /no/such/dir is not a readable directory (No such file or directory"),
+        "{e}"
+    );
+    assert!(
+        e.contains("[backend.sendfile] roots: \"rel/dir\" is not an absolute path."),
+        "{e}"
+    );
+    assert!(
+        e.contains("[backend.sendfile] roots: \"/\" would let a script send any file of the machine."),
+        "{e}"
+    );
+    assert!(e.contains("/index.html is not a directory."), "{e}");
+    let e = err(
+        &format!("{base}[backend.sendfile]\nenable = true\n[[backend.sendfile.locations]]\nprefix = \"/p\"\nroot = \"{d}\"\n[[backend.sendfile.locations]]\nprefix = \"/q/../\"\nroot = \"/gone\"\n[[backend.sendfile.locations]]\nprefix = \"/p\"\nroot = \"{d}\"\n"),
+        BUILT,
+    );
+    assert!(
+        e.contains("[[backend.sendfile.locations]] #1 (prefix \"/p\"): the prefix must be a path that starts and ends with '/'"),
+        "{e}"
+    );
+    assert!(
+        e.contains("[[backend.sendfile.locations]] #2 (prefix \"/q/../\"): the prefix must"),
+        "{e}"
+    );
+    assert!(
+        e.contains("[[backend.sendfile.locations]] #2 (prefix \"/q/../\") root: /gone is not a readable directory"),
+        "{e}"
+    );
+    assert!(
+        e.contains("[[backend.sendfile.locations]] #3 (prefix \"/p\") has the prefix of location #1 again."),
+        "{e}"
+    );
+}
+
+#[test]
 fn every_problem_is_reported_at_once() {
     let e = parse("[backend]\ndefault_backend = \"xxx\"\n[[backend.routing_rules]]\npattern = { type = \"regex\", value = \"(\" }\nbackend = \"nope\"\n")
         .validate(BUILT)

@@ -77,6 +77,7 @@ impl Config {
         check_php(&self.php, &mut problems);
         check_rule_pools(&self, &mut problems);
         check_backend_paths(&self.backend, &mut problems);
+        check_sendfile(&self.backend.sendfile, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -617,6 +618,69 @@ fn check_backend_paths(backend: &BackendConfig, problems: &mut Vec<String>) {
         problems.push(format!(
             "[backend] metrics_path '{mp}' is also the health_path: give each its own path."
         ));
+    }
+}
+
+/// `[backend.sendfile]`, when enabled: at least one directory, each an existing
+/// absolute directory other than `/`; location prefixes that are paths ending in
+/// `/`, each once.
+fn check_sendfile(sf: &SendfileConfig, problems: &mut Vec<String>) {
+    if !sf.enable {
+        return;
+    }
+    if sf.roots.is_empty() && sf.locations.is_empty() {
+        problems.push("[backend.sendfile] enable = true names no directory to send files from.\n    Add roots = [\"/srv/protected\"] (for X-Sendfile: /srv/protected/file), or a [[backend.sendfile.locations]] with prefix = \"/protected/\" and root = \"/srv/protected\" (for X-Accel-Redirect: /protected/file).".to_owned());
+    }
+    for root in &sf.roots {
+        check_sendfile_dir("[backend.sendfile] roots", root, problems);
+    }
+    for (i, loc) in sf.locations.iter().enumerate() {
+        let what = format!(
+            "[[backend.sendfile.locations]] #{} (prefix \"{}\")",
+            i + 1,
+            loc.prefix.escape_debug()
+        );
+        let p = &loc.prefix;
+        if !p.starts_with('/')
+            || !p.ends_with('/')
+            || p.split('/').any(|seg| seg == "." || seg == "..")
+            || p.bytes().any(|b| b <= b' ' || matches!(b, b'%' | b'?' | b'#' | 0x7f))
+        {
+            problems.push(format!(
+                "{what}: the prefix must be a path that starts and ends with '/', without '.' or '..' segments, spaces, '%', '?' or '#'.\n    Use e.g. prefix = \"/protected/\": X-Accel-Redirect: /protected/a/b.pdf then sends a/b.pdf below root."
+            ));
+        }
+        if let Some(j) = sf.locations[..i].iter().position(|l| l.prefix == *p) {
+            problems.push(format!(
+                "{what} has the prefix of location #{} again.\n    Give each location its own prefix.",
+                j + 1
+            ));
+        }
+        check_sendfile_dir(&format!("{what} root"), &loc.root, problems);
+    }
+}
+
+/// A directory `[backend.sendfile]` sends files from (`what` names the key).
+fn check_sendfile_dir(what: &str, dir: &Path, problems: &mut Vec<String>) {
+    let shown = dir.display();
+    if !dir.is_absolute() {
+        problems.push(format!(
+            "{what}: \"{shown}\" is not an absolute path.\n    Name the directory from /, e.g. \"/srv/protected\"."
+        ));
+    } else if dir.parent().is_none() {
+        problems.push(format!(
+            "{what}: \"/\" would let a script send any file of the machine.\n    Name the directories the downloads live in, e.g. \"/srv/protected\"."
+        ));
+    } else {
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => problems.push(format!(
+                "{what}: {shown} is not a directory.\n    Name the directory the files live in."
+            )),
+            Err(e) => problems.push(format!(
+                "{what}: {shown} is not a readable directory ({e}).\n    Create it (and chmod 755 it), or correct the path."
+            )),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use crate::backends::proxy::Proxy;
 use crate::backends::static_files::StaticFiles;
 use crate::backends::BUILT;
 use crate::http::body;
+use crate::backends::php::sendfile::Sendfile;
 use crate::backends::php::{Php, Site};
 use crate::backends::serve::{Backend, Reply, Target};
 use crate::config::{Availability, BackendKind, Config, ConfigError, Validated};
@@ -87,12 +88,19 @@ impl Engine {
             };
             let files = StaticFiles::new(root, &sf.index_files)
                 .map_err(|e| fail(format!("[php] document_root: {e}")))?;
+            let sendfile = &validated.config.backend.sendfile;
+            let sendfile = if sendfile.enable {
+                Some(Arc::new(Sendfile::new(sendfile).map_err(fail)?))
+            } else {
+                None
+            };
             Some(Arc::new(Site {
                 files,
                 root: embedded::absolute_root(root),
                 front_controller: validated.config.php.front_controller.clone(),
                 front_controller_internal: validated.config.php.front_controller_internal,
                 serve_static: static_files.is_some(),
+                sendfile,
             }))
         } else {
             None

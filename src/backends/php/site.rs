@@ -4,6 +4,7 @@
 
 use super::cgi::{self, CgiVars};
 use super::resolve::{self, Resolution};
+use super::sendfile::{ClientRequest, Sendfile};
 use crate::backends::serve::{Backend, Reply, Target};
 use crate::backends::static_files::{self, StaticFiles};
 use crate::http::{framing, Completion, Request, Response};
@@ -23,6 +24,8 @@ pub struct Site {
     pub front_controller_internal: bool,
     /// Existing non-PHP files are served only when static serving is enabled.
     pub serve_static: bool,
+    /// `[backend.sendfile]` when enabled: scripts may answer with a file.
+    pub sendfile: Option<Arc<Sendfile>>,
 }
 
 impl Site {
@@ -91,9 +94,17 @@ impl<R: Runner> Backend for Php<R> {
                 let vars = cgi::variables(req, &site.root, &script_name, &path_info, target.query);
                 let filename = site.root.join(script_name.trim_start_matches('/'));
                 let complete = reply.later(source);
-                // Whatever headers the script set, the response is framed truly.
+                // A file the script names (X-Sendfile) replaces its body; whatever
+                // headers the script set, the response is framed truly.
                 let (head, script) = (req.is_head(), filename.display().to_string());
+                let sendfile = site
+                    .sendfile
+                    .clone()
+                    .map(|s| (s, ClientRequest::of(req)));
                 let complete: Completion = Box::new(move |mut resp| {
+                    if let Some((sendfile, client)) = sendfile {
+                        resp = sendfile.apply(resp, &client, &script);
+                    }
                     framing::sanitize(&mut resp, head, &script);
                     complete(resp)
                 });

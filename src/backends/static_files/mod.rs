@@ -166,119 +166,157 @@ impl StaticFiles {
             }
         }
 
-        let size = meta.len();
-        let mtime = whole_seconds(meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
-        let etag = match encoding {
-            Some(c) => format!("\"{:x}-{:x}-{c}\"", meta.mtime(), size),
-            None => format!("\"{:x}-{:x}\"", meta.mtime(), size),
-        };
-        let last_modified = httpdate::fmt_http_date(mtime);
+        answer(
+            req,
+            Representation {
+                file,
+                meta,
+                content_type,
+                cache_control,
+                encoding,
+                vary_encoding: has_sidecar,
+            },
+            path,
+        )
+    }
+}
 
-        // Headers every answer for this representation carries (200, 206, 304).
-        let mut validators: Vec<(&str, String)> = vec![
-            ("ETag", etag.clone()),
-            ("Last-Modified", last_modified.clone()),
-        ];
-        if let Some(cc) = cache_control {
-            validators.push(("Cache-Control", cc.to_owned()));
-        }
-        if has_sidecar {
-            validators.push(("Vary", "Accept-Encoding".to_owned()));
-        }
-        let with_validators = |mut resp: Response| {
-            for (n, v) in &validators {
-                resp.push_header(n, v.as_str());
-            }
-            resp
-        };
+/// One file as it goes out, and what the headers say about it.
+pub struct Representation<'a> {
+    pub file: File,
+    pub meta: Metadata,
+    pub content_type: &'a str,
+    pub cache_control: Option<&'a str>,
+    /// The `Content-Encoding` of a precompressed sidecar.
+    pub encoding: Option<&'static str>,
+    /// Whether to send `Vary: Accept-Encoding` (a sidecar exists).
+    pub vary_encoding: bool,
+}
 
-        // RFC 9110 §13.2.2: If-Match, If-Unmodified-Since, If-None-Match, If-Modified-Since.
-        if let Some(im) = req.header_str("if-match") {
-            if !strong_match(&parse_etag_list(im), &etag) {
-                return Response::error(412, None);
-            }
-        } else if let Some(t) = req.header_str("if-unmodified-since").and_then(parse_date) {
-            if mtime > t {
-                return Response::error(412, None);
-            }
-        }
-        if let Some(inm) = req.header_str("if-none-match") {
-            if weak_match(&parse_etag_list(inm), &etag) {
-                return with_validators(Response::new(304));
-            }
-        } else if let Some(t) = req.header_str("if-modified-since").and_then(parse_date) {
-            if mtime <= t {
-                return with_validators(Response::new(304));
-            }
-        }
+/// The answer to `req` with the file `rep`: RFC 9110 preconditions (304, 412),
+/// ranges (206, 416), validators, and the file itself as the body (a range of its
+/// descriptor, so hosts may sendfile it). `path` names the file in log lines. The
+/// static backend and `X-Sendfile` responses share it.
+pub fn answer(req: &Request<'_>, rep: Representation<'_>, path: &str) -> Response {
+    let Representation {
+        file,
+        meta,
+        content_type,
+        cache_control,
+        encoding,
+        vary_encoding,
+    } = rep;
+    let size = meta.len();
+    let mtime = whole_seconds(meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+    let etag = match encoding {
+        Some(c) => format!("\"{:x}-{:x}-{c}\"", meta.mtime(), size),
+        None => format!("\"{:x}-{:x}\"", meta.mtime(), size),
+    };
+    let last_modified = httpdate::fmt_http_date(mtime);
 
-        let mut ranges = None;
-        if let Some(range) = req.header_str("range") {
-            let if_range_ok = match req.header_str("if-range") {
-                None => true,
-                Some(v) => match parse_etag(v) {
-                    Some(tag) => !tag.weak && format!("\"{}\"", tag.opaque) == etag,
-                    None => parse_date(v) == Some(mtime),
-                },
-            };
-            if if_range_ok {
-                match parse_range(range, size) {
-                    RangeOutcome::Ignore => {}
-                    RangeOutcome::Unsatisfiable => {
-                        return Response::error(416, None)
-                            .header("Content-Range", format!("bytes */{size}"));
-                    }
-                    RangeOutcome::Ranges(r) => ranges = Some(r),
-                }
-            }
+    // Headers every answer for this representation carries (200, 206, 304).
+    let mut validators: Vec<(&str, String)> = vec![
+        ("ETag", etag.clone()),
+        ("Last-Modified", last_modified.clone()),
+    ];
+    if let Some(cc) = cache_control {
+        validators.push(("Cache-Control", cc.to_owned()));
+    }
+    if vary_encoding {
+        validators.push(("Vary", "Accept-Encoding".to_owned()));
+    }
+    let with_validators = |mut resp: Response| {
+        for (n, v) in &validators {
+            resp.push_header(n, v.as_str());
         }
+        resp
+    };
 
-        let mut resp = Response::new(200);
-        let body = match ranges.as_deref() {
-            Some([one]) => {
-                resp.status = 206;
-                resp.push_header("Content-Type", content_type);
-                resp.push_header(
-                    "Content-Range",
-                    format!("bytes {}-{}/{size}", one.first, one.last),
-                );
-                Body::File {
-                    file,
-                    offset: one.first,
-                    len: one.len(),
-                }
-            }
-            Some(many) if many.iter().map(|r| r.len()).sum::<u64>() <= MAX_MULTIPART_BYTES => {
-                match multipart(&file, many, size, content_type) {
-                    Ok((boundary, bytes)) => {
-                        resp.status = 206;
-                        resp.push_header(
-                            "Content-Type",
-                            format!("multipart/byteranges; boundary={boundary}"),
-                        );
-                        Body::Bytes(bytes)
-                    }
-                    Err(e) => return error_for(&e, path),
-                }
-            }
-            _ => {
-                resp.push_header("Content-Type", content_type);
-                Body::File {
-                    file,
-                    offset: 0,
-                    len: size,
-                }
-            }
-        };
-        resp.push_header("Content-Length", body.len().unwrap_or(0).to_string());
-        resp.push_header("Accept-Ranges", "bytes");
-        if let Some(c) = encoding {
-            resp.push_header("Content-Encoding", c);
+    // RFC 9110 §13.2.2: If-Match, If-Unmodified-Since, If-None-Match, If-Modified-Since.
+    if let Some(im) = req.header_str("if-match") {
+        if !strong_match(&parse_etag_list(im), &etag) {
+            return Response::error(412, None);
         }
-        // `serve` drops the body of a HEAD response.
-        with_validators(resp).with_body(body)
+    } else if let Some(t) = req.header_str("if-unmodified-since").and_then(parse_date) {
+        if mtime > t {
+            return Response::error(412, None);
+        }
+    }
+    if let Some(inm) = req.header_str("if-none-match") {
+        if weak_match(&parse_etag_list(inm), &etag) {
+            return with_validators(Response::new(304));
+        }
+    } else if let Some(t) = req.header_str("if-modified-since").and_then(parse_date) {
+        if mtime <= t {
+            return with_validators(Response::new(304));
+        }
     }
 
+    let mut ranges = None;
+    if let Some(range) = req.header_str("range") {
+        let if_range_ok = match req.header_str("if-range") {
+            None => true,
+            Some(v) => match parse_etag(v) {
+                Some(tag) => !tag.weak && format!("\"{}\"", tag.opaque) == etag,
+                None => parse_date(v) == Some(mtime),
+            },
+        };
+        if if_range_ok {
+            match parse_range(range, size) {
+                RangeOutcome::Ignore => {}
+                RangeOutcome::Unsatisfiable => {
+                    return Response::error(416, None)
+                        .header("Content-Range", format!("bytes */{size}"));
+                }
+                RangeOutcome::Ranges(r) => ranges = Some(r),
+            }
+        }
+    }
+
+    let mut resp = Response::new(200);
+    let body = match ranges.as_deref() {
+        Some([one]) => {
+            resp.status = 206;
+            resp.push_header("Content-Type", content_type);
+            resp.push_header(
+                "Content-Range",
+                format!("bytes {}-{}/{size}", one.first, one.last),
+            );
+            Body::File {
+                file,
+                offset: one.first,
+                len: one.len(),
+            }
+        }
+        Some(many) if many.iter().map(|r| r.len()).sum::<u64>() <= MAX_MULTIPART_BYTES => {
+            match multipart(&file, many, size, content_type) {
+                Ok((boundary, bytes)) => {
+                    resp.status = 206;
+                    resp.push_header(
+                        "Content-Type",
+                        format!("multipart/byteranges; boundary={boundary}"),
+                    );
+                    Body::Bytes(bytes)
+                }
+                Err(e) => return error_for(&e, path),
+            }
+        }
+        _ => {
+            resp.push_header("Content-Type", content_type);
+            Body::File {
+                file,
+                offset: 0,
+                len: size,
+            }
+        }
+    };
+    resp.push_header("Content-Length", body.len().unwrap_or(0).to_string());
+    resp.push_header("Accept-Ranges", "bytes");
+    if let Some(c) = encoding {
+        resp.push_header("Content-Encoding", c);
+    }
+    // `serve` drops the body of a HEAD response.
+    with_validators(resp).with_body(body)
 }
 
 impl Backend for StaticFiles {
@@ -365,7 +403,7 @@ fn extension(name: &str) -> String {
 }
 
 /// The MIME type by extension, without a charset parameter (as nginx sends it).
-fn content_type_for(name: &str) -> &'static str {
+pub fn content_type_for(name: &str) -> &'static str {
     mime_guess::from_path(name)
         .first_raw()
         .unwrap_or("application/octet-stream")
