@@ -14,7 +14,7 @@ BINDIR   ?= $(PREFIX)/bin
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 MAJOR    := $(firstword $(subst ., ,$(VERSION)))
 
-.PHONY: all deps bench-deps build demo test test-rust test-c test-fuzz lint header bench bench-micro install nginx-module fuzz soak clean
+.PHONY: all deps bench-deps build demo test test-rust test-c test-fuzz lint header bench bench-tls bench-micro install nginx-module fuzz soak clean
 
 all: build
 
@@ -71,6 +71,11 @@ bench: bench-deps build nginx-module
 ## criterion micro-benchmarks: router with 1,000 rules, path normalization, CGI
 ## variables, static path, an embedded request ($_SERVER registration), FastCGI
 ## record encoding and decoding.
+## HTTPS and HTTP/2 side by side: fe-php-host with [server.tls] against nginx
+## (same certificate) and nginx + php-fpm; wrk over TLS, new handshakes, h2load.
+bench-tls: bench-deps build
+	python3 bench/tls.py $(BENCH_ARGS)
+
 bench-micro:
 	$(CARGO) bench --features internals --bench router --bench engine --bench fastcgi
 
