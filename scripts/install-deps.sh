@@ -13,6 +13,8 @@ packages=(
   nghttp2-client openssl
   # tests/h2_abuse.rs: HTTP/2 frames written by hand (hyperframe, hpack)
   python3-h2
+  # tests/acme.rs: an ACME test CA (pebble, pebble-challtestsrv)
+  pebble
   # tests/real_apps.rs: Debian's WordPress on MariaDB (bench/wordpress/setup.sh)
   wordpress wordpress-theme-twentytwentythree mariadb-server php8.2-mysql
   # tests/frameworks.rs: Symfony 5.4 and Laravel 8 apps in worker and classic mode

@@ -5,6 +5,7 @@
 
 mod abi;
 mod access_log;
+mod acme;
 mod alloc;
 mod config;
 mod conn;
@@ -270,6 +271,32 @@ fn main() -> ExitCode {
             tracing::warn!("SIGUSR2: {e}");
         }
     };
+    // The ACME client, when configured (its settings as at start: a changed
+    // [server.tls.acme] takes effect at a restart).
+    let acme = server
+        .borrow()
+        .tls
+        .as_ref()
+        .and_then(|t| t.acme.clone())
+        .map(|a| {
+            let path =
+                std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone().into());
+            let base = path
+                .parent()
+                .unwrap_or(std::path::Path::new("/"))
+                .to_owned();
+            let identity = identity.clone();
+            move || {
+                // The workers read what it writes (challenge certificates).
+                if let Some(id) = &identity {
+                    if let Err(e) = privileges::drop_to(id) {
+                        tracing::error!("cannot switch the ACME process to {id}: {e}");
+                        return 1;
+                    }
+                }
+                acme::run(a.clone(), base.clone())
+            }
+        });
     let code = master::run(
         workers,
         &inherited.workers,
@@ -277,7 +304,10 @@ fn main() -> ExitCode {
         reload,
         restart,
         exited,
-        restart_php_workers,
+        master::Extras {
+            restart_php_workers: &restart_php_workers,
+            sidecar: acme.as_ref().map(|f| f as &dyn Fn() -> i32),
+        },
     );
     ExitCode::from(code as u8)
 }
@@ -371,6 +401,15 @@ fn load_front(config: &str, server: &ServerConfig) -> Result<server::Front, Stri
         h2c: server.h2c,
         https_port: 0,
     })
+}
+
+/// Names this process in `ps` and `/proc/PID/comm` (at most 15 bytes).
+pub fn set_process_name(name: &str) {
+    let mut bytes = [0u8; 16];
+    let n = name.len().min(15);
+    bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, bytes.as_ptr()) };
 }
 
 /// "static (embedded: not available: …; fastcgi: …)".

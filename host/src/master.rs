@@ -55,6 +55,14 @@ pub enum Reloaded {
 /// replaced)` learns of every worker reaped (`signal`: what killed it, 0 when it
 /// exited or the master stopped it). On SIGUSR2, `restart_php_workers` restarts
 /// PHP's worker scripts (worker mode). Returns the exit code for the master.
+/// What the master does beside its workers.
+pub struct Extras<'a> {
+    /// SIGUSR2: restart PHP's worker scripts.
+    pub restart_php_workers: &'a dyn Fn(),
+    /// A helper process kept running beside the workers (the ACME client).
+    pub sidecar: Option<&'a dyn Fn() -> i32>,
+}
+
 pub fn run(
     count: usize,
     inherited: &[libc::pid_t],
@@ -62,8 +70,12 @@ pub fn run(
     mut reload: impl FnMut() -> Result<Reloaded, String>,
     restart: impl Fn(&[libc::pid_t]) -> String,
     exited: impl Fn(libc::pid_t, i32, bool),
-    restart_php_workers: impl Fn(),
+    extras: Extras<'_>,
 ) -> i32 {
+    let Extras {
+        restart_php_workers,
+        sidecar,
+    } = extras;
     let set = signal_set();
     // SAFETY: blocking signals in this single-threaded process; children undo it.
     unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -84,6 +96,10 @@ pub fn run(
         tracing::error!("no worker could be started");
         return 1;
     }
+    // A helper process beside the workers (the ACME client): restarted when it
+    // dies after a while, left stopped until the next SIGHUP when it dies at once.
+    let mut helper: Option<(libc::pid_t, Instant)> =
+        sidecar.and_then(|f| spawn(&set, f).map(|pid| (pid, Instant::now())));
     if !inherited.is_empty() {
         let deadline = Instant::now() + STOP_TIMEOUT;
         for &pid in inherited {
@@ -105,6 +121,18 @@ pub fn run(
         match sig {
             libc::SIGCHLD => {
                 for (pid, how, signal) in reap() {
+                    if let (Some((hpid, started)), Some(f)) = (helper, sidecar) {
+                        if hpid == pid {
+                            helper = None;
+                            if started.elapsed() >= FAST_FAILURE * 10 {
+                                tracing::warn!(pid, "the ACME process {how}; starting a new one");
+                                helper = spawn(&set, f).map(|p| (p, Instant::now()));
+                            } else {
+                                tracing::error!(pid, "the ACME process {how} right after it started; it is started again at the next SIGHUP");
+                            }
+                            continue;
+                        }
+                    }
                     if let Some(deadline) = draining.remove(&pid) {
                         // Our SIGTERM (before its handler was set) or SIGKILL
                         // (kill_overdue) stopped it on purpose: not a crash.
@@ -138,6 +166,9 @@ pub fn run(
             }
             libc::SIGHUP => {
                 tracing::info!("SIGHUP received: reloading the configuration");
+                if let (None, Some(f)) = (helper, sidecar) {
+                    helper = spawn(&set, f).map(|p| (p, Instant::now()));
+                }
                 match reload() {
                     Ok(Reloaded::Workers(n)) => {
                         if roll_over(n, &set, &worker, &mut children, &mut draining) {
@@ -145,8 +176,12 @@ pub fn run(
                         }
                     }
                     Ok(Reloaded::Restart) => {
-                        let pids: Vec<libc::pid_t> =
-                            children.keys().chain(draining.keys()).copied().collect();
+                        let pids: Vec<libc::pid_t> = children
+                            .keys()
+                            .chain(draining.keys())
+                            .copied()
+                            .chain(helper.map(|(p, _)| p))
+                            .collect();
                         tracing::info!(
                             "the new configuration changes PHP's runtime: restarting the master in place; the workers keep serving meanwhile"
                         );
@@ -164,6 +199,7 @@ pub fn run(
                 tracing::info!("stopping: waiting for in-flight requests to finish");
                 let mut all: HashMap<libc::pid_t, Instant> =
                     children.into_iter().map(|(pid, (t, _))| (pid, t)).collect();
+                all.extend(helper);
                 all.extend(draining.drain().map(|(pid, _)| (pid, Instant::now())));
                 return stop(all, &set);
             }

@@ -516,8 +516,13 @@ impl Conn {
             Some(config) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
                 match tokio::time::timeout(wait, acceptor.accept(stream)).await {
-                    Ok(Ok(t)) => {
+                    Ok(Ok(mut t)) => {
                         let conn = t.get_ref().1;
+                        if conn.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
+                            // An ACME validator: the handshake was the answer.
+                            let _ = tokio::io::AsyncWriteExt::shutdown(&mut t).await;
+                            return;
+                        }
                         let h2 = conn.alpn_protocol() == Some(b"h2");
                         let info = Arc::new(crate::tls::describe(conn));
                         (Io::Tls(Box::new(t)), h2, Some(info))

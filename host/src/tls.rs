@@ -38,6 +38,8 @@ pub struct TlsConfig {
     pub http2: bool,
     /// A plain-HTTP address whose requests are all redirected to HTTPS.
     pub redirect_http: Option<String>,
+    /// `[server.tls.acme]`: certificates from an ACME CA.
+    pub acme: Option<crate::acme::AcmeConfig>,
 }
 
 impl Default for TlsConfig {
@@ -49,6 +51,7 @@ impl Default for TlsConfig {
             min_version: "1.2".to_owned(),
             http2: true,
             redirect_http: None,
+            acme: None,
         }
     }
 }
@@ -61,10 +64,13 @@ impl TlsConfig {
             (Some(_), None) | (None, Some(_)) => problems.push(
                 "[server.tls] needs both cert and key (the certificate chain and its private key, PEM files).".to_owned(),
             ),
-            (None, None) if self.certificates.is_empty() => problems.push(
+            (None, None) if self.certificates.is_empty() && self.acme.is_none() => problems.push(
                 "[server.tls] names no certificate: add cert = \"/path/fullchain.pem\" and key = \"/path/privkey.pem\" (or certificates = [{ cert = …, key = … }]), or remove [server.tls] to serve plain HTTP.".to_owned(),
             ),
             _ => {}
+        }
+        if let Some(acme) = &self.acme {
+            problems.extend(acme.problems());
         }
         if !matches!(self.min_version.as_str(), "1.2" | "1.3") {
             problems.push(format!(
@@ -75,9 +81,19 @@ impl TlsConfig {
         problems
     }
 
-    /// The certificate files, the default one first.
-    fn files(&self) -> Vec<CertFiles> {
+    /// The certificate files, the default one first (an ACME certificate, once
+    /// obtained, then `cert`, then `certificates`).
+    fn files(&self, base: &Path) -> Vec<CertFiles> {
         let mut all = Vec::new();
+        if let Some(acme) = &self.acme {
+            let (cert, key) = crate::acme::cert_files(&acme.storage_dir(base));
+            if cert.exists() && key.exists() {
+                all.push(CertFiles {
+                    cert: cert.display().to_string(),
+                    key: key.display().to_string(),
+                });
+            }
+        }
         if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
             all.push(CertFiles {
                 cert: cert.clone(),
@@ -99,19 +115,33 @@ impl TlsConfig {
             _ => &[&rustls::version::TLS13, &rustls::version::TLS12],
         };
         let mut certs = Vec::new();
-        for files in self.files() {
+        for files in self.files(base) {
             certs.push(load_pair(&files, base, &provider)?);
+        }
+        let acme_storage = self.acme.as_ref().map(|a| a.storage_dir(base));
+        if certs.is_empty() && acme_storage.is_some() {
+            tracing::info!("[server.tls.acme]: no certificate yet; TLS clients are refused until the ACME process has one");
         }
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .map_err(|e| format!("[server.tls]: {e}"))?
             .with_no_client_auth()
-            .with_cert_resolver(Arc::new(BySni { certs }));
+            .with_cert_resolver(Arc::new(BySni {
+                certs,
+                acme_storage: acme_storage.clone(),
+                provider: provider_for_challenges(),
+            }));
         config.alpn_protocols = if self.http2 {
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         } else {
             vec![b"http/1.1".to_vec()]
         };
+        if acme_storage.is_some() {
+            // Only a validator asks for it (and gets the challenge certificate).
+            config
+                .alpn_protocols
+                .push(crate::acme::ACME_TLS_ALPN.to_vec());
+        }
         // Stateless tickets and a session cache: returning clients skip the full
         // handshake.
         config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
@@ -141,6 +171,18 @@ fn load_pair(
     base: &Path,
     provider: &rustls::crypto::CryptoProvider,
 ) -> Result<Loaded, String> {
+    load_pair_checked(files, base, provider, true)
+}
+
+/// `load_pair`; `parse_leaf`: check that webpki can read the certificate (not
+/// for an ACME challenge certificate, whose critical acmeIdentifier extension
+/// webpki does not know — only the validator reads it).
+fn load_pair_checked(
+    files: &CertFiles,
+    base: &Path,
+    provider: &rustls::crypto::CryptoProvider,
+    parse_leaf: bool,
+) -> Result<Loaded, String> {
     let cert_path = resolve(base, &files.cert);
     let key_path = resolve(base, &files.key);
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
@@ -153,7 +195,7 @@ fn load_pair(
             cert_path.display()
         ));
     }
-    if let Err(e) = webpki::EndEntityCert::try_from(&chain[0]) {
+    if let (true, Err(e)) = (parse_leaf, webpki::EndEntityCert::try_from(&chain[0])) {
         return Err(format!(
             "[server.tls] cert {}: its first certificate cannot be parsed ({e:?})",
             cert_path.display()
@@ -168,7 +210,7 @@ fn load_pair(
         )
     })?;
     let certified = CertifiedKey::new(chain, signing);
-    if let Err(e) = certified.keys_match() {
+    if let (true, Err(e)) = (parse_leaf, certified.keys_match()) {
         return Err(format!(
             "[server.tls] key {} does not belong to the certificate in {} ({e})",
             key_path.display(),
@@ -192,14 +234,55 @@ fn pem_error(path: &Path, what: &str, e: rustls_pki_types::pem::Error) -> String
 }
 
 /// Picks the certificate for the client's SNI name: the first valid for it, else
-/// the default (the first configured).
+/// the default (the first configured). An ACME validator (ALPN "acme-tls/1") gets
+/// the challenge certificate the ACME process left in storage for that name.
 #[derive(Debug)]
 struct BySni {
     certs: Vec<Loaded>,
+    acme_storage: Option<PathBuf>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+fn provider_for_challenges() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl BySni {
+    fn challenge(&self, storage: &Path, name: &str) -> Option<Arc<CertifiedKey>> {
+        // The name becomes a file name: a host name's characters only.
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            || name.starts_with('.')
+        {
+            return None;
+        }
+        let (cert, key) = crate::acme::challenge_files(storage, name);
+        let files = CertFiles {
+            cert: cert.display().to_string(),
+            key: key.display().to_string(),
+        };
+        match load_pair_checked(&files, storage, &self.provider, false) {
+            Ok(l) => Some(l.key),
+            Err(e) => {
+                tracing::warn!("an ACME validation for {name} found no challenge certificate: {e}");
+                None
+            }
+        }
+    }
 }
 
 impl ResolvesServerCert for BySni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(storage) = &self.acme_storage {
+            let validator = hello
+                .alpn()
+                .is_some_and(|mut p| p.any(|p| p == crate::acme::ACME_TLS_ALPN));
+            if validator {
+                return self.challenge(storage, hello.server_name().unwrap_or_default());
+            }
+        }
         if let Some(name) = hello
             .server_name()
             .and_then(|n| ServerName::try_from(n).ok())

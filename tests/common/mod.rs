@@ -53,9 +53,18 @@ impl Host {
         setup: impl FnOnce(&Path),
         command: impl FnOnce(&mut Command),
     ) -> Host {
+        Host::start_on(free_port(), config, setup, command)
+    }
+
+    /// Like `start_with`, on `port` (for a peer that must know it first).
+    pub fn start_on(
+        port: u16,
+        config: &str,
+        setup: impl FnOnce(&Path),
+        command: impl FnOnce(&mut Command),
+    ) -> Host {
         let dir = tempfile::tempdir().unwrap();
         setup(dir.path());
-        let port = free_port();
         let text = config
             .replace("{port}", &port.to_string())
             .replace("{dir}", dir.path().to_str().unwrap());
