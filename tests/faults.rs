@@ -726,8 +726,12 @@ fn php_faults_under_load_cost_only_their_own_request() {
         );
     };
     let took = ended.1 - stalled_at;
+    // About 2.5 s; more only on a machine whose disk is busy: the script's
+    // output goes to a temporary file at hundreds of MiB/s, and the kernel holds
+    // such a writer back while other processes' writes are flushed (it took 6.4 s
+    // once with cargo building beside it).
     assert!(
-        took < Duration::from_secs(6),
+        took < Duration::from_secs(10),
         "the stalled client's script ended after {took:?} (send_timeout 2 s)"
     );
     assert!(grown < 16 * 1024, "a worker grew by {grown} KiB");
