@@ -10,7 +10,7 @@ packages=(
   nginx nginx-dev
   iproute2
   # tests/tls.rs: HTTP/2 load over TLS and h2c (h2load); openssl s_client
-  nghttp2-client openssl
+  nghttp2-client openssl testssl.sh
   # tests/h2_abuse.rs: HTTP/2 frames written by hand (hyperframe, hpack)
   python3-h2
   # tests/acme.rs: an ACME test CA (pebble, pebble-challtestsrv)

@@ -589,3 +589,50 @@ fn plain_http_is_redirected_to_https() {
         String::from_utf8_lossy(&raw)
     );
 }
+
+/// testssl.sh (Debian's) on protocols, cipher categories, server preferences and
+/// known vulnerabilities: no finding of high or critical severity. (Its
+/// certificate checks are left out: the test certificate is self-signed.)
+#[test]
+fn testssl_finds_nothing_severe() {
+    let h = start("", TLS);
+    let report = h.dir.path().join("testssl.json");
+    let out = Command::new("testssl")
+        .args([
+            "--quiet",
+            "--color",
+            "0",
+            "--warnings",
+            "batch",
+            "-p",
+            "-s",
+            "-P",
+            "-U",
+        ])
+        .arg("--jsonfile")
+        .arg(&report)
+        .arg(format!("https://127.0.0.1:{}/", h.port))
+        .output()
+        .expect("testssl is installed (Debian package testssl.sh)");
+    let text = std::fs::read_to_string(&report).unwrap_or_else(|_| {
+        panic!(
+            "testssl wrote no report: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert!(text.contains("\"id\""), "{text}");
+    let severe: Vec<&str> = text
+        .split("},")
+        .filter(|f| {
+            f.contains("\"severity\": \"HIGH\"")
+                || f.contains("\"severity\": \"CRITICAL\"")
+                || f.contains("\"severity\":\"HIGH\"")
+                || f.contains("\"severity\":\"CRITICAL\"")
+        })
+        .collect();
+    assert!(severe.is_empty(), "testssl: {severe:#?}");
+    // It did test: protocols and the vulnerabilities are in the report.
+    for id in ["\"TLS1_3\"", "\"heartbleed\"", "\"cipher_order\""] {
+        assert!(text.contains(id), "{id} missing from the report");
+    }
+}
