@@ -199,11 +199,13 @@ listen.mode = 0666
     return s
 
 
-def start_nginx(tmp, fpm_sock=None, keepalive=2, name=None, root=WWW, fallback="=404", server_name=None):
+def start_nginx(tmp, fpm_sock=None, keepalive=2, name=None, root=WWW, fallback="=404", server_name=None, tls=None):
     """nginx, or nginx + php-fpm at `fpm_sock` (a Unix socket path or host:port);
     keepalive=0 is nginx's default: a new php-fpm connection per request.
     `fallback` ends `try_files $uri $uri/` (a front controller: "/index.php?$args");
-    `server_name` is PHP's SERVER_NAME (nginx's fastcgi.conf passes $server_name)."""
+    `server_name` is PHP's SERVER_NAME (nginx's fastcgi.conf passes $server_name).
+    `tls` = (certificate, key): HTTPS and HTTP/2 as a site usually sets them up
+    (Debian 12's nginx 1.22: `listen … ssl http2`, a shared session cache)."""
     s = Server(name or ("nginx" if not fpm_sock else "nginx+php-fpm"), tmp)
     d = tempfile.mkdtemp(dir=tmp)
     php = ""
@@ -220,6 +222,14 @@ def start_nginx(tmp, fpm_sock=None, keepalive=2, name=None, root=WWW, fallback="
             {"fastcgi_keep_conn on;" if keepalive else ""}
         }}"""
     target = fpm_sock if ":" in (fpm_sock or "") else f"unix:{fpm_sock}"
+    ssl, listen = "", ""
+    if tls:
+        listen = " ssl http2"
+        ssl = f"""ssl_certificate {tls[0]};
+        ssl_certificate_key {tls[1]};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_timeout 1d;"""
     pooled = f"keepalive {keepalive};" if keepalive else ""
     upstream = f"upstream php {{ server {target}; {pooled} }}" if fpm_sock else ""
     conf = write(os.path.join(d, "nginx.conf"), f"""
@@ -241,7 +251,8 @@ http {{
     scgi_temp_path {d}/scgi;
     {upstream}
     server {{
-        listen {s.addr}:{s.port} reuseport;
+        listen {s.addr}:{s.port}{listen} reuseport;
+        {ssl}
         root {root};
         {"index index.php;" if fallback != "=404" else ""}
         {f"server_name {server_name};" if server_name else ""}

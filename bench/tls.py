@@ -36,56 +36,10 @@ def start_fe_php_tls(tmp, cert, key):
 
 
 def start_nginx_tls(tmp, cert, key, fpm_sock=None, name="nginx-tls"):
-    """nginx as a site with HTTPS and HTTP/2 is usually set up (Debian 12's nginx
-    1.22: `listen … ssl http2`), with a shared session cache; + php-fpm (kept-alive
-    connections, as run.py) when `fpm_sock`."""
-    s = run.Server(name, tmp)
-    d = tempfile.mkdtemp(dir=tmp)
-    php = ""
-    upstream = ""
-    if fpm_sock:
-        php = """
-        location ~ [^/]\\.php(/|$) {
-            try_files $fastcgi_script_name =404;
-            include /etc/nginx/fastcgi.conf;
-            fastcgi_pass php;
-            fastcgi_keep_conn on;
-        }"""
-        upstream = f"upstream php {{ server unix:{fpm_sock}; keepalive {CORES}; }}"
-    conf = run.write(os.path.join(d, "nginx.conf"), f"""
-worker_processes {CORES};
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 4096; }}
-http {{
-    include /etc/nginx/mime.types;
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 100000;
-    client_body_temp_path {d}/body;
-    fastcgi_temp_path {d}/fastcgi;
-    proxy_temp_path {d}/proxy;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_session_cache shared:SSL:10m;
-    ssl_session_timeout 1d;
-    {upstream}
-    server {{
-        listen {s.addr}:{s.port} ssl http2 reuseport;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        root {run.WWW};
-        location / {{ try_files $uri $uri/ =404; }}
-        {php}
-    }}
-}}
-""")
-    s.spawn(["/usr/sbin/nginx", "-p", d, "-c", conf, "-e", f"{d}/error.log"])
-    s.wait()
-    return s
+    """nginx (+ php-fpm at `fpm_sock`, kept-alive connections as in run.py) with
+    the same certificate."""
+    return run.start_nginx(tmp, fpm_sock, keepalive=CORES if fpm_sock else 2, name=name,
+                           tls=(cert, key))
 
 
 def https(s, path):

@@ -9,18 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl is installed");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::certs::openssl;
 
 /// A CA and a certificate it signs for 127.0.0.1 (pebble's own HTTPS).
 fn pebble_tls(dir: &Path) {
@@ -192,22 +181,7 @@ impl Drop for Pebble {
 
 /// The issuer of the certificate the host presents for `name`.
 fn issuer(port: u16, name: &str) -> String {
-    let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &format!("127.0.0.1:{port}"),
-            "-servername",
-            name,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (_, text) = common::certs::s_client(port, &["-servername", name]);
     text.lines()
         .find(|l| l.starts_with("issuer="))
         .unwrap_or("")
@@ -259,28 +233,8 @@ document_root = "{{dir}}/www"
             // A certificate about to expire (one day left, renew_before is 30 days).
             let store = d.join("acme-store");
             std::fs::create_dir_all(&store).unwrap();
-            openssl(
-                &store,
-                &[
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1",
-                    "-nodes",
-                    "-days",
-                    "1",
-                    "-subj",
-                    "/CN=old",
-                    "-addext",
-                    "subjectAltName=DNS:acme.test,DNS:www.acme.test",
-                    "-keyout",
-                    "key.pem",
-                    "-out",
-                    "cert.pem",
-                ],
-            );
+            common::certs::self_signed(&store, "cert", "old", "DNS:acme.test,DNS:www.acme.test", 1);
+            std::fs::rename(store.join("cert.key"), store.join("key.pem")).unwrap();
         },
         |_| {},
     );

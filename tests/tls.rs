@@ -39,34 +39,7 @@ certificates = [{ cert = "b.pem", key = "b.key" }]
 /// A self-signed certificate for `name` (and `*.name`), as `{stem}.pem` and
 /// `{stem}.key` in `dir`.
 fn make_cert(dir: &Path, stem: &str, name: &str) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-            "-addext",
-            &format!("subjectAltName=DNS:{name},DNS:*.{name}"),
-            "-keyout",
-            &format!("{stem}.key"),
-            "-out",
-            &format!("{stem}.pem"),
-        ])
-        .output()
-        .expect("openssl is installed");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::certs::self_signed(dir, stem, name, &format!("DNS:{name},DNS:*.{name}"), 2);
 }
 
 fn site(dir: &Path) {
@@ -140,25 +113,7 @@ fn curl_tls(h: &Host, name: &str, ca: &str, args: &[&str], path: &str) -> (commo
 
 /// `openssl s_client` to the host with `args`: (succeeded, what it printed).
 fn s_client(h: &Host, args: &[&str]) -> (bool, String) {
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{}", h.port)])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Closing stdin ends the session once the handshake is done.
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ok =
-        out.status.success() && text.contains("Cipher is") && !text.contains("Cipher is (NONE)");
-    (ok, text)
+    common::certs::s_client(h.port, args)
 }
 
 #[test]

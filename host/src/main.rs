@@ -75,14 +75,7 @@ fn main() -> ExitCode {
                 Err(refused) => problems.push(refused.message()),
                 Ok(_) => {}
             }
-            eprintln!("{}", problems.join("\n"));
-            if args.check {
-                eprintln!(
-                    "fe-php-host: configuration file {} test failed",
-                    args.config
-                );
-            }
-            return ExitCode::from(1);
+            return refuse(&args, &problems.join("\n"));
         }
     };
     let messages = engine.messages();
@@ -93,27 +86,13 @@ fn main() -> ExitCode {
     let front = match load_front(&args.config, &server) {
         Ok(f) => f,
         Err(msg) => {
-            eprintln!("{msg}");
-            if args.check {
-                eprintln!(
-                    "fe-php-host: configuration file {} test failed",
-                    args.config
-                );
-            }
-            return ExitCode::from(1);
+            return refuse(&args, &msg);
         }
     };
     let identity = match privileges::resolve(server.user.as_deref(), server.group.as_deref()) {
         Ok(id) => id,
         Err(msg) => {
-            eprintln!("{msg}");
-            if args.check {
-                eprintln!(
-                    "fe-php-host: configuration file {} test failed",
-                    args.config
-                );
-            }
-            return ExitCode::from(1);
+            return refuse(&args, &msg);
         }
     };
     let limits = server::Limits::new(&server);
@@ -310,6 +289,19 @@ fn main() -> ExitCode {
         },
     );
     ExitCode::from(code as u8)
+}
+
+/// Prints why the configuration cannot be used (and, under `--check`, that the
+/// test failed, as nginx -t does); exit status 1.
+fn refuse(args: &Args, msg: &str) -> ExitCode {
+    eprintln!("{msg}");
+    if args.check {
+        eprintln!(
+            "fe-php-host: configuration file {} test failed",
+            args.config
+        );
+    }
+    ExitCode::from(1)
 }
 
 /// `--workers`, else `[server] workers` (0: one per CPU core).
