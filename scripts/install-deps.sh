@@ -15,6 +15,8 @@ packages=(
   python3-h2
   # tests/acme.rs: an ACME test CA (pebble, pebble-challtestsrv)
   pebble
+  # tests/compression.rs: the codecs' own tools decode what fe-php compressed
+  brotli zstd
   # tests/real_apps.rs: Debian's WordPress on MariaDB (bench/wordpress/setup.sh)
   wordpress wordpress-theme-twentytwentythree mariadb-server php8.2-mysql
   # tests/frameworks.rs: Symfony 5.4 and Laravel 8 apps in worker and classic mode

@@ -1125,6 +1125,59 @@ fn streamed_php_responses() {
     n.assert_clean_log();
 }
 
+/// The engine compresses for nginx as for every host (tests/compression.rs has
+/// the rules): a 4 MB PHP stream in each coding, and a flush() that reaches the
+/// client compressed before the script ends.
+#[test]
+fn responses_are_compressed_through_nginx() {
+    let n = ModNginx::start(Opts::default());
+    let mut expected = Vec::new();
+    for i in 0..40000 {
+        expected.extend_from_slice(format!("{i:.<99}\n").as_bytes());
+    }
+    for coding in ["gzip", "br", "zstd"] {
+        let ae = format!("Accept-Encoding: {coding}");
+        let r = curl(&["--compressed", "-H", &ae, &n.url("/big.php")]);
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("content-encoding"),
+            Some(coding),
+            "{:?}",
+            r.headers
+        );
+        assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+        assert!(r.body == expected, "{coding}: the decoded body differs");
+    }
+
+    let t = Instant::now();
+    let mut child = Command::new("curl")
+        .args(["-s", "-S", "-N", "-i", "--compressed"])
+        .args(["-H", "Accept-Encoding: br", &n.url("/flush.php")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(100).any(|w| w.iter().all(|&b| b == b'a')) {
+        let k = out.read(&mut buf).unwrap();
+        assert!(k > 0, "ended early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..k]);
+    }
+    let first = t.elapsed();
+    assert!(
+        first < Duration::from_millis(800),
+        "flushed bytes after {first:?}"
+    );
+    out.read_to_end(&mut seen).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(t.elapsed() >= Duration::from_millis(950));
+    let text = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+    assert!(text.contains("\r\ncontent-encoding: br\r\n"), "{text}");
+    assert!(text.ends_with("second\n"), "{text}");
+    n.assert_clean_log();
+}
+
 #[test]
 fn clients_that_leave_and_engine_timeouts() {
     let n = ModNginx::start(Opts::default());

@@ -1,8 +1,10 @@
 //! The one shape every backend has for the engine: `Backend::serve` takes a
 //! request the router sent it, the routed target, and the `Reply` it answers
 //! through exactly once — at once (`Reply::now`) or later from another thread
-//! (`Reply::later`, which keeps the request counted in flight until then).
+//! (`Reply::later`, which keeps the request counted in flight until then). The
+//! response is compressed there (`http::compress`) when the engine negotiated it.
 
+use crate::http::compress::Negotiated;
 use crate::http::{Completion, Request, Response};
 use crate::metrics::{MeteredCompletion, Metrics, Source};
 use std::sync::Arc;
@@ -25,6 +27,8 @@ pub struct Reply {
     metrics: Arc<Metrics>,
     started: Instant,
     complete: MeteredCompletion,
+    /// Compression for the request's response (`[backend.compression]`).
+    compress: Option<Negotiated>,
 }
 
 impl Reply {
@@ -33,11 +37,22 @@ impl Reply {
             metrics,
             started,
             complete,
+            compress: None,
         }
+    }
+
+    /// Compresses the answer as `compress` decides (counted as sent).
+    pub fn compressing(mut self, compress: Option<Negotiated>) -> Reply {
+        self.compress = compress;
+        self
     }
 
     /// Answers now with `resp`, produced by `source`.
     pub fn now(self, source: Source, resp: Response) {
+        let resp = match &self.compress {
+            Some(c) => c.apply(resp),
+            None => resp,
+        };
         let bytes = self
             .metrics
             .request_finished(source, self.started, false, &resp);
@@ -52,8 +67,13 @@ impl Reply {
             metrics,
             started,
             complete,
+            compress,
         } = self;
         Box::new(move |resp| {
+            let resp = match &compress {
+                Some(c) => c.apply(resp),
+                None => resp,
+            };
             let bytes = metrics.request_finished(source, started, true, &resp);
             complete(resp, bytes)
         })

@@ -51,6 +51,8 @@ pub struct BackendConfig {
     /// `[backend.sendfile]`: PHP responses that name a file to send instead of
     /// their body (`X-Sendfile`, `X-Accel-Redirect`).
     pub sendfile: SendfileConfig,
+    /// `[backend.compression]`: on-the-fly compression of text responses.
+    pub compression: CompressionConfig,
 }
 
 impl Default for BackendConfig {
@@ -65,6 +67,7 @@ impl Default for BackendConfig {
             proxy: ProxyConfig::default(),
             split: SplitConfig::default(),
             sendfile: SendfileConfig::default(),
+            compression: CompressionConfig::default(),
         }
     }
 }
@@ -171,6 +174,82 @@ pub struct SendfileConfig {
 pub struct SendfileLocation {
     pub prefix: String,
     pub root: PathBuf,
+}
+
+/// `[backend.compression]`: responses of the listed text types are compressed
+/// with the best coding the client accepts (zstd, br or gzip), whichever backend
+/// produced them (src/http/compress.rs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressionConfig {
+    /// On by default, at fast levels (see DEFAULT_* below).
+    pub enable: bool,
+    /// The codings offered, in the server's order of preference among those the
+    /// client weighs the same: "zstd", "br", "gzip".
+    pub encodings: Vec<String>,
+    /// Media types compressed (without parameters; "text/*" for a whole type).
+    pub types: Vec<String>,
+    /// Bodies known to be shorter than this go out as they are.
+    pub min_length: ConfigSize,
+    /// 1 (fastest) to 9 (smallest).
+    pub gzip_level: u32,
+    /// 0 (fastest) to 11 (smallest).
+    pub brotli_level: u32,
+    /// 1 (fastest) to 19 (smallest).
+    pub zstd_level: i32,
+}
+
+/// Default `[backend.compression] gzip_level`. Measured on a 260 KiB HTML page
+/// (one core): level 1 leaves 32 % at 134 MB/s, 3 leaves 23 % at 63 MB/s, 6
+/// leaves 22 % at 29 MB/s — 3 is nearly 6's size at twice its speed.
+pub const DEFAULT_GZIP_LEVEL: u32 = 3;
+/// Default `[backend.compression] brotli_level`: 22 % at 86 MB/s on the same page
+/// (4: 21 % at 50 MB/s, 5: 20 % at 23 MB/s).
+pub const DEFAULT_BROTLI_LEVEL: u32 = 3;
+/// Default `[backend.compression] zstd_level` (zstd's own default): 22 % at
+/// 187 MB/s on the same page.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+/// Default `[backend.compression] min_length`.
+pub const DEFAULT_COMPRESSION_MIN_LENGTH: u64 = 1024;
+/// Default `[backend.compression] types`: text that compresses well.
+pub const DEFAULT_COMPRESSION_TYPES: &[&str] = &[
+    "text/html",
+    "text/css",
+    "text/plain",
+    "text/xml",
+    "text/javascript",
+    "text/markdown",
+    "text/csv",
+    "application/javascript",
+    "application/json",
+    "application/ld+json",
+    "application/manifest+json",
+    "application/xml",
+    "application/xhtml+xml",
+    "application/rss+xml",
+    "application/atom+xml",
+    "application/wasm",
+    "image/svg+xml",
+    "image/x-icon",
+    "font/ttf",
+    "font/otf",
+];
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig {
+            enable: true,
+            encodings: ["zstd", "br", "gzip"].map(str::to_owned).to_vec(),
+            types: DEFAULT_COMPRESSION_TYPES
+                .iter()
+                .map(|t| (*t).to_owned())
+                .collect(),
+            min_length: ConfigSize(DEFAULT_COMPRESSION_MIN_LENGTH),
+            gzip_level: DEFAULT_GZIP_LEVEL,
+            brotli_level: DEFAULT_BROTLI_LEVEL,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+        }
+    }
 }
 
 /// One arm of `split = [{ backend = "embedded", weight = 90 }, …]`.

@@ -718,6 +718,66 @@ fn sendfile_keys_defaults_and_validation() {
 }
 
 #[test]
+fn compression_keys_defaults_and_validation() {
+    let c = parse("");
+    let z = &c.backend.compression;
+    assert!(z.enable);
+    assert_eq!(z.encodings, ["zstd", "br", "gzip"]);
+    assert!(z.types.iter().any(|t| t == "text/html"));
+    assert!(z.types.iter().any(|t| t == "application/json"));
+    assert_eq!(z.min_length.0, 1024);
+    assert_eq!((z.gzip_level, z.brotli_level, z.zstd_level), (3, 3, 3));
+    let base = format!("[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{}\"\n", static_root());
+    let v = parse(&format!(
+        "{base}[backend.compression]\nenable = false\nencodings = [\"gzip\"]\ntypes = [\"text/*\", \"Application/JSON\"]\nmin_length = \"2K\"\ngzip_level = 9\nbrotli_level = 0\nzstd_level = 19\n"
+    ))
+    .validate(BUILT)
+    .unwrap();
+    let z = &v.config.backend.compression;
+    assert!(!z.enable);
+    assert_eq!(z.min_length.0, 2048);
+    assert_eq!((z.gzip_level, z.brotli_level, z.zstd_level), (9, 0, 19));
+    // Unknown keys are errors naming the key.
+    let e = Config::from_toml("[backend.compression]\ngzip_comp_level = 1\n").unwrap_err();
+    assert!(
+        e.to_string().contains("unknown field `gzip_comp_level`"),
+        "{e}"
+    );
+    let e = err(
+        &format!("{base}[backend.compression]\nencodings = [\"gzip\", \"deflate\", \"gzip\"]\ntypes = [\"text/html; charset=utf-8\", \"image/png\", \"video/*\", \"html\", \"image/*\"]\ngzip_level = 0\nbrotli_level = 12\nzstd_level = 20\n"),
+        BUILT,
+    );
+    for want in [
+        "[backend.compression] encodings: \"deflate\" is not a coding fe-php compresses with.",
+        "[backend.compression] encodings names \"gzip\" twice.",
+        "[backend.compression] types: \"text/html; charset=utf-8\" is not a media type.",
+        "[backend.compression] types: \"html\" is not a media type.",
+        "[backend.compression] types: \"image/png\" is (or includes) a type whose bodies are compressed already",
+        "[backend.compression] types: \"video/*\" is (or includes)",
+        "[backend.compression] types: \"image/*\" is (or includes)",
+        "[backend.compression] gzip_level = 0 is out of range: use 1 (fastest) to 9 (smallest).",
+        "[backend.compression] brotli_level = 12 is out of range: use 0 (fastest) to 11 (smallest).",
+        "[backend.compression] zstd_level = 20 is out of range: use 1 (fastest) to 19 (smallest).",
+    ] {
+        assert!(e.contains(want), "{want}\nin:\n{e}");
+    }
+    let e = err(
+        &format!("{base}[backend.compression]\nencodings = []\n"),
+        BUILT,
+    );
+    assert!(
+        e.contains("[backend.compression] encodings = [] offers no coding."),
+        "{e}"
+    );
+    // Off, no coding is fine.
+    parse(&format!(
+        "{base}[backend.compression]\nenable = false\nencodings = []\n"
+    ))
+    .validate(BUILT)
+    .unwrap();
+}
+
+#[test]
 fn every_problem_is_reported_at_once() {
     let e = parse("[backend]\ndefault_backend = \"xxx\"\n[[backend.routing_rules]]\npattern = { type = \"regex\", value = \"(\" }\nbackend = \"nope\"\n")
         .validate(BUILT)

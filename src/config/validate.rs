@@ -78,6 +78,7 @@ impl Config {
         check_rule_pools(&self, &mut problems);
         check_backend_paths(&self.backend, &mut problems);
         check_sendfile(&self.backend.sendfile, &mut problems);
+        check_compression(&self.backend.compression, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -682,6 +683,96 @@ fn check_sendfile_dir(what: &str, dir: &Path, problems: &mut Vec<String>) {
             )),
         }
     }
+}
+
+/// Media types whose bodies are compressed already (images, audio, video, fonts,
+/// archives): compressing them again costs CPU and saves nothing.
+const COMPRESSED_TYPES: &[&str] = &[
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "image/avif",
+    "image/heic",
+    "image/jxl",
+    "font/woff",
+    "font/woff2",
+    "application/zip",
+    "application/gzip",
+    "application/x-gzip",
+    "application/zstd",
+    "application/x-bzip2",
+    "application/x-xz",
+    "application/x-7z-compressed",
+    "application/x-rar-compressed",
+    "application/vnd.rar",
+    "application/pdf",
+];
+
+/// `[backend.compression]`: known codings, each once; media types written as
+/// `type/subtype` (or `type/*`), none compressed already; levels in range.
+fn check_compression(c: &CompressionConfig, problems: &mut Vec<String>) {
+    const CODINGS: &str = "\"zstd\", \"br\" and \"gzip\"";
+    for (i, name) in c.encodings.iter().enumerate() {
+        if !["zstd", "br", "gzip"].contains(&name.as_str()) {
+            problems.push(format!(
+                "[backend.compression] encodings: \"{}\" is not a coding fe-php compresses with.\n    Use {CODINGS}, in the order you prefer them (e.g. encodings = [\"zstd\", \"br\", \"gzip\"]).",
+                name.escape_debug()
+            ));
+        } else if c.encodings[..i].contains(name) {
+            problems.push(format!(
+                "[backend.compression] encodings names \"{name}\" twice.\n    Name each coding once, in the order you prefer them."
+            ));
+        }
+    }
+    if c.enable && c.encodings.is_empty() {
+        problems.push("[backend.compression] encodings = [] offers no coding.\n    Name at least one of \"zstd\", \"br\" and \"gzip\", or set enable = false to compress nothing.".to_owned());
+    }
+    for t in &c.types {
+        let lower = t.to_ascii_lowercase();
+        let well_formed = lower
+            .split_once('/')
+            .is_some_and(|(ty, sub)| is_media_token(ty) && (sub == "*" || is_media_token(sub)));
+        if !well_formed {
+            problems.push(format!(
+                "[backend.compression] types: \"{}\" is not a media type.\n    Write type/subtype without parameters, e.g. \"text/html\" (or \"text/*\" for every text type).",
+                t.escape_debug()
+            ));
+        } else if COMPRESSED_TYPES.contains(&lower.as_str())
+            || ["image/*", "audio/*", "video/*", "font/*"].contains(&lower.as_str())
+            || lower.starts_with("audio/")
+            || lower.starts_with("video/")
+        {
+            problems.push(format!(
+                "[backend.compression] types: \"{t}\" is (or includes) a type whose bodies are compressed already: compressing them again costs CPU and saves nothing.\n    Remove it; name the text types among them instead (e.g. \"image/svg+xml\", \"font/ttf\")."
+            ));
+        }
+    }
+    let levels = [
+        ("gzip_level", i64::from(c.gzip_level), 1, 9),
+        ("brotli_level", i64::from(c.brotli_level), 0, 11),
+        ("zstd_level", i64::from(c.zstd_level), 1, 19),
+    ];
+    for (key, value, min, max) in levels {
+        if !(min..=max).contains(&value) {
+            problems.push(format!(
+                "[backend.compression] {key} = {value} is out of range: use {min} (fastest) to {max} (smallest).\n    Responses are compressed as they are sent: low levels keep the CPU cost small (the default is {}).",
+                match key {
+                    "gzip_level" => i64::from(DEFAULT_GZIP_LEVEL),
+                    "brotli_level" => i64::from(DEFAULT_BROTLI_LEVEL),
+                    _ => i64::from(DEFAULT_ZSTD_LEVEL),
+                }
+            ));
+        }
+    }
+}
+
+/// A media type's type or subtype: RFC 9110 token characters.
+fn is_media_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && s != "*"
 }
 
 /// A non-empty name of letters, digits and `-`, `_`, `.` (a safe cookie or header

@@ -16,6 +16,7 @@ use crate::backends::php::sendfile::Sendfile;
 use crate::backends::php::{Php, Site};
 use crate::backends::serve::{Backend, Reply, Target};
 use crate::config::{Availability, BackendKind, Config, ConfigError, Validated};
+use crate::http::compress::Compression;
 use crate::http::head;
 use crate::http::{Completion, Request, Response};
 use crate::metrics::{Metrics, Source, StreamBytes};
@@ -48,6 +49,8 @@ pub struct Engine {
     splits: HashMap<usize, Split>,
     /// Embedded PHP of the rules that name a runner pool, by rule index.
     pooled: HashMap<usize, Php<Embedded>>,
+    /// `[backend.compression]` when enabled: every backend's responses.
+    compression: Option<Arc<Compression>>,
     metrics: Arc<Metrics>,
 }
 
@@ -179,6 +182,7 @@ impl Engine {
             .enumerate()
             .filter_map(|(i, rule)| Some((i, Split::new(i, rule, &backend.split)?)))
             .collect();
+        let compression = Compression::new(&backend.compression);
         Ok(Engine {
             validated,
             router,
@@ -188,6 +192,7 @@ impl Engine {
             proxy,
             splits,
             pooled,
+            compression,
             metrics,
         })
     }
@@ -358,7 +363,8 @@ impl Engine {
             raw_path: t.raw_path,
             query: t.query,
         };
-        let reply = Reply::new(self.metrics.clone(), started, complete);
+        let reply = Reply::new(self.metrics.clone(), started, complete)
+            .compressing(self.compression.as_ref().map(|c| c.negotiate(req)));
         let pooled = match (backend, route.rule) {
             (BackendKind::Embedded, Some(r)) => self.pooled.get(&r).map(|b| b as &dyn Backend),
             _ => None,

@@ -159,7 +159,24 @@ struct Shared {
 
 /// The reading end, owned by the response.
 pub struct BodyStream {
-    shared: Arc<Shared>,
+    inner: Inner,
+}
+
+enum Inner {
+    /// The reading end of a `channel`.
+    Channel(Arc<Shared>),
+    /// Made as it is read (`BodyStream::pulled`).
+    Pulled(Box<dyn Pull>),
+}
+
+/// A body made by its reader's own reads, from another body: a transformation
+/// (compression) that runs on the reader's thread, as the reader takes the
+/// result, so it needs no thread of its own and never runs ahead of the client.
+pub trait Pull: Send + Sync {
+    /// As `BodyStream::read` when `wait`, else as `BodyStream::try_read`.
+    fn pull(&self, buf: &mut [u8], wait: bool) -> ReadOutcome;
+    /// As `BodyStream::set_notify`.
+    fn set_notify(&self, notify: Notify);
 }
 
 /// The writing end, owned by whatever produces the body.
@@ -174,7 +191,7 @@ impl std::fmt::Debug for BodyStream {
 }
 
 /// What a read produced.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadOutcome {
     /// This many bytes were copied (never 0).
     Data(usize),
@@ -214,7 +231,9 @@ fn channel_with(memory_limit: usize, file_limit: u64) -> (BodySender, BodyStream
         BodySender {
             shared: shared.clone(),
         },
-        BodyStream { shared },
+        BodyStream {
+            inner: Inner::Channel(shared),
+        },
     )
 }
 
@@ -381,12 +400,23 @@ impl Shared {
 }
 
 impl BodyStream {
+    /// A body whose reads are `source`'s (see `Pull`).
+    pub fn pulled(source: Box<dyn Pull>) -> BodyStream {
+        BodyStream {
+            inner: Inner::Pulled(source),
+        }
+    }
+
     /// Blocks until data, the end, or a failure.
     pub fn read(&self, buf: &mut [u8]) -> ReadOutcome {
-        let mut st = self.shared.state.lock();
+        let shared = match &self.inner {
+            Inner::Channel(shared) => shared,
+            Inner::Pulled(p) => return p.pull(buf, true),
+        };
+        let mut st = shared.state.lock();
         loop {
-            match self.take(&mut st, buf) {
-                ReadOutcome::Again => self.shared.changed.wait(&mut st),
+            match shared.take(&mut st, buf) {
+                ReadOutcome::Again => shared.changed.wait(&mut st),
                 other => return other,
             }
         }
@@ -394,22 +424,28 @@ impl BodyStream {
 
     /// Never blocks on the producer: `Again` when nothing is queued yet.
     pub fn try_read(&self, buf: &mut [u8]) -> ReadOutcome {
-        let mut st = self.shared.state.lock();
-        self.take(&mut st, buf)
+        match &self.inner {
+            Inner::Channel(shared) => shared.take(&mut shared.state.lock(), buf),
+            Inner::Pulled(p) => p.pull(buf, false),
+        }
     }
 
     /// Names what the body belongs to (a script), for log lines about it.
     pub fn set_origin(&self, origin: String) {
-        self.shared.state.lock().origin = origin;
+        if let Inner::Channel(shared) = &self.inner {
+            shared.state.lock().origin = origin;
+        }
     }
 
     /// Holds the body to the length its response head declared: reads stop there
     /// (anything more is dropped, with a warning), and a body that ends sooner
-    /// fails instead of ending.
+    /// fails instead of ending. (A pulled body is held by its source.)
     pub fn expect_len(&self, len: u64) {
-        let mut st = self.shared.state.lock();
-        st.declared = Some(Declared { len, taken: 0 });
-        st.check_excess();
+        if let Inner::Channel(shared) = &self.inner {
+            let mut st = shared.state.lock();
+            st.declared = Some(Declared { len, taken: 0 });
+            st.check_excess();
+        }
     }
 
     /// Registers a callback run on the producer's thread whenever `try_read` may
@@ -417,9 +453,13 @@ impl BodyStream {
     /// Dropping the stream waits for a callback that is running, so the callback
     /// must not drop the stream itself.
     pub fn set_notify(&self, notify: Notify) {
+        let shared = match &self.inner {
+            Inner::Channel(shared) => shared,
+            Inner::Pulled(p) => return p.set_notify(notify),
+        };
         let notify = Arc::new(notify);
         let ready = {
-            let mut st = self.shared.state.lock();
+            let mut st = shared.state.lock();
             st.notify = Some(notify.clone());
             st.pending() || st.finished
         };
@@ -428,6 +468,16 @@ impl BodyStream {
         }
     }
 
+    #[cfg(test)]
+    fn shared(&self) -> &Shared {
+        match &self.inner {
+            Inner::Channel(shared) => shared,
+            Inner::Pulled(_) => panic!("a pulled body has no channel"),
+        }
+    }
+}
+
+impl Shared {
     fn take(&self, st: &mut MutexGuard<'_, State>, buf: &mut [u8]) -> ReadOutcome {
         if buf.is_empty() {
             return ReadOutcome::Data(0);
@@ -448,7 +498,7 @@ impl BodyStream {
                     st.reader_gone = true;
                     st.chunks.clear();
                     st.buffered = 0;
-                    self.shared.changed.notify_all();
+                    self.changed.notify_all();
                 }
                 return ReadOutcome::End;
             }
@@ -498,7 +548,7 @@ impl BodyStream {
                             tracing::error!(origin = %st.origin, "{msg}");
                             st.read_error = Some(msg.clone());
                             st.reader_gone = true;
-                            self.shared.changed.notify_all();
+                            self.changed.notify_all();
                             return ReadOutcome::Failed(msg);
                         }
                     }
@@ -509,7 +559,7 @@ impl BodyStream {
             if let Some(d) = &mut st.declared {
                 d.taken += copied as u64;
             }
-            self.shared.changed.notify_all();
+            self.changed.notify_all();
             return ReadOutcome::Data(copied);
         }
         if st.finished && !st.pending() {
@@ -534,17 +584,20 @@ impl BodyStream {
 
 impl Drop for BodyStream {
     fn drop(&mut self) {
-        let mut st = self.shared.state.lock();
+        let Inner::Channel(shared) = &self.inner else {
+            return;
+        };
+        let mut st = shared.state.lock();
         st.reader_gone = true;
         st.notify = None;
         st.chunks.clear();
         st.buffered = 0;
         // The producer may hold its own handle on the file while writing.
         st.spill = None;
-        self.shared.changed.notify_all();
+        shared.changed.notify_all();
         // A notify already taken may still be running on the producer's thread.
         while st.notifying > 0 {
-            self.shared.changed.wait(&mut st);
+            shared.changed.wait(&mut st);
         }
     }
 }
@@ -663,7 +716,7 @@ mod tests {
             assert_eq!(tx.try_send(vec![i; 50_000]), TrySend::Sent);
         }
         {
-            let st = rx.shared.state.lock();
+            let st = rx.shared().state.lock();
             assert!(st.buffered <= 64 * 1024 + 50_000, "{}", st.buffered);
             assert!(st.spill.as_ref().unwrap().written > 7_000_000);
         }
@@ -710,7 +763,10 @@ mod tests {
         // Drained: memory again, then the file from its start.
         assert_eq!(tx.try_send(vec![5; 1000]), TrySend::Sent);
         assert_eq!(tx.try_send(vec![6; 4000]), TrySend::Sent);
-        assert_eq!(rx.shared.state.lock().spill.as_ref().unwrap().written, 4000);
+        assert_eq!(
+            rx.shared().state.lock().spill.as_ref().unwrap().written,
+            4000
+        );
         drop(tx);
         let (rest, end) = read_all(&rx);
         assert_eq!(end, ReadOutcome::End);

@@ -1,9 +1,11 @@
 //! HTTP as the engine sees it, whatever the host: engine-neutral request and
 //! response types (here), response body streams (`body`), request bodies
-//! (`request_body`), the checks every request head passes (`head`) and the framing
-//! rules every PHP response is held to (`framing`).
+//! (`request_body`), the checks every request head passes (`head`), the framing
+//! rules every PHP response is held to (`framing`) and on-the-fly compression of
+//! every backend's responses (`compress`).
 
 pub mod body;
+pub mod compress;
 pub mod framing;
 pub mod head;
 pub mod request_body;

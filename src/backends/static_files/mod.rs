@@ -1,6 +1,7 @@
 //! The static backend: files from the document root with full HTTP caching semantics
 //! (RFC 9110 preconditions and ranges), the seed's Cache-Control policy, and
-//! precompressed `.br` / `.gz` sidecars. Files never leave the root: every open goes
+//! precompressed `.br` / `.zst` / `.gz` sidecars (which on-the-fly compression,
+//! `http::compress`, then leaves alone). Files never leave the root: every open goes
 //! through the `DocRoot` (`openat2(RESOLVE_BENEATH)`), so `..` and symlinks pointing
 //! outside are refused by the kernel.
 
@@ -10,6 +11,7 @@ use crate::metrics::Source;
 use crate::backends::serve::{Backend, Reply, Target};
 use super::docroot::DocRoot;
 pub use super::docroot::PathKind;
+use crate::http::compress::AcceptEncoding;
 use crate::http::{Body, Request, Response};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use std::fs::{File, Metadata};
@@ -19,6 +21,11 @@ use std::path::Path;
 use std::time::SystemTime;
 use validators::*;
 pub use validators::{parse_range, ByteRange, RangeOutcome};
+
+/// Precompressed sidecars, by coding and file extension, in the order they are
+/// preferred among those the client weighs the same: the smallest first (made
+/// ahead of time at the highest levels, brotli usually beats zstd on text).
+const SIDECARS: [(&str, &str); 3] = [("br", "br"), ("zstd", "zst"), ("gzip", "gz")];
 
 /// Multipart range responses are built in memory up to this size; larger ones get
 /// the whole file (a server may ignore Range).
@@ -136,30 +143,29 @@ impl StaticFiles {
         let content_type = content_type_for(&opened.name);
         let cache_control = cache_control_for(&opened.name);
 
-        // Choose the representation: a precompressed sidecar when the client takes it.
+        // Choose the representation: the precompressed sidecar the client weighs
+        // most (q-values; ties: `SIDECARS`' order).
         let mut file = opened.file;
         let mut meta = opened.meta;
         let mut encoding = None;
         let mut has_sidecar = false;
         if is_compressible(content_type) {
-            let accept = req.header_str("accept-encoding").unwrap_or("");
-            for (coding, ext) in [("br", "br"), ("gzip", "gz")] {
-                // Whether a sidecar exists is remembered (it decides Vary for every
-                // client); it is opened only for a client that takes it.
-                let sidecar = format!("{path}.{ext}");
-                if self.docroot.kind(&sidecar) != PathKind::File {
-                    continue;
-                }
-                has_sidecar = true;
-                if encoding.is_some() || !accepts_encoding(accept, coding) {
-                    continue;
-                }
-                if let Ok(f) = self.docroot.open_beneath(&sidecar) {
+            // Whether a sidecar exists is remembered (it decides Vary for every
+            // client); it is opened only for a client that takes it.
+            let present: Vec<(&'static str, String)> = SIDECARS
+                .iter()
+                .map(|&(coding, ext)| (coding, format!("{path}.{ext}")))
+                .filter(|(_, sidecar)| self.docroot.kind(sidecar) == PathKind::File)
+                .collect();
+            has_sidecar = !present.is_empty();
+            let accept = AcceptEncoding::of(req);
+            if let Some((coding, sidecar)) = accept.best(present.iter().map(|p| (p, p.0))) {
+                if let Ok(f) = self.docroot.open_beneath(sidecar) {
                     if let Ok(m) = f.metadata() {
                         if m.is_file() {
                             file = f;
                             meta = m;
-                            encoding = Some(coding);
+                            encoding = Some(*coding);
                         }
                     }
                 }

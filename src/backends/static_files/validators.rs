@@ -1,5 +1,5 @@
 //! HTTP validators and ranges (RFC 9110 §8.8, §13, §14): entity-tag lists,
-//! dates, `Range` and `Accept-Encoding` parsing. Pure functions, no I/O.
+//! dates and `Range` parsing. Pure functions, no I/O.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -215,33 +215,6 @@ pub fn parse_range(value: &str, size: u64) -> RangeOutcome {
     RangeOutcome::Ranges(merged)
 }
 
-/// True when `Accept-Encoding` accepts `coding` with a non-zero weight.
-pub fn accepts_encoding(header: &str, coding: &str) -> bool {
-    let mut star = None;
-    for item in header.split(',') {
-        let mut parts = item.split(';');
-        let name = parts.next().unwrap_or("").trim();
-        let q = parts
-            .filter_map(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .or_else(|| p.trim().strip_prefix("Q="))
-            })
-            .map(|q| q.trim().parse::<f32>().unwrap_or(0.0))
-            .next()
-            .unwrap_or(1.0);
-        if name.eq_ignore_ascii_case(coding)
-            || (coding == "gzip" && name.eq_ignore_ascii_case("x-gzip"))
-        {
-            return q > 0.0;
-        }
-        if name == "*" {
-            star = Some(q > 0.0);
-        }
-    }
-    star.unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,16 +304,5 @@ mod tests {
             parse_range(&format!("bytes={}", many.join(",")), 1000),
             Ignore
         );
-    }
-
-    #[test]
-    fn accept_encoding() {
-        assert!(accepts_encoding("gzip, deflate, br", "br"));
-        assert!(accepts_encoding("gzip;q=0.5", "gzip"));
-        assert!(!accepts_encoding("gzip;q=0", "gzip"));
-        assert!(!accepts_encoding("identity", "gzip"));
-        assert!(accepts_encoding("*", "br"));
-        assert!(!accepts_encoding("br;q=0, *", "br"));
-        assert!(accepts_encoding("x-gzip", "gzip"));
     }
 }
