@@ -14,7 +14,7 @@ BINDIR   ?= $(PREFIX)/bin
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 MAJOR    := $(firstword $(subst ., ,$(VERSION)))
 
-.PHONY: all deps bench-deps build demo test test-rust test-c test-fuzz lint header bench bench-tls bench-micro install nginx-module fuzz soak clean
+.PHONY: all deps bench-deps build demo test test-rust test-c test-fuzz lint header bench bench-tls bench-compress bench-micro install nginx-module fuzz soak clean
 
 all: build
 
@@ -75,6 +75,11 @@ bench: bench-deps build nginx-module
 ## (same certificate) and nginx + php-fpm; wrk over TLS, new handshakes, h2load.
 bench-tls: bench-deps build
 	python3 bench/tls.py $(BENCH_ARGS)
+
+## On-the-fly compression of a 100 KiB HTML page: fe-php-host against nginx's
+## gzip (level 1); req/s and bytes on the wire.
+bench-compress: bench-deps build
+	python3 bench/compress.py $(BENCH_ARGS)
 
 bench-micro:
 	$(CARGO) bench --features internals --bench router --bench engine --bench fastcgi

@@ -199,13 +199,15 @@ listen.mode = 0666
     return s
 
 
-def start_nginx(tmp, fpm_sock=None, keepalive=2, name=None, root=WWW, fallback="=404", server_name=None, tls=None):
+def start_nginx(tmp, fpm_sock=None, keepalive=2, name=None, root=WWW, fallback="=404", server_name=None, tls=None,
+                gzip_level=None):
     """nginx, or nginx + php-fpm at `fpm_sock` (a Unix socket path or host:port);
     keepalive=0 is nginx's default: a new php-fpm connection per request.
     `fallback` ends `try_files $uri $uri/` (a front controller: "/index.php?$args");
     `server_name` is PHP's SERVER_NAME (nginx's fastcgi.conf passes $server_name).
     `tls` = (certificate, key): HTTPS and HTTP/2 as a site usually sets them up
-    (Debian 12's nginx 1.22: `listen … ssl http2`, a shared session cache)."""
+    (Debian 12's nginx 1.22: `listen … ssl http2`, a shared session cache).
+    `gzip_level`: `gzip on` at that level for HTML, CSS, JS, JSON and text."""
     s = Server(name or ("nginx" if not fpm_sock else "nginx+php-fpm"), tmp)
     d = tempfile.mkdtemp(dir=tmp)
     php = ""
@@ -223,6 +225,10 @@ def start_nginx(tmp, fpm_sock=None, keepalive=2, name=None, root=WWW, fallback="
         }}"""
     target = fpm_sock if ":" in (fpm_sock or "") else f"unix:{fpm_sock}"
     ssl, listen = "", ""
+    gzip = ""
+    if gzip_level:
+        gzip = (f"gzip on; gzip_comp_level {gzip_level}; gzip_min_length 1024; gzip_vary on; "
+                "gzip_types text/css text/plain text/javascript application/javascript application/json;")
     if tls:
         listen = " ssl http2"
         ssl = f"""ssl_certificate {tls[0]};
@@ -244,6 +250,7 @@ http {{
     sendfile on;
     tcp_nopush on;
     keepalive_requests 100000;
+    {gzip}
     client_body_temp_path {d}/body;
     fastcgi_temp_path {d}/fastcgi;
     proxy_temp_path {d}/proxy;

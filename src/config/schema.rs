@@ -199,16 +199,19 @@ pub struct CompressionConfig {
     pub zstd_level: i32,
 }
 
-/// Default `[backend.compression] gzip_level`. Measured on a 260 KiB HTML page
-/// (one core): level 1 leaves 32 % at 134 MB/s, 3 leaves 23 % at 63 MB/s, 6
-/// leaves 22 % at 29 MB/s — 3 is nearly 6's size at twice its speed.
-pub const DEFAULT_GZIP_LEVEL: u32 = 3;
-/// Default `[backend.compression] brotli_level`: 22 % at 86 MB/s on the same page
-/// (4: 21 % at 50 MB/s, 5: 20 % at 23 MB/s).
-pub const DEFAULT_BROTLI_LEVEL: u32 = 3;
-/// Default `[backend.compression] zstd_level` (zstd's own default): 22 % at
-/// 187 MB/s on the same page.
-pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+/// Default `[backend.compression] gzip_level`: speed first, as nginx's
+/// `gzip_comp_level` 1. Measured on a 260 KiB HTML page (one core): level 1
+/// leaves 32 % at 134 MB/s, 3 leaves 23 % at 63 MB/s, 6 leaves 22 % at 29 MB/s;
+/// served whole (bench/compress.py, a 100 KiB page, 2 cores), level 1 gives 2.8×
+/// level 3's requests per second.
+pub const DEFAULT_GZIP_LEVEL: u32 = 1;
+/// Default `[backend.compression] brotli_level`: 1 gives 1.8× level 3's requests
+/// per second (bench/compress.py), still smaller than gzip 1 (18 against 22 KB
+/// of a 100 KiB page).
+pub const DEFAULT_BROTLI_LEVEL: u32 = 1;
+/// Default `[backend.compression] zstd_level`: 1, the fastest, already smaller
+/// than brotli 1 (17 KB of the same page).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 /// Default `[backend.compression] min_length`.
 pub const DEFAULT_COMPRESSION_MIN_LENGTH: u64 = 1024;
 /// Default `[backend.compression] types`: text that compresses well.

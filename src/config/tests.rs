@@ -726,7 +726,7 @@ fn compression_keys_defaults_and_validation() {
     assert!(z.types.iter().any(|t| t == "text/html"));
     assert!(z.types.iter().any(|t| t == "application/json"));
     assert_eq!(z.min_length.0, 1024);
-    assert_eq!((z.gzip_level, z.brotli_level, z.zstd_level), (3, 3, 3));
+    assert_eq!((z.gzip_level, z.brotli_level, z.zstd_level), (1, 1, 1));
     let base = format!("[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{}\"\n", static_root());
     let v = parse(&format!(
         "{base}[backend.compression]\nenable = false\nencodings = [\"gzip\"]\ntypes = [\"text/*\", \"Application/JSON\"]\nmin_length = \"2K\"\ngzip_level = 9\nbrotli_level = 0\nzstd_level = 19\n"
