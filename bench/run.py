@@ -316,7 +316,7 @@ http {{
     release = os.path.join(ROOT, "target", "release")
     major = re.search(r'^version = "(\d+)\.', open(os.path.join(ROOT, "Cargo.toml")).read(), re.M).group(1)
     so = os.path.join(release, f"libfe_php.so.{major}")
-    if not os.path.exists(so):
+    if not os.path.lexists(so):  # (a dangling link counts: the library is built later)
         os.symlink("libfe_php.so", so)
     s.spawn(["/usr/sbin/nginx", "-p", d, "-c", conf, "-e", f"{d}/error.log"],
             env={**os.environ, "LD_LIBRARY_PATH": release})

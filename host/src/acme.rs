@@ -70,11 +70,7 @@ impl AcmeConfig {
             problems.push("[server.tls.acme] domains is empty: name the host names the certificate is for, e.g. domains = [\"example.com\", \"www.example.com\"].".to_owned());
         }
         for d in &self.domains {
-            let ok = !d.is_empty()
-                && !d.starts_with("*.")
-                && d.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-            if !ok {
+            if !is_host_name(d) {
                 problems.push(format!(
                     "[server.tls.acme] domains: \"{}\" is not a host name this server can prove with TLS-ALPN-01 (no wildcards, no IP addresses).",
                     d.escape_debug()
@@ -86,13 +82,18 @@ impl AcmeConfig {
 
     /// The storage directory, absolute.
     pub fn storage_dir(&self, base: &Path) -> PathBuf {
-        let p = Path::new(&self.storage);
-        if p.is_absolute() {
-            p.to_owned()
-        } else {
-            base.join(p)
-        }
+        crate::tls::resolve(base, &self.storage)
     }
+}
+
+/// Whether `name` is made of a host name's characters (letters, digits, '-' and
+/// '.'): no wildcard, no IP address, nothing that could leave a directory when
+/// it becomes a file name.
+pub fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// The certificate and key files in `storage`.
@@ -114,14 +115,7 @@ pub fn challenge_files(storage: &Path, name: &str) -> (PathBuf, PathBuf) {
 pub fn run(acme: AcmeConfig, base: PathBuf) -> i32 {
     crate::set_process_name("fe-php: acme");
     let storage = acme.storage_dir(&base);
-    let ca_root = acme.ca_root.as_ref().map(|r| {
-        let p = Path::new(r);
-        if p.is_absolute() {
-            p.to_owned()
-        } else {
-            base.join(p)
-        }
-    });
+    let ca_root = acme.ca_root.as_ref().map(|r| crate::tls::resolve(&base, r));
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -357,7 +357,7 @@ impl WatchedStream {
 /// compacting the receive queue), and a reader that takes a few bytes now and
 /// then (a "slow read" attack) does the same on purpose. 256 KiB per 60 s (the
 /// default) is 4.4 KB/s.
-pub const MIN_PROGRESS: usize = 256 << 10;
+const MIN_PROGRESS: usize = 256 << 10;
 
 /// A write waiting for the client. The socket only reports room once its queue
 /// has drained a good part, which a slow but steady reader may take longer than
@@ -503,10 +503,10 @@ impl AsyncWrite for WatchedStream {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
             // TLS records wait in rustls until flushed: a flush that cannot go
             // through is a write waiting for the client like any other.
-            Io::Tls(t) => {
-                let r = Pin::new(t.as_mut()).poll_flush(cx).map_ok(|()| 1);
-                this.note_write(cx, r).map_ok(|_| ())
-            }
+            Io::Tls(t) => match Pin::new(t.as_mut()).poll_flush(cx) {
+                Poll::Pending => this.note_write(cx, Poll::Pending).map_ok(|_| ()),
+                done => done,
+            },
         }
     }
 

@@ -258,12 +258,7 @@ fn main() -> ExitCode {
         .as_ref()
         .and_then(|t| t.acme.clone())
         .map(|a| {
-            let path =
-                std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone().into());
-            let base = path
-                .parent()
-                .unwrap_or(std::path::Path::new("/"))
-                .to_owned();
+            let base = config_dir(&args.config);
             let identity = identity.clone();
             move || {
                 // The workers read what it writes (challenge certificates).
@@ -377,15 +372,19 @@ fn reload(
     Ok(master::Reloaded::Workers(worker_count(args, &after)))
 }
 
+/// The configuration file's directory: relative paths in `[server]` start there.
+fn config_dir(config: &str) -> std::path::PathBuf {
+    let path = std::path::absolute(config).unwrap_or_else(|_| config.into());
+    path.parent()
+        .unwrap_or(std::path::Path::new("/"))
+        .to_owned()
+}
+
 /// How the listener speaks, from `[server]`: TLS certificates are read here
 /// (paths relative to the configuration file's directory).
 fn load_front(config: &str, server: &ServerConfig) -> Result<server::Front, String> {
     let tls = match &server.tls {
-        Some(t) => {
-            let path = std::path::absolute(config).unwrap_or_else(|_| config.into());
-            let base = path.parent().unwrap_or(std::path::Path::new("/"));
-            Some(t.load(base)?)
-        }
+        Some(t) => Some(t.load(&config_dir(config))?),
         None => None,
     };
     Ok(server::Front {

@@ -400,14 +400,23 @@ pub fn run(
         });
         // Never `pipeline_flush(true)`: it makes hyper copy body chunks into one
         // buffer, which would send the zeros of sendfile stand-ins (sendfile.rs).
-        let http2 = http2_builder(&limits);
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.keep_alive(true)
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .keep_alive(true)
             // conn.rs times heads and idle keep-alive connections (hyper's timer
             // would run through the idle time too).
             .header_read_timeout(None)
             .max_header_size(limits.max_header_size)
             .max_buf_size(HYPER_MAX_BUF.max(limits.max_header_size + 8192));
+        let redirect_port = front.https_port;
+        let shared = Arc::new(Shared {
+            engine: engine.clone(),
+            log: log.clone(),
+            limits,
+            http1,
+            http2: http2_builder(&limits),
+            front,
+        });
         // At the limit the worker stops accepting: new connections wait in the
         // backlog of its listening sockets until a connection closes.
         let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
@@ -415,7 +424,7 @@ pub fn run(
             tokio::spawn(serve_redirects(
                 redirect,
                 limits,
-                front.https_port,
+                redirect_port,
                 slots.clone(),
             ))
         });
@@ -460,14 +469,9 @@ pub fn run(
             };
             let _ = stream.set_nodelay(true);
             let conn = Conn {
-                engine: engine.clone(),
-                log: log.clone(),
-                limits,
+                shared: shared.clone(),
                 peer,
                 local: stream.local_addr().unwrap_or(peer),
-                http1: http.clone(),
-                http2: http2.clone(),
-                front: front.clone(),
                 watcher: graceful.watcher(),
             };
             tokio::spawn(async move {
@@ -494,16 +498,21 @@ pub fn run(
     })
 }
 
-/// What serving one connection needs.
-struct Conn {
+/// What every connection of a worker serves with.
+struct Shared {
     engine: Arc<Engine>,
     log: Arc<AccessLog>,
     limits: Limits,
-    peer: SocketAddr,
-    local: SocketAddr,
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
     front: Front,
+}
+
+/// One connection to serve.
+struct Conn {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    local: SocketAddr,
     watcher: hyper_util::server::graceful::Watcher,
 }
 
@@ -511,8 +520,9 @@ impl Conn {
     /// The TLS handshake if any (within `header_read_timeout`), then HTTP/1.1 or
     /// HTTP/2 until the connection ends.
     async fn serve(self, stream: tokio::net::TcpStream) {
-        let wait = self.limits.timeouts.header;
-        let (io, h2, tls) = match &self.front.tls {
+        let shared = self.shared;
+        let wait = shared.limits.timeouts.header;
+        let (io, h2, tls) = match &shared.front.tls {
             Some(config) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
                 match tokio::time::timeout(wait, acceptor.accept(stream)).await {
@@ -538,27 +548,25 @@ impl Conn {
                 }
             }
             None => {
-                let h2 = self.front.h2c && opens_with_h2_preface(&stream, wait).await;
+                let h2 = shared.front.h2c && opens_with_h2_preface(&stream, wait).await;
                 (Io::Plain(stream), h2, None)
             }
         };
         // Files go out by sendfile only on plain HTTP/1.1.
         let state = ConnState::new(tls.is_none() && !h2, h2);
-        let io = TokioIo::new(WatchedStream::new(io, state.clone(), self.limits.timeouts));
-        let Conn {
-            engine,
-            log,
-            limits,
-            peer,
-            local,
-            ..
-        } = self;
+        let io = TokioIo::new(WatchedStream::new(
+            io,
+            state.clone(),
+            shared.limits.timeouts,
+        ));
+        let (peer, local) = (self.peer, self.local);
+        let on = shared.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let busy = state.begin_request(!req.body().is_end_stream());
             let resp = handle(
-                engine.clone(),
-                log.clone(),
-                limits,
+                on.engine.clone(),
+                on.log.clone(),
+                on.limits,
                 peer,
                 local,
                 tls.clone(),
@@ -568,11 +576,11 @@ impl Conn {
         });
         let ended = if h2 {
             self.watcher
-                .watch(self.http2.serve_connection(io, svc))
+                .watch(shared.http2.serve_connection(io, svc))
                 .await
         } else {
             self.watcher
-                .watch(self.http1.serve_connection(io, svc))
+                .watch(shared.http1.serve_connection(io, svc))
                 .await
         };
         if let Err(e) = ended {

@@ -122,14 +122,14 @@ impl TlsConfig {
         if certs.is_empty() && acme_storage.is_some() {
             tracing::info!("[server.tls.acme]: no certificate yet; TLS clients are refused until the ACME process has one");
         }
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(|e| format!("[server.tls]: {e}"))?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(BySni {
                 certs,
                 acme_storage: acme_storage.clone(),
-                provider: provider_for_challenges(),
+                provider,
             }));
         config.alpn_protocols = if self.http2 {
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
@@ -154,13 +154,9 @@ impl TlsConfig {
     }
 }
 
-/// A loaded certificate with the file it came from.
-#[derive(Debug)]
-struct Loaded {
-    key: Arc<CertifiedKey>,
-}
-
-fn resolve(base: &Path, file: &str) -> PathBuf {
+/// `file` as a path: absolute, or relative to `base` (the configuration file's
+/// directory).
+pub fn resolve(base: &Path, file: &str) -> PathBuf {
     let p = Path::new(file);
     if p.is_absolute() {
         p.to_owned()
@@ -173,7 +169,7 @@ fn load_pair(
     files: &CertFiles,
     base: &Path,
     provider: &rustls::crypto::CryptoProvider,
-) -> Result<Loaded, String> {
+) -> Result<Arc<CertifiedKey>, String> {
     load_pair_checked(files, base, provider, true)
 }
 
@@ -185,7 +181,7 @@ fn load_pair_checked(
     base: &Path,
     provider: &rustls::crypto::CryptoProvider,
     parse_leaf: bool,
-) -> Result<Loaded, String> {
+) -> Result<Arc<CertifiedKey>, String> {
     let cert_path = resolve(base, &files.cert);
     let key_path = resolve(base, &files.key);
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
@@ -220,9 +216,7 @@ fn load_pair_checked(
             cert_path.display()
         ));
     }
-    Ok(Loaded {
-        key: Arc::new(certified),
-    })
+    Ok(Arc::new(certified))
 }
 
 fn pem_error(path: &Path, what: &str, e: rustls_pki_types::pem::Error) -> String {
@@ -241,24 +235,16 @@ fn pem_error(path: &Path, what: &str, e: rustls_pki_types::pem::Error) -> String
 /// the challenge certificate the ACME process left in storage for that name.
 #[derive(Debug)]
 struct BySni {
-    certs: Vec<Loaded>,
+    certs: Vec<Arc<CertifiedKey>>,
     acme_storage: Option<PathBuf>,
+    /// Reads the challenge certificates' keys.
     provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-fn provider_for_challenges() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 impl BySni {
     fn challenge(&self, storage: &Path, name: &str) -> Option<Arc<CertifiedKey>> {
         // The name becomes a file name: a host name's characters only.
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-            || name.starts_with('.')
-        {
+        if !crate::acme::is_host_name(name) {
             return None;
         }
         let (cert, key) = crate::acme::challenge_files(storage, name);
@@ -267,7 +253,7 @@ impl BySni {
             key: key.display().to_string(),
         };
         match load_pair_checked(&files, storage, &self.provider, false) {
-            Ok(l) => Some(l.key),
+            Ok(key) => Some(key),
             Err(e) => {
                 tracing::warn!("an ACME validation for {name} found no challenge certificate: {e}");
                 None
@@ -291,17 +277,17 @@ impl ResolvesServerCert for BySni {
             .and_then(|n| ServerName::try_from(n).ok())
         {
             for c in &self.certs {
-                let Some(leaf) = c.key.end_entity_cert().ok() else {
+                let Some(leaf) = c.end_entity_cert().ok() else {
                     continue;
                 };
                 if webpki::EndEntityCert::try_from(leaf)
                     .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
                 {
-                    return Some(c.key.clone());
+                    return Some(c.clone());
                 }
             }
         }
-        self.certs.first().map(|c| c.key.clone())
+        self.certs.first().cloned()
     }
 }
 
