@@ -22,6 +22,8 @@ packages=(
   # tests/frameworks.rs: Symfony 5.4 and Laravel 8 apps in worker and classic mode
   php-symfony-framework-bundle php-symfony-twig-bundle php-symfony-runtime php-symfony-yaml
   php-laravel-framework
+  # tests/scale_out.rs: two fe-php instances behind HAProxy, sessions in Redis
+  haproxy redis-server php8.2-redis
 )
 # Extra packages a caller asks for (e.g. `make bench` adds Apache + mod_php).
 read -r -a extra <<< "${FEPHP_EXTRA_PACKAGES:-}"
@@ -40,6 +42,6 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 # Debian starts these on install; fe-php's tests start their own instances.
-for svc in nginx php8.2-fpm apache2; do
+for svc in nginx php8.2-fpm apache2 haproxy redis-server; do
   $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done
