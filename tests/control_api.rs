@@ -64,7 +64,11 @@ fn body(h: &Host, path: &str) -> String {
 fn wait_for_body(h: &Host, path: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while body(h, path) != want {
-        assert!(Instant::now() < deadline, "{path} never answered {want:?}; stderr:\n{}", h.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "{path} never answered {want:?}; stderr:\n{}",
+            h.stderr()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -85,7 +89,10 @@ fn every_get_shows_what_runs() {
     // The configuration as TOML reads back to what the file says; as JSON too.
     let r = ctl(&h, &[], "/config");
     assert_eq!(r.status, 200, "{}", r.text());
-    assert!(r.header("content-type").unwrap().starts_with("application/toml"));
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/toml"));
     let shown: toml::Table = r.text().parse().expect("GET /config is TOML");
     assert_eq!(shown, file_table(&h));
     let as_json = json(&ctl(&h, &["-H", "Accept: application/json"], "/config"));
@@ -98,7 +105,12 @@ fn every_get_shows_what_runs() {
 
     // Workers: the master's children, generation 0.
     let w = json(&ctl(&h, &[], "/workers"));
-    let mut pids: Vec<i64> = w["workers"].as_array().unwrap().iter().map(|w| w["pid"].as_i64().unwrap()).collect();
+    let mut pids: Vec<i64> = w["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_i64().unwrap())
+        .collect();
     pids.sort();
     let mut real: Vec<i64> = h.workers().into_iter().map(i64::from).collect();
     real.sort();
@@ -112,19 +124,30 @@ fn every_get_shows_what_runs() {
     let pool = &p["pools"][0];
     assert_eq!(pool["name"], "default");
     assert_eq!(pool["worker"], false);
-    let mut runner_pids: Vec<i64> = pool["pids"].as_array().unwrap().iter().map(|p| p.as_i64().unwrap()).collect();
+    let mut runner_pids: Vec<i64> = pool["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_i64().unwrap())
+        .collect();
     runner_pids.sort();
     let mut real: Vec<i64> = h.runners().into_iter().map(i64::from).collect();
     real.sort();
     assert_eq!(runner_pids, real);
     assert_eq!(pool["runners"].as_i64().unwrap(), runner_pids.len() as i64);
-    assert!(pool["idle"].as_i64().unwrap() + pool["busy"].as_i64().unwrap() == pool["runners"].as_i64().unwrap());
+    assert!(
+        pool["idle"].as_i64().unwrap() + pool["busy"].as_i64().unwrap()
+            == pool["runners"].as_i64().unwrap()
+    );
 
     // Upstreams: the proxy's, one list per kind.
     let u = json(&ctl(&h, &[], "/upstreams"));
     assert_eq!(u["proxy"][1]["url"], "http://127.0.0.1:10");
     // The drain route is reserved.
-    assert_eq!(ctl(&h, &["-X", "POST"], "/upstreams/proxy/x/drain").status, 501);
+    assert_eq!(
+        ctl(&h, &["-X", "POST"], "/upstreams/proxy/x/drain").status,
+        501
+    );
     assert_eq!(ctl(&h, &[], "/nothing").status, 404);
     assert_eq!(ctl(&h, &["-X", "DELETE"], "/workers").status, 405);
 }
@@ -144,7 +167,11 @@ fn a_whole_configuration_change_is_applied_under_load_and_written() {
     let old = std::fs::read_to_string(&h.config).unwrap();
     // Ten changes back and forth, the new file last.
     for i in 0..10 {
-        let (text, want) = if i % 2 == 0 { (&old, "one\n") } else { (&new, "two\n") };
+        let (text, want) = if i % 2 == 0 {
+            (&old, "one\n")
+        } else {
+            (&new, "two\n")
+        };
         let r = ctl(&h, &["-X", "PUT", "--data-binary", text], "/config");
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(json(&r)["generation"], i + 1);
@@ -158,26 +185,48 @@ fn a_whole_configuration_change_is_applied_under_load_and_written() {
         report.total(),
         report.failed.len()
     );
-    assert!(report.failed.is_empty(), "failed: {:?}", &report.failed[..report.failed.len().min(5)]);
+    assert!(
+        report.failed.is_empty(),
+        "failed: {:?}",
+        &report.failed[..report.failed.len().min(5)]
+    );
     assert!(report.total() > 400);
-    assert_eq!(std::fs::read_to_string(&h.config).unwrap(), new, "the file is what was sent");
+    assert_eq!(
+        std::fs::read_to_string(&h.config).unwrap(),
+        new,
+        "the file is what was sent"
+    );
     assert_eq!(body(&h, "/a.txt"), "two\n");
     let w = json(&ctl(&h, &[], "/workers"));
     assert_eq!(w["generation"], 10);
-    assert!(w["workers"].as_array().unwrap().iter().any(|w| w["generation"] == 10));
+    assert!(w["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w["generation"] == 10));
 
     // The same as JSON: written as the TOML it amounts to.
     let mut doc = json(&ctl(&h, &[], "/config?format=json"));
     doc["backend"]["static_files"]["root"] = Value::from(format!("{}/www", h.dir.path().display()));
     let r = ctl(
         &h,
-        &["-X", "PUT", "-H", "Content-Type: application/json", "--data-binary", &doc.to_string()],
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &doc.to_string(),
+        ],
         "/config",
     );
     assert_eq!(r.status, 200, "{}", r.text());
     wait_for_body(&h, "/a.txt", "one\n");
     let file = file_table(&h);
-    assert_eq!(file["backend"]["static_files"]["root"].as_str(), doc["backend"]["static_files"]["root"].as_str());
+    assert_eq!(
+        file["backend"]["static_files"]["root"].as_str(),
+        doc["backend"]["static_files"]["root"].as_str()
+    );
     // A later SIGHUP reads the file: it keeps the change.
     h.signal(libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(300));
@@ -192,28 +241,45 @@ fn a_section_change_leaves_the_other_sections_as_they_are() {
     let r = ctl(
         &h,
         &[
-            "-X", "PUT", "-H", "Content-Type: application/json",
-            "--data-binary", &format!("{{\"enable\": true, \"root\": \"{root}\"}}"),
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &format!("{{\"enable\": true, \"root\": \"{root}\"}}"),
         ],
         "/config/backend/static_files",
     );
     assert_eq!(r.status, 200, "{}", r.text());
     wait_for_body(&h, "/new.txt", "new\n");
     let after = file_table(&h);
-    assert_eq!(after["backend"]["static_files"]["root"].as_str(), Some(root.as_str()));
+    assert_eq!(
+        after["backend"]["static_files"]["root"].as_str(),
+        Some(root.as_str())
+    );
     for section in ["server", "php"] {
         assert_eq!(after[section], before[section], "[{section}] changed");
     }
-    assert_eq!(after["backend"]["default_backend"], before["backend"]["default_backend"]);
+    assert_eq!(
+        after["backend"]["default_backend"],
+        before["backend"]["default_backend"]
+    );
     // One value, as TOML; and a key removed (its default applies).
-    let r = ctl(&h, &["-X", "PUT", "--data-binary", "3"], "/config/server/workers");
+    let r = ctl(
+        &h,
+        &["-X", "PUT", "--data-binary", "3"],
+        "/config/server/workers",
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(json(&r)["workers"], 3);
     assert_eq!(file_table(&h)["server"]["workers"].as_integer(), Some(3));
     let r = ctl(&h, &["-X", "DELETE"], "/config/server/workers");
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(file_table(&h)["server"].get("workers").is_none());
-    assert_eq!(ctl(&h, &["-X", "DELETE"], "/config/server/workers").status, 404);
+    assert_eq!(
+        ctl(&h, &["-X", "DELETE"], "/config/server/workers").status,
+        404
+    );
     // The running configuration is the file's.
     let shown: toml::Table = ctl(&h, &[], "/config").text().parse().unwrap();
     assert_eq!(shown, file_table(&h));
@@ -241,8 +307,12 @@ fn an_invalid_change_is_refused_with_the_check_messages_and_changes_nothing() {
     let h = static_host(UNIX);
     let file = std::fs::read(&h.config).unwrap();
     let running = ctl(&h, &[], "/config").text();
-    let unknown = String::from_utf8(file.clone()).unwrap().replace("[backend]\n", "[backend]\nno_such_key = 1\n");
-    let bad_value = String::from_utf8(file.clone()).unwrap().replace("workers = 2", "workers = 2\nmax_connections = 0");
+    let unknown = String::from_utf8(file.clone())
+        .unwrap()
+        .replace("[backend]\n", "[backend]\nno_such_key = 1\n");
+    let bad_value = String::from_utf8(file.clone())
+        .unwrap()
+        .replace("workers = 2", "workers = 2\nmax_connections = 0");
     for text in [&unknown, &bad_value] {
         let r = ctl(&h, &["-X", "PUT", "--data-binary", text], "/config");
         assert_eq!(r.status, 422, "{}", r.text());
@@ -250,14 +320,50 @@ fn an_invalid_change_is_refused_with_the_check_messages_and_changes_nothing() {
     }
     assert!(check_messages(&h, &unknown).contains("unknown field `no_such_key`"));
     // A section change with a bad value: the same message as --check gives.
-    let r = ctl(&h, &["-X", "PUT", "--data-binary", "0"], "/config/server/max_connections");
+    let r = ctl(
+        &h,
+        &["-X", "PUT", "--data-binary", "0"],
+        "/config/server/max_connections",
+    );
     assert_eq!(r.status, 422);
-    assert!(r.text().starts_with("[server] max_connections = 0 is out of range"), "{}", r.text());
-    let r = ctl(&h, &["-X", "PUT", "-H", "Content-Type: application/json", "--data-binary", "{\"enable\": \"yes\"}"], "/config/backend/static_files");
+    assert!(
+        r.text()
+            .starts_with("[server] max_connections = 0 is out of range"),
+        "{}",
+        r.text()
+    );
+    let r = ctl(
+        &h,
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            "{\"enable\": \"yes\"}",
+        ],
+        "/config/backend/static_files",
+    );
     assert_eq!(r.status, 422);
-    assert!(r.text().contains("invalid type: string \"yes\", expected a boolean"), "{}", r.text());
+    assert!(
+        r.text()
+            .contains("invalid type: string \"yes\", expected a boolean"),
+        "{}",
+        r.text()
+    );
     // Not even JSON: 400.
-    let r = ctl(&h, &["-X", "PUT", "-H", "Content-Type: application/json", "--data-binary", "{"], "/config");
+    let r = ctl(
+        &h,
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            "{",
+        ],
+        "/config",
+    );
     assert_eq!(r.status, 400);
     // Nothing changed: the file, the running configuration, what is served.
     assert_eq!(std::fs::read(&h.config).unwrap(), file);
@@ -288,8 +394,15 @@ fn concurrent_changes_are_applied_one_after_the_other() {
             std::thread::spawn(move || {
                 let body = format!("{{\"enable\": true, \"root\": \"{}/w{i}\"}}", dir.display());
                 curl(&[
-                    "--unix-socket", &sock, "-X", "PUT", "-H", "Content-Type: application/json",
-                    "--data-binary", &body, "http://localhost/config/backend/static_files",
+                    "--unix-socket",
+                    &sock,
+                    "-X",
+                    "PUT",
+                    "-H",
+                    "Content-Type: application/json",
+                    "--data-binary",
+                    &body,
+                    "http://localhost/config/backend/static_files",
                 ])
             })
         })
@@ -297,19 +410,31 @@ fn concurrent_changes_are_applied_one_after_the_other() {
     let mut generations = Vec::new();
     for t in threads {
         let r = t.join().unwrap();
-        assert!(r.status == 200 || r.status == 409, "{}: {}", r.status, r.text());
+        assert!(
+            r.status == 200 || r.status == 409,
+            "{}: {}",
+            r.status,
+            r.text()
+        );
         if r.status == 200 {
             generations.push(json(&r)["generation"].as_u64().unwrap());
         }
     }
     generations.sort();
     generations.dedup();
-    assert_eq!(generations.len(), 6, "each change got a generation of its own: {generations:?}");
+    assert_eq!(
+        generations.len(),
+        6,
+        "each change got a generation of its own: {generations:?}"
+    );
     // The file is whole and is what runs; what is served is its root.
     let file = file_table(&h);
     let shown: toml::Table = ctl(&h, &[], "/config").text().parse().unwrap();
     assert_eq!(shown, file);
-    let root = file["backend"]["static_files"]["root"].as_str().unwrap().to_owned();
+    let root = file["backend"]["static_files"]["root"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let want = format!("{}\n", root.rsplit('/').next().unwrap());
     wait_for_body(&h, "/a.txt", &want);
 }
@@ -317,9 +442,14 @@ fn concurrent_changes_are_applied_one_after_the_other() {
 #[test]
 fn tcp_needs_the_token_and_public_addresses_fail_the_check() {
     let port = free_port();
-    let control = format!("\n[server.control]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"control.token\"\n");
+    let control = format!(
+        "\n[server.control]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"control.token\"\n"
+    );
     let token = "s3cret-token-0123456789abcdef";
-    let config = HostConfig::static_site().root("{dir}/www").server(&control).toml();
+    let config = HostConfig::static_site()
+        .root("{dir}/www")
+        .server(&control)
+        .toml();
     let h = Host::start(&config, |dir| {
         site(dir);
         std::fs::write(dir.join("control.token"), format!("{token}\n")).unwrap();
@@ -336,23 +466,41 @@ fn tcp_needs_the_token_and_public_addresses_fail_the_check() {
     assert_eq!(json(&r)["workers"].as_array().unwrap().len(), 1);
     // The token file is not in the configuration the API shows: only its name.
     let shown = curl(&["-H", &auth, &format!("http://127.0.0.1:{port}/config")]).text();
-    assert!(!shown.contains(token) && shown.contains("control.token"), "{shown}");
+    assert!(
+        !shown.contains(token) && shown.contains("control.token"),
+        "{shown}"
+    );
 
     // What --check says of an address others could reach, or TCP without a token.
     let check = |control: &str| {
         let path = h.dir.path().join("check.toml");
-        std::fs::write(&path, HostConfig::static_site().server(control).toml().replace("{port}", "1").replace("{dir}", h.dir.path().to_str().unwrap())).unwrap();
-        let out = Command::new(HOST_BIN).args(["--config", path.to_str().unwrap(), "--check"]).output().unwrap();
+        std::fs::write(
+            &path,
+            HostConfig::static_site()
+                .server(control)
+                .toml()
+                .replace("{port}", "1")
+                .replace("{dir}", h.dir.path().to_str().unwrap()),
+        )
+        .unwrap();
+        let out = Command::new(HOST_BIN)
+            .args(["--config", path.to_str().unwrap(), "--check"])
+            .output()
+            .unwrap();
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let public = check("\n[server.control]\nlisten = \"0.0.0.0:8081\"\ntoken_file = \"control.token\"\n");
+    let public =
+        check("\n[server.control]\nlisten = \"0.0.0.0:8081\"\ntoken_file = \"control.token\"\n");
     assert!(
         public.contains("[server.control] listen = \"0.0.0.0:8081\" is not a loopback address"),
         "{public}"
     );
     let tokenless = check("\n[server.control]\nlisten = \"127.0.0.1:8081\"\n");
-    assert!(tokenless.contains("[server.control] listen needs token_file"), "{tokenless}");
+    assert!(
+        tokenless.contains("[server.control] listen needs token_file"),
+        "{tokenless}"
+    );
 }
 
 #[test]
@@ -370,12 +518,29 @@ fn the_unix_socket_is_for_its_owner_only() {
     // The directory lets everyone through: only the socket's own mode stops them.
     std::fs::set_permissions(h.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new("runuser")
-        .args(["-u", "nobody", "--", "curl", "-s", "-S", "--unix-socket", &socket(&h), "http://localhost/workers"])
+        .args([
+            "-u",
+            "nobody",
+            "--",
+            "curl",
+            "-s",
+            "-S",
+            "--unix-socket",
+            &socket(&h),
+            "http://localhost/workers",
+        ])
         .output()
         .unwrap();
-    assert!(!out.status.success(), "nobody got in: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "nobody got in: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("Couldn't connect") || err.contains("Permission denied"), "{err}");
+    assert!(
+        err.contains("Couldn't connect") || err.contains("Permission denied"),
+        "{err}"
+    );
     // Root (the owner) still can.
     assert_eq!(ctl(&h, &[], "/workers").status, 200);
 }
@@ -412,15 +577,29 @@ priority = 10
     });
     let pids = |name: &str| -> Vec<i64> {
         let p = json(&ctl(&h, &[], "/pools"));
-        let pool = p["pools"].as_array().unwrap().iter().find(|p| p["name"] == name).cloned().unwrap();
+        let pool = p["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap();
         assert_eq!(pool["worker"], true);
-        let mut v: Vec<i64> = pool["pids"].as_array().unwrap().iter().map(|p| p.as_i64().unwrap()).collect();
+        let mut v: Vec<i64> = pool["pids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_i64().unwrap())
+            .collect();
         v.sort();
         v
     };
     // Both pools answer (their runners have booted).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while get(&h.url("/app/x")).status != 200 || get(&h.url("/adm/x")).status != 200 || pids("app").len() != 2 {
+    while get(&h.url("/app/x")).status != 200
+        || get(&h.url("/adm/x")).status != 200
+        || pids("app").len() != 2
+    {
         assert!(
             Instant::now() < deadline,
             "app: {}, adm: {}, pools: {}\n{}",
@@ -446,7 +625,10 @@ priority = 10
         if now.len() == 2 && now.iter().all(|p| !app.contains(p)) {
             break;
         }
-        assert!(Instant::now() < deadline, "app's runners {app:?} are still {now:?}");
+        assert!(
+            Instant::now() < deadline,
+            "app's runners {app:?} are still {now:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     load.wait_ok(100, Duration::from_secs(10));
@@ -456,10 +638,18 @@ priority = 10
         report.total(),
         report.failed.len()
     );
-    assert!(report.failed.is_empty(), "failed: {:?}", &report.failed[..report.failed.len().min(5)]);
+    assert!(
+        report.failed.is_empty(),
+        "failed: {:?}",
+        &report.failed[..report.failed.len().min(5)]
+    );
     assert_eq!(pids("adm"), adm, "the other pool's runners stayed");
     // A pool that is not a worker pool (or does not exist) cannot be restarted.
     let r = ctl(&h, &["-X", "POST"], "/pools/default/restart");
     assert_eq!(r.status, 404);
-    assert!(r.text().contains("there is no worker pool 'default'"), "{}", r.text());
+    assert!(
+        r.text().contains("there is no worker pool 'default'"),
+        "{}",
+        r.text()
+    );
 }

@@ -87,7 +87,11 @@ fn main() -> ExitCode {
             return refuse(&args, &msg);
         }
     };
-    let control = match server.control.as_ref().map(|c| c.load(&config_dir(&args.config))) {
+    let control = match server
+        .control
+        .as_ref()
+        .map(|c| c.load(&config_dir(&args.config)))
+    {
         Some(Err(msg)) => return refuse(&args, &msg),
         Some(Ok(loaded)) => Some(loaded),
         None => None,
@@ -321,7 +325,10 @@ fn refuse(args: &Args, msg: &str) -> ExitCode {
 
 /// Every problem of the engine's sections and of `[server]` (None: both are
 /// fine). A file that cannot be read or is not TOML is the library's to report.
-fn problems<E>(engine: &Result<E, String>, server: &Result<ServerConfig, Refused>) -> Option<String> {
+fn problems<E>(
+    engine: &Result<E, String>,
+    server: &Result<ServerConfig, Refused>,
+) -> Option<String> {
     let mut problems = Vec::new();
     if let Err(msg) = engine {
         problems.push(msg.clone());

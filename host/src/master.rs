@@ -169,7 +169,12 @@ impl Master for Live<'_, '_> {
             .collect();
         out.sort_by_key(|w| w.slot);
         out.extend(self.st.draining.keys().map(|&pid| {
-            let (t, generation) = self.st.old.get(&pid).copied().unwrap_or((Instant::now(), 0));
+            let (t, generation) = self
+                .st
+                .old
+                .get(&pid)
+                .copied()
+                .unwrap_or((Instant::now(), 0));
             WorkerInfo {
                 pid,
                 slot: None,

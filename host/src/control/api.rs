@@ -16,14 +16,16 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// `--check`'s validation of a candidate text for the configuration file: Err
+/// with every problem, as `--check` prints them.
+pub type Check = Box<dyn Fn(&str) -> Result<(), String>>;
+
 /// What the endpoints work with beside the master.
 pub struct App {
     pub engine: Arc<abi::Engine>,
     /// The configuration file (absolute).
     pub config_path: PathBuf,
-    /// `--check`'s validation of a candidate text for the configuration file:
-    /// Err with every problem, as `--check` prints them.
-    pub check: Box<dyn Fn(&str) -> Result<(), String>>,
+    pub check: Check,
 }
 
 /// Answers one request.
@@ -58,10 +60,13 @@ pub fn handle(app: &App, master: &mut dyn Master, req: &Request) -> Response {
                 ["", "pools", _, "restart"] | ["", "upstreams", _, _, "drain"] => {
                     not_allowed("POST")
                 }
-                ["", "config" | "workers" | "pools" | "upstreams"] => not_allowed(
-                    if path == "/config" { "GET, PUT" } else { "GET" },
+                ["", "config" | "workers" | "pools" | "upstreams"] => {
+                    not_allowed(if path == "/config" { "GET, PUT" } else { "GET" })
+                }
+                _ => Response::text(
+                    404,
+                    &format!("no such endpoint: {} (GET / lists them)", req.path),
                 ),
-                _ => Response::text(404, &format!("no such endpoint: {} (GET / lists them)", req.path)),
             }
         }
     }
@@ -113,11 +118,15 @@ fn body_is_json(req: &Request) -> bool {
 
 /// The running configuration document (what the engine was built from).
 fn running(app: &App) -> Result<toml::Table, Response> {
-    let json: serde_json::Value = serde_json::from_str(&app.engine.config_json())
-        .map_err(|e| Response::text(500, &format!("the engine's configuration is not JSON: {e}")))?;
+    let json: serde_json::Value = serde_json::from_str(&app.engine.config_json()).map_err(|e| {
+        Response::text(500, &format!("the engine's configuration is not JSON: {e}"))
+    })?;
     match store::json_to_toml(&json, "") {
         Ok(toml::Value::Table(t)) => Ok(t),
-        Ok(_) => Err(Response::text(500, "the engine's configuration is not a table")),
+        Ok(_) => Err(Response::text(
+            500,
+            "the engine's configuration is not a table",
+        )),
         Err(e) => Err(Response::text(500, &e)),
     }
 }
@@ -175,7 +184,12 @@ fn put_config(app: &App, master: &mut dyn Master, req: &Request) -> Response {
     let text = if body_is_json(req) {
         match parse_json(text, "") {
             Ok(toml::Value::Table(t)) => store::to_toml_text(&t),
-            Ok(_) => return Response::text(400, "the body must be a JSON object: the whole configuration"),
+            Ok(_) => {
+                return Response::text(
+                    400,
+                    "the body must be a JSON object: the whole configuration",
+                )
+            }
             Err(r) => return r,
         }
     } else {
@@ -215,7 +229,12 @@ fn change_section(
                         .and_then(|mut t| t.remove("value"))
                         .ok_or(e)
                 })
-                .map_err(|e| Response::text(400, &format!("the body is neither a TOML table nor a TOML value: {e}")))
+                .map_err(|e| {
+                    Response::text(
+                        400,
+                        &format!("the body is neither a TOML table nor a TOML value: {e}"),
+                    )
+                })
         };
         match parsed {
             Ok(v) => Some(v),
@@ -227,7 +246,13 @@ fn change_section(
     if let Err(e) = store::set(&mut doc, path, value) {
         return Response::text(if put { 400 } else { 404 }, &e);
     }
-    apply(app, master, &req.method, &req.path, store::to_toml_text(&doc))
+    apply(
+        app,
+        master,
+        &req.method,
+        &req.path,
+        store::to_toml_text(&doc),
+    )
 }
 
 /// Checks `text`, writes it to the configuration file, reloads.

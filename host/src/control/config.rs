@@ -152,7 +152,8 @@ mod tests {
     fn public_or_tokenless_tcp_is_refused() {
         let p = control("listen = \"0.0.0.0:8081\"\ntoken_file = \"t\"").problems();
         assert!(p[0].contains("is not a loopback address"), "{p:?}");
-        let p = control("listen = \"0.0.0.0:8081\"\ntoken_file = \"t\"\nallow_remote = true").problems();
+        let p = control("listen = \"0.0.0.0:8081\"\ntoken_file = \"t\"\nallow_remote = true")
+            .problems();
         assert!(p.is_empty(), "{p:?}");
         let p = control("listen = \"127.0.0.1:8081\"").problems();
         assert!(p[0].contains("needs token_file"), "{p:?}");

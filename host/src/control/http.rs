@@ -154,7 +154,7 @@ fn reason(status: u16) -> &'static str {
 pub enum Step {
     /// Still reading the request.
     Reading,
-    /// The head is in: authorize it before the body is read (Some: refused).
+    /// The head is in: authorize it (`Conn::authorize`) before the body is read.
     Head,
     /// The whole request is in.
     Complete(Request),
@@ -222,12 +222,18 @@ impl Conn {
                 let mut req = httparse::Request::new(&mut headers);
                 match req.parse(&self.input) {
                     Ok(httparse::Status::Partial) if self.input.len() > MAX_HEAD => {
-                        self.answer(Response::text(431, "the request head is larger than 16 KiB"));
+                        self.answer(Response::text(
+                            431,
+                            "the request head is larger than 16 KiB",
+                        ));
                         return Step::Writing;
                     }
                     Ok(httparse::Status::Partial) => return Step::Reading,
                     Err(e) => {
-                        self.answer(Response::text(400, &format!("not an HTTP/1.1 request: {e}")));
+                        self.answer(Response::text(
+                            400,
+                            &format!("not an HTTP/1.1 request: {e}"),
+                        ));
                         return Step::Writing;
                     }
                     Ok(httparse::Status::Complete(n)) => {
@@ -238,7 +244,10 @@ impl Conn {
                                 .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
                         };
                         if value("transfer-encoding").is_some() {
-                            self.answer(Response::text(411, "send the body with Content-Length (no chunked transfer encoding)"));
+                            self.answer(Response::text(
+                                411,
+                                "send the body with Content-Length (no chunked transfer encoding)",
+                            ));
                             return Step::Writing;
                         }
                         let len = match value("content-length").map(|v| v.parse::<usize>()) {

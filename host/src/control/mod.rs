@@ -63,7 +63,9 @@ impl Server {
     /// Listens where `loaded` says.
     pub fn bind(loaded: &Loaded, app: App) -> Result<Server, String> {
         let (listener, socket_path) = match &loaded.address {
-            Address::Unix { path, mode } => (Listener::Unix(bind_unix(path, *mode)?), Some(path.clone())),
+            Address::Unix { path, mode } => {
+                (Listener::Unix(bind_unix(path, *mode)?), Some(path.clone()))
+            }
             Address::Tcp(addr) => {
                 let l = std::net::TcpListener::bind(addr).map_err(|e| {
                     format!("cannot listen on {addr} ([server.control] listen): {e}\n    Choose a free loopback port.")
@@ -164,9 +166,10 @@ impl Server {
     fn refusal(&self, c: &Conn) -> Option<Response> {
         let token = self.token.as_deref()?;
         let req = c.head_request()?;
-        let sent = req
-            .header("authorization")
-            .and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer ")));
+        let sent = req.header("authorization").and_then(|a| {
+            a.strip_prefix("Bearer ")
+                .or_else(|| a.strip_prefix("bearer "))
+        });
         match sent {
             None => Some(
                 Response::text(401, "this control API needs Authorization: Bearer TOKEN (the token in [server.control] token_file)")
@@ -234,7 +237,11 @@ impl master::Service for Server {
         for c in &self.clients {
             fds.push(libc::pollfd {
                 fd: c.stream.fd(),
-                events: if c.wants_write() { libc::POLLOUT } else { libc::POLLIN },
+                events: if c.wants_write() {
+                    libc::POLLOUT
+                } else {
+                    libc::POLLIN
+                },
                 revents: 0,
             });
         }

@@ -22,7 +22,11 @@ pub fn json_to_toml(v: &Json, at: &str) -> Result<toml::Value, String> {
         Json::Number(n) => match (n.as_i64(), n.as_f64()) {
             (Some(i), _) => toml::Value::Integer(i),
             (None, Some(f)) if n.is_f64() => toml::Value::Float(f),
-            _ => return Err(format!("{at} = {n} is too large for TOML (a 64-bit signed integer)")),
+            _ => {
+                return Err(format!(
+                    "{at} = {n} is too large for TOML (a 64-bit signed integer)"
+                ))
+            }
         },
         Json::String(s) => toml::Value::String(s.clone()),
         Json::Array(a) => toml::Value::Array(
@@ -34,7 +38,11 @@ pub fn json_to_toml(v: &Json, at: &str) -> Result<toml::Value, String> {
         Json::Object(o) => toml::Value::Table(
             o.iter()
                 .map(|(k, v)| {
-                    let at = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                    let at = if at.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{at}.{k}")
+                    };
                     Ok((k.clone(), json_to_toml(v, &at)?))
                 })
                 .collect::<Result<_, String>>()?,
@@ -100,7 +108,11 @@ pub fn get<'a>(doc: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value>
 /// Replaces (or adds) the value at `path`, creating the tables on the way;
 /// `None` removes it. Err: the path goes through something that is not a table
 /// (or an array index that does not exist).
-pub fn set(doc: &mut toml::Table, path: &[String], value: Option<toml::Value>) -> Result<(), String> {
+pub fn set(
+    doc: &mut toml::Table,
+    path: &[String],
+    value: Option<toml::Value>,
+) -> Result<(), String> {
     let shown = path.join(".");
     let Some((last, parents)) = path.split_last() else {
         return Err("no section named: use PUT /config for the whole configuration".to_owned());
@@ -118,7 +130,12 @@ pub fn set(doc: &mut toml::Table, path: &[String], value: Option<toml::Value>) -
                 // `backend/routing_rules/0/...`: into one element of an array.
                 return set_in_array(a, &path[at.len()..], value, &shown);
             }
-            _ => return Err(format!("{} is not a table, so it has no {shown}", at.join("."))),
+            _ => {
+                return Err(format!(
+                    "{} is not a table, so it has no {shown}",
+                    at.join(".")
+                ))
+            }
         };
     }
     match value {
@@ -144,14 +161,22 @@ fn set_in_array(
         .parse::<usize>()
         .ok()
         .filter(|&i| i < array.len())
-        .ok_or_else(|| format!("{shown}: \"{}\" is not an index of that array (0 to {})", path[0], array.len().saturating_sub(1)))?;
+        .ok_or_else(|| {
+            format!(
+                "{shown}: \"{}\" is not an index of that array (0 to {})",
+                path[0],
+                array.len().saturating_sub(1)
+            )
+        })?;
     if path.len() == 1 {
         return match value {
             Some(v) => {
                 array[index] = v;
                 Ok(())
             }
-            None => Err(format!("{shown}: remove an element by replacing the whole array")),
+            None => Err(format!(
+                "{shown}: remove an element by replacing the whole array"
+            )),
         };
     }
     match &mut array[index] {
@@ -165,11 +190,19 @@ fn set_in_array(
 /// given the original's mode and owner, renamed over it, and the directory
 /// synced. A reader sees the old file or the new one, never a part.
 pub fn write_atomically(path: &Path, text: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.control-{}.tmp", std::process::id()));
     let meta = std::fs::metadata(path).ok();
-    let mode = meta.as_ref().map_or(0o644, |m| m.permissions().mode() & 0o7777);
+    let mode = meta
+        .as_ref()
+        .map_or(0o644, |m| m.permissions().mode() & 0o7777);
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -207,17 +240,41 @@ mod tests {
         let mut doc: toml::Table = "[backend]\nenable_hybrid = true\n[backend.static_files]\nroot = \"/a\"\n[[backend.routing_rules]]\nbackend = \"static\"\n".parse().unwrap();
         let new: toml::Value = toml::Value::Table("root = \"/b\"\nenable = true".parse().unwrap());
         set(&mut doc, &seg("backend/static_files"), Some(new)).unwrap();
-        assert_eq!(get(&doc, &seg("backend/static_files/root")).unwrap().as_str(), Some("/b"));
-        assert_eq!(get(&doc, &seg("backend/enable_hybrid")).unwrap().as_bool(), Some(true));
-        set(&mut doc, &seg("backend/routing_rules/0/backend"), Some("embedded".into())).unwrap();
-        assert_eq!(get(&doc, &seg("backend/routing_rules/0/backend")).unwrap().as_str(), Some("embedded"));
+        assert_eq!(
+            get(&doc, &seg("backend/static_files/root"))
+                .unwrap()
+                .as_str(),
+            Some("/b")
+        );
+        assert_eq!(
+            get(&doc, &seg("backend/enable_hybrid")).unwrap().as_bool(),
+            Some(true)
+        );
+        set(
+            &mut doc,
+            &seg("backend/routing_rules/0/backend"),
+            Some("embedded".into()),
+        )
+        .unwrap();
+        assert_eq!(
+            get(&doc, &seg("backend/routing_rules/0/backend"))
+                .unwrap()
+                .as_str(),
+            Some("embedded")
+        );
         set(&mut doc, &seg("server/workers"), Some(2.into())).unwrap();
-        assert_eq!(get(&doc, &seg("server/workers")).unwrap().as_integer(), Some(2));
+        assert_eq!(
+            get(&doc, &seg("server/workers")).unwrap().as_integer(),
+            Some(2)
+        );
         set(&mut doc, &seg("backend/enable_hybrid"), None).unwrap();
         assert!(get(&doc, &seg("backend/enable_hybrid")).is_none());
         assert!(set(&mut doc, &seg("backend/enable_hybrid"), None).is_err());
         assert!(set(&mut doc, &seg("server/workers/x"), Some(1.into())).is_err());
-        assert_eq!(seg("php/ini/opcache%2Eenable"), ["php", "ini", "opcache.enable"]);
+        assert_eq!(
+            seg("php/ini/opcache%2Eenable"),
+            ["php", "ini", "opcache.enable"]
+        );
     }
 
     #[test]
@@ -236,8 +293,15 @@ mod tests {
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
         write_atomically(&f, b"a = 2\n").unwrap();
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "a = 2\n");
-        assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o640);
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
