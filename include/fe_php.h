@@ -11,9 +11,9 @@
  * library's at run time. Within one major version the ABI only grows: functions
  * and enum values are added, never changed or removed. */
 #define FEPHP_VERSION_MAJOR 1
-#define FEPHP_VERSION_MINOR 3
+#define FEPHP_VERSION_MINOR 4
 #define FEPHP_VERSION_PATCH 0
-#define FEPHP_VERSION "1.3.0"
+#define FEPHP_VERSION "1.4.0"
 
 
 /**
@@ -334,6 +334,55 @@ typedef void (*fephp_notify_cb)(void *userdata);
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * Writes the engine's running configuration as a JSON object into `buf`: the
+ * document its current configuration was read from (by `fephp_init` or the last
+ * successful `fephp_engine_reload`), every table and key as written, the host's
+ * `[server]` included; defaults that the file leaves out are not filled in.
+ * TOML dates and times become strings. Since 1.4.0.
+ */
+fephp_result fephp_engine_config_json(const struct fephp_engine *engine,
+                                      char *buf,
+                                      size_t cap,
+                                      size_t *len_out);
+
+/**
+ * Writes the PHP runner pools of this process tree as JSON into `buf`:
+ * `{"pools":[{"name":"default","worker":false,"runners":2,"busy":1,"idle":1,
+ * "max":8,"queued":0,"queue_size":64,"rejected":0,"pids":[…]}, …]}` — "default"
+ * is `[php.pool]`, other names `[php.pools.NAME]`; `worker` is true for a worker
+ * pool (`worker = "…"`, which `fephp_engine_restart_workers` restarts); `pids`
+ * are its runner processes. Empty list without the embedded backend's pools.
+ * The figures are read from memory the pool processes share, so any process
+ * of the host (a master included) sees them. Since 1.4.0.
+ */
+fephp_result fephp_engine_pools_json(const struct fephp_engine *engine,
+                                     char *buf,
+                                     size_t cap,
+                                     size_t *len_out);
+
+/**
+ * Checks a candidate configuration without building an engine (no PHP pool,
+ * thread or connection starts): `config_path` alone checks that file;
+ * `config_toml` alone checks that text; both check the text as the content
+ * of the file at `config_path` (what a host does before it writes a change
+ * there: messages name that file, as `fephp_init` on it would). Each string is
+ * NUL-terminated and borrowed for the call.
+ *
+ * `FEPHP_RESULT_OK`: the configuration is valid; `buf` receives its
+ * informational lines (as `fephp_engine_messages` would give, maybe empty).
+ * `FEPHP_RESULT_CONFIG_ERROR`: `fephp_last_error` gives every problem with its
+ * fix, the messages `fephp_init` gives for it. A `[server]` table is the host's
+ * to check (as for `fephp_init`). What only starting can tell (a libphp that
+ * fails to load, a worker script that cannot boot) is not checked; nor whether
+ * the change needs a restart (`fephp_engine_reload` says so). Since 1.4.0.
+ */
+fephp_result fephp_config_check(const char *config_path,
+                                const char *config_toml,
+                                char *buf,
+                                size_t cap,
+                                size_t *len_out);
 
 /**
  * The library version, e.g. "1.0.0". Static storage; never free it.

@@ -37,6 +37,20 @@ pub fn last_error() -> String {
     read_string(|b, c, l| unsafe { fephp_last_error(b, c, l) }).unwrap_or_default()
 }
 
+/// Checks `text` as the content of the configuration file `path` without an
+/// engine: Err with every problem, as `fephp_init` on that file gives them.
+pub fn check_config(path: &str, text: &str) -> Result<(), String> {
+    let p = CString::new(path).map_err(|_| "config path contains a NUL byte".to_owned())?;
+    let t = CString::new(text)
+        .map_err(|_| "the configuration contains a NUL byte: it cannot be TOML".to_owned())?;
+    // SAFETY: both strings are NUL-terminated and live across the calls; the
+    // closure passes a live buffer of the stated capacity.
+    match read_string(|b, c, l| unsafe { fephp_config_check(p.as_ptr(), t.as_ptr(), b, c, l) }) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(last_error()),
+    }
+}
+
 impl Engine {
     pub fn from_file(path: &str) -> Result<Engine, String> {
         let c = CString::new(path).map_err(|_| "config path contains a NUL byte".to_owned())?;
@@ -96,6 +110,26 @@ impl Engine {
             fephp_result::Ok => Ok(()),
             _ => Err(last_error()),
         }
+    }
+
+    /// Restarts the workers of worker pool `name` (the control API).
+    pub fn restart_pool(&self, name: &str) -> Result<(), String> {
+        let c = CString::new(name).map_err(|_| "the pool name contains a NUL byte".to_owned())?;
+        // SAFETY: live engine; `c` is NUL-terminated and lives across the call.
+        match unsafe { fephp_engine_restart_workers(self.0, c.as_ptr()) } {
+            fephp_result::Ok => Ok(()),
+            _ => Err(last_error()),
+        }
+    }
+
+    /// The running configuration document as JSON.
+    pub fn config_json(&self) -> String {
+        self.string(fephp_engine_config_json)
+    }
+
+    /// The PHP runner pools as JSON (`{"pools": [...]}`).
+    pub fn pools_json(&self) -> String {
+        self.string(fephp_engine_pools_json)
     }
 
     /// Tells the metrics that worker `pid` was reaped (see master::run).

@@ -62,6 +62,8 @@ pub struct ServerConfig {
     pub h2c: bool,
     /// `[server.tls]`: the listener speaks TLS.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// `[server.control]`: the control API (off when absent).
+    pub control: Option<crate::control::ControlConfig>,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +83,7 @@ impl Default for ServerConfig {
             group: None,
             h2c: false,
             tls: None,
+            control: None,
         }
     }
 }
@@ -179,6 +182,9 @@ impl ServerConfig {
             if self.h2c {
                 problems.push("[server] h2c is for a plain listener, and [server.tls] makes it TLS (which offers HTTP/2 by ALPN): remove h2c.".to_owned());
             }
+        }
+        if let Some(control) = &self.control {
+            problems.extend(control.problems());
         }
         if self.group.is_some() && self.user.is_none() {
             problems.push("[server] group is set without [server] user.\n    Workers change their group together with their user: add user = \"www-data\" (group defaults to the user's own).".to_owned());

@@ -9,6 +9,7 @@ mod acme;
 mod alloc;
 mod config;
 mod conn;
+mod control;
 mod listen;
 mod master;
 mod privileges;
@@ -63,20 +64,11 @@ fn main() -> ExitCode {
     // once. A file that cannot be read or is not TOML is the library's to report.
     let server = ServerConfig::from_file(&args.config);
     let engine = abi::Engine::from_file(&args.config);
-    let (engine, server) = match (engine, server) {
-        (Ok(engine), Ok(server)) => (engine, server),
-        (engine, server) => {
-            let mut problems = Vec::new();
-            if let Err(msg) = &engine {
-                problems.push(msg.clone());
-            }
-            match server {
-                Err(Refused::Unreadable(_)) if engine.is_err() => {}
-                Err(refused) => problems.push(refused.message()),
-                Ok(_) => {}
-            }
-            return refuse(&args, &problems.join("\n"));
-        }
+    if let Some(problems) = problems(&engine, &server) {
+        return refuse(&args, &problems);
+    }
+    let (Ok(engine), Ok(server)) = (engine, server) else {
+        unreachable!("problems() reports every Err");
     };
     let messages = engine.messages();
     if !messages.is_empty() {
@@ -94,6 +86,15 @@ fn main() -> ExitCode {
         Err(msg) => {
             return refuse(&args, &msg);
         }
+    };
+    let control = match server
+        .control
+        .as_ref()
+        .map(|c| c.load(&config_dir(&args.config)))
+    {
+        Some(Err(msg)) => return refuse(&args, &msg),
+        Some(Ok(loaded)) => Some(loaded),
+        None => None,
     };
     let limits = server::Limits::new(&server);
     if args.check {
@@ -172,6 +173,28 @@ fn main() -> ExitCode {
     }
 
     let engine = Arc::new(engine);
+    let mut control = match control {
+        Some(loaded) => {
+            let config = args.config.clone();
+            let app = control::App {
+                engine: engine.clone(),
+                config_path: std::path::absolute(&args.config)
+                    .unwrap_or_else(|_| args.config.clone().into()),
+                check: Box::new(move |text| check_text(&config, text)),
+            };
+            match control::Server::bind(&loaded, app) {
+                Ok(s) => {
+                    tracing::info!("control API on {}", s.describe());
+                    Some(s)
+                }
+                Err(msg) => {
+                    eprintln!("fe-php-host: {msg}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        None => None,
+    };
     // `[server]` as last read (a reload replaces it); workers read their limits
     // from it after the fork.
     let server = RefCell::new(server);
@@ -281,6 +304,7 @@ fn main() -> ExitCode {
         master::Extras {
             restart_php_workers: &restart_php_workers,
             sidecar: acme.as_ref().map(|f| f as &dyn Fn() -> i32),
+            control: control.as_mut().map(|c| c as &mut dyn master::Service),
         },
     );
     ExitCode::from(code as u8)
@@ -297,6 +321,45 @@ fn refuse(args: &Args, msg: &str) -> ExitCode {
         );
     }
     ExitCode::from(1)
+}
+
+/// Every problem of the engine's sections and of `[server]` (None: both are
+/// fine). A file that cannot be read or is not TOML is the library's to report.
+fn problems<E>(
+    engine: &Result<E, String>,
+    server: &Result<ServerConfig, Refused>,
+) -> Option<String> {
+    let mut problems = Vec::new();
+    if let Err(msg) = engine {
+        problems.push(msg.clone());
+    }
+    match server {
+        Err(Refused::Unreadable(_)) if engine.is_err() => {}
+        Err(refused) => problems.push(refused.message()),
+        Ok(_) => {}
+    }
+    (!problems.is_empty()).then(|| problems.join("\n"))
+}
+
+/// `--check` for `text` as the content of the configuration file `config`
+/// (the control API's changes): the same steps and messages, without starting
+/// an engine. Err: every problem, as `--check` prints them.
+fn check_text(config: &str, text: &str) -> Result<(), String> {
+    let path = std::path::absolute(config).unwrap_or_else(|_| config.into());
+    let server = ServerConfig::from_toml(text, &format!("file {}", path.display()));
+    let engine = abi::check_config(config, text);
+    if let Some(problems) = problems(&engine, &server) {
+        return Err(problems);
+    }
+    let Ok(server) = server else {
+        unreachable!("problems() reports every Err");
+    };
+    load_front(config, &server)?;
+    privileges::resolve(server.user.as_deref(), server.group.as_deref())?;
+    if let Some(c) = &server.control {
+        c.load(&config_dir(config))?;
+    }
+    Ok(())
 }
 
 /// `--workers`, else `[server] workers` (0: one per CPU core).
@@ -356,6 +419,7 @@ fn reload(
             before.tls.as_ref().and_then(|t| t.redirect_http.as_ref())
                 != after.tls.as_ref().and_then(|t| t.redirect_http.as_ref()),
         ),
+        ("control", before.control != after.control),
         ("user", before.user != after.user),
         ("group", before.group != after.group),
     ];

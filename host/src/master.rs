@@ -4,10 +4,15 @@
 //! forked with the new engine, old ones drained), and on SIGTERM/SIGINT stops them
 //! gracefully.
 //!
-//! The master never starts a thread: signals are blocked and taken synchronously
-//! with `sigtimedwait`, which keeps `fork` safe.
+//! The master never starts a thread: signals are blocked and read from a
+//! signalfd, polled together with the control API's sockets (host/src/control,
+//! when `[server.control]` is set), which keeps `fork` safe. The control API is
+//! served in this loop with non-blocking descriptors only: a client can delay
+//! nothing beyond its own turn (see control/mod.rs).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::os::fd::RawFd;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long workers get to drain after SIGTERM before SIGKILL.
@@ -61,6 +66,164 @@ pub struct Extras<'a> {
     pub restart_php_workers: &'a dyn Fn(),
     /// A helper process kept running beside the workers (the ACME client).
     pub sidecar: Option<&'a dyn Fn() -> i32>,
+    /// The control API, served from this loop.
+    pub control: Option<&'a mut dyn Service>,
+}
+
+/// Something served from the master's loop beside the signals (the control API).
+/// Every call must return promptly: its descriptors are non-blocking.
+pub trait Service {
+    /// The descriptors to poll and for what (`revents` is filled for `serve`).
+    fn fds(&self) -> Vec<libc::pollfd>;
+    /// The nearest deadline the service has (a client's timeout), if any.
+    fn deadline(&self) -> Option<Instant>;
+    /// Serves what is ready (`ready`: `fds()` with `revents`) and what is overdue.
+    fn serve(&mut self, ready: &[libc::pollfd], master: &mut dyn Master);
+    /// Sends what is still to send, for up to `limit` (before the master
+    /// re-executes itself).
+    fn flush(&mut self, limit: Duration);
+}
+
+/// A worker process as the master sees it.
+pub struct WorkerInfo {
+    pub pid: libc::pid_t,
+    /// Its slot (0..workers); None for an old worker finishing its requests.
+    pub slot: Option<usize>,
+    /// How many reloads the master had applied when it was forked (0: started
+    /// with the master; old workers: older than the current generation).
+    pub generation: u64,
+    pub uptime: Duration,
+}
+
+/// What a service may ask of the master.
+pub trait Master {
+    /// The current workers, then the old ones still finishing their requests.
+    fn workers(&self) -> Vec<WorkerInfo>;
+    /// The configuration generation: reloads applied since the master started.
+    fn generation(&self) -> u64;
+    /// Reloads the configuration as SIGHUP does (the same steps), now.
+    fn reload(&mut self) -> Result<Applied, String>;
+}
+
+/// What a reload did.
+pub enum Applied {
+    /// New workers run the new configuration (generation now `generation`);
+    /// the old ones finish their requests.
+    RolledOver { generation: u64, workers: usize },
+    /// Accepted, but no worker with it could start: the old ones keep serving.
+    NoWorker,
+    /// The master re-executes itself once the service has answered.
+    Restart,
+}
+
+/// Descriptors that forked children must not keep (the control API's sockets,
+/// the signalfd): closed in each child right after `fork`. A worker keeping a
+/// control connection would hold the client waiting for its end.
+static CLOSE_IN_CHILDREN: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
+
+/// Marks `fd` as the master's own (closed in children) or forgets it.
+pub fn master_only(fd: RawFd, on: bool) {
+    let mut set = CLOSE_IN_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+    if on {
+        set.insert(fd);
+    } else {
+        set.remove(&fd);
+    }
+}
+
+/// The master's state about its children.
+struct State {
+    /// pid → (start, slot, generation).
+    children: HashMap<libc::pid_t, (Instant, usize, u64)>,
+    /// Workers of a configuration reloaded since: pid → when they get SIGKILL
+    /// (None: they got it), with their start and generation.
+    draining: HashMap<libc::pid_t, Option<Instant>>,
+    old: HashMap<libc::pid_t, (Instant, u64)>,
+    count: usize,
+    generation: u64,
+    helper: Option<(libc::pid_t, Instant)>,
+}
+
+/// The master's state and what it runs, lent to a service for one `serve`.
+struct Live<'a, 'b> {
+    st: &'a mut State,
+    set: &'a libc::sigset_t,
+    worker: &'a dyn Fn(usize, usize) -> i32,
+    reload: &'a mut dyn FnMut() -> Result<Reloaded, String>,
+    sidecar: Option<&'b dyn Fn() -> i32>,
+    restart_pending: bool,
+}
+
+impl Master for Live<'_, '_> {
+    fn workers(&self) -> Vec<WorkerInfo> {
+        let mut out: Vec<WorkerInfo> = self
+            .st
+            .children
+            .iter()
+            .map(|(&pid, &(t, slot, generation))| WorkerInfo {
+                pid,
+                slot: Some(slot),
+                generation,
+                uptime: t.elapsed(),
+            })
+            .collect();
+        out.sort_by_key(|w| w.slot);
+        out.extend(self.st.draining.keys().map(|&pid| {
+            let (t, generation) = self
+                .st
+                .old
+                .get(&pid)
+                .copied()
+                .unwrap_or((Instant::now(), 0));
+            WorkerInfo {
+                pid,
+                slot: None,
+                generation,
+                uptime: t.elapsed(),
+            }
+        }));
+        out
+    }
+
+    fn generation(&self) -> u64 {
+        self.st.generation
+    }
+
+    fn reload(&mut self) -> Result<Applied, String> {
+        let applied = apply_reload(self.st, self.set, self.worker, self.reload, self.sidecar)?;
+        if let Applied::Restart = applied {
+            self.restart_pending = true;
+        }
+        Ok(applied)
+    }
+}
+
+/// SIGHUP's work: restarts a stopped helper, re-reads the configuration and
+/// rolls the workers over (or says the master must restart).
+fn apply_reload(
+    st: &mut State,
+    set: &libc::sigset_t,
+    worker: &dyn Fn(usize, usize) -> i32,
+    reload: &mut dyn FnMut() -> Result<Reloaded, String>,
+    sidecar: Option<&dyn Fn() -> i32>,
+) -> Result<Applied, String> {
+    if let (None, Some(f)) = (st.helper, sidecar) {
+        st.helper = spawn(set, f).map(|p| (p, Instant::now()));
+    }
+    match reload()? {
+        Reloaded::Workers(n) => {
+            if roll_over(n, set, worker, st) {
+                st.count = n;
+                Ok(Applied::RolledOver {
+                    generation: st.generation,
+                    workers: n,
+                })
+            } else {
+                Ok(Applied::NoWorker)
+            }
+        }
+        Reloaded::Restart => Ok(Applied::Restart),
+    }
 }
 
 pub fn run(
@@ -75,65 +238,91 @@ pub fn run(
     let Extras {
         restart_php_workers,
         sidecar,
+        mut control,
     } = extras;
     let set = signal_set();
     // SAFETY: blocking signals in this single-threaded process; children undo it.
     unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    let sigfd = match SignalFd::new(&set) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!("cannot create the master's signalfd: {e}");
+            return 1;
+        }
+    };
 
-    // pid → (start, slot).
-    let mut children: HashMap<libc::pid_t, (Instant, usize)> = HashMap::new();
-    let mut count = count;
-    // Workers of a configuration reloaded since: pid → when they get SIGKILL
-    // (None: they got it).
-    let mut draining: HashMap<libc::pid_t, Option<Instant>> = HashMap::new();
+    let mut st = State {
+        children: HashMap::new(),
+        draining: HashMap::new(),
+        old: HashMap::new(),
+        count,
+        generation: 0,
+        helper: None,
+    };
     let mut fast_failures = 0u32;
-    for slot in 0..count {
-        if let Some(pid) = spawn(&set, || worker(slot, count)) {
-            children.insert(pid, (Instant::now(), slot));
+    for slot in 0..st.count {
+        let n = st.count;
+        if let Some(pid) = spawn(&set, || worker(slot, n)) {
+            st.children.insert(pid, (Instant::now(), slot, 0));
         }
     }
-    if children.is_empty() {
+    if st.children.is_empty() {
         tracing::error!("no worker could be started");
         return 1;
     }
     // A helper process beside the workers (the ACME client): restarted when it
     // dies after a while, left stopped until the next SIGHUP when it dies at once.
-    let mut helper: Option<(libc::pid_t, Instant)> =
-        sidecar.and_then(|f| spawn(&set, f).map(|pid| (pid, Instant::now())));
+    st.helper = sidecar.and_then(|f| spawn(&set, f).map(|pid| (pid, Instant::now())));
     if !inherited.is_empty() {
         let deadline = Instant::now() + STOP_TIMEOUT;
         for &pid in inherited {
             // SAFETY: plain kill(2) of our own child (not reaped yet, so the pid
             // is still its own).
             unsafe { libc::kill(pid, libc::SIGTERM) };
-            draining.insert(pid, Some(deadline));
+            st.draining.insert(pid, Some(deadline));
         }
         tracing::info!(
             "restarted with a new PHP runtime: {} new workers; {} old ones finish their requests",
-            children.len(),
+            st.children.len(),
             inherited.len()
         );
     }
+    let do_restart = |st: &State| {
+        let pids: Vec<libc::pid_t> = st
+            .children
+            .keys()
+            .chain(st.draining.keys())
+            .copied()
+            .chain(st.helper.map(|(p, _)| p))
+            .collect();
+        tracing::info!(
+            "the new configuration changes PHP's runtime: restarting the master in place; the workers keep serving meanwhile"
+        );
+        let why = restart(&pids);
+        tracing::error!("restart failed; the running configuration keeps serving: {why}");
+    };
 
     loop {
-        let sig = wait_signal(&set, (!draining.is_empty()).then_some(DRAIN_TICK));
-        kill_overdue(&mut draining);
+        let tick = (!st.draining.is_empty()).then_some(DRAIN_TICK);
+        let (sig, ready) = sigfd.wait(tick, control.as_deref());
+        kill_overdue(&mut st.draining);
         match sig {
             libc::SIGCHLD => {
                 for (pid, how, signal) in reap() {
-                    if let (Some((hpid, started)), Some(f)) = (helper, sidecar) {
+                    if let (Some((hpid, started)), Some(f)) = (st.helper, sidecar) {
                         if hpid == pid {
-                            helper = None;
+                            st.helper = None;
                             if started.elapsed() >= FAST_FAILURE * 10 {
                                 tracing::warn!(pid, "the ACME process {how}; starting a new one");
-                                helper = spawn(&set, f).map(|p| (p, Instant::now()));
+                                st.helper = spawn(&set, f).map(|p| (p, Instant::now()));
                             } else {
                                 tracing::error!(pid, "the ACME process {how} right after it started; it is started again at the next SIGHUP");
                             }
                             continue;
                         }
                     }
-                    if let Some(deadline) = draining.remove(&pid) {
+                    if let Some(deadline) = st.draining.remove(&pid) {
+                        st.old.remove(&pid);
                         // Our SIGTERM (before its handler was set) or SIGKILL
                         // (kill_overdue) stopped it on purpose: not a crash.
                         let ours = deadline.is_none() || signal == libc::SIGTERM;
@@ -141,7 +330,7 @@ pub fn run(
                         tracing::debug!(pid, "old worker {how}");
                         continue;
                     }
-                    let Some((started, slot)) = children.remove(&pid) else {
+                    let Some((started, slot, _)) = st.children.remove(&pid) else {
                         continue;
                     };
                     exited(pid, signal, true);
@@ -155,8 +344,10 @@ pub fn run(
                     } else {
                         fast_failures = 0;
                     }
-                    if let Some(pid) = spawn(&set, || worker(slot, count)) {
-                        children.insert(pid, (Instant::now(), slot));
+                    let n = st.count;
+                    if let Some(pid) = spawn(&set, || worker(slot, n)) {
+                        st.children
+                            .insert(pid, (Instant::now(), slot, st.generation));
                     }
                 }
             }
@@ -166,30 +357,9 @@ pub fn run(
             }
             libc::SIGHUP => {
                 tracing::info!("SIGHUP received: reloading the configuration");
-                if let (None, Some(f)) = (helper, sidecar) {
-                    helper = spawn(&set, f).map(|p| (p, Instant::now()));
-                }
-                match reload() {
-                    Ok(Reloaded::Workers(n)) => {
-                        if roll_over(n, &set, &worker, &mut children, &mut draining) {
-                            count = n;
-                        }
-                    }
-                    Ok(Reloaded::Restart) => {
-                        let pids: Vec<libc::pid_t> = children
-                            .keys()
-                            .chain(draining.keys())
-                            .copied()
-                            .chain(helper.map(|(p, _)| p))
-                            .collect();
-                        tracing::info!(
-                            "the new configuration changes PHP's runtime: restarting the master in place; the workers keep serving meanwhile"
-                        );
-                        let why = restart(&pids);
-                        tracing::error!(
-                            "restart failed; the running configuration keeps serving: {why}"
-                        );
-                    }
+                match apply_reload(&mut st, &set, &worker, &mut reload, sidecar) {
+                    Ok(Applied::Restart) => do_restart(&st),
+                    Ok(_) => {}
                     Err(msg) => tracing::error!(
                         "reload refused; the running configuration keeps serving:\n{msg}"
                     ),
@@ -197,13 +367,31 @@ pub fn run(
             }
             libc::SIGTERM | libc::SIGINT | libc::SIGQUIT => {
                 tracing::info!("stopping: waiting for in-flight requests to finish");
-                let mut all: HashMap<libc::pid_t, Instant> =
-                    children.into_iter().map(|(pid, (t, _))| (pid, t)).collect();
-                all.extend(helper);
-                all.extend(draining.drain().map(|(pid, _)| (pid, Instant::now())));
+                let mut all: HashMap<libc::pid_t, Instant> = st
+                    .children
+                    .into_iter()
+                    .map(|(pid, (t, _, _))| (pid, t))
+                    .collect();
+                all.extend(st.helper);
+                all.extend(st.draining.drain().map(|(pid, _)| (pid, Instant::now())));
                 return stop(all, &set);
             }
             _ => {}
+        }
+        if let Some(service) = control.as_deref_mut() {
+            let mut live = Live {
+                st: &mut st,
+                set: &set,
+                worker: &worker,
+                reload: &mut reload,
+                sidecar,
+                restart_pending: false,
+            };
+            service.serve(&ready, &mut live);
+            if live.restart_pending {
+                service.flush(Duration::from_secs(1));
+                do_restart(&st);
+            }
         }
     }
 }
@@ -215,14 +403,14 @@ pub fn run(
 fn roll_over(
     count: usize,
     set: &libc::sigset_t,
-    worker: &impl Fn(usize, usize) -> i32,
-    children: &mut HashMap<libc::pid_t, (Instant, usize)>,
-    draining: &mut HashMap<libc::pid_t, Option<Instant>>,
+    worker: &dyn Fn(usize, usize) -> i32,
+    st: &mut State,
 ) -> bool {
+    let generation = st.generation + 1;
     let mut fresh = HashMap::new();
     for slot in 0..count {
         if let Some(pid) = spawn(set, || worker(slot, count)) {
-            fresh.insert(pid, (Instant::now(), slot));
+            fresh.insert(pid, (Instant::now(), slot, generation));
         }
     }
     if fresh.is_empty() {
@@ -231,16 +419,18 @@ fn roll_over(
         );
         return false;
     }
-    let old = std::mem::replace(children, fresh);
+    st.generation = generation;
+    let old = std::mem::replace(&mut st.children, fresh);
     let deadline = Instant::now() + STOP_TIMEOUT;
-    for &pid in old.keys() {
+    for (&pid, &(t, _, g)) in &old {
         // SAFETY: plain kill(2) of our own child.
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        draining.insert(pid, Some(deadline));
+        st.draining.insert(pid, Some(deadline));
+        st.old.insert(pid, (t, g));
     }
     tracing::info!(
         "configuration reloaded: {} new workers; {} old ones finish their requests",
-        children.len(),
+        st.children.len(),
         old.len()
     );
     true
@@ -267,10 +457,17 @@ fn spawn(set: &libc::sigset_t, worker: impl Fn() -> i32) -> Option<libc::pid_t> 
         return None;
     }
     if pid == 0 {
-        // SAFETY: child side: unblock signals, die with the master.
+        // SAFETY: child side: unblock signals, die with the master, close the
+        // master's own descriptors (the set is not locked: the master has one
+        // thread, and it was not inside `master_only` while forking).
         unsafe {
             libc::sigprocmask(libc::SIG_UNBLOCK, set, std::ptr::null_mut());
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            if let Ok(fds) = CLOSE_IN_CHILDREN.lock() {
+                for &fd in fds.iter() {
+                    libc::close(fd);
+                }
+            }
         }
         let code = worker();
         std::process::exit(code);
@@ -285,6 +482,64 @@ pub fn die_with_master(master_pid: libc::pid_t) -> bool {
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
         libc::getppid() == master_pid
+    }
+}
+
+/// The blocked signals as a descriptor, polled with the service's sockets.
+struct SignalFd(RawFd);
+
+impl SignalFd {
+    fn new(set: &libc::sigset_t) -> std::io::Result<SignalFd> {
+        // SAFETY: a new descriptor for a valid set.
+        let fd = unsafe { libc::signalfd(-1, set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        master_only(fd, true);
+        Ok(SignalFd(fd))
+    }
+
+    /// Waits up to `timeout` (and the service's nearest deadline) for a signal or
+    /// the service's descriptors. Returns the signal taken (0: none) and the
+    /// service's descriptors with what is ready on them.
+    fn wait(
+        &self,
+        timeout: Option<Duration>,
+        service: Option<&dyn Service>,
+    ) -> (i32, Vec<libc::pollfd>) {
+        if let Some(sig) = self.take() {
+            return (sig, service.map(|s| s.fds()).unwrap_or_default());
+        }
+        let mut fds = vec![libc::pollfd {
+            fd: self.0,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let mut timeout = timeout;
+        if let Some(s) = service {
+            fds.extend(s.fds());
+            if let Some(d) = s.deadline() {
+                let left = d.saturating_duration_since(Instant::now());
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
+        }
+        let ms = timeout.map_or(-1, |t| t.as_millis().clamp(1, i32::MAX as u128) as i32);
+        // SAFETY: a valid array of `fds.len()` pollfds. EINTR (a signal not in
+        // the set, e.g. SIGPIPE ignored) just returns early.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        let sig = self.take().unwrap_or(0);
+        fds.remove(0);
+        (sig, fds)
+    }
+
+    /// One pending signal, if any.
+    fn take(&self) -> Option<i32> {
+        // SAFETY: an all-zero signalfd_siginfo is valid; read fills it.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reading one record into a buffer of its size.
+        let n = unsafe { libc::read(self.0, &mut info as *mut _ as *mut libc::c_void, size) };
+        (n == size as isize).then_some(info.ssi_signo as i32)
     }
 }
 

@@ -59,6 +59,12 @@ impl Config {
 
     /// Reads and parses a file; errors name the file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        Config::read_file(path).map(|(config, _)| config)
+    }
+
+    /// As `from_file`, also giving the file's text (what the configuration was
+    /// read from, for a host that shows or edits it).
+    pub fn read_file(path: &Path) -> Result<(Config, String), ConfigError> {
         let path = &absolute(path);
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::one(format!(
@@ -66,10 +72,16 @@ impl Config {
                 path.display()
             ))
         })?;
-        toml::from_str(&text).map_err(|e| {
+        Ok((Config::from_file_text(path, &text)?, text))
+    }
+
+    /// Parses `text` as the content of the file at `path` (read already, or about
+    /// to be written there): errors name the file as `from_file`'s do.
+    pub fn from_file_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
             ConfigError::one(format!(
                 "invalid configuration file {}: {e}",
-                path.display()
+                absolute(path).display()
             ))
         })
     }

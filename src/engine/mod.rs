@@ -1,9 +1,11 @@
 //! The host-neutral core: a validated configuration, its router and its backends.
 //! Hosts reach it through the C ABI (`ffi`); tests drive it directly.
 
+mod check;
 mod endpoints;
 mod reload;
 
+pub use check::check;
 pub use reload::ReloadableEngine;
 
 use crate::backends::embedded::{self, Embedded};

@@ -22,6 +22,9 @@ pub struct ReloadableEngine {
     /// the new engine's threads too; a master that never started keeps none.
     started_in: AtomicU32,
     reloading: Mutex<()>,
+    /// The configuration document the current engine was built from, as written
+    /// (no defaults filled in): what `fephp_engine_config_json` returns.
+    source: RwLock<Arc<toml::Table>>,
 }
 
 impl ReloadableEngine {
@@ -36,6 +39,7 @@ impl ReloadableEngine {
             metrics,
             started_in: AtomicU32::new(0),
             reloading: Mutex::new(()),
+            source: RwLock::new(Arc::new(toml::Table::new())),
         })
     }
 
@@ -51,7 +55,30 @@ impl ReloadableEngine {
     /// Builds an engine from `config` and makes it current. On error nothing
     /// changes. PHP's runtime is per process: `[php] libphp_path` or `[php.ini]`
     /// changes are refused ("needs a restart").
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn reload(&self, config: Config) -> Result<(), ConfigError> {
+        self.reload_from(config, None)
+    }
+
+    /// The document the current engine was built from (empty when its builder
+    /// did not say: see `set_source`).
+    pub fn source(&self) -> Arc<toml::Table> {
+        self.source.read().clone()
+    }
+
+    /// Records the document the current engine was built from (after `new`).
+    pub fn set_source(&self, source: toml::Table) {
+        *self.source.write() = Arc::new(source);
+    }
+
+    /// As `reload`; on success `source` (when given) becomes the recorded
+    /// document in the same step, so concurrent reloads cannot leave the
+    /// document of one beside the engine of another.
+    pub fn reload_from(
+        &self,
+        config: Config,
+        source: Option<toml::Table>,
+    ) -> Result<(), ConfigError> {
         let _one = self.reloading.lock();
         let built = Engine::with_metrics(config, self.metrics.clone()).and_then(|e| {
             if self.started_in.load(Ordering::Relaxed) == std::process::id() {
@@ -69,6 +96,9 @@ impl ReloadableEngine {
             }
         };
         let old = std::mem::replace(&mut *self.current.write(), Arc::new(engine));
+        if let Some(s) = source {
+            self.set_source(s);
+        }
         self.metrics.reloaded(true);
         // Requests still running on `old` hold it; the last one drops it.
         drop(old);

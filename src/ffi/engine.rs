@@ -13,6 +13,10 @@ use std::ffi::{c_char, c_int, CStr};
 use std::path::Path;
 use std::sync::Arc;
 
+/// A configuration read for an engine, with the document it was read from (the
+/// running configuration that `fephp_engine_config_json` shows).
+pub(super) type Read = Result<(Config, toml::Table), crate::config::ConfigError>;
+
 /// Reads exactly one of a config file path and TOML text (`what` names the caller
 /// in the error).
 ///
@@ -22,21 +26,24 @@ unsafe fn read_config(
     config_path: *const c_char,
     config_toml: *const c_char,
     what: &str,
-) -> Result<Result<Config, crate::config::ConfigError>, fephp_result> {
+) -> Result<Read, fephp_result> {
+    // The configuration parsed, the document parsed again as a plain table: it
+    // cannot fail once the configuration did.
+    let with_source = |text: &str, config: Config| (config, text.parse().unwrap_or_default());
     match (config_path.is_null(), config_toml.is_null()) {
         (false, true) => {
             let Ok(p) = CStr::from_ptr(config_path).to_str() else {
                 set_last_error("config_path is not valid UTF-8");
                 return Err(fephp_result::InvalidArgument);
             };
-            Ok(Config::from_file(Path::new(p)))
+            Ok(Config::read_file(Path::new(p)).map(|(c, text)| with_source(&text, c)))
         }
         (true, false) => {
             let Ok(t) = CStr::from_ptr(config_toml).to_str() else {
                 set_last_error("config_toml is not valid UTF-8");
                 return Err(fephp_result::InvalidArgument);
             };
-            Ok(Config::from_toml(t))
+            Ok(Config::from_toml(t).map(|c| with_source(t, c)))
         }
         _ => {
             set_last_error(format!(
@@ -110,7 +117,12 @@ pub unsafe extern "C" fn fephp_init(
             Ok(c) => c,
             Err(r) => return r,
         };
-        match config.and_then(ReloadableEngine::new) {
+        let built = config.and_then(|(c, source)| {
+            let engine = ReloadableEngine::new(c)?;
+            engine.set_source(source);
+            Ok(engine)
+        });
+        match built {
             Ok(engine) => {
                 *engine_out = Arc::into_raw(Arc::new(engine)) as *const fephp_engine;
                 fephp_result::Ok
@@ -171,7 +183,7 @@ pub unsafe extern "C" fn fephp_engine_reload(
             Err(r) => return r,
         };
         let holder = holder_ref(engine);
-        if let Ok(c) = &config {
+        if let Ok((c, _)) = &config {
             if let Some(why) = holder.restart_required(c) {
                 holder.metrics().reloaded(false);
                 set_last_error(why);
@@ -179,7 +191,7 @@ pub unsafe extern "C" fn fephp_engine_reload(
             }
         }
         let result = match config {
-            Ok(c) => holder.reload(c),
+            Ok((c, source)) => holder.reload_from(c, Some(source)),
             Err(e) => {
                 holder.metrics().reloaded(false);
                 Err(e)

@@ -25,15 +25,17 @@
 #![allow(clippy::missing_safety_doc)]
 
 // The files, by responsibility: `types` (what C sees) ← `boundary` (panic
-// boundary, last error, pointer helpers) ← the exports in `engine`, `request`,
-// `response` and `log`.
+// boundary, last error, pointer helpers) ← the exports in `engine`, `control`
+// (what a host's control API asks), `request`, `response` and `log`.
 mod boundary;
+mod control;
 mod engine;
 mod log;
 mod request;
 mod response;
 mod types;
 
+pub use control::*;
 pub use engine::*;
 pub use log::*;
 pub use request::*;

@@ -198,6 +198,19 @@ int main(int argc, char **argv) {
     CHECK(fephp_engine_messages(engine, tiny, sizeof tiny, &len) == FEPHP_RESULT_BUFFER_TOO_SMALL);
     CHECK(len > sizeof tiny);
 
+    /* What a control API shows and checks (1.4.0): the running configuration as
+     * JSON, the runner pools, a candidate checked without an engine. */
+    char json[4096];
+    CHECK(fephp_engine_config_json(engine, json, sizeof json, &len) == FEPHP_RESULT_OK);
+    CHECK(strstr(json, "\"default_backend\":\"static\"") != NULL);
+    CHECK(fephp_engine_pools_json(engine, json, sizeof json, &len) == FEPHP_RESULT_OK);
+    CHECK(strstr(json, "\"pools\":[") != NULL);
+    CHECK(fephp_config_check(NULL, toml, msg, sizeof msg, &len) == FEPHP_RESULT_OK);
+    CHECK(fephp_config_check("/etc/x.toml", "[backend]\nnope = 1\n", msg, sizeof msg, &len) == FEPHP_RESULT_CONFIG_ERROR);
+    CHECK(fephp_last_error(msg, sizeof msg, &len) == FEPHP_RESULT_OK);
+    CHECK(strstr(msg, "invalid configuration file /etc/x.toml") != NULL && strstr(msg, "nope") != NULL);
+    CHECK(fephp_config_check(NULL, NULL, msg, sizeof msg, &len) == FEPHP_RESULT_INVALID_ARGUMENT);
+
     /* Routing. */
     fephp_backend backend = FEPHP_BACKEND_EMBEDDED;
     CHECK(fephp_route(engine, S("GET"), S("/css/site.css"), &backend) == FEPHP_RESULT_OK);

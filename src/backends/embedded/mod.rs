@@ -334,6 +334,10 @@ pub struct PoolStats {
     /// Worker mode's leak report: (route, bytes, entries) left behind by the
     /// routes found leaking (the most any worker grew by).
     pub leaks: Vec<(String, i64, i64)>,
+    /// Worker mode: the pool runs a worker script (`worker = "..."`).
+    pub worker: bool,
+    /// The runners' process ids (for a control API: a restart changes them).
+    pub pids: Vec<i32>,
 }
 
 /// The descriptor a host watches to receive PHP replies on its own thread, and

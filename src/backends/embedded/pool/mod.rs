@@ -345,6 +345,7 @@ fn pool_stats(pool: &Pool) -> super::PoolStats {
     let b = &pool.board;
     let h = b.header();
     let (mut runners, mut busy, mut idle) = (0, 0, 0);
+    let mut pids = Vec::new();
     for (_, slot) in b.slots() {
         match slot.state.load(Relaxed) {
             board::FREE => continue,
@@ -353,6 +354,10 @@ fn pool_stats(pool: &Pool) -> super::PoolStats {
             _ => {}
         }
         runners += 1;
+        let pid = slot.pid.load(Relaxed);
+        if pid > 0 {
+            pids.push(pid);
+        }
     }
     super::PoolStats {
         name: pool.name.clone(),
@@ -382,6 +387,8 @@ fn pool_stats(pool: &Pool) -> super::PoolStats {
             .iter()
             .filter_map(|l| Some((l.route()?, l.bytes.load(Relaxed), l.entries.load(Relaxed))))
             .collect(),
+        worker: pool.worker.is_some(),
+        pids,
     }
 }
 
