@@ -3,8 +3,10 @@
 
 mod endpoints;
 mod reload;
+mod series;
 
 pub use reload::ReloadableEngine;
+use series::EngineSeries;
 
 use crate::backends::embedded::{self, Embedded};
 use crate::backends::fastcgi::FastCgi;
@@ -52,6 +54,8 @@ pub struct Engine {
     /// `[backend.compression]` when enabled: every backend's responses.
     compression: Option<Arc<Compression>>,
     metrics: Arc<Metrics>,
+    /// The labelled histograms of named rules and PHP pools.
+    series: EngineSeries,
 }
 
 impl Engine {
@@ -183,6 +187,7 @@ impl Engine {
             .filter_map(|(i, rule)| Some((i, Split::new(i, rule, &backend.split)?)))
             .collect();
         let compression = Compression::new(&backend.compression);
+        let series = EngineSeries::new(&metrics, &validated, &router);
         Ok(Engine {
             validated,
             router,
@@ -194,6 +199,7 @@ impl Engine {
             pooled,
             compression,
             metrics,
+            series,
         })
     }
 
@@ -364,7 +370,8 @@ impl Engine {
             query: t.query,
         };
         let reply = Reply::new(self.metrics.clone(), started, complete)
-            .compressing(self.compression.as_ref().map(|c| c.negotiate(req)));
+            .compressing(self.compression.as_ref().map(|c| c.negotiate(req)))
+            .recording(self.series.of(backend, route.rule));
         let pooled = match (backend, route.rule) {
             (BackendKind::Embedded, Some(r)) => self.pooled.get(&r).map(|b| b as &dyn Backend),
             _ => None,
