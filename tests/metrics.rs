@@ -169,7 +169,10 @@ fn parse_prometheus(text: &str) -> Scrape {
                 None => format!("{family}_bucket{{le=\"+Inf\"}}"),
             };
             assert_eq!(out.get(&inf), Some(value), "{inf}");
-            assert!(out.contains_key(&format!("{family}_sum{rest}")), "{family}_sum{rest}");
+            assert!(
+                out.contains_key(&format!("{family}_sum{rest}")),
+                "{family}_sum{rest}"
+            );
         }
     }
     out
@@ -429,7 +432,10 @@ fpm_max_connections = 1
     // Every request's wait for a connection: two got one at once, the second
     // slow one waited for the first (about 0.3 s).
     assert_eq!(d("fephp_fastcgi_queue_wait_seconds_count"), 3.0);
-    assert_eq!(d("fephp_fastcgi_queue_wait_seconds_bucket{le=\"0.01\"}"), 2.0);
+    assert_eq!(
+        d("fephp_fastcgi_queue_wait_seconds_bucket{le=\"0.01\"}"),
+        2.0
+    );
     assert!(d("fephp_fastcgi_queue_wait_seconds_sum") >= 0.1);
     assert_eq!(
         d("fephp_php_ttfb_seconds_count{backend=\"fastcgi\",pool=\"default\"}"),
@@ -571,21 +577,33 @@ fn named_rules_and_pools_have_latency_histograms() {
         (ttfb, "backend=\"embedded\",pool=\"reports\""),
     ] {
         let bucket = |le: &str| d(format!("{family}_bucket{{{labels},le=\"{le}\"}}"));
-        assert_eq!(bucket("0.025"), 0.0, "{family}{{{labels}}}: none under 25 ms");
+        assert_eq!(
+            bucket("0.025"),
+            0.0,
+            "{family}{{{labels}}}: none under 25 ms"
+        );
         assert_eq!(bucket("0.05"), n, "{family}{{{labels}}}: all under 50 ms");
         assert_eq!(bucket("+Inf"), n, "{family}{{{labels}}}");
         assert_eq!(d(format!("{family}_count{{{labels}}}")), n);
         let sum = d(format!("{family}_sum{{{labels}}}"));
-        assert!(sum >= 0.03 * n && sum <= 0.05 * n, "{family}{{{labels}}}: {sum}");
+        assert!(
+            sum >= 0.03 * n && sum <= 0.05 * n,
+            "{family}{{{labels}}}: {sum}"
+        );
     }
     // The unnamed .php rule: the default pool, no rule series.
     assert_eq!(d(format!("{pool}_count{{pool=\"default\"}}")), 1.0);
     assert_eq!(
-        d(format!("{ttfb}_count{{backend=\"embedded\",pool=\"default\"}}")),
+        d(format!(
+            "{ttfb}_count{{backend=\"embedded\",pool=\"default\"}}"
+        )),
         1.0
     );
     assert_eq!(
-        after.keys().filter(|k| k.starts_with(&format!("{rule}_count"))).count(),
+        after
+            .keys()
+            .filter(|k| k.starts_with(&format!("{rule}_count")))
+            .count(),
         1
     );
     // Totals of both workers, whichever answers the scrape.

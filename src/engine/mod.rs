@@ -701,4 +701,39 @@ mod tests {
             "{t}"
         );
     }
+    #[test]
+    fn named_rules_keep_their_histograms_over_a_reload() {
+        let root = env!("CARGO_MANIFEST_DIR").to_owned() + "/examples/public";
+        let config = |name: &str| {
+            Config::from_toml(&format!(
+                "[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{root}\"\n[php]\nlibphp_path = \"/nonexistent\"\n[[backend.routing_rules]]\npattern = {{ type = \"exact\", value = \"/index.html\" }}\nbackend = \"static\"\nname = \"{name}\"\n"
+            ))
+            .unwrap()
+        };
+        let count = |t: &str, rule: &str| {
+            let series = format!("fephp_rule_request_duration_seconds_count{{rule=\"{rule}\"}} ");
+            t.lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .map(|v| v.parse::<u64>().unwrap())
+        };
+        let r = ReloadableEngine::new(config("home")).unwrap();
+        assert_eq!(r.current().handle(&Request::get("/index.html")).status, 200);
+        // Unnamed: the default backend, no rule series.
+        assert_eq!(r.current().handle(&Request::get("/nope")).status, 404);
+        // The same name after a reload: the same series, its count carried over.
+        r.reload(config("home")).unwrap();
+        assert_eq!(r.current().handle(&Request::get("/index.html")).status, 200);
+        let t = text(r.current().handle(&Request::get("/_metrics")));
+        assert_eq!(count(&t, "home"), Some(2), "{t}");
+        // Renamed: a new series from zero; the old one stays as it was.
+        r.reload(config("start")).unwrap();
+        assert_eq!(r.current().handle(&Request::get("/index.html")).status, 200);
+        let t = text(r.current().handle(&Request::get("/_metrics")));
+        assert_eq!(count(&t, "home"), Some(2), "{t}");
+        assert_eq!(count(&t, "start"), Some(1), "{t}");
+        assert_eq!(
+            t.matches("# TYPE fephp_rule_request_duration_seconds histogram").count(),
+            1
+        );
+    }
 }
