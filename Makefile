@@ -70,7 +70,7 @@ bench: bench-deps build nginx-module
 
 ## criterion micro-benchmarks: router with 1,000 rules, path normalization, CGI
 ## variables, static path, an embedded request ($_SERVER registration), FastCGI
-## record encoding and decoding.
+## record encoding and decoding, recording a request in the latency histograms.
 ## HTTPS and HTTP/2 side by side: fe-php-host with [server.tls] against nginx
 ## (same certificate) and nginx + php-fpm; wrk over TLS, new handshakes, h2load.
 bench-tls: bench-deps build
@@ -82,7 +82,7 @@ bench-compress: bench-deps build
 	python3 bench/compress.py $(BENCH_ARGS)
 
 bench-micro:
-	$(CARGO) bench --features internals --bench router --bench engine --bench fastcgi
+	$(CARGO) bench --features internals --bench router --bench engine --bench fastcgi --bench metrics
 
 bench-deps: deps
 	@FEPHP_EXTRA_PACKAGES="apache2 libapache2-mod-php8.2 python3" ./scripts/install-deps.sh

@@ -7,12 +7,20 @@
 //! FastCGI connections) are kept per process in slots claimed by pid: a slot whose
 //! process has died no longer counts, so a crashed worker's in-flight requests do
 //! not stay in the gauge. Label sets are fixed: five sources, status codes
-//! 100–599 (+ "other"), fixed histogram buckets, split arms by rule index.
+//! 100–599 (+ "other"), fixed histogram buckets, split arms by rule index — and
+//! the labelled histograms (`histogram::Table`: by pool, named rule...) that
+//! engines claim by label text when they are built.
+
+mod histogram;
+
+pub use histogram::{label_text, Family, RequestSeries, Series};
 
 use crate::http::{Body, Response};
 use parking_lot::Mutex;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed,
+};
 use std::sync::{Arc, Once};
 use std::time::Instant;
 
@@ -52,24 +60,7 @@ const SPLIT_ARMS: [&str; 4] = ["embedded", "fastcgi", "static", "proxy"];
 /// Status codes 100..=599 each have a counter; anything else counts as "other".
 const CODES: usize = 501;
 
-/// Upper bounds of the duration histogram, as printed and in nanoseconds.
-const BUCKETS: [(&str, u64); 15] = [
-    ("0.0005", 500_000),
-    ("0.001", 1_000_000),
-    ("0.0025", 2_500_000),
-    ("0.005", 5_000_000),
-    ("0.01", 10_000_000),
-    ("0.025", 25_000_000),
-    ("0.05", 50_000_000),
-    ("0.1", 100_000_000),
-    ("0.25", 250_000_000),
-    ("0.5", 500_000_000),
-    ("1", 1_000_000_000),
-    ("2.5", 2_500_000_000),
-    ("5", 5_000_000_000),
-    ("10", 10_000_000_000),
-    ("30", 30_000_000_000),
-];
+use histogram::{Histogram, Table};
 
 /// Processes that can hold gauges at once (workers, and old ones draining).
 const MAX_PROCS: usize = 256;
@@ -107,9 +98,7 @@ impl Proc {
 #[repr(C)]
 struct Region {
     requests: [[AtomicU64; CODES]; N_SOURCES],
-    /// Per bucket, not cumulative; the last one is +Inf.
-    duration: [[AtomicU64; BUCKETS.len() + 1]; N_SOURCES],
-    duration_sum_ns: [AtomicU64; N_SOURCES],
+    duration: [Histogram; N_SOURCES],
     response_bytes: [AtomicU64; N_SOURCES],
     /// Requests per split rule (by routing rule index) and arm.
     split: [[AtomicU64; SPLIT_ARMS.len()]; MAX_SPLIT_RULES],
@@ -125,6 +114,10 @@ struct Region {
     reloads: AtomicU64,
     reload_failures: AtomicU64,
     procs: [Proc; MAX_PROCS],
+    /// Waits for a free PHP-FPM connection (0 when one was free at once).
+    fastcgi_queue_wait: Histogram,
+    /// Labelled histograms (by pool, named rule...), claimed by engines.
+    series: Table,
 }
 
 /// This process's pid, cached; reset in a forked child.
@@ -272,14 +265,17 @@ impl Metrics {
         self.proc().in_flight[source as usize].fetch_add(1, Relaxed);
     }
 
-    /// Records a response; `in_flight` when `request_started` counted it. Returns
-    /// the counter a streamed body's reader feeds.
+    /// Records a response; `in_flight` when `request_started` counted it, in its
+    /// backend's series and in `series` (the rule's and the pool's durations when
+    /// the response is complete: for a streamed body, when the stream ends).
+    /// Returns the counter a streamed body's reader feeds.
     pub fn request_finished(
         self: &Arc<Self>,
         source: Source,
         started: Instant,
         in_flight: bool,
         resp: &Response,
+        series: RequestSeries,
     ) -> Option<StreamBytes> {
         let r = self.r();
         let b = source as usize;
@@ -291,13 +287,20 @@ impl Metrics {
             _ => CODES - 1,
         };
         r.requests[b][code].fetch_add(1, Relaxed);
-        let ns = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
-        let bucket = BUCKETS
-            .iter()
-            .position(|&(_, le)| ns <= le)
-            .unwrap_or(BUCKETS.len());
-        r.duration[b][bucket].fetch_add(1, Relaxed);
-        r.duration_sum_ns[b].fetch_add(ns, Relaxed);
+        let ns = nanos_since(started);
+        r.duration[b].record(ns);
+        // A PHP route's existing non-PHP file is static: no PHP series.
+        let php = matches!(source, Source::Embedded | Source::FastCgi);
+        let ends = [series.rule, if php { series.pool } else { Series::NONE }];
+        if php {
+            r.series.record(series.ttfb, ns);
+        }
+        let streamed = matches!(resp.body, Body::Stream(_));
+        if !streamed {
+            for s in ends {
+                r.series.record(s, ns);
+            }
+        }
         if let Some(n) = resp.body.len() {
             if n > 0 {
                 r.response_bytes[b].fetch_add(n, Relaxed);
@@ -313,10 +316,26 @@ impl Metrics {
                 r.static_sendfile_bytes.fetch_add(len, Relaxed);
             }
         }
-        matches!(resp.body, Body::Stream(_)).then(|| StreamBytes {
+        streamed.then(|| StreamBytes {
             metrics: self.clone(),
             source,
+            started,
+            ends,
+            ended: AtomicBool::new(false),
         })
+    }
+
+    /// The labelled histogram of `family` with `labels`, claimed in the region
+    /// if no engine (of any process) has claimed it yet; engines call it when
+    /// they are built, never per request.
+    pub fn series(&self, family: Family, labels: &[(&str, &str)]) -> Series {
+        self.r().series.claim(family, &label_text(labels))
+    }
+
+    /// Records `ns` nanoseconds in a labelled histogram (none: nothing).
+    #[inline]
+    pub fn observe(&self, series: Series, ns: u64) {
+        self.r().series.record(series, ns);
     }
 
     /// The PHP thread of this process started (idle).
@@ -352,6 +371,12 @@ impl Metrics {
     /// A request waited for a free connection.
     pub fn fastcgi_wait(&self) {
         self.r().fastcgi_waits.fetch_add(1, Relaxed);
+    }
+
+    /// A request got a connection permit after waiting since `since` (for a
+    /// permit, or until it gave up).
+    pub fn fastcgi_waited(&self, since: Instant) {
+        self.r().fastcgi_queue_wait.record(nanos_since(since));
     }
 
     /// A request was retried after a kept-alive connection turned out closed.
@@ -435,20 +460,10 @@ impl Metrics {
             "Time from the request reaching the engine to its response head being ready.",
         );
         for (s, name) in SOURCES {
-            let b = s as usize;
-            let mut cumulative = 0u64;
-            for (i, bucket) in r.duration[b].iter().enumerate() {
-                cumulative += bucket.load(Relaxed);
-                let le = BUCKETS.get(i).map_or("+Inf", |&(le, _)| le);
-                let _ = writeln!(
-                    out,
-                    "fephp_request_duration_seconds_bucket{{backend=\"{name}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let sum = r.duration_sum_ns[b].load(Relaxed) as f64 / 1e9;
-            let _ = writeln!(
-                out,
-                "fephp_request_duration_seconds_sum{{backend=\"{name}\"}} {sum}\nfephp_request_duration_seconds_count{{backend=\"{name}\"}} {cumulative}"
+            r.duration[s as usize].render(
+                &mut out,
+                "fephp_request_duration_seconds",
+                &format!("backend=\"{name}\""),
             );
         }
         header(
@@ -525,6 +540,15 @@ impl Metrics {
         if !pools.is_empty() {
             render_pools(&mut out, &pools);
         }
+        header(
+            &mut out,
+            "fephp_fastcgi_queue_wait_seconds",
+            "histogram",
+            "How long FastCGI requests waited for a connection to PHP-FPM (fpm_max_connections busy; 0 when one was free).",
+        );
+        r.fastcgi_queue_wait
+            .render(&mut out, "fephp_fastcgi_queue_wait_seconds", "");
+        r.series.render(&mut out);
         out
     }
 
@@ -551,15 +575,45 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-/// Counts the bytes a host reads of one streamed body.
+fn nanos_since(t: Instant) -> u64 {
+    t.elapsed().as_nanos().min(u64::MAX as u128) as u64
+}
+
+/// Counts the bytes a host reads of one streamed body, and records the
+/// request's duration series when the stream ends (or the host drops it).
 pub struct StreamBytes {
     metrics: Arc<Metrics>,
     source: Source,
+    started: Instant,
+    /// Recorded at the end: the rule's and the pool's durations.
+    ends: [Series; 2],
+    ended: AtomicBool,
 }
 
 impl StreamBytes {
     pub fn add(&self, n: usize) {
         self.metrics.r().response_bytes[self.source as usize].fetch_add(n as u64, Relaxed);
+    }
+
+    /// The host read the stream's end: the response is complete.
+    pub fn ended(&self) {
+        if self.ended.swap(true, Relaxed) {
+            return;
+        }
+        if self.ends.iter().all(|s| s.is_none()) {
+            return;
+        }
+        let ns = nanos_since(self.started);
+        for s in self.ends {
+            self.metrics.observe(s, ns);
+        }
+    }
+}
+
+/// A stream the host gave up on (the client left) ends there.
+impl Drop for StreamBytes {
+    fn drop(&mut self) {
+        self.ended();
     }
 }
 
@@ -665,6 +719,12 @@ fn render_pools(out: &mut String, pools: &[crate::backends::embedded::PoolStats]
 mod tests {
     use super::*;
 
+    const NO: RequestSeries = RequestSeries {
+        rule: Series::NONE,
+        pool: Series::NONE,
+        ttfb: Series::NONE,
+    };
+
     fn value(text: &str, series: &str) -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
@@ -678,10 +738,10 @@ mod tests {
         let m = Arc::new(Metrics::new());
         let t = Instant::now();
         let ok = Response::new(200).with_body(Body::Bytes(b"hello".to_vec()));
-        m.request_finished(Source::Embedded, t, false, &ok);
-        m.request_finished(Source::Embedded, t, false, &ok);
-        m.request_finished(Source::Static, t, false, &Response::new(304));
-        m.request_finished(Source::Static, t, false, &Response::new(999));
+        m.request_finished(Source::Embedded, t, false, &ok, NO);
+        m.request_finished(Source::Embedded, t, false, &ok, NO);
+        m.request_finished(Source::Static, t, false, &Response::new(304), NO);
+        m.request_finished(Source::Static, t, false, &Response::new(999), NO);
         let file = std::fs::File::open("Cargo.toml").unwrap();
         let partial = Response::new(206).with_body(Body::File {
             file,
@@ -689,7 +749,7 @@ mod tests {
             len: 10,
         });
         assert!(m
-            .request_finished(Source::Static, t, false, &partial)
+            .request_finished(Source::Static, t, false, &partial, NO)
             .is_none());
         let text = m.render();
         assert_eq!(
@@ -742,7 +802,7 @@ mod tests {
         let m = Arc::new(Metrics::new());
         // An instant 2 ms in the past lands in le="0.0025" and above, not below.
         let t = Instant::now() - std::time::Duration::from_millis(2);
-        m.request_finished(Source::FastCgi, t, false, &Response::new(200));
+        m.request_finished(Source::FastCgi, t, false, &Response::new(200), NO);
         let text = m.render();
         let b = |le: &str| {
             value(
@@ -777,7 +837,7 @@ mod tests {
         let (_tx, rx) = crate::http::body::channel();
         let resp = Response::new(200).with_body(Body::Stream(rx));
         let counter = m
-            .request_finished(Source::Embedded, Instant::now(), true, &resp)
+            .request_finished(Source::Embedded, Instant::now(), true, &resp, NO)
             .expect("a stream gets a counter");
         counter.add(100);
         counter.add(23);
@@ -836,7 +896,7 @@ mod tests {
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             for _ in 0..5 {
-                m.request_finished(Source::Static, Instant::now(), false, &Response::new(404));
+                m.request_finished(Source::Static, Instant::now(), false, &Response::new(404), NO);
             }
             unsafe { libc::_exit(0) };
         }
@@ -850,5 +910,199 @@ mod tests {
             5.0
         );
     }
-}
+    /// Every line of `family` (its HELP, TYPE and samples).
+    fn family<'a>(text: &'a str, family: &str) -> Vec<&'a str> {
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix("# HELP ")
+                    .or_else(|| l.strip_prefix("# TYPE "))
+                    .unwrap_or(l)
+                    .split([' ', '{'])
+                    .next()
+                    .is_some_and(|n| {
+                        n == family
+                            || ["_bucket", "_sum", "_count"]
+                                .iter()
+                                .any(|s| n.strip_suffix(s) == Some(family))
+                    })
+            })
+            .collect()
+    }
 
+    #[test]
+    fn labelled_histograms_bucket_inclusively_and_render_cumulatively() {
+        let m = Arc::new(Metrics::new());
+        let api = m.series(Family::RuleDuration, &[("rule", "api")]);
+        let web = m.series(Family::RuleDuration, &[("rule", "web")]);
+        assert_ne!(api, web);
+        // The same labels are the same series; another family is another.
+        assert_eq!(m.series(Family::RuleDuration, &[("rule", "api")]), api);
+        let pool = m.series(Family::PoolDuration, &[("rule", "api")]);
+        assert_ne!(pool, api);
+        m.observe(api, 25_000_000); // on the bound: le="0.025"
+        m.observe(api, 25_000_001); // just past it: le="0.05"
+        m.observe(api, 50_000_000);
+        m.observe(api, 31_000_000_000); // +Inf only
+        m.observe(Series::NONE, 1); // nowhere
+        let text = m.render();
+        let b = |le: &str| {
+            value(
+                &text,
+                &format!("fephp_rule_request_duration_seconds_bucket{{rule=\"api\",le=\"{le}\"}}"),
+            )
+        };
+        assert_eq!(b("0.01"), 0.0);
+        assert_eq!(b("0.025"), 1.0);
+        assert_eq!(b("0.05"), 3.0);
+        assert_eq!(b("30"), 3.0);
+        assert_eq!(b("+Inf"), 4.0);
+        assert_eq!(
+            value(&text, "fephp_rule_request_duration_seconds_count{rule=\"api\"}"),
+            4.0
+        );
+        let sum = value(&text, "fephp_rule_request_duration_seconds_sum{rule=\"api\"}");
+        assert!((sum - 31.100000001).abs() < 1e-6, "{sum}");
+        // A series claimed and never recorded is there, empty.
+        assert_eq!(
+            value(&text, "fephp_rule_request_duration_seconds_count{rule=\"web\"}"),
+            0.0
+        );
+        // HELP and TYPE once per family, before its samples, even when empty.
+        for f in [
+            "fephp_rule_request_duration_seconds",
+            "fephp_php_request_duration_seconds",
+            "fephp_php_ttfb_seconds",
+            "fephp_fastcgi_queue_wait_seconds",
+        ] {
+            let lines = family(&text, f);
+            assert_eq!(lines[0], format!("# HELP {f} {}", &lines[0][8 + f.len()..]));
+            assert_eq!(lines[1], format!("# TYPE {f} histogram"));
+            assert_eq!(lines.iter().filter(|l| l.starts_with('#')).count(), 2, "{f}");
+        }
+        // 2 series × (16 buckets + sum + count).
+        assert_eq!(family(&text, "fephp_rule_request_duration_seconds").len(), 2 + 2 * 18);
+        // No labels: `_sum` and `_count` without braces.
+        assert_eq!(value(&text, "fephp_fastcgi_queue_wait_seconds_count"), 0.0);
+        assert_eq!(
+            value(&text, "fephp_fastcgi_queue_wait_seconds_bucket{le=\"+Inf\"}"),
+            0.0
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(
+            label_text(&[("backend", "embedded"), ("pool", "a\\b\"c\nd")]),
+            "backend=\"embedded\",pool=\"a\\\\b\\\"c\\nd\""
+        );
+        let m = Arc::new(Metrics::new());
+        let s = m.series(Family::PhpTtfb, &[("backend", "embedded"), ("pool", "x\"y")]);
+        m.observe(s, 1);
+        let text = m.render();
+        assert_eq!(
+            value(
+                &text,
+                "fephp_php_ttfb_seconds_count{backend=\"embedded\",pool=\"x\\\"y\"}"
+            ),
+            1.0
+        );
+        // Label text too long for a slot is not recorded (not cut mid-escape).
+        let long = "x".repeat(300);
+        assert!(m.series(Family::RuleDuration, &[("rule", &long)]).is_none());
+    }
+
+    #[test]
+    fn a_request_lands_in_its_rule_pool_and_ttfb_series() {
+        let m = Arc::new(Metrics::new());
+        let series = RequestSeries {
+            rule: m.series(Family::RuleDuration, &[("rule", "r")]),
+            pool: m.series(Family::PoolDuration, &[("pool", "p")]),
+            ttfb: m.series(Family::PhpTtfb, &[("backend", "embedded"), ("pool", "p")]),
+        };
+        let t = Instant::now() - std::time::Duration::from_millis(30);
+        m.request_finished(Source::Embedded, t, false, &Response::new(200), series);
+        // A PHP route's static file: the rule's series only.
+        m.request_finished(Source::Static, t, false, &Response::new(200), series);
+        let text = m.render();
+        let count = |s: &str| value(&text, &s.replacen('{', "_count{", 1));
+        assert_eq!(count("fephp_rule_request_duration_seconds{rule=\"r\"}"), 2.0);
+        assert_eq!(count("fephp_php_request_duration_seconds{pool=\"p\"}"), 1.0);
+        assert_eq!(
+            count("fephp_php_ttfb_seconds{backend=\"embedded\",pool=\"p\"}"),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                "fephp_php_ttfb_seconds_bucket{backend=\"embedded\",pool=\"p\",le=\"0.025\"}"
+            ),
+            0.0
+        );
+
+        // A streamed body: time to first byte at the head, the durations at its end.
+        let (_tx, rx) = crate::http::body::channel();
+        let resp = Response::new(200).with_body(Body::Stream(rx));
+        let counter = m
+            .request_finished(Source::Embedded, Instant::now(), false, &resp, series)
+            .unwrap();
+        let text = m.render();
+        let count = |s: &str| value(&text, &s.replacen('{', "_count{", 1));
+        assert_eq!(count("fephp_rule_request_duration_seconds{rule=\"r\"}"), 2.0);
+        assert_eq!(
+            count("fephp_php_ttfb_seconds{backend=\"embedded\",pool=\"p\"}"),
+            2.0
+        );
+        counter.ended();
+        counter.ended();
+        drop(counter);
+        let text = m.render();
+        let count = |s: &str| value(&text, &s.replacen('{', "_count{", 1));
+        assert_eq!(count("fephp_rule_request_duration_seconds{rule=\"r\"}"), 3.0);
+        assert_eq!(count("fephp_php_request_duration_seconds{pool=\"p\"}"), 2.0);
+    }
+
+    #[test]
+    fn a_forked_child_claims_and_adds_to_the_same_labelled_series() {
+        let m = Arc::new(Metrics::new());
+        let api = m.series(Family::RuleDuration, &[("rule", "api")]);
+        m.observe(api, 1_000);
+        m.fastcgi_waited(Instant::now());
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // As a worker's reload would: the same labels find the same series.
+            let again = m.series(Family::RuleDuration, &[("rule", "api")]);
+            let code = if again == api { 0 } else { 1 };
+            for _ in 0..4 {
+                m.observe(again, 2_000_000);
+            }
+            let new = m.series(Family::RuleDuration, &[("rule", "child")]);
+            m.observe(new, 3_000_000);
+            m.fastcgi_waited(Instant::now());
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(libc::WEXITSTATUS(status), 0, "the child found the series");
+        let text = m.render();
+        let api_b = |le: &str| {
+            value(
+                &text,
+                &format!("fephp_rule_request_duration_seconds_bucket{{rule=\"api\",le=\"{le}\"}}"),
+            )
+        };
+        assert_eq!(api_b("0.0005"), 1.0);
+        assert_eq!(api_b("0.0025"), 5.0);
+        assert_eq!(
+            value(&text, "fephp_rule_request_duration_seconds_count{rule=\"child\"}"),
+            1.0
+        );
+        assert_eq!(value(&text, "fephp_fastcgi_queue_wait_seconds_count"), 2.0);
+        // The child's claim is the parent's too.
+        let child = m.series(Family::RuleDuration, &[("rule", "child")]);
+        m.observe(child, 1);
+        assert_eq!(
+            value(&m.render(), "fephp_rule_request_duration_seconds_count{rule=\"child\"}"),
+            2.0
+        );
+    }
+}

@@ -158,14 +158,21 @@ fn parse_prometheus(text: &str) -> Scrape {
             "duplicate series {series}"
         );
     }
-    // +Inf bucket == _count for every histogram series.
-    for (series, value) in &out {
-        if let Some(rest) = series.strip_prefix("fephp_request_duration_seconds_count") {
-            let inf = format!(
-                "fephp_request_duration_seconds_bucket{}le=\"+Inf\"}}",
-                rest.strip_suffix('}').unwrap().to_owned() + ","
-            );
+    // +Inf bucket == _count for every histogram series, and each has a _sum.
+    for (family, _) in types.iter().filter(|(_, k)| *k == "histogram") {
+        for (series, value) in &out {
+            let Some(rest) = series.strip_prefix(&format!("{family}_count")) else {
+                continue;
+            };
+            let inf = match rest.strip_suffix('}') {
+                Some(labels) => format!("{family}_bucket{labels},le=\"+Inf\"}}"),
+                None => format!("{family}_bucket{{le=\"+Inf\"}}"),
+            };
             assert_eq!(out.get(&inf), Some(value), "{inf}");
+            assert!(
+                out.contains_key(&format!("{family}_sum{rest}")),
+                "{family}_sum{rest}"
+            );
         }
     }
     out
@@ -422,6 +429,22 @@ fpm_max_connections = 1
     let after = scrape(&h);
     let d = |series: &str| v(&after, series) - v(&before, series);
     assert_eq!(d("fephp_fastcgi_pool_waits_total"), 1.0);
+    // Every request's wait for a connection: two got one at once, the second
+    // slow one waited for the first (about 0.3 s).
+    assert_eq!(d("fephp_fastcgi_queue_wait_seconds_count"), 3.0);
+    assert_eq!(
+        d("fephp_fastcgi_queue_wait_seconds_bucket{le=\"0.01\"}"),
+        2.0
+    );
+    assert!(d("fephp_fastcgi_queue_wait_seconds_sum") >= 0.1);
+    assert_eq!(
+        d("fephp_php_ttfb_seconds_count{backend=\"fastcgi\",pool=\"default\"}"),
+        3.0
+    );
+    assert_eq!(
+        d("fephp_php_ttfb_seconds_bucket{backend=\"fastcgi\",pool=\"default\",le=\"0.25\"}"),
+        1.0
+    );
     assert_eq!(
         d("fephp_requests_total{backend=\"fastcgi\",code=\"200\"}"),
         3.0
@@ -489,5 +512,102 @@ fn the_metrics_path_moves_or_turns_off() {
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(message), "{err}");
+    }
+}
+
+/// A named rule to a named pool, whose script sleeps 30 ms: the rule's, the
+/// pool's and PHP's time-to-first-byte histograms put every request of both
+/// workers between 25 and 50 ms; the default pool has its own series.
+#[test]
+fn named_rules_and_pools_have_latency_histograms() {
+    let config = config().replace(
+        "\n[[backend.routing_rules]]\n",
+        "\n[[backend.routing_rules]]\npattern = { type = \"prefix\", value = \"/reports/\" }\nbackend = \"embedded\"\npool = \"reports\"\nname = \"reports.v1\"\npriority = 10\n\n[[backend.routing_rules]]\n",
+    ) + "\n[php.pools.reports]\nmin_runners = 2\nmax_runners = 2\n";
+    let h = Host::start(&config, |dir| {
+        site(dir);
+        std::fs::create_dir_all(dir.join("www/reports")).unwrap();
+        std::fs::write(
+            dir.join("www/reports/slow.php"),
+            "<?php usleep(30000); echo getmypid();",
+        )
+        .unwrap();
+    });
+    eventually("four idle PHP runners", || {
+        v(&scrape(&h), "fephp_embedded_workers_idle") == 4.0
+    });
+    let before = scrape(&h);
+    let rule = "fephp_rule_request_duration_seconds";
+    let pool = "fephp_php_request_duration_seconds";
+    let ttfb = "fephp_php_ttfb_seconds";
+    // Claimed when the engine was built: there before any request.
+    for series in [
+        format!("{rule}_count{{rule=\"reports.v1\"}}"),
+        format!("{pool}_count{{pool=\"reports\"}}"),
+        format!("{pool}_count{{pool=\"default\"}}"),
+        format!("{ttfb}_count{{backend=\"embedded\",pool=\"reports\"}}"),
+    ] {
+        assert_eq!(before.get(&series), Some(&0.0), "{series}");
+    }
+
+    // On fresh connections until both workers have answered.
+    let mut pids = HashSet::new();
+    let mut n = 0;
+    while pids.len() < 2 {
+        assert!(n < 100, "one worker answered everything");
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+        use std::io::{Read, Write};
+        let worker = common::load::server_pid(&s);
+        s.write_all(b"GET /reports/slow.php HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        assert_eq!(parse_reply(&raw).status, 200);
+        n += 1;
+        pids.insert(worker.expect("the connection's worker"));
+    }
+    assert_eq!(get(&h.url("/pid.php")).status, 200);
+
+    let after = scrape(&h);
+    let d = |series: String| v(&after, &series) - v(&before, &series);
+    let n = n as f64;
+    for (family, labels) in [
+        (rule, "rule=\"reports.v1\""),
+        (pool, "pool=\"reports\""),
+        (ttfb, "backend=\"embedded\",pool=\"reports\""),
+    ] {
+        let bucket = |le: &str| d(format!("{family}_bucket{{{labels},le=\"{le}\"}}"));
+        assert_eq!(
+            bucket("0.025"),
+            0.0,
+            "{family}{{{labels}}}: none under 25 ms"
+        );
+        assert_eq!(bucket("0.05"), n, "{family}{{{labels}}}: all under 50 ms");
+        assert_eq!(bucket("+Inf"), n, "{family}{{{labels}}}");
+        assert_eq!(d(format!("{family}_count{{{labels}}}")), n);
+        let sum = d(format!("{family}_sum{{{labels}}}"));
+        assert!(
+            sum >= 0.03 * n && sum <= 0.05 * n,
+            "{family}{{{labels}}}: {sum}"
+        );
+    }
+    // The unnamed .php rule: the default pool, no rule series.
+    assert_eq!(d(format!("{pool}_count{{pool=\"default\"}}")), 1.0);
+    assert_eq!(
+        d(format!(
+            "{ttfb}_count{{backend=\"embedded\",pool=\"default\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        after
+            .keys()
+            .filter(|k| k.starts_with(&format!("{rule}_count")))
+            .count(),
+        1
+    );
+    // Totals of both workers, whichever answers the scrape.
+    for _ in 0..5 {
+        assert_eq!(without_internal(&scrape(&h)), without_internal(&after));
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::http::compress::Negotiated;
 use crate::http::{Completion, Request, Response};
-use crate::metrics::{MeteredCompletion, Metrics, Source};
+use crate::metrics::{MeteredCompletion, Metrics, RequestSeries, Source};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,6 +29,8 @@ pub struct Reply {
     complete: MeteredCompletion,
     /// Compression for the request's response (`[backend.compression]`).
     compress: Option<Negotiated>,
+    /// The labelled series (named rule, PHP pool) the answer is recorded in.
+    series: RequestSeries,
 }
 
 impl Reply {
@@ -38,7 +40,14 @@ impl Reply {
             started,
             complete,
             compress: None,
+            series: RequestSeries::default(),
         }
+    }
+
+    /// Records the answer in `series` too.
+    pub fn recording(mut self, series: RequestSeries) -> Reply {
+        self.series = series;
+        self
     }
 
     /// Compresses the answer as `compress` decides (counted as sent).
@@ -55,7 +64,7 @@ impl Reply {
         };
         let bytes = self
             .metrics
-            .request_finished(source, self.started, false, &resp);
+            .request_finished(source, self.started, false, &resp, self.series);
         (self.complete)(resp, bytes)
     }
 
@@ -68,13 +77,14 @@ impl Reply {
             started,
             complete,
             compress,
+            series,
         } = self;
         Box::new(move |resp| {
             let resp = match &compress {
                 Some(c) => c.apply(resp),
                 None => resp,
             };
-            let bytes = metrics.request_finished(source, started, true, &resp);
+            let bytes = metrics.request_finished(source, started, true, &resp, series);
             complete(resp, bytes)
         })
     }

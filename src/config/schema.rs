@@ -318,6 +318,10 @@ pub struct RoutingRule {
     /// this rule's scripts, instead of `[php.pool]`.
     #[serde(default)]
     pub pool: Option<String>,
+    /// The rule's name in `/_metrics` (`fephp_rule_request_duration_seconds`):
+    /// unique, letters, digits, '_', '.' and '-'.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 impl RoutingRule {
@@ -335,6 +339,7 @@ impl RoutingRule {
             cookie: None,
             priority,
             pool: None,
+            name: None,
         }
     }
 

@@ -436,6 +436,41 @@ fn named_pools_and_the_rules_that_use_them_are_validated() {
 }
 
 #[test]
+fn rule_names_are_validated() {
+    let base = format!(
+        "[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{}\"\n",
+        static_root()
+    );
+    let rule = |value: &str, name: &str| {
+        format!("[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"{value}\" }}\nbackend = \"static\"\nname = {name}\n")
+    };
+    let ok = parse(&format!("{base}{}{}", rule("/a/", "\"api.v2_x-1\""), rule("/b/", "\"B\"")));
+    assert_eq!(ok.backend.routing_rules[0].name.as_deref(), Some("api.v2_x-1"));
+    ok.validate(BUILT).unwrap();
+    assert!(parse(&base).backend.routing_rules.is_empty());
+
+    let e = err(
+        &format!("{base}{}{}{}", rule("/a/", "\"api\""), rule("/b/", "\"web\""), rule("/c/", "\"api\"")),
+        BUILT,
+    );
+    assert!(
+        e.contains("Routing rule #3 (prefix \"/c/\") has name 'api', which routing rule #1 already has.\n    Names label the rules' series in /_metrics; give each rule its own, or remove one."),
+        "{e}"
+    );
+    assert!(!e.contains("rule #2"), "{e}");
+    for bad in ["\"\"", "\"a b\"", "\"a\\\"b\"", "\"caf\u{e9}\"", "\"a/b\"", &format!("\"{}\"", "x".repeat(65))] {
+        let e = err(&format!("{base}{}", rule("/a/", bad)), BUILT);
+        assert!(
+            e.contains("Routing rule #1 (prefix \"/a/\") has name ")
+                && e.contains(": a rule's name is 1 to 64 letters, digits, '_', '.' and '-'.\n    It labels the rule's series in /_metrics; use e.g. name = \"api\" or name = \"checkout.v2\"."),
+            "{bad}: {e}"
+        );
+    }
+    // A misspelt key is still refused.
+    assert!(Config::from_toml(&format!("{base}[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"/a/\" }}\nbackend = \"static\"\nnmae = \"x\"\n")).is_err());
+}
+
+#[test]
 fn worker_scripts_are_validated() {
     let base = format!(
         "[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{}\"\n",

@@ -76,6 +76,7 @@ impl Config {
         check_rules(&self.backend, &backends, &mut problems);
         check_php(&self.php, &mut problems);
         check_rule_pools(&self, &mut problems);
+        check_rule_names(&self.backend.routing_rules, &mut problems);
         check_backend_paths(&self.backend, &mut problems);
         check_sendfile(&self.backend.sendfile, &mut problems);
         check_compression(&self.backend.compression, &mut problems);
@@ -524,6 +525,41 @@ fn check_rule_pools(config: &Config, problems: &mut Vec<String>) {
         if !embedded {
             problems.push(format!(
                 "{what} sets pool '{name}', but only the embedded backend runs in pools.\n    Remove pool, or send the rule to backend = \"embedded\"."
+            ));
+        }
+    }
+}
+
+/// Longest rule `name`: it is a label value in every scrape.
+pub const MAX_RULE_NAME: usize = 64;
+
+/// `name = "..."` on routing rules: a metrics label, so short, plain and unique.
+fn check_rule_names(rules: &[RoutingRule], problems: &mut Vec<String>) {
+    // Name → the first rule (1-based) that has it.
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let Some(name) = &rule.name else {
+            continue;
+        };
+        let what = format!(
+            "Routing rule #{} ({} \"{}\")",
+            i + 1,
+            rule.pattern.kind,
+            rule.pattern.value
+        );
+        let plain = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if name.is_empty() || name.len() > MAX_RULE_NAME || !plain {
+            problems.push(format!(
+                "{what} has name {name:?}: a rule's name is 1 to {MAX_RULE_NAME} letters, digits, '_', '.' and '-'.\n    It labels the rule's series in /_metrics; use e.g. name = \"api\" or name = \"checkout.v2\"."
+            ));
+            continue;
+        }
+        if let Some(first) = seen.insert(name, i + 1) {
+            seen.insert(name, first);
+            problems.push(format!(
+                "{what} has name '{name}', which routing rule #{first} already has.\n    Names label the rules' series in /_metrics; give each rule its own, or remove one."
             ));
         }
     }

@@ -4,9 +4,11 @@
 mod check;
 mod endpoints;
 mod reload;
+mod series;
 
 pub use check::check;
 pub use reload::ReloadableEngine;
+use series::EngineSeries;
 
 use crate::backends::embedded::{self, Embedded};
 use crate::backends::fastcgi::FastCgi;
@@ -54,6 +56,8 @@ pub struct Engine {
     /// `[backend.compression]` when enabled: every backend's responses.
     compression: Option<Arc<Compression>>,
     metrics: Arc<Metrics>,
+    /// The labelled histograms of named rules and PHP pools.
+    series: EngineSeries,
 }
 
 impl Engine {
@@ -185,6 +189,7 @@ impl Engine {
             .filter_map(|(i, rule)| Some((i, Split::new(i, rule, &backend.split)?)))
             .collect();
         let compression = Compression::new(&backend.compression);
+        let series = EngineSeries::new(&metrics, &validated, &router);
         Ok(Engine {
             validated,
             router,
@@ -196,6 +201,7 @@ impl Engine {
             pooled,
             compression,
             metrics,
+            series,
         })
     }
 
@@ -366,7 +372,8 @@ impl Engine {
             query: t.query,
         };
         let reply = Reply::new(self.metrics.clone(), started, complete)
-            .compressing(self.compression.as_ref().map(|c| c.negotiate(req)));
+            .compressing(self.compression.as_ref().map(|c| c.negotiate(req)))
+            .recording(self.series.of(backend, route.rule));
         let pooled = match (backend, route.rule) {
             (BackendKind::Embedded, Some(r)) => self.pooled.get(&r).map(|b| b as &dyn Backend),
             _ => None,
@@ -694,6 +701,41 @@ mod tests {
         assert!(
             t.contains("fephp_requests_total{backend=\"static\",code=\"200\"} 1\n"),
             "{t}"
+        );
+    }
+    #[test]
+    fn named_rules_keep_their_histograms_over_a_reload() {
+        let root = env!("CARGO_MANIFEST_DIR").to_owned() + "/examples/public";
+        let config = |name: &str| {
+            Config::from_toml(&format!(
+                "[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{root}\"\n[php]\nlibphp_path = \"/nonexistent\"\n[[backend.routing_rules]]\npattern = {{ type = \"exact\", value = \"/index.html\" }}\nbackend = \"static\"\nname = \"{name}\"\n"
+            ))
+            .unwrap()
+        };
+        let count = |t: &str, rule: &str| {
+            let series = format!("fephp_rule_request_duration_seconds_count{{rule=\"{rule}\"}} ");
+            t.lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .map(|v| v.parse::<u64>().unwrap())
+        };
+        let r = ReloadableEngine::new(config("home")).unwrap();
+        assert_eq!(r.current().handle(&Request::get("/index.html")).status, 200);
+        // Unnamed: the default backend, no rule series.
+        assert_eq!(r.current().handle(&Request::get("/nope")).status, 404);
+        // The same name after a reload: the same series, its count carried over.
+        r.reload(config("home")).unwrap();
+        assert_eq!(r.current().handle(&Request::get("/index.html")).status, 200);
+        let t = text(r.current().handle(&Request::get("/_metrics")));
+        assert_eq!(count(&t, "home"), Some(2), "{t}");
+        // Renamed: a new series from zero; the old one stays as it was.
+        r.reload(config("start")).unwrap();
+        assert_eq!(r.current().handle(&Request::get("/index.html")).status, 200);
+        let t = text(r.current().handle(&Request::get("/_metrics")));
+        assert_eq!(count(&t, "home"), Some(2), "{t}");
+        assert_eq!(count(&t, "start"), Some(1), "{t}");
+        assert_eq!(
+            t.matches("# TYPE fephp_rule_request_duration_seconds histogram").count(),
+            1
         );
     }
 }

@@ -217,7 +217,12 @@ fn read_body(
                     }
                     Ok(n)
                 }
-                ReadOutcome::End => Ok(0),
+                ReadOutcome::End => {
+                    if let Some(counter) = &h.stream_bytes {
+                        counter.ended();
+                    }
+                    Ok(0)
+                }
                 ReadOutcome::Again => Err(fephp_result::Again),
                 ReadOutcome::Failed(e) => {
                     set_last_error(e);

@@ -34,6 +34,8 @@ pub struct Router {
     regex_ranks: Vec<Rank>,
     best_regex_rank: Rank,
     default: BackendKind,
+    /// Each rule's `name`, by declaration index (what `Route::rule` holds).
+    names: Vec<Option<String>>,
 }
 
 impl Router {
@@ -53,6 +55,7 @@ impl Router {
             regex_ranks: Vec::new(),
             best_regex_rank: Rank::MAX,
             default,
+            names: rules.iter().map(|r| r.name.clone()).collect(),
         };
         let mut regex_sources = Vec::new();
         for (rank, &i) in order.iter().enumerate() {
@@ -114,6 +117,16 @@ impl Router {
                 rule: None,
             },
         }
+    }
+
+    /// The `name` of rule `rule` (a `Route::rule`), if it has one.
+    pub fn rule_name(&self, rule: usize) -> Option<&str> {
+        self.names.get(rule)?.as_deref()
+    }
+
+    /// How many rules there are (declaration indexes run below this).
+    pub fn rules(&self) -> usize {
+        self.names.len()
     }
 
     #[cfg_attr(not(feature = "internals"), allow(dead_code))]
@@ -198,6 +211,22 @@ mod tests {
             rule(PatternKind::Regex, r"^/api/v\d+/", "fastcgi", 60),
             rule(PatternKind::Prefix, "/admin/", "fastcgi", 70),
         ]
+    }
+
+    #[test]
+    fn the_matched_rule_names_itself() {
+        let mut rules = seed_rules();
+        rules[1].name = Some("api".to_owned());
+        rules[3].name = Some("api-versioned".to_owned());
+        let r = Router::new(&rules, BackendKind::Static).unwrap();
+        assert_eq!(r.rules(), 5);
+        let name = |path: &str| r.route(path).rule.and_then(|i| r.rule_name(i));
+        assert_eq!(name("/api/users"), Some("api"));
+        // The regex outranks nothing here: /api/ (90) beats it (60).
+        assert_eq!(name("/api/v2/users"), Some("api"));
+        assert_eq!(name("/admin/x"), None);
+        assert_eq!(name("/elsewhere"), None);
+        assert_eq!(r.rule_name(99), None);
     }
 
     #[test]

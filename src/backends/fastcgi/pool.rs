@@ -125,12 +125,18 @@ pub async fn run(pool: Arc<Pool>, mut job: FcgiJob) {
     let mut responder = Responder::new(job.log_uri.clone(), job.head, complete);
     let s = pool.settings.clone();
     let outcome = async {
+        let waiting = Instant::now();
         let _permit = match pool.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
+            Ok(p) => {
+                s.metrics.fastcgi_waited(waiting);
+                p
+            }
             Err(_) => {
                 s.metrics.fastcgi_wait();
                 let permit = pool.permits.clone().acquire_owned();
-                match tokio::time::timeout(s.timeouts.read, permit).await {
+                let got = tokio::time::timeout(s.timeouts.read, permit).await;
+                s.metrics.fastcgi_waited(waiting);
+                match got {
                     Ok(Ok(p)) => p,
                     _ => return Err(Failure::pool_busy(s.max_connections, s.timeouts.read)),
                 }
