@@ -9,6 +9,8 @@
 //! not stay in the gauge. Label sets are fixed: five sources, status codes
 //! 100–599 (+ "other"), fixed histogram buckets, split arms by rule index.
 
+mod fpm;
+
 use crate::http::{Body, Response};
 use parking_lot::Mutex;
 use std::fmt::Write as _;
@@ -166,6 +168,8 @@ pub struct Metrics {
     /// This process's slot: pid << 32 | index.
     slot: AtomicU64,
     claiming: Mutex<()>,
+    /// The FastCGI upstreams' series (`metrics/fpm.rs`).
+    fpm: fpm::FpmStats,
 }
 
 // SAFETY: the region holds only atomics; the pointer is valid until drop.
@@ -223,6 +227,7 @@ impl Metrics {
             mapped,
             slot: AtomicU64::new(0),
             claiming: Mutex::new(()),
+            fpm: fpm::FpmStats::new(),
         }
     }
 
@@ -525,6 +530,7 @@ impl Metrics {
         if !pools.is_empty() {
             render_pools(&mut out, &pools);
         }
+        self.render_fpm(&mut out);
         out
     }
 
