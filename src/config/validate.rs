@@ -678,14 +678,6 @@ fn check_fpm_group(g: &FpmGroup, problems: &mut Vec<String>) {
             ));
         }
     }
-    if g.max_fails > 0 && g.fail_timeout.is_zero() {
-        problems.push(format!(
-            "{section} {} = \"0s\" with {} = {}: a failed upstream would never be taken out of the turn.\n    Use e.g. {0} = \"10s\", or {1} = 0 to never take an upstream out.",
-            g.key("fail_timeout"),
-            g.key("max_fails"),
-            g.max_fails
-        ));
-    }
     if let Some(every) = g.health_interval {
         if g.ping_path.is_none() {
             problems.push(format!(
