@@ -85,9 +85,16 @@ fn fe(root: &Path, workers: usize, php: &str) -> Host {
 /// Who served each of `n` GETs of `path` (one curl, one kept-alive connection),
 /// with any status other than 200 counted under "status NNN".
 fn served(h: &Host, path: &str, n: usize) -> HashMap<String, usize> {
-    let mut args = vec!["-s".to_owned(), "-w".to_owned(), "%{http_code}\n".to_owned()];
+    let mut args = vec![
+        "-s".to_owned(),
+        "-w".to_owned(),
+        "%{http_code}\n".to_owned(),
+    ];
     args.extend(std::iter::repeat_n(h.url(path), n));
-    let out = std::process::Command::new("curl").args(&args).output().unwrap();
+    let out = std::process::Command::new("curl")
+        .args(&args)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut counts = HashMap::new();
     let mut lines = text.lines();
@@ -147,7 +154,11 @@ fn least_conn_and_weighted_round_robin_spread_requests() {
     );
     // least_conn (the default): one at a time, ties go by weight: half each.
     let c = served(&h, "/who.php", 40);
-    assert_eq!(c.get("a").copied().unwrap_or(0) + c.get("b").copied().unwrap_or(0), 40, "{c:?}");
+    assert_eq!(
+        c.get("a").copied().unwrap_or(0) + c.get("b").copied().unwrap_or(0),
+        40,
+        "{c:?}"
+    );
     assert!((15..=25).contains(&c["a"]), "{c:?}");
     // Concurrent requests: both are used.
     let threads: Vec<_> = (0..4)
@@ -161,7 +172,11 @@ fn least_conn_and_weighted_round_robin_spread_requests() {
     }
     let m = get(&h.url("/_metrics")).text();
     let reqs = |addr: &str| {
-        metric_sum(&m, "fephp_fastcgi_upstream_requests_total", &[&format!("upstream=\"{addr}\"")])
+        metric_sum(
+            &m,
+            "fephp_fastcgi_upstream_requests_total",
+            &[&format!("upstream=\"{addr}\"")],
+        )
     };
     assert_eq!(reqs(&addr(&a)) + reqs(&addr(&b)), 44.0, "{m}");
     assert!(reqs(&addr(&a)) >= 21.0 && reqs(&addr(&b)) >= 21.0, "{m}");
@@ -250,13 +265,23 @@ fn a_killed_upstream_is_skipped_reported_down_and_comes_back_via_ping() {
     a.stop();
     std::thread::sleep(Duration::from_millis(2000));
     stop.store(true, Ordering::Relaxed);
-    let bad: Vec<String> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let bad: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
     let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     eprintln!(
         "failover: {sent} requests sent ({before} before the kill), {failed} failed {bad:?}, at most {CLIENTS} in flight"
     );
-    assert!(sent > before + 20, "too few requests after the kill: {sent}");
-    assert!(failed <= CLIENTS, "{failed} of {sent} failed: {bad:?}\n{}", h.stderr());
+    assert!(
+        sent > before + 20,
+        "too few requests after the kill: {sent}"
+    );
+    assert!(
+        failed <= CLIENTS,
+        "{failed} of {sent} failed: {bad:?}\n{}",
+        h.stderr()
+    );
 
     // Every request now goes to b.
     assert_eq!(served(&h, "/who.php", 10).get("b").copied(), Some(10));
@@ -268,10 +293,24 @@ fn a_killed_upstream_is_skipped_reported_down_and_comes_back_via_ping() {
     assert_eq!(status, 200, "one upstream answering is healthy: {doc}");
     assert_eq!(upstream(&doc, &aa)["up"], false, "{doc}");
     assert_eq!(upstream(&doc, &ba)["up"], true, "{doc}");
-    assert!(upstream(&doc, &aa)["error"].as_str().unwrap().contains("connection refused"), "{doc}");
+    assert!(
+        upstream(&doc, &aa)["error"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused"),
+        "{doc}"
+    );
     let message = doc["backends"]["fastcgi"]["message"].as_str().unwrap();
-    assert!(message.contains("1 of 2 PHP-FPM upstreams answered"), "{message}");
-    assert!(h.stderr().contains(&format!("PHP-FPM upstream {aa} is out of the turn")), "{}", h.stderr());
+    assert!(
+        message.contains("1 of 2 PHP-FPM upstreams answered"),
+        "{message}"
+    );
+    assert!(
+        h.stderr()
+            .contains(&format!("PHP-FPM upstream {aa} is out of the turn")),
+        "{}",
+        h.stderr()
+    );
 
     // Back: the active ping notices it long before fail_timeout ends, and both
     // workers send it requests again.
@@ -282,13 +321,15 @@ fn a_killed_upstream_is_skipped_reported_down_and_comes_back_via_ping() {
     eventually("requests to reach a again", Duration::from_secs(10), || {
         served(&h, "/who.php", 10).get("a").copied().unwrap_or(0) >= 3
     });
-    assert!(h.stderr().contains(&format!("PHP-FPM upstream {aa} answers again")));
+    assert!(h
+        .stderr()
+        .contains(&format!("PHP-FPM upstream {aa} answers again")));
 }
 
 #[test]
 fn a_request_already_sent_is_never_retried_on_another_upstream() {
     let www = site();
-    let mut fpms = vec![
+    let mut fpms = [
         fpm(www.path(), "a", FpmListen::Tcp),
         fpm(www.path(), "b", FpmListen::Tcp),
     ];
@@ -318,7 +359,11 @@ fn a_request_already_sent_is_never_retried_on_another_upstream() {
     assert_eq!(r.status, 502, "{}", r.text());
     // Give a wrongful retry on the other php-fpm the time to note itself.
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(std::fs::read_to_string(&ran).unwrap(), first, "the script ran again");
+    assert_eq!(
+        std::fs::read_to_string(&ran).unwrap(),
+        first,
+        "the script ran again"
+    );
     // The other one still serves.
     let c = served(&h, "/who.php", 4);
     assert_eq!(c.values().sum::<usize>(), 4, "{c:?}");
@@ -353,13 +398,26 @@ fn a_post_body_arrives_whole_after_failing_over() {
             &h.url("/post.php"),
         ]);
         assert_eq!(r.status, 200, "{}\n{}", r.text(), h.stderr());
-        let md5 = std::process::Command::new("md5sum").arg(&path).output().unwrap();
-        let md5 = String::from_utf8_lossy(&md5.stdout).split_whitespace().next().unwrap().to_owned();
+        let md5 = std::process::Command::new("md5sum")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let md5 = String::from_utf8_lossy(&md5.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned();
         assert_eq!(r.text(), format!("live {size} {md5}"));
     }
     let log = h.stderr();
-    assert!(log.contains("trying the next PHP-FPM upstream (nothing of the request was sent)"), "{log}");
-    assert!(log.contains(&format!("cannot connect to PHP-FPM at {dead}")), "{log}");
+    assert!(
+        log.contains("trying the next PHP-FPM upstream (nothing of the request was sent)"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("cannot connect to PHP-FPM at {dead}")),
+        "{log}"
+    );
     assert!(metric(&h, "fephp_fastcgi_upstream_failures_total", &dead) >= 1.0);
 }
 
@@ -377,14 +435,24 @@ fn every_upstream_down_still_gets_a_try_and_the_log_names_them() {
     );
     let r = get(&h.url("/who.php"));
     assert_eq!(r.status, 502);
-    assert!(r.text().contains("(2 PHP-FPM upstreams tried)"), "{}", r.text());
+    assert!(
+        r.text().contains("(2 PHP-FPM upstreams tried)"),
+        "{}",
+        r.text()
+    );
     let log = h.stderr();
-    assert!(log.contains("[php] fpm_upstreams: 2 PHP-FPM upstreams tried, none answered"), "{log}");
+    assert!(
+        log.contains("[php] fpm_upstreams: 2 PHP-FPM upstreams tried, none answered"),
+        "{log}"
+    );
     assert!(log.contains(&d1) && log.contains(&d2), "{log}");
     // Both are out of the turn now; the next request still tries them.
     let r = get(&h.url("/who.php"));
     assert_eq!(r.status, 502);
-    assert_eq!(metric(&h, "fephp_fastcgi_upstream_requests_total", &d1), 2.0);
+    assert_eq!(
+        metric(&h, "fephp_fastcgi_upstream_requests_total", &d1),
+        2.0
+    );
 }
 
 #[test]
@@ -408,10 +476,17 @@ fn a_named_pool_is_reached_through_its_rule() {
     assert_eq!(legacy["requests"], 1);
     assert_eq!(upstream(&doc, &addr(&a))["pool"], "default");
     let message = doc["backends"]["fastcgi"]["message"].as_str().unwrap();
-    assert!(message.contains("FastCGI pool 'legacy' is healthy"), "{message}");
+    assert!(
+        message.contains("FastCGI pool 'legacy' is healthy"),
+        "{message}"
+    );
     let m = get(&h.url("/_metrics")).text();
     assert_eq!(
-        metric_sum(&m, "fephp_fastcgi_upstream_requests_total", &["pool=\"legacy\""]),
+        metric_sum(
+            &m,
+            "fephp_fastcgi_upstream_requests_total",
+            &["pool=\"legacy\""]
+        ),
         1.0,
         "{m}"
     );
@@ -421,7 +496,11 @@ fn a_named_pool_is_reached_through_its_rule() {
     let bad_rule = rule.replace("pool = \"legacy\"", "pool = \"php74\"");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("fe-php.toml");
-    std::fs::write(&file, config(www.path(), 1, &php, &bad_rule).replace("{port}", "1")).unwrap();
+    std::fs::write(
+        &file,
+        config(www.path(), 1, &php, &bad_rule).replace("{port}", "1"),
+    )
+    .unwrap();
     let out = std::process::Command::new(HOST_BIN)
         .arg("--check")
         .arg("--config")

@@ -45,7 +45,7 @@ pub struct Engine {
     embedded: Option<Php<Embedded>>,
     fastcgi: Option<Php<FastCgi>>,
     /// `[php.fpm_pools.NAME]`: the named FastCGI upstream groups, by name.
-    fastcgi_pools: BTreeMap<String, Php<FastCgi>>,
+    fastcgi_pools: NamedFastCgi,
     /// The FastCGI pool of each fastcgi rule that names one, by rule index.
     fastcgi_rules: HashMap<usize, String>,
     proxy: Option<Proxy>,
@@ -466,6 +466,9 @@ impl Engine {
 
 
 
+/// The `[php.fpm_pools.NAME]` groups, by name.
+type NamedFastCgi = BTreeMap<String, Php<FastCgi>>;
+
 /// The FastCGI upstream groups: `[php]`'s and each `[php.fpm_pools.NAME]` (with
 /// a site of its own when it has its own document root). Their upstreams take
 /// consecutive metric slots, registered here.
@@ -473,7 +476,7 @@ fn fastcgi_groups(
     validated: &Validated,
     site: &Arc<Site>,
     metrics: &Arc<Metrics>,
-) -> Result<(Php<FastCgi>, BTreeMap<String, Php<FastCgi>>), String> {
+) -> Result<(Php<FastCgi>, NamedFastCgi), String> {
     let php = &validated.config.php;
     let default = FastCgi::new(&php.fpm_default_group(), 0, &site.root, metrics.clone())?;
     let mut names = default.upstream_names();

@@ -130,10 +130,7 @@ impl Drop for FpmStats {
             if self.mapped {
                 libc::munmap(self.shared as *mut libc::c_void, size);
             } else {
-                std::alloc::dealloc(
-                    self.shared as *mut u8,
-                    std::alloc::Layout::new::<Shared>(),
-                );
+                std::alloc::dealloc(self.shared as *mut u8, std::alloc::Layout::new::<Shared>());
             }
         }
     }
@@ -306,7 +303,10 @@ mod tests {
             m.fpm_failure(1);
             m.fpm_down_for(1, 60_000);
             let u = m.fpm_upstreams();
-            assert_eq!((u[1].active, u[1].requests, u[1].failures, u[1].up), (1, 1, 1, false));
+            assert_eq!(
+                (u[1].active, u[1].requests, u[1].failures, u[1].up),
+                (1, 1, 1, false)
+            );
             assert!(u[0].up);
         }
         let text = {
@@ -314,7 +314,12 @@ mod tests {
             m.render_fpm(&mut s);
             s
         };
-        assert!(text.contains("fephp_fastcgi_upstream_up{pool=\"default\",upstream=\"unix:/run/a.sock\"} 0"), "{text}");
+        assert!(
+            text.contains(
+                "fephp_fastcgi_upstream_up{pool=\"default\",upstream=\"unix:/run/a.sock\"} 0"
+            ),
+            "{text}"
+        );
         assert!(text.contains("fephp_fastcgi_upstream_active_connections{pool=\"default\",upstream=\"unix:/run/a.sock\"} 0"), "{text}");
         assert!(text.contains("fephp_fastcgi_upstream_requests_total{pool=\"default\",upstream=\"unix:/run/a.sock\"} 1"), "{text}");
         // The same upstream again keeps its counts; another one in its slot does not.
@@ -328,6 +333,9 @@ mod tests {
             ("php81".into(), "unix:/run/b.sock".into()),
         ]);
         let u = m.fpm_upstreams();
-        assert_eq!((u[1].pool.as_str(), u[1].requests, u[1].up), ("php81", 0, true));
+        assert_eq!(
+            (u[1].pool.as_str(), u[1].requests, u[1].up),
+            ("php81", 0, true)
+        );
     }
 }

@@ -41,7 +41,12 @@ pub enum Marked {
 }
 
 impl Balancer {
-    pub fn new(policy: FpmBalance, weights: &[u32], max_fails: u32, fail_timeout: Duration) -> Balancer {
+    pub fn new(
+        policy: FpmBalance,
+        weights: &[u32],
+        max_fails: u32,
+        fail_timeout: Duration,
+    ) -> Balancer {
         Balancer {
             policy,
             max_fails,
@@ -66,7 +71,10 @@ impl Balancer {
         let mut st = self.state.lock();
         let untried = |i: &usize| !tried.contains(i);
         let is_up = |s: &State| s.down_until.is_none_or(|t| now >= t);
-        let up: Vec<usize> = (0..st.len()).filter(untried).filter(|&i| is_up(&st[i])).collect();
+        let up: Vec<usize> = (0..st.len())
+            .filter(untried)
+            .filter(|&i| is_up(&st[i]))
+            .collect();
         let chosen = if up.is_empty() {
             (0..st.len())
                 .filter(untried)

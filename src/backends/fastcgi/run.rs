@@ -90,7 +90,11 @@ pub async fn run(group: Arc<Group>, mut job: FcgiJob) {
 /// The failure of a request that tried several upstreams: the last one's status,
 /// a log line naming every upstream tried and why (the page only says how many:
 /// addresses are no business of the client's).
-fn all_failed(s: &super::Settings, mut reasons: Vec<String>, last: Option<(usize, Failure)>) -> Failure {
+fn all_failed(
+    s: &super::Settings,
+    mut reasons: Vec<String>,
+    last: Option<(usize, Failure)>,
+) -> Failure {
     let (status, hint) = match &last {
         Some((_, f)) => (f.status, f.hint.trim_end_matches('.').to_owned()),
         None => (502, "PHP-FPM is not reachable".to_owned()),
