@@ -144,7 +144,7 @@ fn how_to_enable(kind: BackendKind) -> &'static str {
         BackendKind::Embedded => {
             "install libphp (apt-get install libphp8.2-embed) and set [php] libphp_path"
         }
-        BackendKind::FastCgi => "set [php] fpm_socket = \"127.0.0.1:9000\" (or the php-fpm socket path)",
+        BackendKind::FastCgi => "set [php] fpm_socket = \"127.0.0.1:9000\" (or the php-fpm socket path; fpm_upstreams for several)",
         BackendKind::Static => {
             "set [backend.static_files] enable = true and root = \"/var/www/public\""
         }
@@ -196,7 +196,7 @@ fn php_backends(
         (embedded, fastcgi)
     } else if php.use_fpm {
         let fastcgi = if !fpm_configured {
-            problems.push("[php] fpm_socket is required when enable_hybrid = false and use_fpm = true.\n    Set fpm_socket = \"127.0.0.1:9000\" (or the php-fpm socket path), or set use_fpm = false to use the embedded backend.".to_owned());
+            problems.push("[php] fpm_socket is required when enable_hybrid = false and use_fpm = true.\n    Set fpm_socket = \"127.0.0.1:9000\" (or the php-fpm socket path; fpm_upstreams = [...] for several), or set use_fpm = false to use the embedded backend.".to_owned());
             Availability::Unavailable("fpm_socket not configured".to_owned())
         } else if !built.fastcgi {
             problems.push("FastCGI backend is not built yet in this version of fe-php (use_fpm = true).\n    Use enable_hybrid = true with the static backend until it is.".to_owned());

@@ -205,6 +205,18 @@ impl Failure {
         }
     }
 
+    /// The log line as a named pool's keys are spelt: messages name `[php]
+    /// fpm_read_timeout` and the like, which in `[php.fpm_pools.NAME]` is
+    /// `read_timeout`.
+    pub fn for_group(mut self, group: &crate::config::FpmGroup) -> Failure {
+        if !group.is_default() {
+            if let Some(log) = &mut self.log {
+                *log = log.replace("[php] fpm_", &format!("{} ", group.section()));
+            }
+        }
+        self
+    }
+
     /// The error page.
     pub fn response(&self) -> Response {
         Response::error(self.status, Some(&self.hint))
@@ -258,5 +270,20 @@ mod tests {
         );
         assert_eq!(f.status, 502);
         assert!(f.log.unwrap().contains("PHP-FPM is not running"));
+    }
+
+    #[test]
+    fn a_named_pool_s_messages_name_its_own_keys() {
+        let php: crate::config::PhpConfig = toml::from_str(
+            "fpm_socket = \"127.0.0.1:9000\"\n[fpm_pools.legacy]\nsocket = \"127.0.0.1:9001\"\n",
+        )
+        .unwrap();
+        let f = Failure::read_timeout(std::time::Duration::from_secs(3));
+        let named = f.for_group(&php.fpm_pool_group("legacy").unwrap());
+        let log = named.log.unwrap();
+        assert!(log.contains("([php.fpm_pools.legacy] read_timeout)"), "{log}");
+        let f = Failure::read_timeout(std::time::Duration::from_secs(3));
+        let log = f.for_group(&php.fpm_default_group()).log.unwrap();
+        assert!(log.contains("([php] fpm_read_timeout)"), "{log}");
     }
 }

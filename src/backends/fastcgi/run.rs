@@ -78,6 +78,7 @@ pub async fn run(group: Arc<Group>, mut job: FcgiJob) {
     // Nothing reads the body after the exchange.
     job.body.close();
     if let Err(f) = outcome {
+        let f = f.for_group(&s.group);
         if let Some(log) = &f.log {
             tracing::error!(uri = %job.log_uri, status = f.status, "{log}");
         } else {
