@@ -26,6 +26,51 @@ pub struct BackendHealth {
     pub message: String,
     /// Probe time; null where nothing is probed.
     pub latency_ms: Option<u64>,
+    /// FastCGI: each php-fpm upstream of each group (absent elsewhere).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<UpstreamHealth>,
+}
+
+/// One php-fpm upstream in the `fastcgi` entry: its group (`pool`: "default" for
+/// `[php]`), whether it is in the turn and answered the probe, and the totals of
+/// every worker process.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamHealth {
+    pub pool: String,
+    pub address: String,
+    pub up: bool,
+    pub active_connections: u64,
+    pub requests: u64,
+    pub failures: u64,
+    /// Why the probe failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl BackendHealth {
+    /// One entry for several probed groups (the FastCGI backend's default group
+    /// and its named pools): healthy when every one is.
+    pub fn merge(mut all: Vec<BackendHealth>) -> Option<BackendHealth> {
+        if all.len() <= 1 {
+            return all.pop();
+        }
+        let healthy = all.iter().all(|h| h.healthy);
+        Some(BackendHealth {
+            enabled: all.iter().any(|h| h.enabled),
+            healthy,
+            message: all
+                .iter()
+                .map(|h| h.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+            latency_ms: if healthy {
+                all.iter().filter_map(|h| h.latency_ms).max()
+            } else {
+                None
+            },
+            upstreams: all.into_iter().flat_map(|h| h.upstreams).collect(),
+        })
+    }
 }
 
 impl Health {

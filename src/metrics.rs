@@ -15,6 +15,8 @@ mod histogram;
 
 pub use histogram::{label_text, Family, RequestSeries, Series};
 
+mod fpm;
+
 use crate::http::{Body, Response};
 use parking_lot::Mutex;
 use std::fmt::Write as _;
@@ -159,6 +161,8 @@ pub struct Metrics {
     /// This process's slot: pid << 32 | index.
     slot: AtomicU64,
     claiming: Mutex<()>,
+    /// The FastCGI upstreams' series (`metrics/fpm.rs`).
+    fpm: fpm::FpmStats,
 }
 
 // SAFETY: the region holds only atomics; the pointer is valid until drop.
@@ -216,6 +220,7 @@ impl Metrics {
             mapped,
             slot: AtomicU64::new(0),
             claiming: Mutex::new(()),
+            fpm: fpm::FpmStats::new(),
         }
     }
 
@@ -549,6 +554,7 @@ impl Metrics {
         r.fastcgi_queue_wait
             .render(&mut out, "fephp_fastcgi_queue_wait_seconds", "");
         r.series.render(&mut out);
+        self.render_fpm(&mut out);
         out
     }
 

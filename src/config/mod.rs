@@ -2,14 +2,17 @@
 //! which backends are available. Runtime state lives elsewhere (`engine`).
 //!
 //! - `schema`: the sections and their defaults (what the file may say);
+//! - `fpm`: PHP-FPM upstream groups (`[php] fpm_*`, `[php.fpm_pools.NAME]`);
 //! - `values`: the value types with their own syntax (durations, sizes, addresses);
 //! - `validate`: what the file means here — which backends are available, every
 //!   problem with its fix, the seed's `[i]` lines.
 
+mod fpm;
 mod schema;
 mod validate;
 mod values;
 
+pub use fpm::*;
 pub use schema::*;
 pub use validate::*;
 pub use values::*;

@@ -314,8 +314,9 @@ pub struct RoutingRule {
     pub cookie: Option<String>,
     #[serde(default)]
     pub priority: i32,
-    /// Embedded PHP only: the named runner pool (`[php.pools.NAME]`) that runs
-    /// this rule's scripts, instead of `[php.pool]`.
+    /// Embedded PHP: the named runner pool (`[php.pools.NAME]`) that runs this
+    /// rule's scripts, instead of `[php.pool]`. FastCGI (`backend = "fastcgi"`):
+    /// the named upstream group (`[php.fpm_pools.NAME]`) instead of `[php]`'s.
     #[serde(default)]
     pub pool: Option<String>,
     /// The rule's name in `/_metrics` (`fephp_rule_request_duration_seconds`):
@@ -429,6 +430,19 @@ pub struct PhpConfig {
     /// Health probe: request this path (e.g. php-fpm's `ping.path`) instead of
     /// FCGI_GET_VALUES.
     pub fpm_ping_path: Option<String>,
+    /// Several php-fpm instances (instead of `fpm_socket`), with weights.
+    pub fpm_upstreams: Vec<super::FpmUpstream>,
+    /// How a request picks among `fpm_upstreams`.
+    pub fpm_balance: super::FpmBalance,
+    /// Failures (connect errors, resets, timeouts) within `fpm_fail_timeout` that
+    /// take an upstream out of the turn for `fpm_fail_timeout`; 0 never does.
+    pub fpm_max_fails: u32,
+    pub fpm_fail_timeout: ConfigDuration,
+    /// Active probing of every upstream with `fpm_ping_path` this often; unset: off.
+    pub fpm_health_interval: Option<ConfigDuration>,
+    /// `[php.fpm_pools.NAME]`: more FastCGI upstream groups, for the routing rules
+    /// that name them (`backend = "fastcgi", pool = "NAME"`).
+    pub fpm_pools: BTreeMap<String, super::FpmPoolConfig>,
     /// php.ini overrides.
     pub ini: BTreeMap<String, IniValue>,
     /// `[php.pool]`: the embedded backend's runner processes.
@@ -523,6 +537,12 @@ impl Default for PhpConfig {
             fpm_send_timeout: ConfigDuration(Duration::from_secs(60)),
             fpm_idle_timeout: ConfigDuration(Duration::from_secs(30)),
             fpm_ping_path: None,
+            fpm_upstreams: Vec::new(),
+            fpm_balance: super::FpmBalance::default(),
+            fpm_max_fails: 1,
+            fpm_fail_timeout: ConfigDuration(Duration::from_secs(10)),
+            fpm_health_interval: None,
+            fpm_pools: BTreeMap::new(),
             ini: BTreeMap::new(),
             pool: PoolConfig::default(),
             pools: BTreeMap::new(),

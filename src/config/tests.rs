@@ -420,7 +420,7 @@ fn named_pools_and_the_rules_that_use_them_are_validated() {
         "{e}"
     );
     assert!(
-        e.contains("Routing rule #1 (prefix \"/admin/\") sets pool 'admin', but only the embedded backend runs in pools.\n    Remove pool, or send the rule to backend = \"embedded\"."),
+        e.contains("Routing rule #1 (prefix \"/admin/\") sets pool 'admin', but only the embedded and fastcgi backends run in pools.\n    Remove pool, or send the rule to backend = \"embedded\" ([php.pools.admin]) or backend = \"fastcgi\" ([php.fpm_pools.admin])."),
         "{e}"
     );
     let e = err(&format!("{base}[php.pools.default]\n[php.pools.\"a b\"]\n"), BUILT);
@@ -831,4 +831,74 @@ mod example_tests {
         assert_eq!(hybrid.backend.routing_rules.len(), 5);
         Config::from_file(&dir.join("demo.toml")).unwrap();
     }
+}
+
+#[test]
+fn fpm_upstreams_and_named_fastcgi_pools() {
+    let php = parse("").php;
+    assert!(php.fpm_upstreams.is_empty());
+    assert_eq!(php.fpm_balance, FpmBalance::LeastConn);
+    assert_eq!((php.fpm_max_fails, php.fpm_fail_timeout.0), (1, Duration::from_secs(10)));
+    assert_eq!(php.fpm_health_interval, None);
+    let base = "[backend]\ndefault_backend = \"fastcgi\"\n[php]\n";
+    let c = parse(&format!(
+        "{base}fpm_upstreams = [{{ address = \"10.0.0.2:9000\", weight = 2 }}, {{ address = \"unix:/run/php/php8.2-fpm.sock\" }}]\nfpm_balance = \"round_robin\"\nfpm_max_fails = 3\nfpm_fail_timeout = \"20s\"\nfpm_ping_path = \"/ping\"\nfpm_health_interval = \"5s\"\nfpm_read_timeout = \"7s\"\n[php.fpm_pools.legacy]\nsocket = \"/run/php/php7.4-fpm.sock\"\nmax_fails = 0\n"
+    ));
+    let v = c.clone().validate(BUILT).unwrap();
+    assert!(v.fastcgi.is_available());
+    let g = c.php.fpm_default_group();
+    assert_eq!(g.upstreams().len(), 2);
+    assert_eq!(g.upstreams()[0].weight, 2);
+    assert_eq!(g.upstreams()[1].weight, 1);
+    assert_eq!(g.balance, FpmBalance::RoundRobin);
+    assert_eq!(g.health_interval, Some(Duration::from_secs(5)));
+    // A named pool takes [php]'s fpm_* for what it leaves unset.
+    let l = c.php.fpm_pool_group("legacy").unwrap();
+    assert_eq!(l.upstreams()[0].address, "/run/php/php7.4-fpm.sock");
+    assert_eq!((l.max_fails, l.fail_timeout), (0, Duration::from_secs(20)));
+    assert_eq!(l.read_timeout, Duration::from_secs(7));
+    assert_eq!(l.ping_path.as_deref(), Some("/ping"));
+    assert_eq!(c.php.fpm_groups().len(), 2);
+
+    let e = err(
+        &format!("{base}fpm_socket = \"127.0.0.1:9000\"\nfpm_upstreams = [{{ address = \"127.0.0.1:9001\" }}]\n"),
+        BUILT,
+    );
+    assert!(e.contains("[php] has both fpm_socket and fpm_upstreams.\n    Use fpm_socket = \"127.0.0.1:9000\" for one php-fpm, or fpm_upstreams = [{ address"), "{e}");
+    let e = err(
+        &format!("{base}fpm_upstreams = [{{ address = \"localhost\" }}, {{ address = \"127.0.0.1:9000\", weight = 0 }}, {{ address = \"127.0.0.1:9000\" }}]\nfpm_health_interval = \"5s\"\n"),
+        BUILT,
+    );
+    assert!(e.contains("[php] fpm_upstreams #1 (\"localhost\") is not a PHP-FPM address: a TCP address needs a port.\n    Use address = "), "{e}");
+    assert!(e.contains("[php] fpm_upstreams #2 (\"127.0.0.1:9000\") has weight = 0: use 1 to 1000."), "{e}");
+    assert!(e.contains("[php] fpm_upstreams #3 (\"127.0.0.1:9000\") names the address of #2 again."), "{e}");
+    assert!(e.contains("[php] fpm_health_interval needs fpm_ping_path: the active probe requests php-fpm's ping.path."), "{e}");
+    let e = Config::from_toml(&format!("{base}fpm_balance = \"random\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown variant `random`, expected `least_conn` or `round_robin`"), "{e}");
+
+    // Named pools: their own keys, names, and the rules that pick them.
+    let e = err(
+        &format!("{base}fpm_socket = \"127.0.0.1:9000\"\n[php.fpm_pools.a]\nmax_connections = 0\n[php.fpm_pools.b]\nsocket = \"127.0.0.1:9001\"\nupstreams = [{{ address = \"127.0.0.1:9002\" }}]\n[php.fpm_pools.default]\nsocket = \"127.0.0.1:9003\"\n"),
+        BUILT,
+    );
+    assert!(e.contains("[php.fpm_pools.a] names no php-fpm.\n    Add socket = "), "{e}");
+    assert!(e.contains("[php.fpm_pools.a] max_connections = 0 is out of range: use 1 to 1024."), "{e}");
+    assert!(e.contains("[php.fpm_pools.b] has both socket and upstreams."), "{e}");
+    assert!(e.contains("[php.fpm_pools.default]: a FastCGI pool's name is letters, digits"), "{e}");
+    let rule = "[[backend.routing_rules]]\npattern = { type = \"prefix\", value = \"/old/\" }\nbackend = \"fastcgi\"\npool = \"php74\"\n";
+    let e = err(
+        &format!("[backend]\ndefault_backend = \"fastcgi\"\n{rule}[php]\nfpm_socket = \"127.0.0.1:9000\"\n[php.fpm_pools.php81]\nsocket = \"127.0.0.1:9001\"\n[php.fpm_pools.php83]\nsocket = \"127.0.0.1:9002\"\n"),
+        BUILT,
+    );
+    assert_eq!(
+        e,
+        "Routing rule #1 (prefix \"/old/\") uses FastCGI pool 'php74', which is not defined (defined: php81, php83).\n    Define it as [php.fpm_pools.php74] (e.g. socket = \"/run/php/php8.1-fpm.sock\", or upstreams = [{ address = \"10.0.0.2:9000\" }]), or remove pool to use [php] fpm_socket."
+    );
+    assert!(parse(&format!(
+        "[backend]\ndefault_backend = \"fastcgi\"\n{rule}[php]\nfpm_socket = \"127.0.0.1:9000\"\n[php.fpm_pools.php74]\nsocket = \"127.0.0.1:9001\"\n"
+    ))
+    .validate(BUILT)
+    .is_ok());
 }

@@ -112,6 +112,11 @@ impl Config {
         if let Some(p) = &mut self.php.document_root {
             *p = absolute(p);
         }
+        for pool in self.php.fpm_pools.values_mut() {
+            if let Some(p) = &mut pool.document_root {
+                *p = absolute(p);
+            }
+        }
     }
 }
 
@@ -140,7 +145,7 @@ fn how_to_enable(kind: BackendKind) -> &'static str {
         BackendKind::Embedded => {
             "install libphp (apt-get install libphp8.2-embed) and set [php] libphp_path"
         }
-        BackendKind::FastCgi => "set [php] fpm_socket = \"127.0.0.1:9000\" (or the php-fpm socket path)",
+        BackendKind::FastCgi => "set [php] fpm_socket = \"127.0.0.1:9000\" (or the php-fpm socket path; fpm_upstreams for several)",
         BackendKind::Static => {
             "set [backend.static_files] enable = true and root = \"/var/www/public\""
         }
@@ -160,7 +165,7 @@ fn php_backends(
 ) -> (Availability, Availability) {
     let php = &config.php;
     let libphp_found = php.libphp_path.is_file();
-    let fpm_configured = !php.fpm_socket.trim().is_empty();
+    let fpm_configured = php.fpm_default_group().is_configured();
     let libphp_missing = || {
         Availability::Unavailable(format!(
             "libphp.so not found at: {}",
@@ -192,7 +197,7 @@ fn php_backends(
         (embedded, fastcgi)
     } else if php.use_fpm {
         let fastcgi = if !fpm_configured {
-            problems.push("[php] fpm_socket is required when enable_hybrid = false and use_fpm = true.\n    Set fpm_socket = \"127.0.0.1:9000\" (or the php-fpm socket path), or set use_fpm = false to use the embedded backend.".to_owned());
+            problems.push("[php] fpm_socket is required when enable_hybrid = false and use_fpm = true.\n    Set fpm_socket = \"127.0.0.1:9000\" (or the php-fpm socket path; fpm_upstreams = [...] for several), or set use_fpm = false to use the embedded backend.".to_owned());
             Availability::Unavailable("fpm_socket not configured".to_owned())
         } else if !built.fastcgi {
             problems.push("FastCGI backend is not built yet in this version of fe-php (use_fpm = true).\n    Use enable_hybrid = true with the static backend until it is.".to_owned());
@@ -459,21 +464,7 @@ fn check_php(php: &PhpConfig, problems: &mut Vec<String>) {
             "[php] front_controller_internal = true needs a front_controller (e.g. front_controller = \"index.php\").".to_owned(),
         );
     }
-    if !php.fpm_socket.trim().is_empty() {
-        if let Err(why) = FpmAddress::parse(&php.fpm_socket) {
-            problems.push(format!(
-                "[php] fpm_socket \"{}\" is not a PHP-FPM address: {why}.\n    Use {}.",
-                php.fpm_socket,
-                FpmAddress::FORMS
-            ));
-        }
-    }
-    if php.fpm_max_connections == 0 || php.fpm_max_connections > MAX_FPM_MAX_CONNECTIONS {
-        problems.push(format!(
-            "[php] fpm_max_connections = {} is out of range: use 1 to {MAX_FPM_MAX_CONNECTIONS}.\n    It bounds the connections each worker process opens to PHP-FPM; keep workers × fpm_max_connections ≤ the pool's pm.max_children.",
-            php.fpm_max_connections
-        ));
-    }
+    check_fpm_groups(php, problems);
     check_pool(&php.pool, "php.pool", problems);
     for (name, pool) in &php.pools {
         if name.is_empty()
@@ -488,16 +479,10 @@ fn check_php(php: &PhpConfig, problems: &mut Vec<String>) {
         }
         check_pool(pool, &format!("php.pools.{name}"), problems);
     }
-    if let Some(p) = &php.fpm_ping_path {
-        if !p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
-            problems.push(format!(
-                "[php] fpm_ping_path '{p}' must be a path starting with '/' without spaces (e.g. \"/ping\", php-fpm's ping.path)."
-            ));
-        }
-    }
 }
 
-/// `pool = "NAME"` on routing rules: a defined pool, on an embedded rule.
+/// `pool = "NAME"` on routing rules: a defined runner pool on an embedded rule
+/// (or split), a defined `[php.fpm_pools.NAME]` on a fastcgi rule.
 fn check_rule_pools(config: &Config, problems: &mut Vec<String>) {
     for (i, rule) in config.backend.routing_rules.iter().enumerate() {
         let Some(name) = &rule.pool else {
@@ -509,6 +494,10 @@ fn check_rule_pools(config: &Config, problems: &mut Vec<String>) {
             rule.pattern.kind,
             rule.pattern.value
         );
+        if rule.backend.as_deref() == Some("fastcgi") {
+            check_rule_fpm_pool(config, &what, name, problems);
+            continue;
+        }
         if !config.php.pools.contains_key(name) {
             let defined: Vec<&str> = config.php.pools.keys().map(|k| k.as_str()).collect();
             problems.push(format!(
@@ -524,7 +513,7 @@ fn check_rule_pools(config: &Config, problems: &mut Vec<String>) {
                 .any(|arm| arm.backend == "embedded");
         if !embedded {
             problems.push(format!(
-                "{what} sets pool '{name}', but only the embedded backend runs in pools.\n    Remove pool, or send the rule to backend = \"embedded\"."
+                "{what} sets pool '{name}', but only the embedded and fastcgi backends run in pools.\n    Remove pool, or send the rule to backend = \"embedded\" ([php.pools.{name}]) or backend = \"fastcgi\" ([php.fpm_pools.{name}])."
             ));
         }
     }
@@ -563,6 +552,18 @@ fn check_rule_names(rules: &[RoutingRule], problems: &mut Vec<String>) {
             ));
         }
     }
+}
+
+/// `backend = "fastcgi", pool = "NAME"`: NAME must be a `[php.fpm_pools.NAME]`.
+fn check_rule_fpm_pool(config: &Config, what: &str, name: &str, problems: &mut Vec<String>) {
+    if config.php.fpm_pools.contains_key(name) {
+        return;
+    }
+    let defined: Vec<&str> = config.php.fpm_pools.keys().map(|k| k.as_str()).collect();
+    problems.push(format!(
+        "{what} uses FastCGI pool '{name}', which is not defined{}.\n    Define it as [php.fpm_pools.{name}] (e.g. socket = \"/run/php/php8.1-fpm.sock\", or upstreams = [{{ address = \"10.0.0.2:9000\" }}]), or remove pool to use [php] fpm_socket.",
+        if defined.is_empty() { String::new() } else { format!(" (defined: {})", defined.join(", ")) }
+    ));
 }
 
 fn check_pool(pool: &PoolConfig, section: &str, problems: &mut Vec<String>) {
@@ -621,6 +622,121 @@ fn check_pool(pool: &PoolConfig, section: &str, problems: &mut Vec<String>) {
             "[{section}] queue_size = {} is out of range: use 1 to 1048576.\n    It is how many requests may wait for a free runner before the next one gets 503.",
             pool.queue_size
         ));
+    }
+}
+
+/// Every FastCGI upstream group: `[php] fpm_*` and each `[php.fpm_pools.NAME]`.
+fn check_fpm_groups(php: &PhpConfig, problems: &mut Vec<String>) {
+    for name in php.fpm_pools.keys() {
+        if name.is_empty()
+            || name == DEFAULT_FPM_POOL
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            problems.push(format!(
+                "[php.fpm_pools.{name}]: a FastCGI pool's name is letters, digits, '_' and '-', and not \"{DEFAULT_FPM_POOL}\" (that is [php] fpm_socket / fpm_upstreams)."
+            ));
+        }
+    }
+    let groups = php.fpm_groups();
+    let total: usize = groups.iter().map(|g| g.upstreams().len()).sum();
+    if total > MAX_FPM_UPSTREAMS {
+        problems.push(format!(
+            "[php] fpm_upstreams and [php.fpm_pools.*] name {total} php-fpm upstreams in all: at most {MAX_FPM_UPSTREAMS} are supported.\n    Put several pools behind one address (one php-fpm serves many), or use fewer upstreams."
+        ));
+    }
+    for g in &groups {
+        check_fpm_group(g, problems);
+    }
+}
+
+/// One upstream group: where php-fpm is, and its limits.
+fn check_fpm_group(g: &FpmGroup, problems: &mut Vec<String>) {
+    let (socket, upstreams) = (g.key("socket"), g.key("upstreams"));
+    let section = g.section();
+    if g.socket.is_some() && !g.upstream_list.is_empty() {
+        problems.push(format!(
+            "{section} has both {socket} and {upstreams}.\n    Use {socket} = \"127.0.0.1:9000\" for one php-fpm, or {upstreams} = [{{ address = \"127.0.0.1:9000\" }}, {{ address = \"unix:/run/php/php8.2-fpm.sock\", weight = 2 }}] for several, not both."
+        ));
+    }
+    if !g.is_default() && !g.is_configured() {
+        problems.push(format!(
+            "{section} names no php-fpm.\n    Add socket = \"/run/php/php8.1-fpm.sock\" (one php-fpm), or upstreams = [{{ address = \"10.0.0.2:9000\" }}, {{ address = \"10.0.0.3:9000\" }}] (several)."
+        ));
+    }
+    if let Some(s) = &g.socket {
+        if let Err(why) = FpmAddress::parse(s) {
+            problems.push(format!(
+                "{section} {socket} \"{s}\" is not a PHP-FPM address: {why}.\n    Use {}.",
+                FpmAddress::FORMS
+            ));
+        }
+    }
+    for (i, u) in g.upstream_list.iter().enumerate() {
+        let what = format!("{section} {upstreams} #{} (\"{}\")", i + 1, u.address);
+        match FpmAddress::parse(&u.address) {
+            Err(why) => problems.push(format!(
+                "{what} is not a PHP-FPM address: {why}.\n    Use address = {}.",
+                FpmAddress::FORMS
+            )),
+            Ok(a) => {
+                let same = g.upstream_list[..i]
+                    .iter()
+                    .position(|o| FpmAddress::parse(&o.address).is_ok_and(|o| o == a));
+                if let Some(j) = same {
+                    problems.push(format!(
+                        "{what} names the address of #{} again.\n    List each php-fpm once; give it a larger weight to send it more requests.",
+                        j + 1
+                    ));
+                }
+            }
+        }
+        if u.weight == 0 || u.weight > MAX_FPM_WEIGHT {
+            problems.push(format!(
+                "{what} has weight = {}: use 1 to {MAX_FPM_WEIGHT}.\n    An upstream with weight = 2 gets twice the requests of one with weight = 1; remove an upstream to send it none.",
+                u.weight
+            ));
+        }
+    }
+    let max = g.key("max_connections");
+    if g.max_connections == 0 || g.max_connections > MAX_FPM_MAX_CONNECTIONS {
+        problems.push(format!(
+            "{section} {max} = {} is out of range: use 1 to {MAX_FPM_MAX_CONNECTIONS}.\n    It bounds the connections each worker process opens to PHP-FPM; keep workers × {max} ≤ the pool's pm.max_children.",
+            g.max_connections
+        ));
+    }
+    if let Some(p) = &g.ping_path {
+        if !p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            problems.push(format!(
+                "{section} {} '{p}' must be a path starting with '/' without spaces (e.g. \"/ping\", php-fpm's ping.path).",
+                g.key("ping_path")
+            ));
+        }
+    }
+    if let Some(every) = g.health_interval {
+        if g.ping_path.is_none() {
+            problems.push(format!(
+                "{section} {} needs {}: the active probe requests php-fpm's ping.path.\n    Set ping.path = /ping in the php-fpm pool and {1} = \"/ping\", or remove {0}.",
+                g.key("health_interval"),
+                g.key("ping_path")
+            ));
+        }
+        if every < std::time::Duration::from_millis(100) {
+            problems.push(format!(
+                "{section} {} = \"{}\" is too short: use at least \"100ms\" (e.g. \"5s\").",
+                g.key("health_interval"),
+                ConfigDuration(every)
+            ));
+        }
+    }
+    if let Some(root) = &g.document_root {
+        if !root.is_dir() {
+            problems.push(format!(
+                "{section} document_root {} is not a readable directory.\n    Use an absolute path to the scripts this pool's php-fpm runs, or remove it to use [php] document_root.",
+                root.display()
+            ));
+        }
     }
 }
 

@@ -47,23 +47,40 @@ impl Engine {
             })),
             None => complete(health_document(Health::new(backends), head)),
         };
-        match &self.fastcgi {
-            Some(f) => {
-                let mut backends = backends;
-                f.probe(Box::new(move |fastcgi| {
-                    backends.fastcgi = fastcgi;
-                    then_proxy(backends)
-                }));
-            }
-            None => then_proxy(backends),
+        // Each FastCGI group is probed on its own thread, one after the other.
+        let fastcgi: Vec<Prober> = self
+            .fastcgi
+            .iter()
+            .chain(self.fastcgi_pools.values())
+            .map(|f| Box::new(f.prober()) as Prober)
+            .collect();
+        if fastcgi.is_empty() {
+            return then_proxy(backends);
         }
+        let mut backends = backends;
+        probe_in_turn(
+            fastcgi,
+            Vec::new(),
+            Box::new(move |all| {
+                if let Some(h) = BackendHealth::merge(all) {
+                    backends.fastcgi = h;
+                }
+                then_proxy(backends)
+            }),
+        );
     }
 
     /// Checks every backend (PHP-FPM and the upstreams probed from this thread).
     pub fn health(&self) -> Health {
         let mut backends = self.health_without_probes();
-        if let Some(f) = &self.fastcgi {
-            backends.fastcgi = f.probe_blocking();
+        let fastcgi = self
+            .fastcgi
+            .iter()
+            .chain(self.fastcgi_pools.values())
+            .map(|f| f.probe_blocking())
+            .collect();
+        if let Some(h) = BackendHealth::merge(fastcgi) {
+            backends.fastcgi = h;
         }
         if let Some(p) = &self.proxy {
             backends.proxy = p.probe_blocking();
@@ -83,6 +100,7 @@ impl Engine {
                 healthy: false,
                 message: format!("{} backend is not available: {why}", title(kind)),
                 latency_ms: None,
+                upstreams: Vec::new(),
             }
         };
         let static_files = match &self.static_files {
@@ -92,12 +110,14 @@ impl Engine {
                     healthy: true,
                     message: format!("Static backend is healthy (root: {})", sf.root().display()),
                     latency_ms: None,
+                    upstreams: Vec::new(),
                 },
                 Err(e) => BackendHealth {
                     enabled: true,
                     healthy: false,
                     message: format!("Static backend is unhealthy: {e}"),
                     latency_ms: None,
+                    upstreams: Vec::new(),
                 },
             },
             None => unavailable(BackendKind::Static),
@@ -125,12 +145,14 @@ impl Engine {
                         p.max
                     ),
                     latency_ms: Some(0),
+                    upstreams: Vec::new(),
                 },
                 _ => BackendHealth {
                     enabled: true,
                     healthy: true,
                     message: "Embedded backend is healthy".to_owned(),
                     latency_ms: Some(0),
+                    upstreams: Vec::new(),
                 },
             },
             None => unavailable(BackendKind::Embedded),
@@ -142,6 +164,26 @@ impl Engine {
             proxy: unavailable(BackendKind::Proxy),
         }
     }
+}
+
+type ProbeDone = Box<dyn FnOnce(BackendHealth) + Send>;
+type Prober = Box<dyn FnOnce(ProbeDone) + Send>;
+
+/// Runs `probers` one after the other (each answers from its own thread), then
+/// hands every entry to `then`.
+fn probe_in_turn(
+    mut probers: Vec<Prober>,
+    mut got: Vec<BackendHealth>,
+    then: Box<dyn FnOnce(Vec<BackendHealth>) + Send>,
+) {
+    if probers.is_empty() {
+        return then(got);
+    }
+    let first = probers.remove(0);
+    first(Box::new(move |h| {
+        got.push(h);
+        probe_in_turn(probers, got, then)
+    }))
 }
 
 fn title(kind: BackendKind) -> &'static str {

@@ -27,7 +27,7 @@ use crate::metrics::{Metrics, Source, StreamBytes};
 use crate::routing::path::{self, PathError};
 use crate::routing::router::{Route, Router};
 use crate::routing::split::{Choice, Split};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -48,6 +48,10 @@ pub struct Engine {
     static_files: Option<StaticFiles>,
     embedded: Option<Php<Embedded>>,
     fastcgi: Option<Php<FastCgi>>,
+    /// `[php.fpm_pools.NAME]`: the named FastCGI upstream groups, by name.
+    fastcgi_pools: NamedFastCgi,
+    /// The FastCGI pool of each fastcgi rule that names one, by rule index.
+    fastcgi_rules: HashMap<usize, String>,
     proxy: Option<Proxy>,
     /// Rules that split traffic, by their index in the configuration.
     splits: HashMap<usize, Split>,
@@ -149,6 +153,10 @@ impl Engine {
                 let Some(name) = &rule.pool else {
                     continue;
                 };
+                // A fastcgi rule's pool is a FastCGI upstream group (below).
+                if rule.backend.as_deref() == Some("fastcgi") {
+                    continue;
+                }
                 let settings = &php_config.pools[name];
                 let runner = Embedded::start(
                     &php_config.libphp_path,
@@ -168,14 +176,22 @@ impl Engine {
                 );
             }
         }
-        let fastcgi = match (&php, validated.fastcgi.is_available()) {
-            (Some(site), true) => Some(Php {
-                site: site.clone(),
-                runner: FastCgi::new(&validated.config.php, &site.root, metrics.clone())
-                    .map_err(fail)?,
-            }),
-            _ => None,
+        let (fastcgi, fastcgi_pools) = match (&php, validated.fastcgi.is_available()) {
+            (Some(site), true) => {
+                let (default, named) = fastcgi_groups(&validated, site, &metrics).map_err(fail)?;
+                (Some(default), named)
+            }
+            _ => (None, BTreeMap::new()),
         };
+        let fastcgi_rules = validated
+            .config
+            .backend
+            .routing_rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.backend.as_deref() == Some("fastcgi"))
+            .filter_map(|(i, r)| Some((i, r.pool.clone()?)))
+            .collect();
         let proxy = if validated.proxy.is_available() {
             Some(Proxy::new(&validated.config.backend.proxy, metrics.clone()).map_err(fail)?)
         } else {
@@ -196,6 +212,8 @@ impl Engine {
             static_files,
             embedded,
             fastcgi,
+            fastcgi_pools,
+            fastcgi_rules,
             proxy,
             splits,
             pooled,
@@ -248,7 +266,7 @@ impl Engine {
         for e in self.pooled.values() {
             e.worker_start()?;
         }
-        if let Some(f) = &self.fastcgi {
+        for f in self.fastcgi.iter().chain(self.fastcgi_pools.values()) {
             f.worker_start()?;
         }
         match &self.proxy {
@@ -376,6 +394,11 @@ impl Engine {
             .recording(self.series.of(backend, route.rule));
         let pooled = match (backend, route.rule) {
             (BackendKind::Embedded, Some(r)) => self.pooled.get(&r).map(|b| b as &dyn Backend),
+            (BackendKind::FastCgi, Some(r)) => self
+                .fastcgi_rules
+                .get(&r)
+                .and_then(|name| self.fastcgi_pools.get(name))
+                .map(|b| b as &dyn Backend),
             _ => None,
         };
         match pooled.or_else(|| self.backend(backend)) {
@@ -451,6 +474,56 @@ impl Engine {
 }
 
 
+
+/// The `[php.fpm_pools.NAME]` groups, by name.
+type NamedFastCgi = BTreeMap<String, Php<FastCgi>>;
+
+/// The FastCGI upstream groups: `[php]`'s and each `[php.fpm_pools.NAME]` (with
+/// a site of its own when it has its own document root). Their upstreams take
+/// consecutive metric slots, registered here.
+fn fastcgi_groups(
+    validated: &Validated,
+    site: &Arc<Site>,
+    metrics: &Arc<Metrics>,
+) -> Result<(Php<FastCgi>, NamedFastCgi), String> {
+    let php = &validated.config.php;
+    let default = FastCgi::new(&php.fpm_default_group(), 0, &site.root, metrics.clone())?;
+    let mut names = default.upstream_names();
+    let mut named = BTreeMap::new();
+    for name in php.fpm_pools.keys() {
+        let Some(group) = php.fpm_pool_group(name) else {
+            continue;
+        };
+        let site = match &group.document_root {
+            None => site.clone(),
+            Some(root) => {
+                let index_files = &validated.config.backend.static_files.index_files;
+                let files = StaticFiles::new(root, index_files).map_err(|e| {
+                    format!("[php.fpm_pools.{name}] document_root {}: {e}", root.display())
+                })?;
+                Arc::new(Site {
+                    files,
+                    root: embedded::absolute_root(root),
+                    front_controller: site.front_controller.clone(),
+                    front_controller_internal: site.front_controller_internal,
+                    serve_static: site.serve_static,
+                    sendfile: site.sendfile.clone(),
+                })
+            }
+        };
+        let runner = FastCgi::new(&group, names.len(), &site.root, metrics.clone())?;
+        names.extend(runner.upstream_names());
+        named.insert(name.clone(), Php { site, runner });
+    }
+    metrics.fpm_register(&names);
+    Ok((
+        Php {
+            site: site.clone(),
+            runner: default,
+        },
+        named,
+    ))
+}
 
 /// Whom the answers of a backend kind are counted for.
 fn source_of(kind: BackendKind) -> Source {

@@ -9,7 +9,8 @@ use crate::config::{BackendKind, Validated};
 use crate::metrics::{Family, Metrics, RequestSeries, Series};
 use crate::routing::router::Router;
 
-/// Label of the FastCGI backend's pool: its one PHP-FPM address.
+/// Label of the FastCGI backend's unnamed group (`[php] fpm_socket` or
+/// `fpm_upstreams`); named groups are labelled by their name.
 const FASTCGI_POOL: &str = "default";
 
 /// A PHP pool's duration and time-to-first-byte series.
@@ -22,7 +23,8 @@ struct Php {
 pub(super) struct EngineSeries {
     /// By rule index: the named rule's series (none when unnamed)...
     rules: Vec<Series>,
-    /// ...and, for rules with `pool = "NAME"`, that pool's series.
+    /// ...and, for rules with `pool = "NAME"`, that pool's series (embedded or
+    /// FastCGI, as the rule's backend).
     rule_pools: Vec<Option<Php>>,
     /// Embedded PHP in `[php.pool]`.
     default_pool: Php,
@@ -48,12 +50,21 @@ impl EngineSeries {
                 None => Series::NONE,
             })
             .collect();
+        // `pool` names a [php.fpm_pools.NAME] on a FastCGI rule, a
+        // [php.pools.NAME] on any other.
+        let fastcgi = validated.fastcgi.is_available();
         let rule_pools = validated
             .config
             .backend
             .routing_rules
             .iter()
-            .map(|r| r.pool.as_deref().filter(|_| embedded).map(|p| php("embedded", p)))
+            .map(|r| {
+                let pool = r.pool.as_deref()?;
+                match r.backend.as_deref() {
+                    Some("fastcgi") => fastcgi.then(|| php("fastcgi", pool)),
+                    _ => embedded.then(|| php("embedded", pool)),
+                }
+            })
             .collect();
         EngineSeries {
             rules,
@@ -63,7 +74,7 @@ impl EngineSeries {
             } else {
                 Php::default()
             },
-            fastcgi: if validated.fastcgi.is_available() {
+            fastcgi: if fastcgi {
                 php("fastcgi", FASTCGI_POOL)
             } else {
                 Php::default()
@@ -79,7 +90,9 @@ impl EngineSeries {
             BackendKind::Embedded => rule
                 .and_then(|r| *self.rule_pools.get(r)?)
                 .unwrap_or(self.default_pool),
-            BackendKind::FastCgi => self.fastcgi,
+            BackendKind::FastCgi => rule
+                .and_then(|r| *self.rule_pools.get(r)?)
+                .unwrap_or(self.fastcgi),
             BackendKind::Static | BackendKind::Proxy => Php::default(),
         };
         RequestSeries {

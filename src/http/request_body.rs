@@ -320,6 +320,12 @@ impl RequestBody {
                 true
             }
             State::Host { read, .. } => *read == 0,
+            // A spooled body that is the whole body (nothing was read before it was
+            // spooled) can be read again from its start: a failed-over request.
+            State::Spooled { pos, len, .. } if *len == self.shared.len => {
+                *pos = 0;
+                true
+            }
             State::Spooled { .. } | State::Closed => false,
         };
         if ok {

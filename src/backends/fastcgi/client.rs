@@ -13,6 +13,7 @@ use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -95,7 +96,9 @@ pub struct Exchanged {
 
 /// Sends one request (`request` = BEGIN_REQUEST + PARAMS records, then `body` as
 /// STDIN, read as it goes out) and feeds the response to `responder` until
-/// END_REQUEST.
+/// END_REQUEST. A failure says whether any byte of the request went out
+/// (`Failure::unsent`): only a request none of which was sent may go to another
+/// upstream.
 pub async fn exchange(
     conn: &mut Conn,
     request: &[u8],
@@ -103,8 +106,25 @@ pub async fn exchange(
     timeouts: &Timeouts,
     responder: &mut Responder,
 ) -> Result<Exchanged, Failure> {
+    let sent = AtomicBool::new(false);
+    exchange_noting(conn, request, body, timeouts, responder, &sent)
+        .await
+        .map_err(|f| Failure {
+            unsent: !sent.load(Relaxed),
+            ..f
+        })
+}
+
+async fn exchange_noting(
+    conn: &mut Conn,
+    request: &[u8],
+    body: &RequestBody,
+    timeouts: &Timeouts,
+    responder: &mut Responder,
+    sent: &AtomicBool,
+) -> Result<Exchanged, Failure> {
     let (mut r, mut w) = conn.split();
-    let mut write = pin!(write_request(&mut w, request, body, timeouts.send));
+    let mut write = pin!(write_request(&mut w, request, body, timeouts.send, sent));
     let mut read = pin!(read_response(&mut r, timeouts.read, responder));
     let mut written: Option<io::Result<()>> = None;
     loop {
@@ -147,6 +167,7 @@ async fn write_request(
     request: &[u8],
     body: &RequestBody,
     timeout: Duration,
+    sent: &AtomicBool,
 ) -> Result<(), WriteError> {
     let mut left = body.len();
     let mut out = Vec::with_capacity(
@@ -171,20 +192,39 @@ async fn write_request(
         left -= n as u64;
         protocol::push_stdin(&mut out, &piece[..n]);
         if out.len() >= WRITE_CHUNK {
-            write_timed(w, &out, timeout)
+            write_timed(w, &out, timeout, sent)
                 .await
                 .map_err(WriteError::Socket)?;
             out.clear();
         }
     }
     protocol::push_end_of_stdin(&mut out);
-    write_timed(w, &out, timeout)
+    write_timed(w, &out, timeout, sent)
         .await
         .map_err(WriteError::Socket)
 }
 
-async fn write_timed(w: &mut WriteHalf<'_>, data: &[u8], timeout: Duration) -> io::Result<()> {
-    match tokio::time::timeout(timeout, w.write_all(data)).await {
+/// Writes all of `data` within `timeout`; `sent` turns true with the first byte
+/// the socket takes.
+async fn write_timed(
+    w: &mut WriteHalf<'_>,
+    data: &[u8],
+    timeout: Duration,
+    sent: &AtomicBool,
+) -> io::Result<()> {
+    let write = async {
+        let mut rest = data;
+        while !rest.is_empty() {
+            let n = w.write(rest).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            sent.store(true, Relaxed);
+            rest = &rest[n..];
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(timeout, write).await {
         Ok(r) => r,
         Err(_) => Err(io::ErrorKind::TimedOut.into()),
     }

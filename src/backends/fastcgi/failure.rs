@@ -2,7 +2,7 @@
 //! and the log line that says what to check (in the tone of the design's
 //! troubleshooting section).
 
-use super::Settings;
+use super::{Settings, Upstream};
 use crate::http::Response;
 use std::io;
 use std::time::Duration;
@@ -25,6 +25,12 @@ pub struct Failure {
     /// A stale kept-alive connection's symptoms (reset, EPIPE, EOF before any
     /// response byte): the request may go again on a fresh connection.
     pub stale: bool,
+    /// The upstream failed (refused, reset, timed out, spoke nonsense): it counts
+    /// towards `max_fails`. Not for the client's, the script's or our own faults.
+    pub upstream_fault: bool,
+    /// Not one byte of the request reached the upstream (it could not connect, or
+    /// the first write failed): the request may go to the next upstream.
+    pub unsent: bool,
 }
 
 /// The usual reason every php-fpm child is taken.
@@ -39,6 +45,16 @@ impl Failure {
             hint: hint.to_owned(),
             log: Some(log),
             stale: false,
+            upstream_fault: false,
+            unsent: false,
+        }
+    }
+
+    /// The same, counting against the upstream.
+    fn fault(status: u16, hint: &str, log: String) -> Failure {
+        Failure {
+            upstream_fault: true,
+            ..Failure::new(status, hint, log)
         }
     }
 
@@ -51,7 +67,7 @@ impl Failure {
     }
 
     pub fn bad_protocol(detail: String) -> Failure {
-        Failure::new(
+        Failure::fault(
             502,
             "PHP-FPM sent an invalid FastCGI response.",
             format!("invalid FastCGI response: {detail}: is [php] fpm_socket really PHP-FPM's FastCGI socket (its pool's `listen =`), not an HTTP port?"),
@@ -59,7 +75,7 @@ impl Failure {
     }
 
     pub fn refused(status_name: &str) -> Failure {
-        Failure::new(
+        Failure::fault(
             502,
             "PHP-FPM refused the request.",
             format!("PHP-FPM ended the request with {status_name}: check its pool configuration and error log"),
@@ -77,13 +93,15 @@ impl Failure {
             hint: why.to_owned(),
             log: None,
             stale: false,
+            upstream_fault: false,
+            unsent: false,
         }
     }
 
     pub fn eof(received: bool) -> Failure {
         Failure {
             stale: !received,
-            ..Failure::new(
+            ..Failure::fault(
                 502,
                 "PHP-FPM closed the connection before the response ended.",
                 format!("PHP-FPM closed the connection before END_REQUEST: {CHECK_LOG}"),
@@ -97,7 +115,7 @@ impl Failure {
             !received && matches!(e.kind(), ConnectionReset | BrokenPipe | ConnectionAborted);
         Failure {
             stale,
-            ..Failure::new(
+            ..Failure::fault(
                 502,
                 "The connection to PHP-FPM failed.",
                 format!("the connection to PHP-FPM failed: {e}: {CHECK_LOG}"),
@@ -106,7 +124,7 @@ impl Failure {
     }
 
     pub fn read_timeout(t: Duration) -> Failure {
-        Failure::new(
+        Failure::fault(
             504,
             "PHP-FPM did not answer in time.",
             format!("PHP-FPM sent nothing for {} ([php] fpm_read_timeout): the script runs longer than that (raise fpm_read_timeout, or find it with php-fpm's request_slowlog_timeout), or no child took the request: {HELD}", show(t)),
@@ -134,30 +152,40 @@ impl Failure {
     }
 
     pub fn send_timeout(t: Duration) -> Failure {
-        Failure::new(
+        Failure::fault(
             504,
             "PHP-FPM did not take the request in time.",
             format!("PHP-FPM read nothing of the request for {} ([php] fpm_send_timeout): no child took it: {HELD}; php-fpm's status page (pm.status_path) shows its children", show(t)),
         )
     }
 
-    pub fn connect(e: ConnectError, s: &Settings) -> Failure {
+    /// Connecting to upstream `u` failed; the request was not sent.
+    pub fn connect(e: ConnectError, s: &Settings, u: &Upstream) -> Failure {
+        let f = Failure::connect_only(e, s, u);
+        Failure {
+            unsent: true,
+            ..f
+        }
+    }
+
+    fn connect_only(e: ConnectError, s: &Settings, u: &Upstream) -> Failure {
         let running = format!(
-            "PHP-FPM is not running or fpm_socket is wrong: check `ps aux | grep php-fpm` and [php] fpm_socket = \"{}\" (it must match the pool's `listen =`)",
-            s.socket
+            "PHP-FPM is not running or {} is wrong: check `ps aux | grep php-fpm` and {} (it must match the pool's `listen =`)",
+            s.address_key(),
+            s.where_is(u)
         );
         match e {
-            ConnectError::Timeout => Failure::new(
+            ConnectError::Timeout => Failure::fault(
                 504,
                 "PHP-FPM did not accept the connection in time.",
-                format!("connecting to PHP-FPM at {} took longer than {} ([php] fpm_connect_timeout): is the host reachable? Or php-fpm's listen queue is full: {HELD}", s.socket, show(s.timeouts.connect)),
+                format!("connecting to PHP-FPM at {} took longer than {} ({}): is the host reachable? Or php-fpm's listen queue is full: {HELD}", u.shown, show(s.timeouts.connect), s.group.full_key("connect_timeout")),
             ),
             ConnectError::Io(e) if crate::backends::exhaustion(&e).is_some() => Failure::new(
                 503,
                 "No connection to PHP-FPM could be opened.",
                 format!(
                     "cannot connect to PHP-FPM at {}: {}",
-                    s.socket,
+                    u.shown,
                     crate::backends::exhaustion(&e).unwrap_or_default()
                 ),
             ),
@@ -168,13 +196,25 @@ impl Failure {
                     io::ErrorKind::PermissionDenied => "permission denied: let fe-php's user use the socket (listen.owner, listen.group and listen.mode in the pool configuration)".to_owned(),
                     _ => format!("{e}: {running}"),
                 };
-                Failure::new(
+                Failure::fault(
                     502,
                     "PHP-FPM is not reachable.",
-                    format!("cannot connect to PHP-FPM at {}: {why}", s.socket),
+                    format!("cannot connect to PHP-FPM at {}: {why}", u.shown),
                 )
             }
         }
+    }
+
+    /// The log line as a named pool's keys are spelt: messages name `[php]
+    /// fpm_read_timeout` and the like, which in `[php.fpm_pools.NAME]` is
+    /// `read_timeout`.
+    pub fn for_group(mut self, group: &crate::config::FpmGroup) -> Failure {
+        if !group.is_default() {
+            if let Some(log) = &mut self.log {
+                *log = log.replace("[php] fpm_", &format!("{} ", group.section()));
+            }
+        }
+        self
     }
 
     /// The error page.
@@ -199,7 +239,8 @@ mod tests {
             ..PhpConfig::default()
         };
         let fcgi = super::super::FastCgi::new(
-            &php,
+            &php.fpm_default_group(),
+            0,
             std::path::Path::new("/srv"),
             std::sync::Arc::new(crate::metrics::Metrics::new()),
         )
@@ -213,6 +254,7 @@ mod tests {
         let f = Failure::connect(
             ConnectError::Io(io::Error::from_raw_os_error(libc::EMFILE)),
             &s,
+            &s.upstreams[0],
         );
         assert_eq!(f.status, 503);
         let log = f.log.unwrap();
@@ -224,8 +266,24 @@ mod tests {
         let f = Failure::connect(
             ConnectError::Io(io::Error::from_raw_os_error(libc::ECONNREFUSED)),
             &s,
+            &s.upstreams[0],
         );
         assert_eq!(f.status, 502);
         assert!(f.log.unwrap().contains("PHP-FPM is not running"));
+    }
+
+    #[test]
+    fn a_named_pool_s_messages_name_its_own_keys() {
+        let php: crate::config::PhpConfig = toml::from_str(
+            "fpm_socket = \"127.0.0.1:9000\"\n[fpm_pools.legacy]\nsocket = \"127.0.0.1:9001\"\n",
+        )
+        .unwrap();
+        let f = Failure::read_timeout(std::time::Duration::from_secs(3));
+        let named = f.for_group(&php.fpm_pool_group("legacy").unwrap());
+        let log = named.log.unwrap();
+        assert!(log.contains("([php.fpm_pools.legacy] read_timeout)"), "{log}");
+        let f = Failure::read_timeout(std::time::Duration::from_secs(3));
+        let log = f.for_group(&php.fpm_default_group()).log.unwrap();
+        assert!(log.contains("([php] fpm_read_timeout)"), "{log}");
     }
 }

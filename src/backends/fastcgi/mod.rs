@@ -1,25 +1,33 @@
-//! The FastCGI backend: PHP-FPM over TCP or a Unix socket, with a bounded pool of
-//! kept-alive connections per worker process.
+//! The FastCGI backend: a group of PHP-FPM upstreams (one or several, over TCP or
+//! Unix sockets, with weights), each with a bounded pool of kept-alive
+//! connections per worker process. An engine has one `FastCgi` per group: `[php]
+//! fpm_*` and each `[php.fpm_pools.NAME]`.
 //!
-//! Each worker process runs one I/O thread (`backends::io_thread`, started after
-//! the fork); requests are queued to it and answered through their completion
-//! from it.
+//! Each group runs one I/O thread per worker process (`backends::io_thread`,
+//! started after the fork); requests are queued to it and answered through their
+//! completion from it.
 //!
 //! - `protocol`: FastCGI records, encoded and decoded (pure);
 //! - `client`: one request over one connection;
 //! - `response`: PHP's CGI output turned into a `Response`, buffered or streamed;
-//! - `pool`: the bounded, kept-alive connections of one process, and a request's run;
-//! - `probe`: the `/_health` check;
+//! - `pool`: the bounded, kept-alive connections of one process to one upstream;
+//! - `balance`: which upstream takes an attempt, passive health (pure);
+//! - `group`: a process's upstreams, their pools and balancer, health published;
+//! - `run`: one request's attempts over the group (fail over only if unsent);
+//! - `probe`: the `/_health` check and the active prober;
 //! - `failure`: what went wrong, for the client's error page and the log.
 
+mod balance;
 mod client;
 // `fuzzing` below makes `Failure` reachable; its constructors take private types.
 #[cfg_attr(fuzzing, allow(private_interfaces))]
 mod failure;
+mod group;
 mod pool;
 mod probe;
 mod protocol;
 mod response;
+mod run;
 
 /// The FastCGI internals the `cargo fuzz` targets drive (`fuzz/`). Compiled only
 /// under `--cfg fuzzing`, which cargo-fuzz sets: no part of the normal API.
@@ -50,13 +58,13 @@ use crate::backends::php::Runner;
 use super::io_thread::{self, IoThread, PerProcess, Task};
 use crate::http::Completion;
 use crate::backends::php::cgi::CgiVars;
-use crate::config::{FpmAddress, PhpConfig};
+use crate::config::{FpmAddress, FpmGroup};
 use crate::health::BackendHealth;
 use crate::http::{Body, Request, Response};
 use crate::metrics::Metrics;
 use crate::http::request_body::RequestBody;
+use group::Group;
 use parking_lot::Mutex;
-use pool::Pool;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -75,11 +83,21 @@ struct Timeouts {
     pub send: Duration,
 }
 
-/// Settings of the backend, from `[php]`.
-struct Settings {
+/// One php-fpm of a group.
+struct Upstream {
     address: FpmAddress,
-    /// `fpm_socket` as written, for messages.
-    socket: String,
+    /// As written, for messages.
+    shown: String,
+    weight: u32,
+    /// Its series in the shared metrics.
+    slot: usize,
+}
+
+/// Settings of one group, from `[php]` or `[php.fpm_pools.NAME]`.
+struct Settings {
+    /// As configured (names, keys and balancing).
+    group: FpmGroup,
+    upstreams: Vec<Upstream>,
     max_connections: usize,
     timeouts: Timeouts,
     idle_timeout: Duration,
@@ -87,6 +105,29 @@ struct Settings {
     document_root: PathBuf,
     /// Pool gauges and counters.
     metrics: Arc<Metrics>,
+}
+
+impl Settings {
+    /// The key that names php-fpm's address: "fpm_socket", "upstreams", ….
+    fn address_key(&self) -> String {
+        self.group.key(if self.group.socket.is_some() {
+            "socket"
+        } else {
+            "upstreams"
+        })
+    }
+
+    /// Where `u` is configured: `[php] fpm_socket = "…"`, or
+    /// `[php] fpm_upstreams address = "…"`.
+    fn where_is(&self, u: &Upstream) -> String {
+        let key = self.address_key();
+        let section = self.group.section();
+        if self.group.socket.is_some() {
+            format!("{section} {key} = \"{}\"", u.shown)
+        } else {
+            format!("{section} {key} address = \"{}\"", u.shown)
+        }
+    }
 }
 
 /// One request, owned, ready for the FastCGI thread.
@@ -178,35 +219,44 @@ impl FcgiJob {
     }
 }
 
-/// The FastCGI thread of one process and its connections.
+/// The FastCGI thread of one process and its upstreams.
 struct Worker {
     thread: IoThread,
-    pool: Arc<Pool>,
+    group: Arc<Group>,
 }
 
 impl Worker {
     fn start(settings: Arc<Settings>) -> io::Result<Worker> {
-        let pool = Arc::new(Pool::new(settings.clone()));
+        let group = Arc::new(Group::new(settings.clone()));
         let reaper: Task = Box::pin({
-            let pool = pool.clone();
+            let group = group.clone();
             async move {
-                let every = (pool.settings.idle_timeout / 4)
+                let every = (group.settings.idle_timeout / 4)
                     .clamp(Duration::from_millis(100), Duration::from_secs(5));
                 let mut tick = tokio::time::interval(every);
                 loop {
                     tick.tick().await;
-                    pool.close_idle();
+                    group.close_idle();
                 }
             }
         });
         // Blocking work: streamed bodies waiting for slow clients (at most one per
         // connection) and host name lookups.
-        let thread = IoThread::start("fastcgi", settings.max_connections + 4, Some(reaper))?;
-        Ok(Worker { thread, pool })
+        let blocking = (settings.max_connections * settings.upstreams.len() + 4).min(4096);
+        let thread = IoThread::start("fastcgi", blocking, Some(reaper))?;
+        if let (Some(every), Some(_)) = (settings.group.health_interval, &settings.ping_path) {
+            if thread
+                .spawn(Box::pin(probe::watch(group.clone(), every)))
+                .is_err()
+            {
+                tracing::warn!(pool = %settings.group.name, "cannot start the active PHP-FPM prober; passive health only");
+            }
+        }
+        Ok(Worker { thread, group })
     }
 }
 
-/// The FastCGI backend of one engine.
+/// One FastCGI upstream group of an engine.
 pub struct FastCgi {
     settings: Arc<Settings>,
     /// This process's FastCGI thread (re-created after a fork).
@@ -214,31 +264,60 @@ pub struct FastCgi {
 }
 
 impl FastCgi {
-    /// Reads the settings; starts nothing (threads start per process, after fork).
+    /// Reads the settings of `group`, whose upstreams count in the shared metrics
+    /// from slot `first_slot` on; starts nothing (threads start per process, after
+    /// fork).
     pub fn new(
-        php: &PhpConfig,
+        group: &FpmGroup,
+        first_slot: usize,
         document_root: &Path,
         metrics: Arc<Metrics>,
     ) -> Result<FastCgi, String> {
-        let address = FpmAddress::parse(&php.fpm_socket)
-            .map_err(|e| format!("[php] fpm_socket \"{}\": {e}", php.fpm_socket))?;
+        let upstreams = group
+            .upstreams()
+            .into_iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let address = FpmAddress::parse(&u.address).map_err(|e| {
+                    format!("{} \"{}\": {e}", group.full_key(if group.socket.is_some() { "socket" } else { "upstreams" }), u.address)
+                })?;
+                Ok(Upstream {
+                    address,
+                    shown: u.address.trim().to_owned(),
+                    weight: u.weight,
+                    slot: first_slot + i,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        if upstreams.is_empty() {
+            return Err(format!("{} names no php-fpm", group.section()));
+        }
         Ok(FastCgi {
             settings: Arc::new(Settings {
-                address,
-                socket: php.fpm_socket.trim().to_owned(),
-                max_connections: php.fpm_max_connections.max(1),
+                group: group.clone(),
+                upstreams,
+                max_connections: group.max_connections.max(1),
                 timeouts: Timeouts {
-                    connect: php.fpm_connect_timeout.0,
-                    read: php.fpm_read_timeout.0,
-                    send: php.fpm_send_timeout.0,
+                    connect: group.connect_timeout,
+                    read: group.read_timeout,
+                    send: group.send_timeout,
                 },
-                idle_timeout: php.fpm_idle_timeout.0,
-                ping_path: php.fpm_ping_path.clone(),
+                idle_timeout: group.idle_timeout,
+                ping_path: group.ping_path.clone(),
                 document_root: document_root.to_owned(),
                 metrics,
             }),
             worker: PerProcess::default(),
         })
+    }
+
+    /// The (pool, address) of each upstream, in slot order, for the metrics.
+    pub fn upstream_names(&self) -> Vec<(String, String)> {
+        let s = &self.settings;
+        s.upstreams
+            .iter()
+            .map(|u| (s.group.name.clone(), u.shown.clone()))
+            .collect()
     }
 
     /// Starts this process's FastCGI thread (after fork), if not running yet.
@@ -264,7 +343,7 @@ impl FastCgi {
         match self.worker() {
             Ok(w) => {
                 if w.thread
-                    .spawn(Box::pin(pool::run(w.pool.clone(), job)))
+                    .spawn(Box::pin(run::run(w.group.clone(), job)))
                     .is_err()
                 {
                     tracing::error!("the FastCGI thread has stopped; answering 503");
@@ -274,40 +353,56 @@ impl FastCgi {
         }
     }
 
-    /// Probes PHP-FPM on the FastCGI thread; `done` gets the health entry there.
-    pub fn probe(&self, done: Box<dyn FnOnce(BackendHealth) + Send>) {
-        let Ok(w) = self.worker() else {
-            return done(self.probe_blocking());
-        };
-        // Kept outside the task, so that it still answers if the task cannot run.
-        let done = Arc::new(Mutex::new(Some(done)));
+    /// A probe of the group that can run later (from any thread): `done` gets the
+    /// health entry, from the FastCGI thread.
+    pub fn prober(&self) -> impl FnOnce(Box<dyn FnOnce(BackendHealth) + Send>) + Send + 'static {
+        let worker = self.worker().ok();
         let settings = self.settings.clone();
-        let task: Task = Box::pin({
-            let done = done.clone();
-            async move {
-                let health = probe::probe(&settings).await;
-                if let Some(d) = done.lock().take() {
-                    d(health);
+        move |done| {
+            let Some(w) = worker else {
+                return done(probe_blocking(settings, None));
+            };
+            // Kept outside the task, so that it still answers if the task cannot run.
+            let done = Arc::new(Mutex::new(Some(done)));
+            let task: Task = Box::pin({
+                let done = done.clone();
+                let settings = settings.clone();
+                let group = w.group.clone();
+                async move {
+                    let health = probe::probe(&settings, Some(&group)).await;
+                    if let Some(d) = done.lock().take() {
+                        d(health);
+                    }
                 }
-            }
-        });
-        if w.thread.spawn(task).is_err() {
-            if let Some(d) = done.lock().take() {
-                d(self.probe_blocking());
+            });
+            if w.thread.spawn(task).is_err() {
+                if let Some(d) = done.lock().take() {
+                    d(probe_blocking(settings, Some(w.group.clone())));
+                }
             }
         }
     }
 
-    /// Probes PHP-FPM from the calling thread (on a short-lived helper thread with
-    /// its own runtime, so it works anywhere: before fork, inside a runtime).
+    /// Probes the group from the calling thread (on a short-lived helper thread
+    /// with its own runtime, so it works anywhere: before fork, inside a runtime).
     pub fn probe_blocking(&self) -> BackendHealth {
-        let settings = self.settings.clone();
-        io_thread::block_on_helper(
-            "fastcgi-probe",
-            async move { probe::probe(&settings).await },
-        )
-        .unwrap_or_else(probe::unhealthy)
+        let group = self
+            .worker
+            .get(|| Err(String::new()))
+            .ok()
+            .map(|w| w.group.clone());
+        probe_blocking(self.settings.clone(), group)
     }
+}
+
+fn probe_blocking(settings: Arc<Settings>, group: Option<Arc<Group>>) -> BackendHealth {
+    io_thread::block_on_helper("fastcgi-probe", async move {
+        probe::probe(&settings, group.as_deref()).await
+    })
+    .unwrap_or_else(probe::unhealthy)
+}
+
+impl FastCgi {
 }
 
 impl Runner for FastCgi {

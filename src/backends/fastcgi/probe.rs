@@ -1,12 +1,17 @@
-//! The health probe: a connection of its own to PHP-FPM, FCGI_GET_VALUES (php-fpm
-//! answers, then closes) or a GET of `fpm_ping_path`, timed.
+//! Health: a probe of each upstream on a connection of its own — FCGI_GET_VALUES
+//! (php-fpm answers, then closes) or a GET of the ping path (php-fpm's
+//! `ping.path`), timed — for `/_health`, and repeated every `health_interval` by
+//! the active prober, which takes failing upstreams out of the turn and brings
+//! answering ones back.
 
 use super::client::{self, Conn};
 use super::failure::Failure;
+use super::group::Group;
 use super::response::Responder;
 use super::{protocol, Settings, Timeouts};
-use crate::health::BackendHealth;
+use crate::health::{BackendHealth, UpstreamHealth};
 use crate::http::Response;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub fn unhealthy(why: String) -> BackendHealth {
@@ -15,24 +20,21 @@ pub fn unhealthy(why: String) -> BackendHealth {
         healthy: false,
         message: format!("FastCGI backend is unhealthy: {why}"),
         latency_ms: None,
+        upstreams: Vec::new(),
     }
 }
 
-/// One probe on its own connection: FCGI_GET_VALUES (php-fpm answers, then
-/// closes), or a GET of `fpm_ping_path` (e.g. php-fpm's ping.path) when set.
-/// Connecting and answering may each take `fpm_connect_timeout`.
-pub async fn probe(s: &Settings) -> BackendHealth {
-    let start = Instant::now();
+/// Upstream `i` on a connection of its own: what it answered, or why it did not.
+/// Connecting and answering may each take the connect timeout.
+async fn probe_one(s: &Settings, i: usize, ping_only: bool) -> Result<String, String> {
+    let u = &s.upstreams[i];
     let limit = s.timeouts.connect;
-    let mut conn = match Conn::connect(&s.address, limit).await {
+    let mut conn = match Conn::connect(&u.address, limit).await {
         Ok(c) => c,
-        Err(e) => {
-            let why = Failure::connect(e, s).log.unwrap_or_default();
-            tracing::warn!("health check: {why}");
-            return unhealthy(why);
-        }
+        Err(e) => return Err(Failure::connect(e, s, u).log.unwrap_or_default()),
     };
     let answer = match &s.ping_path {
+        None if ping_only => return Ok("accepted a connection".to_owned()),
         None => client::get_values(&mut conn, limit).await.map(|values| {
             let shown: Vec<String> = values.iter().map(|(n, v)| format!("{n}={v}")).collect();
             if shown.is_empty() {
@@ -43,20 +45,103 @@ pub async fn probe(s: &Settings) -> BackendHealth {
         }),
         Some(path) => ping(&mut conn, s, path, limit).await,
     };
-    match answer {
-        Ok(what) => BackendHealth {
-            enabled: true,
-            healthy: true,
-            message: format!(
-                "FastCGI backend is healthy (PHP-FPM at {} {what})",
-                s.socket
-            ),
-            latency_ms: Some(start.elapsed().as_millis() as u64),
-        },
-        Err(f) => {
-            let why = format!("PHP-FPM at {}: {}", s.socket, f.log.unwrap_or(f.hint));
-            tracing::warn!("health check: {why}");
-            unhealthy(why)
+    answer.map_err(|f| format!("PHP-FPM at {}: {}", u.shown, f.log.unwrap_or(f.hint)))
+}
+
+/// Probes every upstream at once: each one's result, in order.
+async fn probe_all(s: &Arc<Settings>, ping_only: bool) -> Vec<Result<String, String>> {
+    let mut probes = tokio::task::JoinSet::new();
+    for i in 0..s.upstreams.len() {
+        let s = s.clone();
+        probes.spawn(async move { (i, probe_one(&s, i, ping_only).await) });
+    }
+    let mut results = vec![Err("not probed".to_owned()); s.upstreams.len()];
+    while let Some(Ok((i, r))) = probes.join_next().await {
+        results[i] = r;
+    }
+    results
+}
+
+/// The `/_health` entry of a group. With this process's `group`, upstreams that
+/// failed are taken out of the turn and those that answered brought back.
+pub async fn probe(s: &Arc<Settings>, group: Option<&Group>) -> BackendHealth {
+    let start = Instant::now();
+    let results = probe_all(s, false).await;
+    let latency = start.elapsed().as_millis() as u64;
+    if let Some(g) = group {
+        for (i, r) in results.iter().enumerate() {
+            match r {
+                Ok(_) => g.succeeded(i),
+                Err(why) => g.probe_failed(i, why),
+            }
+        }
+    }
+    let stats = s.metrics.fpm_upstreams();
+    let upstreams: Vec<UpstreamHealth> = s
+        .upstreams
+        .iter()
+        .zip(&results)
+        .map(|(u, r)| {
+            let st = stats.get(u.slot);
+            UpstreamHealth {
+                pool: s.group.name.clone(),
+                address: u.shown.clone(),
+                up: r.is_ok() && st.is_none_or(|st| st.up),
+                active_connections: st.map_or(0, |st| st.active),
+                requests: st.map_or(0, |st| st.requests),
+                failures: st.map_or(0, |st| st.failures),
+                error: r.as_ref().err().cloned(),
+            }
+        })
+        .collect();
+    let subject = if s.group.is_default() {
+        "FastCGI backend".to_owned()
+    } else {
+        format!("FastCGI pool '{}'", s.group.name)
+    };
+    let answered = results.iter().filter(|r| r.is_ok()).count();
+    let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    for why in &failures {
+        tracing::warn!("health check: {why}");
+    }
+    let message = match (&results[..], answered) {
+        ([Ok(what)], _) => format!("{subject} is healthy (PHP-FPM at {} {what})", s.upstreams[0].shown),
+        ([Err(why)], _) => format!("{subject} is unhealthy: {why}"),
+        (_, 0) => format!(
+            "{subject} is unhealthy (no PHP-FPM upstream answered: {})",
+            failures.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")
+        ),
+        (all, n) if failures.is_empty() => {
+            format!("{subject} is healthy ({n} of {} PHP-FPM upstreams answered)", all.len())
+        }
+        (all, n) => format!(
+            "{subject} is healthy ({n} of {} PHP-FPM upstreams answered; {})",
+            all.len(),
+            failures.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")
+        ),
+    };
+    BackendHealth {
+        enabled: true,
+        healthy: answered > 0,
+        message,
+        latency_ms: (answered > 0).then_some(latency),
+        upstreams,
+    }
+}
+
+/// The active prober of one process: every `health_interval`, the ping path on
+/// each upstream; a failure takes it out of the turn, an answer brings it back.
+pub async fn watch(group: Arc<Group>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let results = probe_all(&group.settings, true).await;
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(_) => group.succeeded(i),
+                Err(why) => group.probe_failed(i, &why),
+            }
         }
     }
 }

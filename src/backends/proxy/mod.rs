@@ -181,6 +181,7 @@ fn probe_blocking(settings: Arc<Settings>, upstreams: Option<Arc<Upstreams>>) ->
         healthy: false,
         message: format!("Proxy backend is unhealthy: {why}"),
         latency_ms: None,
+        upstreams: Vec::new(),
     })
 }
 
@@ -249,6 +250,7 @@ async fn probe(s: &Settings, upstreams: Option<&Upstreams>) -> BackendHealth {
         healthy: reachable > 0,
         message,
         latency_ms: (reachable > 0).then_some(latency),
+        upstreams: Vec::new(),
     }
 }
 
