@@ -12,6 +12,7 @@ pub mod certs;
 pub mod config;
 pub mod diff;
 pub mod load;
+pub mod netns;
 pub mod peers;
 pub mod proc;
 pub mod upstream;

@@ -22,6 +22,8 @@ struct State {
     fails: u32,
     window_start: Option<Instant>,
     down_until: Option<Instant>,
+    /// When it last answered (a request or a probe).
+    answered: Option<Instant>,
 }
 
 pub struct Balancer {
@@ -161,7 +163,20 @@ impl Balancer {
         s.fails = 0;
         s.window_start = None;
         s.down_until = None;
+        s.answered = Some(now);
         was_down
+    }
+
+    /// How long ago `i` last answered, if it did within `window` and has not
+    /// failed since.
+    pub fn answered_within(&self, i: usize, now: Instant, window: Duration) -> Option<Duration> {
+        let st = self.state.lock();
+        let s = st.get(i)?;
+        if s.fails > 0 || s.down_until.is_some_and(|t| now < t) {
+            return None;
+        }
+        let ago = now.saturating_duration_since(s.answered?);
+        (ago <= window).then_some(ago)
     }
 
     pub fn is_down(&self, i: usize, now: Instant) -> bool {
@@ -303,5 +318,26 @@ mod tests {
         assert_eq!(b.failed(0, t0), Marked::Counted);
         assert!(!b.mark_down(0, t0));
         assert!(!b.is_down(0, t0));
+    }
+
+    #[test]
+    fn a_recent_answer_stands_for_a_probe_until_a_failure() {
+        let b = Balancer::new(FpmBalance::LeastConn, &[1, 1], 1, Duration::from_secs(10));
+        let t0 = Instant::now();
+        let window = Duration::from_secs(1);
+        assert_eq!(b.answered_within(0, t0, window), None, "never answered");
+        b.succeeded(0, t0);
+        assert_eq!(
+            b.answered_within(0, t0 + Duration::from_millis(300), window),
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(b.answered_within(0, t0 + Duration::from_secs(2), window), None, "too old");
+        assert_eq!(b.answered_within(1, t0, window), None, "another upstream");
+        b.failed(0, t0 + Duration::from_millis(400));
+        assert_eq!(
+            b.answered_within(0, t0 + Duration::from_millis(500), window),
+            None,
+            "a failure since: probe it"
+        );
     }
 }

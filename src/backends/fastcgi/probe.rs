@@ -14,6 +14,9 @@ use crate::http::Response;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How recent an answer to a request stands for a probe in `/_health`.
+const RECENT: Duration = Duration::from_secs(1);
+
 pub fn unhealthy(why: String) -> BackendHealth {
     BackendHealth {
         enabled: true,
@@ -48,14 +51,23 @@ async fn probe_one(s: &Settings, i: usize, ping_only: bool) -> Result<String, St
     answer.map_err(|f| format!("PHP-FPM at {}: {}", u.shown, f.log.unwrap_or(f.hint)))
 }
 
-/// Probes every upstream at once: each one's result, in order.
-async fn probe_all(s: &Arc<Settings>, ping_only: bool) -> Vec<Result<String, String>> {
+/// Probes every upstream at once (but those `known` answers for): each one's
+/// result, in order.
+async fn probe_all(
+    s: &Arc<Settings>,
+    ping_only: bool,
+    known: impl Fn(usize) -> Option<String>,
+) -> Vec<Result<String, String>> {
     let mut probes = tokio::task::JoinSet::new();
+    let mut results = vec![Err("not probed".to_owned()); s.upstreams.len()];
     for i in 0..s.upstreams.len() {
+        if let Some(answer) = known(i) {
+            results[i] = Ok(answer);
+            continue;
+        }
         let s = s.clone();
         probes.spawn(async move { (i, probe_one(&s, i, ping_only).await) });
     }
-    let mut results = vec![Err("not probed".to_owned()); s.upstreams.len()];
     while let Some(Ok((i, r))) = probes.join_next().await {
         results[i] = r;
     }
@@ -64,9 +76,19 @@ async fn probe_all(s: &Arc<Settings>, ping_only: bool) -> Vec<Result<String, Str
 
 /// The `/_health` entry of a group. With this process's `group`, upstreams that
 /// failed are taken out of the turn and those that answered brought back.
+///
+/// An upstream that answered one of this process's requests within the last
+/// `RECENT` is reported from that answer, not probed: under load php-fpm's
+/// children are all held by kept-alive connections, and a probe on a connection
+/// of its own would wait in php-fpm's backlog until a load balancer's health
+/// check timed out and took a working instance out.
 pub async fn probe(s: &Arc<Settings>, group: Option<&Group>) -> BackendHealth {
     let start = Instant::now();
-    let results = probe_all(s, false).await;
+    let known = |i: usize| {
+        let ago = group?.balancer.answered_within(i, start, RECENT)?;
+        Some(format!("answered a request {} ms ago", ago.as_millis()))
+    };
+    let results = probe_all(s, false, known).await;
     let latency = start.elapsed().as_millis() as u64;
     if let Some(g) = group {
         for (i, r) in results.iter().enumerate() {
@@ -136,7 +158,7 @@ pub async fn watch(group: Arc<Group>, every: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let results = probe_all(&group.settings, true).await;
+        let results = probe_all(&group.settings, true, |_| None).await;
         for (i, r) in results.into_iter().enumerate() {
             match r {
                 Ok(_) => group.succeeded(i),
