@@ -653,3 +653,53 @@ priority = 10
         r.text()
     );
 }
+
+/// Control clients that stall (a head never finished, a flood of idle
+/// connections) hold up neither the master's care of its workers nor the
+/// next control client.
+#[test]
+fn stalled_control_clients_never_hold_up_the_master() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let h = static_host(UNIX);
+    let before = h.workers();
+    assert_eq!(before.len(), 2, "{}", h.stderr());
+    // One client stops in the middle of its head; twenty more connect and say nothing.
+    let mut half = UnixStream::connect(socket(&h)).unwrap();
+    half.write_all(b"GET /workers HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let idle: Vec<UnixStream> = (0..20)
+        .map(|_| UnixStream::connect(socket(&h)).unwrap())
+        .collect();
+
+    // A worker dies: the master replaces it as it would with no control client.
+    let killed = before[0];
+    unsafe { libc::kill(killed, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = h.workers();
+        if now.len() == 2 && !now.contains(&killed) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the master did not replace worker {killed} while control clients stalled: {now:?}\n{}",
+            h.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(body(&h, "/a.txt"), "one\n");
+
+    // Those beyond the master's 16 clients wait in the backlog; once the stalled
+    // ones go, a well-behaved client is answered at once.
+    drop(idle);
+    let r = ctl(&h, &["-m", "5"], "/workers");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        json(&r)["workers"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        r.text()
+    );
+    drop(half);
+}
