@@ -387,9 +387,8 @@ fpm_max_connections = 2
         .failed
         .iter()
         .filter(|s| {
-            let span = (s.at, s.at + s.took);
-            !(span.0 <= kill1_to && span.1 >= kill1_from)
-                && !(span.0 <= kill2_to && span.1 >= kill2_from)
+            let during = |from: Duration, to: Duration| s.at <= to && s.at + s.took >= from;
+            !during(kill1_from, kill1_to) && !during(kill2_from, kill2_to)
         })
         .collect();
     eprintln!(

@@ -60,9 +60,9 @@ async fn probe_all(
 ) -> Vec<Result<String, String>> {
     let mut probes = tokio::task::JoinSet::new();
     let mut results = vec![Err("not probed".to_owned()); s.upstreams.len()];
-    for i in 0..s.upstreams.len() {
+    for (i, result) in results.iter_mut().enumerate() {
         if let Some(answer) = known(i) {
-            results[i] = Ok(answer);
+            *result = Ok(answer);
             continue;
         }
         let s = s.clone();
