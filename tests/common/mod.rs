@@ -94,7 +94,9 @@ impl Host {
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Generous: a machine busy compiling once took over 10 s to start one
+        // (PHP's module startup and the runner pool's forks compete for the CPU).
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
