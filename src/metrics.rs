@@ -16,6 +16,7 @@ mod histogram;
 pub use histogram::{label_text, Family, RequestSeries, Series};
 
 mod fpm;
+pub use fpm::{monotonic_ms, FpmName, FpmUpstreamStats};
 
 use crate::http::{Body, Response};
 use parking_lot::Mutex;

@@ -312,11 +312,15 @@ impl FastCgi {
     }
 
     /// The (pool, address) of each upstream, in slot order, for the metrics.
-    pub fn upstream_names(&self) -> Vec<(String, String)> {
+    pub fn upstream_names(&self) -> Vec<crate::metrics::FpmName> {
         let s = &self.settings;
         s.upstreams
             .iter()
-            .map(|u| (s.group.name.clone(), u.shown.clone()))
+            .map(|u| crate::metrics::FpmName {
+                pool: s.group.name.clone(),
+                address: u.shown.clone(),
+                weight: u.weight,
+            })
             .collect()
     }
 

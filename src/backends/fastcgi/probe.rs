@@ -109,6 +109,7 @@ pub async fn probe(s: &Arc<Settings>, group: Option<&Group>) -> BackendHealth {
                 pool: s.group.name.clone(),
                 address: u.shown.clone(),
                 up: r.is_ok() && st.is_none_or(|st| st.up),
+                drained: st.is_some_and(|st| st.drained),
                 active_connections: st.map_or(0, |st| st.active),
                 requests: st.map_or(0, |st| st.requests),
                 failures: st.map_or(0, |st| st.failures),
