@@ -764,7 +764,11 @@ fn draining_a_fastcgi_upstream_under_load_moves_new_requests_to_the_other() {
 
     // Drained: every new request goes to b, in both workers.
     let d = drain(&h, &aa, "drain");
-    assert_eq!((&d["address"], &d["drained"]), (&json!(aa), &json!(true)), "{d}");
+    assert_eq!(
+        (&d["address"], &d["drained"]),
+        (&json!(aa), &json!(true)),
+        "{d}"
+    );
     std::thread::sleep(Duration::from_millis(200));
     let before = fastcgi_upstream(&h, &aa)["requests"].as_u64().unwrap();
     let pids = all_answer(&h, "b", 300);
@@ -819,14 +823,22 @@ fn draining_a_fastcgi_upstream_under_load_moves_new_requests_to_the_other() {
     assert!(fastcgi_upstream(&h, &ba)["requests"].as_u64().unwrap() > rb);
 
     // Unknown names: 404 naming what exists. A proxy upstream: 501.
-    let r = ctl(&h, &["-X", "POST"], "/upstreams/fastcgi/default/127.0.0.1:1/drain");
+    let r = ctl(
+        &h,
+        &["-X", "POST"],
+        "/upstreams/fastcgi/default/127.0.0.1:1/drain",
+    );
     assert_eq!(r.status, 404, "{}", r.text());
     assert!(
         r.text().contains(&aa) && r.text().contains(&ba),
         "{}",
         r.text()
     );
-    let r = ctl(&h, &["-X", "POST"], &format!("/upstreams/fastcgi/legacy/{aa}/drain"));
+    let r = ctl(
+        &h,
+        &["-X", "POST"],
+        &format!("/upstreams/fastcgi/legacy/{aa}/drain"),
+    );
     assert_eq!(r.status, 404, "{}", r.text());
     assert!(r.text().contains("\"default\""), "{}", r.text());
     assert_eq!(

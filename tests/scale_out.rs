@@ -388,8 +388,8 @@ fpm_max_connections = 2
         .iter()
         .filter(|s| {
             let span = (s.at, s.at + s.took);
-            !(span.0 <= kill1_to && span.1 >= kill1_from)
-                && !(span.0 <= kill2_to && span.1 >= kill2_from)
+            let overlaps = |from, to| span.0 <= to && span.1 >= from;
+            !overlaps(kill1_from, kill1_to) && !overlaps(kill2_from, kill2_to)
         })
         .collect();
     eprintln!(

@@ -129,8 +129,10 @@ pub unsafe extern "C" fn fephp_engine_upstream_drain(
 ) -> fephp_result {
     guard(|| {
         non_null!(engine, pool, address);
-        let (Ok(pool), Ok(address)) = (CStr::from_ptr(pool).to_str(), CStr::from_ptr(address).to_str())
-        else {
+        let (Ok(pool), Ok(address)) = (
+            CStr::from_ptr(pool).to_str(),
+            CStr::from_ptr(address).to_str(),
+        ) else {
             set_last_error("pool or address is not valid UTF-8");
             return fephp_result::InvalidArgument;
         };

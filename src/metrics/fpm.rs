@@ -289,7 +289,10 @@ impl Metrics {
                     .filter(|n| n.pool == pool)
                     .map(|n| format!("\"{}\"", n.address))
                     .collect();
-                format!("FastCGI pool \"{pool}\" has no upstream \"{address}\": its upstreams are {}", list.join(", "))
+                format!(
+                    "FastCGI pool \"{pool}\" has no upstream \"{address}\": its upstreams are {}",
+                    list.join(", ")
+                )
             } else {
                 let list: Vec<String> = pools.iter().map(|p| format!("\"{p}\"")).collect();
                 format!("no FastCGI pool \"{pool}\": the pools are {} (\"default\" is [php] fpm_socket / fpm_upstreams)", list.join(", "))
@@ -379,23 +382,51 @@ mod tests {
     #[test]
     fn drain_by_name_is_shared_and_cleared_when_the_slot_changes_hands() {
         let m = Metrics::new();
-        m.fpm_register(&[n("default", "127.0.0.1:9000"), n("default", "unix:/run/a.sock")]);
+        m.fpm_register(&[
+            n("default", "127.0.0.1:9000"),
+            n("default", "unix:/run/a.sock"),
+        ]);
         let u = m.fpm_set_drained("default", "/run/a.sock", true).unwrap();
         assert!(u.drained && u.address == "unix:/run/a.sock");
         assert!(m.fpm_drained(1) && !m.fpm_drained(0));
         let mut text = String::new();
         m.render_fpm(&mut text);
-        assert!(text.contains("fephp_fastcgi_upstream_drained{pool=\"default\",upstream=\"unix:/run/a.sock\"} 1"), "{text}");
-        let e = m.fpm_set_drained("default", "127.0.0.1:9001", true).unwrap_err();
-        assert!(e.contains("\"127.0.0.1:9000\", \"unix:/run/a.sock\""), "{e}");
-        let e = m.fpm_set_drained("php81", "127.0.0.1:9000", true).unwrap_err();
-        assert!(e.contains("no FastCGI pool \"php81\": the pools are \"default\""), "{e}");
+        assert!(
+            text.contains(
+                "fephp_fastcgi_upstream_drained{pool=\"default\",upstream=\"unix:/run/a.sock\"} 1"
+            ),
+            "{text}"
+        );
+        let e = m
+            .fpm_set_drained("default", "127.0.0.1:9001", true)
+            .unwrap_err();
+        assert!(
+            e.contains("\"127.0.0.1:9000\", \"unix:/run/a.sock\""),
+            "{e}"
+        );
+        let e = m
+            .fpm_set_drained("php81", "127.0.0.1:9000", true)
+            .unwrap_err();
+        assert!(
+            e.contains("no FastCGI pool \"php81\": the pools are \"default\""),
+            "{e}"
+        );
         // The same list again keeps the drain; another upstream in the slot clears it.
-        m.fpm_register(&[n("default", "127.0.0.1:9000"), n("default", "unix:/run/a.sock")]);
+        m.fpm_register(&[
+            n("default", "127.0.0.1:9000"),
+            n("default", "unix:/run/a.sock"),
+        ]);
         assert!(m.fpm_drained(1));
-        m.fpm_register(&[n("default", "127.0.0.1:9000"), n("default", "unix:/run/b.sock")]);
+        m.fpm_register(&[
+            n("default", "127.0.0.1:9000"),
+            n("default", "unix:/run/b.sock"),
+        ]);
         assert!(!m.fpm_drained(1));
-        assert!(!m.fpm_set_drained("default", "127.0.0.1:9000", false).unwrap().drained);
+        assert!(
+            !m.fpm_set_drained("default", "127.0.0.1:9000", false)
+                .unwrap()
+                .drained
+        );
     }
 
     #[test]

@@ -66,9 +66,8 @@ pub fn handle(app: &App, master: &mut dyn Master, req: &Request) -> Response {
                 ["", "upstreams", "proxy", name, "drain" | "undrain"] if m == "POST" => {
                     proxy_drain(name)
                 }
-                ["", "pools", _, "restart"] | ["", "upstreams", "proxy", _, "drain" | "undrain"] => {
-                    not_allowed("POST")
-                }
+                ["", "pools", _, "restart"]
+                | ["", "upstreams", "proxy", _, "drain" | "undrain"] => not_allowed("POST"),
                 ["", "config" | "workers" | "pools" | "upstreams"] => {
                     not_allowed(if path == "/config" { "GET, PUT" } else { "GET" })
                 }
@@ -372,7 +371,10 @@ fn upstreams(app: &App) -> Response {
         }
     }
     let proxy: Vec<serde_json::Value> = urls.into_iter().map(|u| json!({ "url": u })).collect();
-    Response::json(200, &json!({ "proxy": proxy, "fastcgi": fastcgi_upstreams(app) }))
+    Response::json(
+        200,
+        &json!({ "proxy": proxy, "fastcgi": fastcgi_upstreams(app) }),
+    )
 }
 
 /// The engine's FastCGI upstream list.
@@ -401,11 +403,19 @@ fn fastcgi_drain(app: &App, path: &str) -> Response {
         .strip_prefix("/upstreams/fastcgi/")
         .and_then(|r| r.rsplit_once('/'))
         .map_or("", |(r, _)| r);
-    let Some((pool, address)) = rest.split_once('/').filter(|(p, a)| !p.is_empty() && !a.is_empty())
+    let Some((pool, address)) = rest
+        .split_once('/')
+        .filter(|(p, a)| !p.is_empty() && !a.is_empty())
     else {
         let known: Vec<String> = fastcgi_upstreams(app)
             .iter()
-            .map(|u| format!("{}/{}", u["pool"].as_str().unwrap_or(""), u["address"].as_str().unwrap_or("")))
+            .map(|u| {
+                format!(
+                    "{}/{}",
+                    u["pool"].as_str().unwrap_or(""),
+                    u["address"].as_str().unwrap_or("")
+                )
+            })
             .collect();
         return Response::text(
             404,
@@ -432,7 +442,10 @@ fn fastcgi_drain(app: &App, path: &str) -> Response {
         u["pool"].as_str() == Some(pool.as_str())
             && u["address"].as_str().map(bare) == Some(bare(&address))
     });
-    Response::json(200, &state.unwrap_or_else(|| json!({ "pool": pool, "address": address, "drained": drain })))
+    Response::json(
+        200,
+        &state.unwrap_or_else(|| json!({ "pool": pool, "address": address, "drained": drain })),
+    )
 }
 
 /// Draining a proxy upstream is not offered (only FastCGI upstreams drain).

@@ -392,7 +392,11 @@ mod tests {
             b.answered_within(0, t0 + Duration::from_millis(300), window),
             Some(Duration::from_millis(300))
         );
-        assert_eq!(b.answered_within(0, t0 + Duration::from_secs(2), window), None, "too old");
+        assert_eq!(
+            b.answered_within(0, t0 + Duration::from_secs(2), window),
+            None,
+            "too old"
+        );
         assert_eq!(b.answered_within(1, t0, window), None, "another upstream");
         b.failed(0, t0 + Duration::from_millis(400));
         assert_eq!(

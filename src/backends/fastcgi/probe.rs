@@ -60,9 +60,9 @@ async fn probe_all(
 ) -> Vec<Result<String, String>> {
     let mut probes = tokio::task::JoinSet::new();
     let mut results = vec![Err("not probed".to_owned()); s.upstreams.len()];
-    for i in 0..s.upstreams.len() {
+    for (i, result) in results.iter_mut().enumerate() {
         if let Some(answer) = known(i) {
-            results[i] = Ok(answer);
+            *result = Ok(answer);
             continue;
         }
         let s = s.clone();
@@ -128,19 +128,33 @@ pub async fn probe(s: &Arc<Settings>, group: Option<&Group>) -> BackendHealth {
         tracing::warn!("health check: {why}");
     }
     let message = match (&results[..], answered) {
-        ([Ok(what)], _) => format!("{subject} is healthy (PHP-FPM at {} {what})", s.upstreams[0].shown),
+        ([Ok(what)], _) => format!(
+            "{subject} is healthy (PHP-FPM at {} {what})",
+            s.upstreams[0].shown
+        ),
         ([Err(why)], _) => format!("{subject} is unhealthy: {why}"),
         (_, 0) => format!(
             "{subject} is unhealthy (no PHP-FPM upstream answered: {})",
-            failures.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")
+            failures
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
         (all, n) if failures.is_empty() => {
-            format!("{subject} is healthy ({n} of {} PHP-FPM upstreams answered)", all.len())
+            format!(
+                "{subject} is healthy ({n} of {} PHP-FPM upstreams answered)",
+                all.len()
+            )
         }
         (all, n) => format!(
             "{subject} is healthy ({n} of {} PHP-FPM upstreams answered; {})",
             all.len(),
-            failures.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")
+            failures
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
     };
     BackendHealth {
