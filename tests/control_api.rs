@@ -862,3 +862,37 @@ fn draining_a_fastcgi_upstream_under_load_moves_new_requests_to_the_other() {
         &report.failed[..report.failed.len().min(5)]
     );
 }
+
+#[test]
+fn a_drain_stays_over_a_reload_that_keeps_the_upstreams_and_goes_with_one_that_changes_them() {
+    let www = tempfile::tempdir().unwrap();
+    std::fs::write(
+        www.path().join("who.php"),
+        "<?php echo getenv('FPM_NAME'), \"\\n\";",
+    )
+    .unwrap();
+    let a = named_fpm(www.path(), "a");
+    let b = named_fpm(www.path(), "b");
+    let (aa, ba) = (a.address().to_owned(), b.address().to_owned());
+    let h = fastcgi_host(www.path(), &[&aa, &ba]);
+    drain(&h, &aa, "drain");
+    // A change elsewhere: the same upstreams, the drain stays.
+    let r = ctl(&h, &["-X", "PUT", "-d", "3"], "/config/server/workers");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(fastcgi_upstream(&h, &aa)["drained"], true);
+    all_answer(&h, "b", 100);
+    // The list changes (b first): every moved upstream's drain is cleared.
+    let r = ctl(
+        &h,
+        &[
+            "-X",
+            "PUT",
+            "-d",
+            &format!("[{{ address = \"{ba}\" }}, {{ address = \"{aa}\" }}]"),
+        ],
+        "/config/php/fpm_upstreams",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(fastcgi_upstream(&h, &aa)["drained"], false);
+    assert_eq!(fastcgi_upstream(&h, &ba)["drained"], false);
+}
