@@ -363,6 +363,50 @@ fephp_result fephp_engine_pools_json(const struct fephp_engine *engine,
                                      size_t *len_out);
 
 /**
+ * Writes the FastCGI upstreams (php-fpm) of this process tree as JSON into
+ * `buf`: `{"fastcgi":[{"pool":"default","address":"127.0.0.1:9001","weight":1,
+ * "up":true,"drained":false,"active_connections":0,"requests":12,
+ * "failures":0}, …]}` — `pool` is "default" for `[php] fpm_socket` /
+ * `fpm_upstreams`, else the `[php.fpm_pools.NAME]` name; `address` as
+ * configured; `up` false while `max_fails` failures (or a failed ping) keep it
+ * out of the turn; `drained` as `fephp_engine_upstream_drain` set it; the
+ * figures are totals of every worker process (read from memory they share, so
+ * any process of the host sees them). Empty list without FastCGI upstreams.
+ * Since 1.4.0.
+ */
+fephp_result fephp_engine_upstreams_json(const struct fephp_engine *engine,
+                                         char *buf,
+                                         size_t cap,
+                                         size_t *len_out);
+
+/**
+ * Drains (`drain` true) or undrains FastCGI upstream `address` of pool `pool`
+ * in every process of the host at once (the flag lives in memory the worker
+ * processes share; any process of the host may call this). `pool` is "default"
+ * (`[php] fpm_socket` / `fpm_upstreams`) or a `[php.fpm_pools.NAME]` name;
+ * `address` is as configured ("127.0.0.1:9001", "unix:/run/php.sock"; a unix
+ * socket may be given with or without "unix:"). Both are NUL-terminated and
+ * borrowed for the call.
+ *
+ * A drained upstream gets no new request while another upstream of its pool is
+ * in the turn and not drained; requests in flight finish, its connections close
+ * once idle. When every upstream of the pool is drained or out of the turn, the
+ * drained ones take requests again (and a warning is logged): a drain never
+ * leaves a pool without php-fpm. A drain stays while the upstream keeps its
+ * place on reload (`fephp_engine_reload` with the same upstream lists before
+ * it); a reload that changes which upstream is where clears it.
+ *
+ * `FEPHP_RESULT_OK`: done (`fephp_engine_upstreams_json` shows the new state).
+ * `FEPHP_RESULT_INVALID_ARGUMENT`: no such
+ * pool or address; `fephp_last_error` names the pools, or the pool's addresses,
+ * that exist. Since 1.4.0.
+ */
+fephp_result fephp_engine_upstream_drain(const struct fephp_engine *engine,
+                                         const char *pool,
+                                         const char *address,
+                                         bool drain);
+
+/**
  * Checks a candidate configuration without building an engine (no PHP pool,
  * thread or connection starts): `config_path` alone checks that file;
  * `config_toml` alone checks that text; both check the text as the content

@@ -39,6 +39,9 @@ pub struct UpstreamHealth {
     pub pool: String,
     pub address: String,
     pub up: bool,
+    /// Drained (control API, `fephp_engine_upstream_drain`): no new requests
+    /// while another upstream of its pool can take them.
+    pub drained: bool,
     pub active_connections: u64,
     pub requests: u64,
     pub failures: u64,

@@ -16,6 +16,7 @@ mod histogram;
 pub use histogram::{label_text, Family, RequestSeries, Series};
 
 mod fpm;
+pub use fpm::{monotonic_ms, FpmName, FpmUpstreamStats};
 
 use crate::http::{Body, Response};
 use parking_lot::Mutex;
@@ -30,7 +31,6 @@ use std::time::Instant;
 /// (`StreamBytes::add` for every chunk read) so that `fephp_response_bytes_total`
 /// includes it.
 pub type MeteredCompletion = Box<dyn FnOnce(Response, Option<StreamBytes>) + Send>;
-
 
 /// Who answered a request: the `backend` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -636,11 +636,36 @@ impl Drop for OpenConnection {
 fn render_pools(out: &mut String, pools: &[crate::backends::embedded::PoolStats]) {
     type Value = fn(&crate::backends::embedded::PoolStats) -> String;
     let series: [(&str, &str, &str, Value); 5] = [
-        ("fephp_php_runners", "gauge", "PHP runner processes alive (busy, idle or starting).", |p| p.runners.to_string()),
-        ("fephp_php_runners_max", "gauge", "max_runners of the pool.", |p| p.max.to_string()),
-        ("fephp_php_queue_depth", "gauge", "PHP requests waiting for a free runner.", |p| p.queued.to_string()),
-        ("fephp_php_queue_rejected_total", "counter", "PHP requests answered 503 because queue_size requests already waited.", |p| p.rejected.to_string()),
-        ("fephp_php_queue_taken_total", "counter", "PHP requests taken from the queue by a runner.", |p| p.taken.to_string()),
+        (
+            "fephp_php_runners",
+            "gauge",
+            "PHP runner processes alive (busy, idle or starting).",
+            |p| p.runners.to_string(),
+        ),
+        (
+            "fephp_php_runners_max",
+            "gauge",
+            "max_runners of the pool.",
+            |p| p.max.to_string(),
+        ),
+        (
+            "fephp_php_queue_depth",
+            "gauge",
+            "PHP requests waiting for a free runner.",
+            |p| p.queued.to_string(),
+        ),
+        (
+            "fephp_php_queue_rejected_total",
+            "counter",
+            "PHP requests answered 503 because queue_size requests already waited.",
+            |p| p.rejected.to_string(),
+        ),
+        (
+            "fephp_php_queue_taken_total",
+            "counter",
+            "PHP requests taken from the queue by a runner.",
+            |p| p.taken.to_string(),
+        ),
     ];
     for (name, kind, help, value) in series {
         header(out, name, kind, help);
@@ -902,7 +927,13 @@ mod tests {
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             for _ in 0..5 {
-                m.request_finished(Source::Static, Instant::now(), false, &Response::new(404), NO);
+                m.request_finished(
+                    Source::Static,
+                    Instant::now(),
+                    false,
+                    &Response::new(404),
+                    NO,
+                );
             }
             unsafe { libc::_exit(0) };
         }
@@ -963,14 +994,23 @@ mod tests {
         assert_eq!(b("30"), 3.0);
         assert_eq!(b("+Inf"), 4.0);
         assert_eq!(
-            value(&text, "fephp_rule_request_duration_seconds_count{rule=\"api\"}"),
+            value(
+                &text,
+                "fephp_rule_request_duration_seconds_count{rule=\"api\"}"
+            ),
             4.0
         );
-        let sum = value(&text, "fephp_rule_request_duration_seconds_sum{rule=\"api\"}");
+        let sum = value(
+            &text,
+            "fephp_rule_request_duration_seconds_sum{rule=\"api\"}",
+        );
         assert!((sum - 31.100000001).abs() < 1e-6, "{sum}");
         // A series claimed and never recorded is there, empty.
         assert_eq!(
-            value(&text, "fephp_rule_request_duration_seconds_count{rule=\"web\"}"),
+            value(
+                &text,
+                "fephp_rule_request_duration_seconds_count{rule=\"web\"}"
+            ),
             0.0
         );
         // HELP and TYPE once per family, before its samples, even when empty.
@@ -983,14 +1023,24 @@ mod tests {
             let lines = family(&text, f);
             assert_eq!(lines[0], format!("# HELP {f} {}", &lines[0][8 + f.len()..]));
             assert_eq!(lines[1], format!("# TYPE {f} histogram"));
-            assert_eq!(lines.iter().filter(|l| l.starts_with('#')).count(), 2, "{f}");
+            assert_eq!(
+                lines.iter().filter(|l| l.starts_with('#')).count(),
+                2,
+                "{f}"
+            );
         }
         // 2 series × (16 buckets + sum + count).
-        assert_eq!(family(&text, "fephp_rule_request_duration_seconds").len(), 2 + 2 * 18);
+        assert_eq!(
+            family(&text, "fephp_rule_request_duration_seconds").len(),
+            2 + 2 * 18
+        );
         // No labels: `_sum` and `_count` without braces.
         assert_eq!(value(&text, "fephp_fastcgi_queue_wait_seconds_count"), 0.0);
         assert_eq!(
-            value(&text, "fephp_fastcgi_queue_wait_seconds_bucket{le=\"+Inf\"}"),
+            value(
+                &text,
+                "fephp_fastcgi_queue_wait_seconds_bucket{le=\"+Inf\"}"
+            ),
             0.0
         );
     }
@@ -1002,7 +1052,10 @@ mod tests {
             "backend=\"embedded\",pool=\"a\\\\b\\\"c\\nd\""
         );
         let m = Arc::new(Metrics::new());
-        let s = m.series(Family::PhpTtfb, &[("backend", "embedded"), ("pool", "x\"y")]);
+        let s = m.series(
+            Family::PhpTtfb,
+            &[("backend", "embedded"), ("pool", "x\"y")],
+        );
         m.observe(s, 1);
         let text = m.render();
         assert_eq!(
@@ -1031,7 +1084,10 @@ mod tests {
         m.request_finished(Source::Static, t, false, &Response::new(200), series);
         let text = m.render();
         let count = |s: &str| value(&text, &s.replacen('{', "_count{", 1));
-        assert_eq!(count("fephp_rule_request_duration_seconds{rule=\"r\"}"), 2.0);
+        assert_eq!(
+            count("fephp_rule_request_duration_seconds{rule=\"r\"}"),
+            2.0
+        );
         assert_eq!(count("fephp_php_request_duration_seconds{pool=\"p\"}"), 1.0);
         assert_eq!(
             count("fephp_php_ttfb_seconds{backend=\"embedded\",pool=\"p\"}"),
@@ -1053,7 +1109,10 @@ mod tests {
             .unwrap();
         let text = m.render();
         let count = |s: &str| value(&text, &s.replacen('{', "_count{", 1));
-        assert_eq!(count("fephp_rule_request_duration_seconds{rule=\"r\"}"), 2.0);
+        assert_eq!(
+            count("fephp_rule_request_duration_seconds{rule=\"r\"}"),
+            2.0
+        );
         assert_eq!(
             count("fephp_php_ttfb_seconds{backend=\"embedded\",pool=\"p\"}"),
             2.0
@@ -1063,7 +1122,10 @@ mod tests {
         drop(counter);
         let text = m.render();
         let count = |s: &str| value(&text, &s.replacen('{', "_count{", 1));
-        assert_eq!(count("fephp_rule_request_duration_seconds{rule=\"r\"}"), 3.0);
+        assert_eq!(
+            count("fephp_rule_request_duration_seconds{rule=\"r\"}"),
+            3.0
+        );
         assert_eq!(count("fephp_php_request_duration_seconds{pool=\"p\"}"), 2.0);
     }
 
@@ -1099,7 +1161,10 @@ mod tests {
         assert_eq!(api_b("0.0005"), 1.0);
         assert_eq!(api_b("0.0025"), 5.0);
         assert_eq!(
-            value(&text, "fephp_rule_request_duration_seconds_count{rule=\"child\"}"),
+            value(
+                &text,
+                "fephp_rule_request_duration_seconds_count{rule=\"child\"}"
+            ),
             1.0
         );
         assert_eq!(value(&text, "fephp_fastcgi_queue_wait_seconds_count"), 2.0);
@@ -1107,7 +1172,10 @@ mod tests {
         let child = m.series(Family::RuleDuration, &[("rule", "child")]);
         m.observe(child, 1);
         assert_eq!(
-            value(&m.render(), "fephp_rule_request_duration_seconds_count{rule=\"child\"}"),
+            value(
+                &m.render(),
+                "fephp_rule_request_duration_seconds_count{rule=\"child\"}"
+            ),
             2.0
         );
     }

@@ -8,7 +8,7 @@ mod common;
 
 use common::load::{Load, LoadSpec, Req};
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -702,4 +702,247 @@ fn stalled_control_clients_never_hold_up_the_master() {
         r.text()
     );
     drop(half);
+}
+
+/// A php-fpm on TCP that answers `name` to /who.php (`env[FPM_NAME]`), with
+/// children enough for every connection both workers may keep alive to it
+/// (a kept-alive connection holds a child: one php-fpm takes the whole load
+/// while the other is drained).
+fn named_fpm(root: &Path, name: &str) -> common::peers::PhpFpm {
+    common::peers::PhpFpm::builder(root, common::peers::FpmListen::Tcp)
+        .max_children(20)
+        .pool_line(&format!("env[FPM_NAME] = {name}"))
+        .start()
+}
+
+/// fe-php-host with two workers, the control socket and `fpm_upstreams`.
+fn fastcgi_host(root: &Path, upstreams: &[&str]) -> Host {
+    let list: Vec<String> = upstreams
+        .iter()
+        .map(|a| format!("{{ address = \"{a}\" }}"))
+        .collect();
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{{port}}"
+workers = 2
+access_log = "off"
+{UNIX}
+[backend]
+default_backend = "fastcgi"
+
+[backend.static_files]
+enable = true
+root = "{root}"
+
+[php]
+libphp_path = "/nonexistent/libphp.so"
+fpm_upstreams = [{list}]
+"#,
+        root = root.display(),
+        list = list.join(", "),
+    );
+    Host::start(&config, |_| {})
+}
+
+/// The `fastcgi` entry of `address` in GET /upstreams.
+fn fastcgi_upstream(h: &Host, address: &str) -> Value {
+    let u = json(&ctl(h, &[], "/upstreams"));
+    u["fastcgi"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no fastcgi list in {u}"))
+        .iter()
+        .find(|u| u["address"] == address)
+        .cloned()
+        .unwrap_or_else(|| panic!("{address} missing in {u}"))
+}
+
+/// `total` requests of /who.php on connections spread over both workers, each
+/// expected to answer `want` (another answer counts as failed): the workers'
+/// pids that served them.
+fn all_answer(h: &Host, want: &str, total: u64) -> std::collections::BTreeSet<i32> {
+    let mut spec = LoadSpec::new(
+        h.port,
+        4,
+        vec![Req::get("/who.php", 200).body(format!("{want}\n").as_bytes())],
+    );
+    spec.probe = Some("/who.php".to_owned());
+    spec.spread_over = Some(2);
+    spec.total = Some(total);
+    let report = Load::start(spec).join();
+    assert!(
+        report.failed.is_empty(),
+        "{} of {total} did not answer {want}: {:?}",
+        report.failed.len(),
+        &report.failed[..report.failed.len().min(5)]
+    );
+    report.samples.iter().map(|s| s.pid).collect()
+}
+
+fn drain(h: &Host, address: &str, action: &str) -> Value {
+    let r = ctl(
+        h,
+        &["-X", "POST"],
+        &format!("/upstreams/fastcgi/default/{address}/{action}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    json(&r)
+}
+
+#[test]
+fn draining_a_fastcgi_upstream_under_load_moves_new_requests_to_the_other() {
+    let www = tempfile::tempdir().unwrap();
+    std::fs::write(
+        www.path().join("who.php"),
+        "<?php echo getenv('FPM_NAME'), \"\\n\";",
+    )
+    .unwrap();
+    let a = named_fpm(www.path(), "a");
+    let b = named_fpm(www.path(), "b");
+    let (aa, ba) = (a.address().to_owned(), b.address().to_owned());
+    let h = fastcgi_host(www.path(), &[&aa, &ba]);
+
+    let u = fastcgi_upstream(&h, &aa);
+    assert_eq!(
+        (&u["pool"], &u["weight"], &u["up"], &u["drained"]),
+        (&json!("default"), &json!(1), &json!(true), &json!(false)),
+        "{u}"
+    );
+    let load = Load::start(LoadSpec::new(h.port, 4, vec![Req::get("/who.php", 200)]));
+    load.wait_ok(100, Duration::from_secs(10));
+    assert!(fastcgi_upstream(&h, &aa)["requests"].as_u64().unwrap() > 0);
+
+    // Drained: every new request goes to b, in both workers.
+    let d = drain(&h, &aa, "drain");
+    assert_eq!(
+        (&d["address"], &d["drained"]),
+        (&json!(aa), &json!(true)),
+        "{d}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let before = fastcgi_upstream(&h, &aa)["requests"].as_u64().unwrap();
+    let pids = all_answer(&h, "b", 300);
+    assert_eq!(pids.len(), 2, "both workers served: {pids:?}");
+    load.wait_ok(200, Duration::from_secs(10));
+    let u = fastcgi_upstream(&h, &aa);
+    assert_eq!(u["requests"].as_u64().unwrap(), before, "{u}");
+    assert_eq!(u["drained"], true);
+    let health: Value = serde_json::from_slice(&get(&h.url("/_health")).body).unwrap();
+    let entry = health["backends"]["fastcgi"]["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["address"] == aa.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{health}"));
+    assert_eq!(entry["drained"], true, "{health}");
+    let metrics = get(&h.url("/_metrics")).text();
+    let drained = |addr: &str| {
+        metric_sum(
+            &metrics,
+            "fephp_fastcgi_upstream_drained",
+            &[&format!("upstream=\"{addr}\"")],
+        )
+    };
+    assert_eq!((drained(&aa), drained(&ba)), (1.0, 0.0), "{metrics}");
+
+    // The only upstream left undrained drained too: both serve (last resort).
+    drain(&h, &ba, "drain");
+    load.wait_ok(200, Duration::from_secs(10));
+    let (ra, rb) = (
+        fastcgi_upstream(&h, &aa)["requests"].as_u64().unwrap(),
+        fastcgi_upstream(&h, &ba)["requests"].as_u64().unwrap(),
+    );
+    load.wait_ok(200, Duration::from_secs(10));
+    assert!(fastcgi_upstream(&h, &aa)["requests"].as_u64().unwrap() > ra);
+    assert!(fastcgi_upstream(&h, &ba)["requests"].as_u64().unwrap() > rb);
+    assert!(
+        h.stderr().contains("is drained but takes requests"),
+        "{}",
+        h.stderr()
+    );
+
+    // Undrained: both serve again.
+    drain(&h, &ba, "undrain");
+    let d = drain(&h, &aa, "undrain");
+    assert_eq!(d["drained"], false, "{d}");
+    let ra = fastcgi_upstream(&h, &aa)["requests"].as_u64().unwrap();
+    let rb = fastcgi_upstream(&h, &ba)["requests"].as_u64().unwrap();
+    load.wait_ok(200, Duration::from_secs(10));
+    assert!(fastcgi_upstream(&h, &aa)["requests"].as_u64().unwrap() > ra);
+    assert!(fastcgi_upstream(&h, &ba)["requests"].as_u64().unwrap() > rb);
+
+    // Unknown names: 404 naming what exists. A proxy upstream: 501.
+    let r = ctl(
+        &h,
+        &["-X", "POST"],
+        "/upstreams/fastcgi/default/127.0.0.1:1/drain",
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(
+        r.text().contains(&aa) && r.text().contains(&ba),
+        "{}",
+        r.text()
+    );
+    let r = ctl(
+        &h,
+        &["-X", "POST"],
+        &format!("/upstreams/fastcgi/legacy/{aa}/drain"),
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(r.text().contains("\"default\""), "{}", r.text());
+    assert_eq!(
+        ctl(&h, &["-X", "POST"], "/upstreams/proxy/x/drain").status,
+        501
+    );
+    assert_eq!(
+        ctl(&h, &[], &format!("/upstreams/fastcgi/default/{aa}/drain")).status,
+        405
+    );
+
+    let report = load.stop();
+    eprintln!(
+        "drain/undrain under load: {} requests, {} failed",
+        report.total(),
+        report.failed.len()
+    );
+    assert!(
+        report.failed.is_empty(),
+        "failed: {:?}",
+        &report.failed[..report.failed.len().min(5)]
+    );
+}
+
+#[test]
+fn a_drain_stays_over_a_reload_that_keeps_the_upstreams_and_goes_with_one_that_changes_them() {
+    let www = tempfile::tempdir().unwrap();
+    std::fs::write(
+        www.path().join("who.php"),
+        "<?php echo getenv('FPM_NAME'), \"\\n\";",
+    )
+    .unwrap();
+    let a = named_fpm(www.path(), "a");
+    let b = named_fpm(www.path(), "b");
+    let (aa, ba) = (a.address().to_owned(), b.address().to_owned());
+    let h = fastcgi_host(www.path(), &[&aa, &ba]);
+    drain(&h, &aa, "drain");
+    // A change elsewhere: the same upstreams, the drain stays.
+    let r = ctl(&h, &["-X", "PUT", "-d", "3"], "/config/server/workers");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(fastcgi_upstream(&h, &aa)["drained"], true);
+    all_answer(&h, "b", 100);
+    // The list changes (b first): every moved upstream's drain is cleared.
+    let r = ctl(
+        &h,
+        &[
+            "-X",
+            "PUT",
+            "-d",
+            &format!("[{{ address = \"{ba}\" }}, {{ address = \"{aa}\" }}]"),
+        ],
+        "/config/php/fpm_upstreams",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(fastcgi_upstream(&h, &aa)["drained"], false);
+    assert_eq!(fastcgi_upstream(&h, &ba)["drained"], false);
 }

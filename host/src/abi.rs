@@ -132,6 +132,24 @@ impl Engine {
         self.string(fephp_engine_pools_json)
     }
 
+    /// The FastCGI upstreams as JSON (`{"fastcgi": [...]}`).
+    pub fn upstreams_json(&self) -> String {
+        self.string(fephp_engine_upstreams_json)
+    }
+
+    /// Drains or undrains FastCGI upstream `address` of pool `pool` (in every
+    /// process). Err: no such pool or address (the message names those that
+    /// exist).
+    pub fn upstream_drain(&self, pool: &str, address: &str, drain: bool) -> Result<(), String> {
+        let p = CString::new(pool).map_err(|_| "the pool name contains a NUL byte".to_owned())?;
+        let a = CString::new(address).map_err(|_| "the address contains a NUL byte".to_owned())?;
+        // SAFETY: live engine; both strings are NUL-terminated and live across the call.
+        match unsafe { fephp_engine_upstream_drain(self.0, p.as_ptr(), a.as_ptr(), drain) } {
+            fephp_result::Ok => Ok(()),
+            _ => Err(last_error()),
+        }
+    }
+
     /// Tells the metrics that worker `pid` was reaped (see master::run).
     pub fn worker_exited(&self, pid: i32, signal: i32, replaced: bool) {
         // SAFETY: live engine.

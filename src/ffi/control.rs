@@ -1,6 +1,7 @@
 //! What a host's control API needs from the engine (since 1.4.0): the running
-//! configuration as JSON, the PHP runner pools' state as JSON, and a check of a
-//! candidate configuration that builds nothing. fe-php-host's control socket
+//! configuration as JSON, the PHP runner pools' state as JSON, the FastCGI
+//! upstreams' state as JSON and their drain, and a check of a candidate
+//! configuration that builds nothing. fe-php-host's control socket
 //! (host/src/control) is the first user; any host may offer the same.
 
 use super::boundary::{guard, holder_ref, non_null, set_last_error, write_out};
@@ -66,6 +67,108 @@ pub unsafe extern "C" fn fephp_engine_pools_json(
             .collect();
         let json = serde_json::json!({ "pools": pools }).to_string();
         write_out(json.as_bytes(), buf, cap, len_out)
+    })
+}
+
+/// Writes the FastCGI upstreams (php-fpm) of this process tree as JSON into
+/// `buf`: `{"fastcgi":[{"pool":"default","address":"127.0.0.1:9001","weight":1,
+/// "up":true,"drained":false,"active_connections":0,"requests":12,
+/// "failures":0}, …]}` — `pool` is "default" for `[php] fpm_socket` /
+/// `fpm_upstreams`, else the `[php.fpm_pools.NAME]` name; `address` as
+/// configured; `up` false while `max_fails` failures (or a failed ping) keep it
+/// out of the turn; `drained` as `fephp_engine_upstream_drain` set it; the
+/// figures are totals of every worker process (read from memory they share, so
+/// any process of the host sees them). Empty list without FastCGI upstreams.
+/// Since 1.4.0.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_engine_upstreams_json(
+    engine: *const fephp_engine,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine, len_out);
+        let list: Vec<serde_json::Value> = holder_ref(engine)
+            .metrics()
+            .fpm_upstreams()
+            .iter()
+            .map(upstream_json)
+            .collect();
+        let json = serde_json::json!({ "fastcgi": list }).to_string();
+        write_out(json.as_bytes(), buf, cap, len_out)
+    })
+}
+
+/// Drains (`drain` true) or undrains FastCGI upstream `address` of pool `pool`
+/// in every process of the host at once (the flag lives in memory the worker
+/// processes share; any process of the host may call this). `pool` is "default"
+/// (`[php] fpm_socket` / `fpm_upstreams`) or a `[php.fpm_pools.NAME]` name;
+/// `address` is as configured ("127.0.0.1:9001", "unix:/run/php.sock"; a unix
+/// socket may be given with or without "unix:"). Both are NUL-terminated and
+/// borrowed for the call.
+///
+/// A drained upstream gets no new request while another upstream of its pool is
+/// in the turn and not drained; requests in flight finish, its connections close
+/// once idle. When every upstream of the pool is drained or out of the turn, the
+/// drained ones take requests again (and a warning is logged): a drain never
+/// leaves a pool without php-fpm. A drain stays while the upstream keeps its
+/// place on reload (`fephp_engine_reload` with the same upstream lists before
+/// it); a reload that changes which upstream is where clears it.
+///
+/// `FEPHP_RESULT_OK`: done (`fephp_engine_upstreams_json` shows the new state).
+/// `FEPHP_RESULT_INVALID_ARGUMENT`: no such
+/// pool or address; `fephp_last_error` names the pools, or the pool's addresses,
+/// that exist. Since 1.4.0.
+#[no_mangle]
+pub unsafe extern "C" fn fephp_engine_upstream_drain(
+    engine: *const fephp_engine,
+    pool: *const c_char,
+    address: *const c_char,
+    drain: bool,
+) -> fephp_result {
+    guard(|| {
+        non_null!(engine, pool, address);
+        let (Ok(pool), Ok(address)) = (
+            CStr::from_ptr(pool).to_str(),
+            CStr::from_ptr(address).to_str(),
+        ) else {
+            set_last_error("pool or address is not valid UTF-8");
+            return fephp_result::InvalidArgument;
+        };
+        let metrics = holder_ref(engine).metrics();
+        match metrics.fpm_set_drained(pool, address, drain) {
+            Ok(u) => {
+                tracing::info!(
+                    pool = %u.pool,
+                    "PHP-FPM upstream {} {}",
+                    u.address,
+                    if drain {
+                        "drained: it takes no new requests while another upstream of its pool can"
+                    } else {
+                        "undrained: back in the turn"
+                    }
+                );
+                fephp_result::Ok
+            }
+            Err(e) => {
+                set_last_error(e);
+                fephp_result::InvalidArgument
+            }
+        }
+    })
+}
+
+fn upstream_json(u: &crate::metrics::FpmUpstreamStats) -> serde_json::Value {
+    serde_json::json!({
+        "pool": u.pool,
+        "address": u.address,
+        "weight": u.weight,
+        "up": u.up,
+        "drained": u.drained,
+        "active_connections": u.active,
+        "requests": u.requests,
+        "failures": u.failures,
     })
 }
 

@@ -339,3 +339,28 @@ fn too_many_headers_are_431_quickly() {
     assert_eq!(status_of(e, &request(b"GET", b"/index.html", hundred)), 200);
     unsafe { fephp_engine_free(e) };
 }
+
+#[test]
+fn upstream_drain_names_what_exists() {
+    let e = static_engine();
+    let (pool, addr) = (
+        std::ffi::CString::new("default").unwrap(),
+        std::ffi::CString::new("127.0.0.1:9000").unwrap(),
+    );
+    // SAFETY: a live engine and NUL-terminated strings (NULL checked).
+    unsafe {
+        assert_eq!(
+            fephp_engine_upstream_drain(e, ptr::null(), addr.as_ptr(), true),
+            fephp_result::NullParameter
+        );
+        assert_eq!(
+            fephp_engine_upstream_drain(e, pool.as_ptr(), addr.as_ptr(), true),
+            fephp_result::InvalidArgument
+        );
+    }
+    assert!(
+        last_error().contains("no FastCGI upstream is configured"),
+        "{}",
+        last_error()
+    );
+}

@@ -5,12 +5,18 @@
 //! connections stop counting. Upstreams have fixed slots (`[php] fpm_*` first,
 //! then the `[php.fpm_pools.*]` by name); a slot that changes hands on reload
 //! starts from zero.
+//!
+//! The region also carries each upstream's drain flag (set by
+//! `fephp_engine_upstream_drain`, in any process): the balancer of every worker
+//! process reads it with one relaxed load per candidate. Like the counters, it
+//! stays with its slot across a reload that keeps the same (pool, address) there
+//! and is cleared when the slot changes hands.
 
 use super::{alive, current_pid, header, Metrics, MAX_PROCS};
 use crate::config::MAX_FPM_UPSTREAMS;
 use parking_lot::Mutex;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering::Relaxed};
 
 #[repr(C)]
 struct Slot {
@@ -21,6 +27,8 @@ struct Slot {
     /// CLOCK_MONOTONIC milliseconds until which the upstream is out of the turn
     /// (the clock is the same in every process); 0: up.
     down_until_ms: AtomicU64,
+    /// Drained: no new requests while another upstream of its group can take them.
+    drained: AtomicBool,
 }
 
 /// One process's busy connections per upstream.
@@ -40,8 +48,8 @@ struct Shared {
 pub(super) struct FpmStats {
     shared: *const Shared,
     mapped: bool,
-    /// (pool, address) of each slot in use.
-    names: Mutex<Vec<(String, String)>>,
+    /// (pool, address, weight) of each slot in use.
+    names: Mutex<Vec<FpmName>>,
     /// This process's `procs` entry: pid << 32 | index.
     proc_slot: AtomicU64,
 }
@@ -136,12 +144,24 @@ impl Drop for FpmStats {
     }
 }
 
+/// One registered upstream: its group ("default" for `[php]`), its address as
+/// configured and its weight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FpmName {
+    pub pool: String,
+    pub address: String,
+    pub weight: u32,
+}
+
 /// What `/_health` shows of one upstream (totals of every worker process).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FpmUpstreamStats {
     pub pool: String,
     pub address: String,
+    pub weight: u32,
     pub up: bool,
+    /// Drained (`fephp_engine_upstream_drain`): it takes no new requests.
+    pub drained: bool,
     pub active: u64,
     pub requests: u64,
     pub failures: u64,
@@ -185,15 +205,17 @@ impl Drop for FpmBusy<'_> {
 impl Metrics {
     /// The FastCGI upstreams of an engine, (pool, address) by slot. A slot that
     /// counted another upstream before starts from zero.
-    pub fn fpm_register(&self, upstreams: &[(String, String)]) {
-        for (i, (pool, address)) in upstreams.iter().enumerate() {
+    /// A drained upstream stays drained only while the same one keeps its slot.
+    pub fn fpm_register(&self, upstreams: &[FpmName]) {
+        for (i, u) in upstreams.iter().enumerate() {
             let Some(slot) = self.fpm.slot(i) else { break };
-            let k = key(pool, address);
+            let k = key(&u.pool, &u.address);
             let old = slot.key.load(Relaxed);
             if old != k && slot.key.compare_exchange(old, k, Relaxed, Relaxed).is_ok() {
                 slot.requests.store(0, Relaxed);
                 slot.failures.store(0, Relaxed);
                 slot.down_until_ms.store(0, Relaxed);
+                slot.drained.store(false, Relaxed);
             }
         }
         let n = upstreams.len().min(MAX_FPM_UPSTREAMS);
@@ -228,6 +250,61 @@ impl Metrics {
         }
     }
 
+    /// Whether the upstream of `slot` is drained: one relaxed load (the balancer
+    /// asks it for every candidate of every pick).
+    #[inline]
+    pub fn fpm_drained(&self, slot: usize) -> bool {
+        self.fpm.slot(slot).is_some_and(|s| s.drained.load(Relaxed))
+    }
+
+    /// Drains (or undrains) upstream `address` of FastCGI group `pool` in every
+    /// process of the host: its new state, or Err naming the pools and addresses
+    /// that exist.
+    pub fn fpm_set_drained(
+        &self,
+        pool: &str,
+        address: &str,
+        drained: bool,
+    ) -> Result<FpmUpstreamStats, String> {
+        let names = self.fpm.names.lock().clone();
+        let found = names
+            .iter()
+            .position(|n| n.pool == pool && n.address == address)
+            .or_else(|| {
+                // "unix:/x.sock" and "/x.sock" name the same socket.
+                let bare = |a: &str| a.strip_prefix("unix:").unwrap_or(a).to_owned();
+                names
+                    .iter()
+                    .position(|n| n.pool == pool && bare(&n.address) == bare(address))
+            });
+        let Some(i) = found else {
+            if names.is_empty() {
+                return Err("no FastCGI upstream is configured ([php] fpm_socket, fpm_upstreams or [php.fpm_pools.NAME])".to_owned());
+            }
+            let mut pools: Vec<&str> = names.iter().map(|n| n.pool.as_str()).collect();
+            pools.dedup();
+            let known = if pools.contains(&pool) {
+                let list: Vec<String> = names
+                    .iter()
+                    .filter(|n| n.pool == pool)
+                    .map(|n| format!("\"{}\"", n.address))
+                    .collect();
+                format!(
+                    "FastCGI pool \"{pool}\" has no upstream \"{address}\": its upstreams are {}",
+                    list.join(", ")
+                )
+            } else {
+                let list: Vec<String> = pools.iter().map(|p| format!("\"{p}\"")).collect();
+                format!("no FastCGI pool \"{pool}\": the pools are {} (\"default\" is [php] fpm_socket / fpm_upstreams)", list.join(", "))
+            };
+            return Err(known);
+        };
+        if let Some(s) = self.fpm.slot(i) {
+            s.drained.store(drained, Relaxed);
+        }
+        Ok(self.fpm_upstreams().swap_remove(i))
+    }
+
     /// Every registered upstream, with the totals of all worker processes.
     pub fn fpm_upstreams(&self) -> Vec<FpmUpstreamStats> {
         let names = self.fpm.names.lock().clone();
@@ -244,13 +321,15 @@ impl Metrics {
         names
             .into_iter()
             .enumerate()
-            .map(|(i, (pool, address))| {
+            .map(|(i, n)| {
                 let s = &shared.slots[i];
                 let busy: i64 = live.iter().map(|p| p.busy[i].load(Relaxed)).sum();
                 FpmUpstreamStats {
-                    pool,
-                    address,
+                    pool: n.pool,
+                    address: n.address,
+                    weight: n.weight,
                     up: s.down_until_ms.load(Relaxed) <= now,
+                    drained: s.drained.load(Relaxed),
                     active: busy.max(0) as u64,
                     requests: s.requests.load(Relaxed),
                     failures: s.failures.load(Relaxed),
@@ -266,8 +345,9 @@ impl Metrics {
             return;
         }
         type Value = fn(&FpmUpstreamStats) -> u64;
-        let series: [(&str, &str, &str, Value); 4] = [
+        let series: [(&str, &str, &str, Value); 5] = [
             ("fephp_fastcgi_upstream_up", "gauge", "1 while the php-fpm upstream is in the turn, 0 while max_fails failures (or a failed ping) keep it out for fail_timeout.", |u| u.up.into()),
+            ("fephp_fastcgi_upstream_drained", "gauge", "1 while the php-fpm upstream is drained (control API or fephp_engine_upstream_drain): it takes no new requests unless every upstream of its pool is drained or down.", |u| u.drained.into()),
             ("fephp_fastcgi_upstream_active_connections", "gauge", "Requests in flight to the php-fpm upstream (one busy connection each), in all worker processes.", |u| u.active),
             ("fephp_fastcgi_upstream_requests_total", "counter", "Attempts sent to the php-fpm upstream (a request that fails over counts on each upstream it tried).", |u| u.requests),
             ("fephp_fastcgi_upstream_failures_total", "counter", "Attempts that failed on the php-fpm upstream (connect errors, resets, timeouts, failed pings); they count towards max_fails.", |u| u.failures),
@@ -291,12 +371,70 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    fn n(pool: &str, address: &str) -> FpmName {
+        FpmName {
+            pool: pool.into(),
+            address: address.into(),
+            weight: 1,
+        }
+    }
+
+    #[test]
+    fn drain_by_name_is_shared_and_cleared_when_the_slot_changes_hands() {
+        let m = Metrics::new();
+        m.fpm_register(&[
+            n("default", "127.0.0.1:9000"),
+            n("default", "unix:/run/a.sock"),
+        ]);
+        let u = m.fpm_set_drained("default", "/run/a.sock", true).unwrap();
+        assert!(u.drained && u.address == "unix:/run/a.sock");
+        assert!(m.fpm_drained(1) && !m.fpm_drained(0));
+        let mut text = String::new();
+        m.render_fpm(&mut text);
+        assert!(
+            text.contains(
+                "fephp_fastcgi_upstream_drained{pool=\"default\",upstream=\"unix:/run/a.sock\"} 1"
+            ),
+            "{text}"
+        );
+        let e = m
+            .fpm_set_drained("default", "127.0.0.1:9001", true)
+            .unwrap_err();
+        assert!(
+            e.contains("\"127.0.0.1:9000\", \"unix:/run/a.sock\""),
+            "{e}"
+        );
+        let e = m
+            .fpm_set_drained("php81", "127.0.0.1:9000", true)
+            .unwrap_err();
+        assert!(
+            e.contains("no FastCGI pool \"php81\": the pools are \"default\""),
+            "{e}"
+        );
+        // The same list again keeps the drain; another upstream in the slot clears it.
+        m.fpm_register(&[
+            n("default", "127.0.0.1:9000"),
+            n("default", "unix:/run/a.sock"),
+        ]);
+        assert!(m.fpm_drained(1));
+        m.fpm_register(&[
+            n("default", "127.0.0.1:9000"),
+            n("default", "unix:/run/b.sock"),
+        ]);
+        assert!(!m.fpm_drained(1));
+        assert!(
+            !m.fpm_set_drained("default", "127.0.0.1:9000", false)
+                .unwrap()
+                .drained
+        );
+    }
+
     #[test]
     fn counts_by_slot_and_resets_a_slot_that_changes_hands() {
         let m = Metrics::new();
         m.fpm_register(&[
-            ("default".into(), "127.0.0.1:9000".into()),
-            ("default".into(), "unix:/run/a.sock".into()),
+            n("default", "127.0.0.1:9000"),
+            n("default", "unix:/run/a.sock"),
         ]);
         {
             let _busy = m.fpm_request(1);
@@ -324,13 +462,13 @@ mod tests {
         assert!(text.contains("fephp_fastcgi_upstream_requests_total{pool=\"default\",upstream=\"unix:/run/a.sock\"} 1"), "{text}");
         // The same upstream again keeps its counts; another one in its slot does not.
         m.fpm_register(&[
-            ("default".into(), "127.0.0.1:9000".into()),
-            ("default".into(), "unix:/run/a.sock".into()),
+            n("default", "127.0.0.1:9000"),
+            n("default", "unix:/run/a.sock"),
         ]);
         assert_eq!(m.fpm_upstreams()[1].requests, 1);
         m.fpm_register(&[
-            ("default".into(), "127.0.0.1:9000".into()),
-            ("php81".into(), "unix:/run/b.sock".into()),
+            n("default", "127.0.0.1:9000"),
+            n("php81", "unix:/run/b.sock"),
         ]);
         let u = m.fpm_upstreams();
         assert_eq!(

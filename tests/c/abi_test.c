@@ -205,6 +205,12 @@ int main(int argc, char **argv) {
     CHECK(strstr(json, "\"default_backend\":\"static\"") != NULL);
     CHECK(fephp_engine_pools_json(engine, json, sizeof json, &len) == FEPHP_RESULT_OK);
     CHECK(strstr(json, "\"pools\":[") != NULL);
+    CHECK(fephp_engine_upstreams_json(engine, json, sizeof json, &len) == FEPHP_RESULT_OK);
+    CHECK(strcmp(json, "{\"fastcgi\":[]}") == 0);
+    CHECK(fephp_engine_upstream_drain(engine, "default", "127.0.0.1:9000", true) == FEPHP_RESULT_INVALID_ARGUMENT);
+    CHECK(fephp_last_error(msg, sizeof msg, &len) == FEPHP_RESULT_OK);
+    CHECK(strstr(msg, "no FastCGI upstream is configured") != NULL);
+    CHECK(fephp_engine_upstream_drain(engine, NULL, "x", true) == FEPHP_RESULT_NULL_PARAMETER);
     CHECK(fephp_config_check(NULL, toml, msg, sizeof msg, &len) == FEPHP_RESULT_OK);
     CHECK(fephp_config_check("/etc/x.toml", "[backend]\nnope = 1\n", msg, sizeof msg, &len) == FEPHP_RESULT_CONFIG_ERROR);
     CHECK(fephp_last_error(msg, sizeof msg, &len) == FEPHP_RESULT_OK);

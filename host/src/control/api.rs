@@ -52,14 +52,22 @@ pub fn handle(app: &App, master: &mut dyn Master, req: &Request) -> Response {
                 _ => not_allowed("GET, PUT, DELETE"),
             }
         }
+        _ if path.starts_with("/upstreams/fastcgi/") && drain_action(path).is_some() => {
+            if m == "POST" {
+                fastcgi_drain(app, path)
+            } else {
+                not_allowed("POST")
+            }
+        }
         _ => {
             let parts: Vec<&str> = path.split('/').collect();
             match parts.as_slice() {
                 ["", "pools", name, "restart"] if m == "POST" => restart_pool(app, name),
-                ["", "upstreams", kind, name, "drain"] if m == "POST" => drain(kind, name),
-                ["", "pools", _, "restart"] | ["", "upstreams", _, _, "drain"] => {
-                    not_allowed("POST")
+                ["", "upstreams", "proxy", name, "drain" | "undrain"] if m == "POST" => {
+                    proxy_drain(name)
                 }
+                ["", "pools", _, "restart"]
+                | ["", "upstreams", "proxy", _, "drain" | "undrain"] => not_allowed("POST"),
                 ["", "config" | "workers" | "pools" | "upstreams"] => {
                     not_allowed(if path == "/config" { "GET, PUT" } else { "GET" })
                 }
@@ -90,7 +98,8 @@ fn index() -> Response {
                 "GET /pools",
                 "POST /pools/NAME/restart",
                 "GET /upstreams",
-                "POST /upstreams/KIND/NAME/drain (not available yet)",
+                "POST /upstreams/fastcgi/POOL/ADDRESS/drain (ADDRESS percent-encoded: unix%3A%2Frun%2Fphp.sock)",
+                "POST /upstreams/fastcgi/POOL/ADDRESS/undrain",
             ]
         }),
     )
@@ -341,8 +350,8 @@ fn restart_pool(app: &App, name: &str) -> Response {
     }
 }
 
-/// The upstreams by kind: one list each (`proxy` today; FastCGI upstream
-/// groups join as `fastcgi`).
+/// The upstreams by kind: `proxy` (from the running configuration) and
+/// `fastcgi` (each php-fpm upstream's state, totals of every worker process).
 fn upstreams(app: &App) -> Response {
     let doc = match running(app) {
         Ok(d) => d,
@@ -362,14 +371,87 @@ fn upstreams(app: &App) -> Response {
         }
     }
     let proxy: Vec<serde_json::Value> = urls.into_iter().map(|u| json!({ "url": u })).collect();
-    Response::json(200, &json!({ "proxy": proxy }))
+    Response::json(
+        200,
+        &json!({ "proxy": proxy, "fastcgi": fastcgi_upstreams(app) }),
+    )
 }
 
-/// The route is reserved: draining needs an engine call that FastCGI upstream
-/// groups bring.
-fn drain(kind: &str, name: &str) -> Response {
+/// The engine's FastCGI upstream list.
+fn fastcgi_upstreams(app: &App) -> Vec<serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(&app.engine.upstreams_json())
+        .ok()
+        .and_then(|v| v.get("fastcgi").and_then(|l| l.as_array()).cloned())
+        .unwrap_or_default()
+}
+
+/// `drain` or `undrain` at the end of `path`.
+fn drain_action(path: &str) -> Option<bool> {
+    match path.rsplit_once('/')?.1 {
+        "drain" => Some(true),
+        "undrain" => Some(false),
+        _ => None,
+    }
+}
+
+/// `POST /upstreams/fastcgi/POOL/ADDRESS/drain|undrain`: ADDRESS as configured,
+/// percent-encoded where it has '/' (a unix socket); everything between POOL
+/// and the action is the address, so an unencoded `unix:/run/php.sock` works too.
+fn fastcgi_drain(app: &App, path: &str) -> Response {
+    let drain = drain_action(path).unwrap_or(true);
+    let rest = path
+        .strip_prefix("/upstreams/fastcgi/")
+        .and_then(|r| r.rsplit_once('/'))
+        .map_or("", |(r, _)| r);
+    let Some((pool, address)) = rest
+        .split_once('/')
+        .filter(|(p, a)| !p.is_empty() && !a.is_empty())
+    else {
+        let known: Vec<String> = fastcgi_upstreams(app)
+            .iter()
+            .map(|u| {
+                format!(
+                    "{}/{}",
+                    u["pool"].as_str().unwrap_or(""),
+                    u["address"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        return Response::text(
+            404,
+            &format!(
+                "name the upstream: POST /upstreams/fastcgi/POOL/ADDRESS/{} (ADDRESS percent-encoded where it has '/'). The FastCGI upstreams are: {}",
+                if drain { "drain" } else { "undrain" },
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            ),
+        );
+    };
+    let (pool, address) = match (store::percent_decode(pool), store::percent_decode(address)) {
+        (Ok(p), Ok(a)) => (p, a),
+        (Err(e), _) | (_, Err(e)) => return Response::text(400, &e),
+    };
+    if let Err(e) = app.engine.upstream_drain(&pool, &address, drain) {
+        return Response::text(404, &e);
+    }
+    tracing::info!(
+        "control API: FastCGI upstream {address} of pool {pool} {}",
+        if drain { "drained" } else { "undrained" }
+    );
+    let bare = |a: &str| a.strip_prefix("unix:").unwrap_or(a).to_owned();
+    let state = fastcgi_upstreams(app).into_iter().find(|u| {
+        u["pool"].as_str() == Some(pool.as_str())
+            && u["address"].as_str().map(bare) == Some(bare(&address))
+    });
+    Response::json(
+        200,
+        &state.unwrap_or_else(|| json!({ "pool": pool, "address": address, "drained": drain })),
+    )
+}
+
+/// Draining a proxy upstream is not offered (only FastCGI upstreams drain).
+fn proxy_drain(name: &str) -> Response {
     Response::text(
         501,
-        &format!("draining upstream {name} of {kind} is not available yet: the engine has no drain call (it comes with FastCGI upstream groups). To take a proxy upstream out now, remove it with PUT /config/backend/proxy/upstreams."),
+        &format!("draining proxy upstream {name} is not supported: only FastCGI upstreams drain (POST /upstreams/fastcgi/POOL/ADDRESS/drain). To take a proxy upstream out, remove it with PUT /config/backend/proxy/upstreams."),
     )
 }

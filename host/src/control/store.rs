@@ -71,7 +71,7 @@ pub fn segments(rest: &str) -> Result<Vec<String>, String> {
         .collect()
 }
 
-fn percent_decode(s: &str) -> Result<String, String> {
+pub fn percent_decode(s: &str) -> Result<String, String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -2,8 +2,10 @@
 //! process: least connections (ties, and `round_robin`, by smooth weighted
 //! round-robin as nginx's upstream module does), passive health (`max_fails`
 //! failures within `fail_timeout` take an upstream out of the turn for
-//! `fail_timeout`, as the proxy backend does), and the last resort when every
-//! upstream is out: the one that failed least recently, rather than no attempt.
+//! `fail_timeout`, as the proxy backend does), drained upstreams (a flag in the
+//! shared metrics, read by the caller's `drained`) left out, and the last resort
+//! when every upstream is out or drained: a drained one that is up, else the one
+//! that failed least recently, rather than no attempt.
 //!
 //! Pure bookkeeping: no I/O, the time is passed in, so it is tested alone.
 
@@ -65,18 +67,36 @@ impl Balancer {
         }
     }
 
-    /// The upstream for the next attempt among those not `tried` yet, counted as
-    /// active until `done`: an upstream in the turn if any (by the policy), else
-    /// the one whose time out ends first (it failed least recently). None once
-    /// every upstream was tried.
+    /// `pick_among` with no upstream drained.
+    #[cfg(test)]
     pub fn pick(&self, tried: &[usize], now: Instant) -> Option<usize> {
+        self.pick_among(tried, now, |_| false)
+    }
+
+    /// The upstream for the next attempt among those not `tried` yet, counted as
+    /// active until `done`: an upstream in the turn and not `drained` if any (by
+    /// the policy), else the last resort: a drained one that is up, else the one
+    /// whose time out ends first (it failed least recently). None once every
+    /// upstream was tried. `drained` is asked once per untried upstream that is
+    /// up (the caller's is one relaxed atomic load).
+    pub fn pick_among(
+        &self,
+        tried: &[usize],
+        now: Instant,
+        drained: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         let mut st = self.state.lock();
         let untried = |i: &usize| !tried.contains(i);
         let is_up = |s: &State| s.down_until.is_none_or(|t| now >= t);
-        let up: Vec<usize> = (0..st.len())
+        let in_turn: Vec<usize> = (0..st.len())
             .filter(untried)
             .filter(|&i| is_up(&st[i]))
             .collect();
+        let mut up: Vec<usize> = in_turn.iter().copied().filter(|&i| !drained(i)).collect();
+        if up.is_empty() {
+            // Every one in the turn is drained: they share the load as usual.
+            up = in_turn;
+        }
         let chosen = if up.is_empty() {
             (0..st.len())
                 .filter(untried)
@@ -321,6 +341,47 @@ mod tests {
     }
 
     #[test]
+    fn a_drained_upstream_gets_nothing_unless_every_other_is_drained_or_down() {
+        let b = Balancer::new(FpmBalance::LeastConn, &[1, 1, 1], 1, T);
+        let t0 = Instant::now();
+        let drained = std::cell::Cell::new([false, true, false]);
+        let pick = |tried: &[usize], now| {
+            let i = b.pick_among(tried, now, |i| drained.get()[i]);
+            if let Some(i) = i {
+                b.done(i);
+            }
+            i
+        };
+        let mut c = [0; 3];
+        for _ in 0..30 {
+            c[pick(&[], t0).unwrap()] += 1;
+        }
+        assert_eq!(c, [15, 0, 15]);
+        // A request that failed on 0 and 2 still goes to the drained one.
+        assert_eq!(pick(&[0, 2], t0), Some(1));
+        // Every other one down: the drained one (up) is the last resort.
+        b.failed(0, t0);
+        b.failed(2, t0);
+        let now = t0 + Duration::from_secs(1);
+        assert_eq!(pick(&[], now), Some(1));
+        // All drained: they share the load as if none were.
+        let later = t0 + Duration::from_secs(20);
+        drained.set([true, true, true]);
+        let mut c = [0; 3];
+        for _ in 0..30 {
+            c[pick(&[], later).unwrap()] += 1;
+        }
+        assert_eq!(c, [10, 10, 10]);
+        // Undrained: it serves again.
+        drained.set([false, false, false]);
+        let mut c = [0; 3];
+        for _ in 0..30 {
+            c[pick(&[], later).unwrap()] += 1;
+        }
+        assert_eq!(c, [10, 10, 10]);
+    }
+
+    #[test]
     fn a_recent_answer_stands_for_a_probe_until_a_failure() {
         let b = Balancer::new(FpmBalance::LeastConn, &[1, 1], 1, Duration::from_secs(10));
         let t0 = Instant::now();
@@ -331,7 +392,11 @@ mod tests {
             b.answered_within(0, t0 + Duration::from_millis(300), window),
             Some(Duration::from_millis(300))
         );
-        assert_eq!(b.answered_within(0, t0 + Duration::from_secs(2), window), None, "too old");
+        assert_eq!(
+            b.answered_within(0, t0 + Duration::from_secs(2), window),
+            None,
+            "too old"
+        );
         assert_eq!(b.answered_within(1, t0, window), None, "another upstream");
         b.failed(0, t0 + Duration::from_millis(400));
         assert_eq!(

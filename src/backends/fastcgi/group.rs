@@ -6,6 +6,7 @@
 use super::balance::{Balancer, Marked};
 use super::pool::Pool;
 use super::Settings;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,6 +14,9 @@ pub struct Group {
     pub settings: Arc<Settings>,
     pub pools: Vec<Pool>,
     pub balancer: Balancer,
+    /// When (`monotonic_ms`) a drained upstream last took a request as the last
+    /// resort was logged: once every 10 s at most.
+    drained_logged_ms: AtomicU64,
 }
 
 impl Group {
@@ -29,7 +33,42 @@ impl Group {
                 settings.group.fail_timeout,
             ),
             settings,
+            drained_logged_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Whether upstream `i` is drained (in every process).
+    pub fn drained(&self, i: usize) -> bool {
+        let s = &self.settings;
+        s.metrics.fpm_drained(s.upstreams[i].slot)
+    }
+
+    /// Drained upstream `i` takes a request because every other one of the group
+    /// is drained, down or already `tried` by it: logged, at most every 10 s.
+    pub fn drained_last_resort(&self, i: usize, tried: &[usize]) {
+        let now = crate::metrics::monotonic_ms();
+        let last = self.drained_logged_ms.load(Relaxed);
+        if last != 0 && now.saturating_sub(last) < 10_000 {
+            return;
+        }
+        if self
+            .drained_logged_ms
+            .compare_exchange(last, now.max(1), Relaxed, Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let s = &self.settings;
+        let why = if tried.is_empty() {
+            "every upstream of the pool is drained or out of the turn"
+        } else {
+            "the other upstreams of the pool are drained, out of the turn or failed this request"
+        };
+        tracing::warn!(
+            pool = %s.group.name,
+            "PHP-FPM upstream {} is drained but takes requests: {why} (a drain never leaves a pool without an upstream; undrain one)",
+            s.upstreams[i].shown
+        );
     }
 
     /// An attempt on upstream `i` failed because of the upstream (`why`, for the
@@ -83,9 +122,15 @@ impl Group {
         s.metrics.fpm_down_for(u.slot, 0);
     }
 
+    /// Closes the connections idle for too long, and every idle one of a
+    /// drained upstream.
     pub fn close_idle(&self) {
-        for p in &self.pools {
-            p.close_idle();
+        for (i, p) in self.pools.iter().enumerate() {
+            if self.drained(i) {
+                p.close_all_idle();
+            } else {
+                p.close_idle();
+            }
         }
     }
 }

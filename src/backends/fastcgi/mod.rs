@@ -53,16 +53,16 @@ pub mod protocol_internals {
     pub use super::protocol::*;
 }
 
-use crate::metrics::Source;
-use crate::backends::php::Runner;
 use super::io_thread::{self, IoThread, PerProcess, Task};
-use crate::http::Completion;
 use crate::backends::php::cgi::CgiVars;
+use crate::backends::php::Runner;
 use crate::config::{FpmAddress, FpmGroup};
 use crate::health::BackendHealth;
+use crate::http::request_body::RequestBody;
+use crate::http::Completion;
 use crate::http::{Body, Request, Response};
 use crate::metrics::Metrics;
-use crate::http::request_body::RequestBody;
+use crate::metrics::Source;
 use group::Group;
 use parking_lot::Mutex;
 use std::io;
@@ -279,7 +279,15 @@ impl FastCgi {
             .enumerate()
             .map(|(i, u)| {
                 let address = FpmAddress::parse(&u.address).map_err(|e| {
-                    format!("{} \"{}\": {e}", group.full_key(if group.socket.is_some() { "socket" } else { "upstreams" }), u.address)
+                    format!(
+                        "{} \"{}\": {e}",
+                        group.full_key(if group.socket.is_some() {
+                            "socket"
+                        } else {
+                            "upstreams"
+                        }),
+                        u.address
+                    )
                 })?;
                 Ok(Upstream {
                     address,
@@ -312,11 +320,15 @@ impl FastCgi {
     }
 
     /// The (pool, address) of each upstream, in slot order, for the metrics.
-    pub fn upstream_names(&self) -> Vec<(String, String)> {
+    pub fn upstream_names(&self) -> Vec<crate::metrics::FpmName> {
         let s = &self.settings;
         s.upstreams
             .iter()
-            .map(|u| (s.group.name.clone(), u.shown.clone()))
+            .map(|u| crate::metrics::FpmName {
+                pool: s.group.name.clone(),
+                address: u.shown.clone(),
+                weight: u.weight,
+            })
             .collect()
     }
 
@@ -402,8 +414,7 @@ fn probe_blocking(settings: Arc<Settings>, group: Option<Arc<Group>>) -> Backend
     .unwrap_or_else(probe::unhealthy)
 }
 
-impl FastCgi {
-}
+impl FastCgi {}
 
 impl Runner for FastCgi {
     const SOURCE: Source = Source::FastCgi;

@@ -113,7 +113,13 @@ impl Pool {
         })
     }
 
+    /// Keeps `conn` alive for the next request, unless its upstream is drained
+    /// (then it closes here).
     pub fn checkin(&self, conn: PoolConn) {
+        let s = &self.settings;
+        if s.metrics.fpm_drained(s.upstreams[self.index].slot) {
+            return;
+        }
         self.idle.lock().push(Idle {
             conn,
             since: Instant::now(),

@@ -109,6 +109,7 @@ pub async fn probe(s: &Arc<Settings>, group: Option<&Group>) -> BackendHealth {
                 pool: s.group.name.clone(),
                 address: u.shown.clone(),
                 up: r.is_ok() && st.is_none_or(|st| st.up),
+                drained: st.is_some_and(|st| st.drained),
                 active_connections: st.map_or(0, |st| st.active),
                 requests: st.map_or(0, |st| st.requests),
                 failures: st.map_or(0, |st| st.failures),
@@ -127,19 +128,33 @@ pub async fn probe(s: &Arc<Settings>, group: Option<&Group>) -> BackendHealth {
         tracing::warn!("health check: {why}");
     }
     let message = match (&results[..], answered) {
-        ([Ok(what)], _) => format!("{subject} is healthy (PHP-FPM at {} {what})", s.upstreams[0].shown),
+        ([Ok(what)], _) => format!(
+            "{subject} is healthy (PHP-FPM at {} {what})",
+            s.upstreams[0].shown
+        ),
         ([Err(why)], _) => format!("{subject} is unhealthy: {why}"),
         (_, 0) => format!(
             "{subject} is unhealthy (no PHP-FPM upstream answered: {})",
-            failures.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")
+            failures
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
         (all, n) if failures.is_empty() => {
-            format!("{subject} is healthy ({n} of {} PHP-FPM upstreams answered)", all.len())
+            format!(
+                "{subject} is healthy ({n} of {} PHP-FPM upstreams answered)",
+                all.len()
+            )
         }
         (all, n) => format!(
             "{subject} is healthy ({n} of {} PHP-FPM upstreams answered; {})",
             all.len(),
-            failures.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")
+            failures
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
     };
     BackendHealth {

@@ -43,9 +43,13 @@ pub async fn run(group: Arc<Group>, mut job: FcgiJob) {
     let mut reasons: Vec<String> = Vec::new();
     let mut body_read_ahead = false;
     let outcome = loop {
-        let Some(i) = group.balancer.pick(&tried, Instant::now()) else {
+        let drained = |i: usize| s.metrics.fpm_drained(s.upstreams[i].slot);
+        let Some(i) = group.balancer.pick_among(&tried, Instant::now(), drained) else {
             break Err(all_failed(&s, reasons, None));
         };
+        if drained(i) {
+            group.drained_last_resort(i, &tried);
+        }
         tried.push(i);
         let result = attempt(&group, i, &mut job, &mut responder, &mut body_read_ahead).await;
         group.balancer.done(i);
