@@ -16,6 +16,7 @@ mod histogram;
 pub use histogram::{label_text, Family, RequestSeries, Series};
 
 mod fpm;
+mod shared;
 pub use fpm::{monotonic_ms, FpmName, FpmUpstreamStats};
 
 use crate::http::{Body, Response};
@@ -155,9 +156,7 @@ fn alive(pid: i32) -> bool {
 
 /// The metrics of one engine (and of the engines that replace it on reload).
 pub struct Metrics {
-    region: *const Region,
-    /// Whether `region` is a mapping (else a heap allocation, if mmap failed).
-    mapped: bool,
+    region: shared::SharedZeroed<Region>,
     /// This process's slot: pid << 32 | index.
     slot: AtomicU64,
     claiming: Mutex<()>,
@@ -165,59 +164,22 @@ pub struct Metrics {
     fpm: fpm::FpmStats,
 }
 
-// SAFETY: the region holds only atomics; the pointer is valid until drop.
-unsafe impl Send for Metrics {}
-unsafe impl Sync for Metrics {}
-
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
 }
 
-impl Drop for Metrics {
-    fn drop(&mut self) {
-        let size = std::mem::size_of::<Region>();
-        // SAFETY: `region` came from the matching mmap or alloc_zeroed in `new`.
-        unsafe {
-            if self.mapped {
-                libc::munmap(self.region as *mut libc::c_void, size);
-            } else {
-                std::alloc::dealloc(self.region as *mut u8, std::alloc::Layout::new::<Region>());
-            }
-        }
-    }
-}
-
 impl Metrics {
     /// A zeroed region shared with processes forked from here on.
     pub fn new() -> Metrics {
-        let size = std::mem::size_of::<Region>();
-        // SAFETY: a fresh anonymous mapping; zero-filled, which is a valid Region.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        let (region, mapped) = if p == libc::MAP_FAILED {
+        // SAFETY: Region is atomics only; all-zero is its initial state.
+        let region: shared::SharedZeroed<Region> = unsafe { shared::SharedZeroed::new() };
+        if !region.is_shared() {
             tracing::warn!(error = %std::io::Error::last_os_error(), "cannot map shared memory for metrics; each worker process reports only its own");
-            // SAFETY: Region has a non-zero size; zeroed memory is a valid Region.
-            let p = unsafe { std::alloc::alloc_zeroed(std::alloc::Layout::new::<Region>()) };
-            if p.is_null() {
-                std::alloc::handle_alloc_error(std::alloc::Layout::new::<Region>());
-            }
-            (p as *const Region, false)
-        } else {
-            (p as *const Region, true)
-        };
+        }
         Metrics {
             region,
-            mapped,
             slot: AtomicU64::new(0),
             claiming: Mutex::new(()),
             fpm: fpm::FpmStats::new(),
@@ -225,8 +187,7 @@ impl Metrics {
     }
 
     fn r(&self) -> &Region {
-        // SAFETY: valid until drop (see `new`).
-        unsafe { &*self.region }
+        &self.region
     }
 
     /// This process's gauges, claiming a slot on first use.

@@ -46,54 +46,25 @@ struct Shared {
 
 /// The region, and the labels this process knows for its slots.
 pub(super) struct FpmStats {
-    shared: *const Shared,
-    mapped: bool,
+    shared: super::shared::SharedZeroed<Shared>,
     /// (pool, address, weight) of each slot in use.
     names: Mutex<Vec<FpmName>>,
     /// This process's `procs` entry: pid << 32 | index.
     proc_slot: AtomicU64,
 }
 
-// SAFETY: the region holds only atomics; the pointer is valid until drop.
-unsafe impl Send for FpmStats {}
-unsafe impl Sync for FpmStats {}
-
 impl FpmStats {
     pub(super) fn new() -> FpmStats {
-        let size = std::mem::size_of::<Shared>();
-        // SAFETY: a fresh anonymous mapping; zero-filled, which is a valid Shared.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        let (shared, mapped) = if p == libc::MAP_FAILED {
-            let layout = std::alloc::Layout::new::<Shared>();
-            // SAFETY: Shared has a non-zero size; zeroed memory is a valid Shared.
-            let p = unsafe { std::alloc::alloc_zeroed(layout) };
-            if p.is_null() {
-                std::alloc::handle_alloc_error(layout);
-            }
-            (p as *const Shared, false)
-        } else {
-            (p as *const Shared, true)
-        };
         FpmStats {
-            shared,
-            mapped,
+            // SAFETY: Shared is atomics only; all-zero is its initial state.
+            shared: unsafe { super::shared::SharedZeroed::new() },
             names: Mutex::new(Vec::new()),
             proc_slot: AtomicU64::new(0),
         }
     }
 
     fn s(&self) -> &Shared {
-        // SAFETY: valid until drop (see `new`).
-        unsafe { &*self.shared }
+        &self.shared
     }
 
     fn slot(&self, i: usize) -> Option<&Slot> {
@@ -127,20 +98,6 @@ impl FpmStats {
         self.proc_slot
             .store(((pid as u32 as u64) << 32) | i as u64, Relaxed);
         &procs[i]
-    }
-}
-
-impl Drop for FpmStats {
-    fn drop(&mut self) {
-        let size = std::mem::size_of::<Shared>();
-        // SAFETY: `shared` came from the matching mmap or alloc_zeroed in `new`.
-        unsafe {
-            if self.mapped {
-                libc::munmap(self.shared as *mut libc::c_void, size);
-            } else {
-                std::alloc::dealloc(self.shared as *mut u8, std::alloc::Layout::new::<Shared>());
-            }
-        }
     }
 }
 
