@@ -143,8 +143,8 @@ def start_fe_php(tmp, name="fe-php", backend="embedded", fpm=None, fpm_connectio
                  front_controller=None, extra=""):
     s = Server(name, tmp)
     php = f'fpm_socket = "{fpm}"\n' if fpm else ""
-    if fpm_connections:
-        php += f"fpm_max_connections = {fpm_connections}\n"
+    if fpm_connections:  # sized to the pool: kept-alive connections are safe
+        php += f"fpm_max_connections = {fpm_connections}\nfpm_keep_alive = true\n"
     if front_controller:
         php += f'front_controller = "{front_controller}"\n'
     conf = write(os.path.join(tmp, f"{name}.toml"), f"""

@@ -228,7 +228,12 @@ fn recycled_children_under_keep_alive_load() {
         .max_children(2)
         .pool_line("pm.max_requests = 5")
         .start();
-    let h = fe(www.path(), fpm.address(), 1, "fpm_max_connections = 2");
+    let h = fe(
+        www.path(),
+        fpm.address(),
+        1,
+        "fpm_max_connections = 2\nfpm_keep_alive = true",
+    );
     // 4 clients, each sending 40 requests on one kept-alive connection.
     let clients: Vec<_> = (0..4)
         .map(|_| {
@@ -488,7 +493,7 @@ fn connections_are_reused_bounded_and_closed_when_idle() {
         www.path(),
         fpm.address(),
         1,
-        "fpm_max_connections = 2\nfpm_idle_timeout = \"1s\"",
+        "fpm_max_connections = 2\nfpm_idle_timeout = \"1s\"\nfpm_keep_alive = true",
     );
     // Sequential requests ride one kept-alive connection, so one php-fpm child.
     let pids: std::collections::HashSet<String> =
@@ -621,4 +626,58 @@ fn connect_timeout_is_504() {
     for b in busy {
         assert_eq!(b.join().unwrap().text(), "slow done");
     }
+}
+
+/// The defaults never starve a small php-fpm pool: two workers may open up to
+/// 16 connections, php-fpm has 2 children. With connections kept open between
+/// requests (`fpm_keep_alive = true`) idle ones would hold both children and a
+/// new connection (here /_health's probe, once no request answered within the
+/// last second) would wait in php-fpm's backlog; by default php-fpm closes each
+/// connection after its response and every child goes back to accept.
+#[test]
+fn default_connections_never_starve_a_small_php_fpm_pool() {
+    let www = site();
+    let fpm = PhpFpm::builder(www.path(), FpmListen::Unix)
+        .max_children(2)
+        .start();
+    let h = fe(www.path(), fpm.address(), 2, "");
+    let started = std::time::Instant::now();
+    let clients: Vec<_> = (0..12)
+        .map(|_| {
+            let url = h.url("/pid.php");
+            std::thread::spawn(move || {
+                let mut args = vec!["-s", "-m", "20", "-w", "%{http_code}\n"]
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>();
+                args.extend(std::iter::repeat_n(url, 30));
+                let out = std::process::Command::new("curl")
+                    .args(&args)
+                    .output()
+                    .unwrap();
+                String::from_utf8(out.stdout).unwrap()
+            })
+        })
+        .collect();
+    for c in clients {
+        let out = c.join().unwrap();
+        let codes: Vec<&str> = out.lines().filter(|l| l.len() == 3).collect();
+        assert_eq!(codes.len(), 30, "{out}\n{}", h.stderr());
+        assert!(codes.iter().all(|c| *c == "200"), "{out}\n{}", h.stderr());
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "360 requests took {:?}: requests waited for a php-fpm child",
+        started.elapsed()
+    );
+    // Idle now: the probe needs a child of its own.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let t = std::time::Instant::now();
+    let (status, doc) = health(&h);
+    assert_eq!(status, 200, "{doc}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
 }

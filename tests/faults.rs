@@ -257,7 +257,7 @@ fn php_fpm_stopped_and_restarted_under_load() {
     let config = CONFIG.replace("{server}", "").replace("{ini}", "").replace(
         "[php.ini]",
         &format!(
-            "[php]\nfpm_socket = \"{}\"\ndocument_root = \"{}\"\nfpm_max_connections = 4\n\n[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"/fpm/\" }}\nbackend = \"fastcgi\"\n\n[php.ini]",
+            "[php]\nfpm_socket = \"{}\"\ndocument_root = \"{}\"\nfpm_max_connections = 4\nfpm_keep_alive = true\n\n[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"/fpm/\" }}\nbackend = \"fastcgi\"\n\n[php.ini]",
             fpm.address(),
             www.display()
         ),

@@ -401,6 +401,7 @@ libphp_path = "/nonexistent/libphp.so"
 document_root = "{root}"
 fpm_socket = "{socket}"
 fpm_max_connections = 1
+fpm_keep_alive = true
 "#,
         root = www.path().display(),
         socket = fpm.address(),

@@ -229,9 +229,6 @@ document_root = "{root}"
 fpm_upstreams = [{{ address = "{a}:9000" }}, {{ address = "{b}:9000" }}]
 fpm_max_fails = 1
 fpm_fail_timeout = "10s"
-# instances × workers × fpm_max_connections = 2 × 2 × 2 = each php-fpm's 8
-# children: more kept-alive connections than children would starve php-fpm.
-fpm_max_connections = 2
 "#,
                 root = docroot.display(),
                 a = lan.addr(21),

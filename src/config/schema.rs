@@ -416,9 +416,13 @@ pub struct PhpConfig {
     /// recipes mark it `internal`: each page then has one URL.
     pub front_controller_internal: bool,
     /// Connections to PHP-FPM one worker process may hold (busy and idle together).
-    /// Keep `workers × fpm_max_connections` ≤ the pool's `pm.max_children`: an open
-    /// connection holds a php-fpm child even while idle.
     pub fpm_max_connections: usize,
+    /// Keep connections to PHP-FPM open between requests (FCGI_KEEP_CONN). Off by
+    /// default: a kept connection holds a php-fpm child even while idle, and more
+    /// of them than `pm.max_children` (`workers × fpm_max_connections` across
+    /// every fe-php instance) leave new connections waiting in php-fpm's backlog
+    /// with no child to take them. On, keep that product ≤ `pm.max_children`.
+    pub fpm_keep_alive: bool,
     /// How long connecting to PHP-FPM may take.
     pub fpm_connect_timeout: ConfigDuration,
     /// Longest silence from PHP-FPM between two reads of a response.
@@ -532,6 +536,7 @@ impl Default for PhpConfig {
             front_controller: None,
             front_controller_internal: false,
             fpm_max_connections: DEFAULT_FPM_MAX_CONNECTIONS,
+            fpm_keep_alive: false,
             fpm_connect_timeout: ConfigDuration(Duration::from_secs(5)),
             fpm_read_timeout: ConfigDuration(Duration::from_secs(60)),
             fpm_send_timeout: ConfigDuration(Duration::from_secs(60)),

@@ -99,6 +99,8 @@ struct Settings {
     group: FpmGroup,
     upstreams: Vec<Upstream>,
     max_connections: usize,
+    /// FCGI_KEEP_CONN and the pool of idle connections (`fpm_keep_alive`).
+    keep_alive: bool,
     timeouts: Timeouts,
     idle_timeout: Duration,
     ping_path: Option<String>,
@@ -192,11 +194,12 @@ impl FcgiJob {
         req: &Request<'_>,
         cgi: CgiVars,
         complete: Completion,
+        keep_alive: bool,
     ) -> Result<FcgiJob, (Response, Completion)> {
         let exact_length = req.body_len().to_string();
         let size: usize = cgi.vars.iter().map(|(n, v)| n.len() + v.len() + 8).sum();
         let mut request = Vec::with_capacity(size + 64);
-        protocol::push_begin_request(&mut request, true);
+        protocol::push_begin_request(&mut request, keep_alive);
         let pairs = cgi.vars.iter().map(|(n, v)| {
             if n == b"CONTENT_LENGTH" && !(v.is_empty() && req.body_len() == 0) {
                 (n, exact_length.as_bytes())
@@ -305,6 +308,7 @@ impl FastCgi {
                 group: group.clone(),
                 upstreams,
                 max_connections: group.max_connections.max(1),
+                keep_alive: group.keep_alive,
                 timeouts: Timeouts {
                     connect: group.connect_timeout,
                     read: group.read_timeout,
@@ -347,7 +351,7 @@ impl FastCgi {
     /// Queues a request; `complete` runs on the FastCGI thread (or here, at once,
     /// when the request cannot be sent).
     pub fn submit(&self, req: &Request<'_>, cgi: CgiVars, complete: Completion) {
-        let job = match FcgiJob::new(req, cgi, complete) {
+        let job = match FcgiJob::new(req, cgi, complete, self.settings.keep_alive) {
             Ok(job) => job,
             Err((resp, complete)) => return complete(resp),
         };

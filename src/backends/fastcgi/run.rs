@@ -153,7 +153,8 @@ async fn attempt(
             .await
         {
             Ok(done) => {
-                if done.reusable {
+                // Without fpm_keep_alive php-fpm closes the connection itself.
+                if done.reusable && s.keep_alive {
                     pool.checkin(conn);
                 }
                 return Ok(());
