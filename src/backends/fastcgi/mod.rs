@@ -1,6 +1,6 @@
 //! The FastCGI backend: a group of PHP-FPM upstreams (one or several, over TCP or
-//! Unix sockets, with weights), each with a bounded pool of kept-alive
-//! connections per worker process. An engine has one `FastCgi` per group: `[php]
+//! Unix sockets, with weights), each with a bounded pool of connections per
+//! worker process (kept alive between requests only with `fpm_keep_alive`). An engine has one `FastCgi` per group: `[php]
 //! fpm_*` and each `[php.fpm_pools.NAME]`.
 //!
 //! Each group runs one I/O thread per worker process (`backends::io_thread`,
