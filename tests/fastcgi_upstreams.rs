@@ -180,6 +180,24 @@ fn least_conn_and_weighted_round_robin_spread_requests() {
     };
     assert_eq!(reqs(&addr(&a)) + reqs(&addr(&b)), 44.0, "{m}");
     assert!(reqs(&addr(&a)) >= 21.0 && reqs(&addr(&b)) >= 21.0, "{m}");
+    // Each upstream's duration histogram counted exactly its requests.
+    for up in [addr(&a), addr(&b)] {
+        let label = format!("upstream=\"{up}\"");
+        let hist = |suffix: &str, extra: &[&str]| {
+            let mut want = vec![label.as_str()];
+            want.extend_from_slice(extra);
+            metric_sum(
+                &m,
+                &format!("fephp_fastcgi_upstream_duration_seconds{suffix}"),
+                &want,
+            )
+        };
+        let count = hist("_count", &[]);
+        assert_eq!(count, reqs(&up), "{up}: {m}");
+        assert_eq!(hist("_bucket", &["le=\"+Inf\""]), count, "{m}");
+        let sum = hist("_sum", &[]);
+        assert!(sum > 0.0 && sum < 5.0 * count, "{up}: sum {sum}: {m}");
+    }
     drop(h);
 
     // Weighted round-robin, 3:1.

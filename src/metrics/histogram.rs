@@ -114,10 +114,12 @@ pub enum Family {
     RuleDuration = 1,
     /// `backend`, `pool`: PHP's time to first byte.
     PhpTtfb = 2,
+    /// `pool`, `upstream`: FastCGI requests by php-fpm upstream.
+    FastcgiUpstreamDuration = 3,
 }
 
 /// Name and help of each family, by `Family` value.
-pub const FAMILIES: [(&str, &str); 3] = [
+pub const FAMILIES: [(&str, &str); 4] = [
     (
         "fephp_php_request_duration_seconds",
         "Embedded PHP requests by runner pool (default: [php.pool]): from the request reaching the engine to its response head being ready, or, for a body PHP streams, to the end of the stream.",
@@ -129,6 +131,10 @@ pub const FAMILIES: [(&str, &str); 3] = [
     (
         "fephp_php_ttfb_seconds",
         "PHP's time to first byte: from the request reaching the engine to its response head being ready, by backend (embedded, fastcgi) and pool.",
+    ),
+    (
+        "fephp_fastcgi_upstream_duration_seconds",
+        "FastCGI requests answered by each php-fpm upstream, by group (pool: \"default\" is [php] fpm_*) and upstream address: from the request going to that upstream to the end of its response.",
     ),
 ];
 

@@ -63,6 +63,7 @@ use crate::http::Completion;
 use crate::http::{Body, Request, Response};
 use crate::metrics::Metrics;
 use crate::metrics::Source;
+use crate::metrics::{Family, Series};
 use group::Group;
 use parking_lot::Mutex;
 use std::io;
@@ -91,6 +92,8 @@ struct Upstream {
     weight: u32,
     /// Its series in the shared metrics.
     slot: usize,
+    /// Its request duration histogram.
+    duration: Series,
 }
 
 /// Settings of one group, from `[php]` or `[php.fpm_pools.NAME]`.
@@ -292,11 +295,17 @@ impl FastCgi {
                         u.address
                     )
                 })?;
+                let shown = u.address.trim().to_owned();
+                let duration = metrics.series(
+                    Family::FastcgiUpstreamDuration,
+                    &[("pool", &group.name), ("upstream", &shown)],
+                );
                 Ok(Upstream {
                     address,
-                    shown: u.address.trim().to_owned(),
+                    shown,
                     weight: u.weight,
                     slot: first_slot + i,
+                    duration,
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;

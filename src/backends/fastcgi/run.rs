@@ -51,8 +51,13 @@ pub async fn run(group: Arc<Group>, mut job: FcgiJob) {
             group.drained_last_resort(i, &tried);
         }
         tried.push(i);
+        let started = Instant::now();
         let result = attempt(&group, i, &mut job, &mut responder, &mut body_read_ahead).await;
         group.balancer.done(i);
+        if result.is_ok() {
+            let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            s.metrics.observe(s.upstreams[i].duration, ns);
+        }
         let Failed {
             failure,
             may_fail_over,
