@@ -681,3 +681,65 @@ fn default_connections_never_starve_a_small_php_fpm_pool() {
         t.elapsed()
     );
 }
+
+/// A script that notes its run in a file, then kills its own php-fpm child: to
+/// fe-php the connection closes before any response byte, as a kept-alive
+/// connection that php-fpm closed would.
+const DIE_PHP: &str = r#"<?php
+file_put_contents($_GET['f'], "ran\n", FILE_APPEND);
+if (function_exists('posix_kill')) { posix_kill(getmypid(), 9); }
+exec('kill -9 ' . getmypid());
+"#;
+
+#[test]
+fn a_post_is_never_run_twice_when_php_fpm_dies_in_it() {
+    let www = site();
+    std::fs::write(www.path().join("die.php"), DIE_PHP).unwrap();
+    let marks = tempfile::tempdir().unwrap();
+    // php-fpm's children may run as another user.
+    std::fs::set_permissions(
+        marks.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let fpm = PhpFpm::builder(www.path(), FpmListen::Tcp)
+        .max_children(2)
+        .start();
+    // One kept-alive connection, so each request below goes out on a reused one.
+    let h = fe(
+        www.path(),
+        fpm.address(),
+        1,
+        "fpm_max_connections = 1\nfpm_keep_alive = true",
+    );
+    let runs = |name: &str| {
+        std::fs::read_to_string(marks.path().join(name))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let warm = || {
+        eventually("php-fpm to answer again", || {
+            get(&h.url("/hello.php")).status == 200
+        })
+    };
+
+    warm();
+    let post = marks.path().join("post");
+    let r = curl(&[
+        "--data",
+        "x=1",
+        &h.url(&format!("/die.php?f={}", post.display())),
+    ]);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(runs("post"), 1, "a POST ran twice:\n{}", h.stderr());
+
+    // A GET on a kept-alive connection found closed goes once more, on a fresh
+    // connection (php-fpm closes connections when it recycles a child): here
+    // the script dies again, so it ran twice.
+    warm();
+    let once_more = marks.path().join("get");
+    let r = get(&h.url(&format!("/die.php?f={}", once_more.display())));
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(runs("get"), 2, "{}", h.stderr());
+}

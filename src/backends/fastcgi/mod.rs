@@ -142,6 +142,10 @@ struct FcgiJob {
     /// Sent as STDIN, read as it goes out.
     body: RequestBody,
     head: bool,
+    /// Whether a request that went out on a kept-alive connection found closed
+    /// may go again on a fresh one: not for POST, PATCH and LOCK (as nginx's
+    /// `non_idempotent`), whose script may have run before php-fpm died.
+    retriable: bool,
     /// For log lines: "GET /index.php?x".
     log_uri: String,
     complete: Option<Completion>,
@@ -219,6 +223,7 @@ impl FcgiJob {
             request,
             body: req.body_for_backend(),
             head: req.is_head(),
+            retriable: !matches!(req.method, "POST" | "PATCH" | "LOCK"),
             log_uri: format!("{} {}", req.method, req.target),
             complete: Some(complete),
         })

@@ -4,9 +4,11 @@
 //! A request none of whose bytes reached php-fpm (connect refused or timed out,
 //! the first write failed) goes to the next upstream; one that was sent, even in
 //! part, never does — the script may have run, and running it twice (a payment,
-//! an append) is worse than a 502. The one retry on the same upstream is kept
-//! from before: a kept-alive connection that turns out closed before any
-//! response byte (php-fpm closes a child's connections when it recycles it).
+//! an append) is worse than a 502. The one retry on the same upstream is for
+//! a kept-alive connection that turns out closed before any response byte
+//! (php-fpm closes a child's connections when it recycles it), and only for
+//! methods other than POST, PATCH and LOCK: the same symptom is also php-fpm's
+//! child dying in the script, which must not run twice.
 
 use super::failure::Failure;
 use super::group::Group;
@@ -164,7 +166,13 @@ async fn attempt(
                 }
                 return Ok(());
             }
-            Err(f) if f.stale && reused && !responder.responded() && job.body.rewind() => {
+            Err(f)
+                if f.stale
+                    && reused
+                    && job.retriable
+                    && !responder.responded()
+                    && job.body.rewind() =>
+            {
                 tracing::debug!(uri = %job.log_uri, "a kept-alive connection was closed; retrying");
                 s.metrics.fastcgi_retry();
                 // Bytes went out on the closed connection: whatever happens now,
