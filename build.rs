@@ -62,6 +62,14 @@ fn build_sapi_shim(dir: &Path, out: &Path) {
     let includes = match Command::new(&php_config).arg("--includes").output() {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
         _ => {
+            // Installing php8.2-dev later must rebuild with the backend, not keep
+            // this result (a missing path makes cargo rerun this script).
+            let path = if php_config.contains('/') {
+                php_config.clone()
+            } else {
+                format!("/usr/bin/{php_config}")
+            };
+            println!("cargo:rerun-if-changed={path}");
             println!(
                 "cargo:warning=php-config not found: building without the embedded backend (apt-get install php8.2-dev to include it)"
             );
