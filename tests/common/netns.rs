@@ -161,6 +161,9 @@ impl Lan {
             // SAFETY: signals a process group this Lan started.
             unsafe { libc::kill(-(p.child.id() as i32), libc::SIGKILL) };
             let _ = p.child.wait();
+            // The group's other processes (a server's workers) die on their own
+            // time: until they have, their sockets may still take connections.
+            wait_group_gone(p.child.id() as i32, Duration::from_secs(5));
         }
     }
 
@@ -194,5 +197,30 @@ impl Drop for Lan {
             let _ = ip(&["netns", "del", ns]);
         }
         let _ = ip(&["link", "del", &self.bridge]);
+    }
+}
+
+/// Waits until no live process (zombies aside) is left in process group `pgid`.
+fn wait_group_gone(pgid: i32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let alive = || {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                    return false;
+                };
+                // "pid (comm) state ppid pgrp ...": comm may hold spaces.
+                let Some((_, rest)) = stat.rsplit_once(')') else {
+                    return false;
+                };
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                f.len() > 3 && f[0] != "Z" && f[0] != "X" && f[2] == pgid.to_string()
+            })
+    };
+    while alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
