@@ -3,8 +3,8 @@
 pub mod docroot;
 pub mod embedded;
 pub mod fastcgi;
-pub mod php;
 mod io_thread;
+pub mod php;
 mod prompt_ack;
 pub mod proxy;
 pub mod serve;

@@ -88,7 +88,6 @@ impl Config {
             ))
         })
     }
-
 }
 
 /// The directory the process was in when it first read a configuration; PHP

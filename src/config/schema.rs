@@ -4,8 +4,8 @@
 //! checks its keys).
 
 use super::{ConfigDuration, ConfigSize, IniValue};
-use std::collections::BTreeMap;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -199,9 +199,7 @@ fn non_hybrid_exclusivity() {
         BUILT,
     );
     assert!(
-        e.contains(
-            "[php] fpm_socket is required when enable_hybrid = false and use_fpm = true."
-        ),
+        e.contains("[php] fpm_socket is required when enable_hybrid = false and use_fpm = true."),
         "{e}"
     );
     // use_fpm = true with a socket: FastCGI only, default follows it.
@@ -227,7 +225,12 @@ fn non_hybrid_exclusivity() {
         ),
         BUILT,
     );
-    assert!(e.contains("Routing rule #1 (prefix \"/admin/\") uses backend 'fastcgi', which is not registered."), "{e}");
+    assert!(
+        e.contains(
+            "Routing rule #1 (prefix \"/admin/\") uses backend 'fastcgi', which is not registered."
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -380,7 +383,10 @@ fn pool_settings_are_validated() {
         "{e}"
     );
     let e = err(&format!("{base}queue_size = 0\n"), BUILT);
-    assert!(e.contains("[php.pool] queue_size = 0 is out of range: use 1 to 1048576."), "{e}");
+    assert!(
+        e.contains("[php.pool] queue_size = 0 is out of range: use 1 to 1048576."),
+        "{e}"
+    );
     for (line, want) in [
         ("idle_timeout = \"0s\"", "it must be more than 0"),
         ("request_deadline = 30", "durations need a unit"),
@@ -392,7 +398,9 @@ fn pool_settings_are_validated() {
             .to_string();
         assert!(e.contains(want), "{line}: {e}");
     }
-    let c = parse(&format!("{base}max_runners = 64\nslowlog_timeout = \"2s\"\nmemory_budget = \"512M\"\n"));
+    let c = parse(&format!(
+        "{base}max_runners = 64\nslowlog_timeout = \"2s\"\nmemory_budget = \"512M\"\n"
+    ));
     assert_eq!(c.php.pool.max_runners, 64);
     assert_eq!(
         c.php.pool.slowlog_timeout.map(|d| d.0),
@@ -412,7 +420,10 @@ fn named_pools_and_the_rules_that_use_them_are_validated() {
         format!("[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"/admin/\" }}\nbackend = \"{backend}\"\npool = \"{pool}\"\n")
     };
     let e = err(
-        &format!("{base}{}[php.pools.ops]\nmax_runners = 2\n", rule("static", "admin")),
+        &format!(
+            "{base}{}[php.pools.ops]\nmax_runners = 2\n",
+            rule("static", "admin")
+        ),
         BUILT,
     );
     assert!(
@@ -423,11 +434,20 @@ fn named_pools_and_the_rules_that_use_them_are_validated() {
         e.contains("Routing rule #1 (prefix \"/admin/\") sets pool 'admin', but only the embedded and fastcgi backends run in pools.\n    Remove pool, or send the rule to backend = \"embedded\" ([php.pools.admin]) or backend = \"fastcgi\" ([php.fpm_pools.admin])."),
         "{e}"
     );
-    let e = err(&format!("{base}[php.pools.default]\n[php.pools.\"a b\"]\n"), BUILT);
+    let e = err(
+        &format!("{base}[php.pools.default]\n[php.pools.\"a b\"]\n"),
+        BUILT,
+    );
     assert!(e.contains("[php.pools.default]: a pool's name is letters, digits, '_' and '-', and not \"default\""), "{e}");
     assert!(e.contains("[php.pools.a b]: a pool's name"), "{e}");
-    let e = err(&format!("{base}[php.pools.admin]\nmin_runners = 5\nmax_runners = 2\n"), BUILT);
-    assert!(e.contains("[php.pools.admin] min_runners = 5 is above max_runners = 2."), "{e}");
+    let e = err(
+        &format!("{base}[php.pools.admin]\nmin_runners = 5\nmax_runners = 2\n"),
+        BUILT,
+    );
+    assert!(
+        e.contains("[php.pools.admin] min_runners = 5 is above max_runners = 2."),
+        "{e}"
+    );
     let c = parse(&format!(
         "{base}[php.pools.admin]\nmax_runners = 2\n[php.pools.admin.ini]\nmemory_limit = \"512M\"\n"
     ));
@@ -444,13 +464,25 @@ fn rule_names_are_validated() {
     let rule = |value: &str, name: &str| {
         format!("[[backend.routing_rules]]\npattern = {{ type = \"prefix\", value = \"{value}\" }}\nbackend = \"static\"\nname = {name}\n")
     };
-    let ok = parse(&format!("{base}{}{}", rule("/a/", "\"api.v2_x-1\""), rule("/b/", "\"B\"")));
-    assert_eq!(ok.backend.routing_rules[0].name.as_deref(), Some("api.v2_x-1"));
+    let ok = parse(&format!(
+        "{base}{}{}",
+        rule("/a/", "\"api.v2_x-1\""),
+        rule("/b/", "\"B\"")
+    ));
+    assert_eq!(
+        ok.backend.routing_rules[0].name.as_deref(),
+        Some("api.v2_x-1")
+    );
     ok.validate(BUILT).unwrap();
     assert!(parse(&base).backend.routing_rules.is_empty());
 
     let e = err(
-        &format!("{base}{}{}{}", rule("/a/", "\"api\""), rule("/b/", "\"web\""), rule("/c/", "\"api\"")),
+        &format!(
+            "{base}{}{}{}",
+            rule("/a/", "\"api\""),
+            rule("/b/", "\"web\""),
+            rule("/c/", "\"api\"")
+        ),
         BUILT,
     );
     assert!(
@@ -458,7 +490,14 @@ fn rule_names_are_validated() {
         "{e}"
     );
     assert!(!e.contains("rule #2"), "{e}");
-    for bad in ["\"\"", "\"a b\"", "\"a\\\"b\"", "\"caf\u{e9}\"", "\"a/b\"", &format!("\"{}\"", "x".repeat(65))] {
+    for bad in [
+        "\"\"",
+        "\"a b\"",
+        "\"a\\\"b\"",
+        "\"caf\u{e9}\"",
+        "\"a/b\"",
+        &format!("\"{}\"", "x".repeat(65)),
+    ] {
         let e = err(&format!("{base}{}", rule("/a/", bad)), BUILT);
         assert!(
             e.contains("Routing rule #1 (prefix \"/a/\") has name ")
@@ -476,34 +515,55 @@ fn worker_scripts_are_validated() {
         "[backend]\ndefault_backend = \"static\"\n[backend.static_files]\nenable = true\nroot = \"{}\"\n",
         static_root()
     );
-    for worker in ["../app/worker.php", "/srv/app/worker.php", "public/worker.txt", ""] {
-        let e = err(&format!("{base}[php.pools.app]\nworker = \"{worker}\"\n"), BUILT);
+    for worker in [
+        "../app/worker.php",
+        "/srv/app/worker.php",
+        "public/worker.txt",
+        "",
+    ] {
+        let e = err(
+            &format!("{base}[php.pools.app]\nworker = \"{worker}\"\n"),
+            BUILT,
+        );
         assert!(
             e.contains(&format!("[php.pools.app] worker = \"{worker}\" is not a PHP script inside the document root.\n    Give its path relative to [php] document_root, without '..', e.g. worker = \"index.php\".")),
             "{worker}: {e}"
         );
     }
-    let e = err(&format!("{base}[php.pool]\nenabled = false\nworker = \"index.php\"\n"), BUILT);
+    let e = err(
+        &format!("{base}[php.pool]\nenabled = false\nworker = \"index.php\"\n"),
+        BUILT,
+    );
     assert!(
         e.contains("[php.pool] sets a worker script but enabled = false: worker scripts run in the runner pool.\n    Remove enabled = false, or remove worker."),
         "{e}"
     );
     let e = err(&format!("{base}[php.pools.app]\nwatch = \"1s\"\n"), BUILT);
     assert!(
-        e.contains("[php.pools.app] watch needs a worker script: it restarts workers whose code changed."),
+        e.contains(
+            "[php.pools.app] watch needs a worker script: it restarts workers whose code changed."
+        ),
         "{e}"
     );
-    let e = err(&format!("{base}[php.pools.app]\nleak_report = true\n"), BUILT);
+    let e = err(
+        &format!("{base}[php.pools.app]\nleak_report = true\n"),
+        BUILT,
+    );
     assert!(
         e.contains("[php.pools.app] leak_report = true needs a worker script: the report follows what a worker keeps between requests.\n    Set worker = \"...\", or remove leak_report."),
         "{e}"
     );
-    let e = err(&format!("{base}[php]\nfront_controller_internal = true\n"), BUILT);
+    let e = err(
+        &format!("{base}[php]\nfront_controller_internal = true\n"),
+        BUILT,
+    );
     assert!(
         e.contains("[php] front_controller_internal = true needs a front_controller (e.g. front_controller = \"index.php\")."),
         "{e}"
     );
-    let c = parse(&format!("{base}[php.pools.app]\nworker = \"public/index.php\"\n"));
+    let c = parse(&format!(
+        "{base}[php.pools.app]\nworker = \"public/index.php\"\n"
+    ));
     assert_eq!(
         c.php.pools["app"].worker.as_deref(),
         Some(std::path::Path::new("public/index.php"))
@@ -512,8 +572,7 @@ fn worker_scripts_are_validated() {
 
 #[test]
 fn fastcgi_limits_are_validated() {
-    let base =
-        "[backend]\ndefault_backend = \"fastcgi\"\n[php]\nfpm_socket = \"127.0.0.1:9000\"\n";
+    let base = "[backend]\ndefault_backend = \"fastcgi\"\n[php]\nfpm_socket = \"127.0.0.1:9000\"\n";
     let e = err(&format!("{base}fpm_max_connections = 0\n"), BUILT);
     assert!(
         e.contains("[php] fpm_max_connections = 0 is out of range: use 1 to 1024.\n    It bounds the connections each worker process opens to PHP-FPM; keep workers × fpm_max_connections ≤ the pool's pm.max_children."),
@@ -546,10 +605,17 @@ fn server_is_the_hosts_section() {
         static_root()
     ));
     assert!(c.validate(BUILT).is_ok());
-    let e = Config::from_toml("server = \"x\"\n").unwrap_err().to_string();
+    let e = Config::from_toml("server = \"x\"\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("line 1") && e.contains("invalid type"), "{e}");
-    let e = Config::from_toml("[server]\nworkers = \n").unwrap_err().to_string();
-    assert!(e.starts_with("invalid configuration: TOML parse error at line 2"), "{e}");
+    let e = Config::from_toml("[server]\nworkers = \n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("invalid configuration: TOML parse error at line 2"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -695,17 +761,21 @@ fn sendfile_keys_defaults_and_validation() {
     assert_eq!(sf.roots, [dir.path()]);
     assert_eq!(sf.locations[0].prefix, "/protected/");
     // Disabled: nothing is checked.
-    parse(&format!("{base}[backend.sendfile]\nroots = [\"/no/such/dir\"]\n"))
-        .validate(BUILT)
-        .unwrap();
+    parse(&format!(
+        "{base}[backend.sendfile]\nroots = [\"/no/such/dir\"]\n"
+    ))
+    .validate(BUILT)
+    .unwrap();
 
     let e = Config::from_toml("[backend.sendfile]\nenable = true\nroot = \"/srv\"\n")
         .unwrap_err()
         .to_string();
     assert!(e.contains("unknown field `root`"), "{e}");
-    let e = Config::from_toml("[[backend.sendfile.locations]]\nprefix = \"/p/\"\nroot = \"/srv\"\nalias = \"/x\"\n")
-        .unwrap_err()
-        .to_string();
+    let e = Config::from_toml(
+        "[[backend.sendfile.locations]]\nprefix = \"/p/\"\nroot = \"/srv\"\nalias = \"/x\"\n",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("unknown field `alias`"), "{e}");
 
     let e = err(&format!("{base}[backend.sendfile]\nenable = true\n"), BUILT);
@@ -726,7 +796,9 @@ fn sendfile_keys_defaults_and_validation() {
         "{e}"
     );
     assert!(
-        e.contains("[backend.sendfile] roots: \"/\" would let a script send any file of the machine."),
+        e.contains(
+            "[backend.sendfile] roots: \"/\" would let a script send any file of the machine."
+        ),
         "{e}"
     );
     assert!(e.contains("/index.html is not a directory."), "{e}");
@@ -838,7 +910,10 @@ fn fpm_upstreams_and_named_fastcgi_pools() {
     let php = parse("").php;
     assert!(php.fpm_upstreams.is_empty());
     assert_eq!(php.fpm_balance, FpmBalance::LeastConn);
-    assert_eq!((php.fpm_max_fails, php.fpm_fail_timeout.0), (1, Duration::from_secs(10)));
+    assert_eq!(
+        (php.fpm_max_fails, php.fpm_fail_timeout.0),
+        (1, Duration::from_secs(10))
+    );
     assert_eq!(php.fpm_health_interval, None);
     let base = "[backend]\ndefault_backend = \"fastcgi\"\n[php]\n";
     let c = parse(&format!(
@@ -870,23 +945,44 @@ fn fpm_upstreams_and_named_fastcgi_pools() {
         BUILT,
     );
     assert!(e.contains("[php] fpm_upstreams #1 (\"localhost\") is not a PHP-FPM address: a TCP address needs a port.\n    Use address = "), "{e}");
-    assert!(e.contains("[php] fpm_upstreams #2 (\"127.0.0.1:9000\") has weight = 0: use 1 to 1000."), "{e}");
-    assert!(e.contains("[php] fpm_upstreams #3 (\"127.0.0.1:9000\") names the address of #2 again."), "{e}");
+    assert!(
+        e.contains("[php] fpm_upstreams #2 (\"127.0.0.1:9000\") has weight = 0: use 1 to 1000."),
+        "{e}"
+    );
+    assert!(
+        e.contains("[php] fpm_upstreams #3 (\"127.0.0.1:9000\") names the address of #2 again."),
+        "{e}"
+    );
     assert!(e.contains("[php] fpm_health_interval needs fpm_ping_path: the active probe requests php-fpm's ping.path."), "{e}");
     let e = Config::from_toml(&format!("{base}fpm_balance = \"random\"\n"))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("unknown variant `random`, expected `least_conn` or `round_robin`"), "{e}");
+    assert!(
+        e.contains("unknown variant `random`, expected `least_conn` or `round_robin`"),
+        "{e}"
+    );
 
     // Named pools: their own keys, names, and the rules that pick them.
     let e = err(
         &format!("{base}fpm_socket = \"127.0.0.1:9000\"\n[php.fpm_pools.a]\nmax_connections = 0\n[php.fpm_pools.b]\nsocket = \"127.0.0.1:9001\"\nupstreams = [{{ address = \"127.0.0.1:9002\" }}]\n[php.fpm_pools.default]\nsocket = \"127.0.0.1:9003\"\n"),
         BUILT,
     );
-    assert!(e.contains("[php.fpm_pools.a] names no php-fpm.\n    Add socket = "), "{e}");
-    assert!(e.contains("[php.fpm_pools.a] max_connections = 0 is out of range: use 1 to 1024."), "{e}");
-    assert!(e.contains("[php.fpm_pools.b] has both socket and upstreams."), "{e}");
-    assert!(e.contains("[php.fpm_pools.default]: a FastCGI pool's name is letters, digits"), "{e}");
+    assert!(
+        e.contains("[php.fpm_pools.a] names no php-fpm.\n    Add socket = "),
+        "{e}"
+    );
+    assert!(
+        e.contains("[php.fpm_pools.a] max_connections = 0 is out of range: use 1 to 1024."),
+        "{e}"
+    );
+    assert!(
+        e.contains("[php.fpm_pools.b] has both socket and upstreams."),
+        "{e}"
+    );
+    assert!(
+        e.contains("[php.fpm_pools.default]: a FastCGI pool's name is letters, digits"),
+        "{e}"
+    );
     let rule = "[[backend.routing_rules]]\npattern = { type = \"prefix\", value = \"/old/\" }\nbackend = \"fastcgi\"\npool = \"php74\"\n";
     let e = err(
         &format!("[backend]\ndefault_backend = \"fastcgi\"\n{rule}[php]\nfpm_socket = \"127.0.0.1:9000\"\n[php.fpm_pools.php81]\nsocket = \"127.0.0.1:9001\"\n[php.fpm_pools.php83]\nsocket = \"127.0.0.1:9002\"\n"),

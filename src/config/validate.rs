@@ -593,7 +593,8 @@ fn check_pool(pool: &PoolConfig, section: &str, problems: &mut Vec<String>) {
         let bad = w.is_absolute()
             || text.is_empty()
             || text.contains('\0')
-            || w.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+            || w.components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
             || w.extension().is_none_or(|e| e != "php");
         if bad {
             problems.push(format!(
@@ -797,7 +798,8 @@ fn check_sendfile(sf: &SendfileConfig, problems: &mut Vec<String>) {
         if !p.starts_with('/')
             || !p.ends_with('/')
             || p.split('/').any(|seg| seg == "." || seg == "..")
-            || p.bytes().any(|b| b <= b' ' || matches!(b, b'%' | b'?' | b'#' | 0x7f))
+            || p.bytes()
+                .any(|b| b <= b' ' || matches!(b, b'%' | b'?' | b'#' | 0x7f))
         {
             problems.push(format!(
                 "{what}: the prefix must be a path that starts and ends with '/', without '.' or '..' segments, spaces, '%', '?' or '#'.\n    Use e.g. prefix = \"/protected/\": X-Accel-Redirect: /protected/a/b.pdf then sends a/b.pdf below root."

@@ -12,14 +12,14 @@ use series::EngineSeries;
 
 use crate::backends::embedded::{self, Embedded};
 use crate::backends::fastcgi::FastCgi;
-use crate::backends::proxy::Proxy;
-use crate::backends::static_files::StaticFiles;
-use crate::backends::BUILT;
-use crate::http::body;
 use crate::backends::php::sendfile::Sendfile;
 use crate::backends::php::{Php, Site};
+use crate::backends::proxy::Proxy;
 use crate::backends::serve::{Backend, Reply, Target};
+use crate::backends::static_files::StaticFiles;
+use crate::backends::BUILT;
 use crate::config::{Availability, BackendKind, Config, ConfigError, Validated};
+use crate::http::body;
 use crate::http::compress::Compression;
 use crate::http::head;
 use crate::http::{Completion, Request, Response};
@@ -287,7 +287,6 @@ impl Engine {
         Ok(Decision::Backend(self.router.route(&normalized)))
     }
 
-
     #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     /// Runs a request and waits for its response head.
     pub fn handle(&self, req: &Request<'_>) -> Response {
@@ -473,8 +472,6 @@ impl Engine {
     }
 }
 
-
-
 /// The `[php.fpm_pools.NAME]` groups, by name.
 type NamedFastCgi = BTreeMap<String, Php<FastCgi>>;
 
@@ -499,7 +496,10 @@ fn fastcgi_groups(
             Some(root) => {
                 let index_files = &validated.config.backend.static_files.index_files;
                 let files = StaticFiles::new(root, index_files).map_err(|e| {
-                    format!("[php.fpm_pools.{name}] document_root {}: {e}", root.display())
+                    format!(
+                        "[php.fpm_pools.{name}] document_root {}: {e}",
+                        root.display()
+                    )
                 })?;
                 Arc::new(Site {
                     files,
@@ -807,7 +807,8 @@ mod tests {
         assert_eq!(count(&t, "home"), Some(2), "{t}");
         assert_eq!(count(&t, "start"), Some(1), "{t}");
         assert_eq!(
-            t.matches("# TYPE fephp_rule_request_duration_seconds histogram").count(),
+            t.matches("# TYPE fephp_rule_request_duration_seconds histogram")
+                .count(),
             1
         );
     }

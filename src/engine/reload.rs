@@ -2,9 +2,9 @@
 //! the swap to a new configuration.
 
 use super::Engine;
+use crate::backends::{embedded, BUILT};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::backends::{embedded, BUILT};
 use parking_lot::{Mutex, RwLock};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};

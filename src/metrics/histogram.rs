@@ -87,7 +87,10 @@ impl Snapshot {
         for (i, n) in self.buckets.iter().enumerate() {
             cumulative += n;
             let le = BUCKETS.get(i).map_or("+Inf", |&(le, _)| le);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+            );
         }
         let braces = if labels.is_empty() {
             String::new()

@@ -6,10 +6,10 @@
 //! a fully buffered body when the script ends, or a stream once it calls `flush()` or
 //! its output passes `STREAM_AFTER`.
 
+use super::respond::Sink;
 use super::runtime::Runtime;
 use super::sapi::{fephp_sapi_callbacks, fephp_sapi_pair, fephp_sapi_request};
 use super::Job;
-use super::respond::Sink;
 use crate::http::{Body, Response};
 use crate::metrics::Metrics;
 use parking_lot::{Condvar, Mutex};

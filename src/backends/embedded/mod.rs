@@ -14,15 +14,14 @@ mod runtime;
 #[cfg(fephp_embedded)]
 mod sapi;
 
-use crate::metrics::Source;
-use crate::backends::php::Runner;
 use crate::backends::php::cgi::{CgiVars, Pairs};
+use crate::backends::php::Runner;
 use crate::config::{IniValue, PoolConfig};
-use respond::Respond;
-use crate::http::{Request, Completion, Response};
-use crate::metrics::Metrics;
 use crate::http::request_body::RequestBody;
-use parking_lot::Mutex;
+use crate::http::{Completion, Request, Response};
+use crate::metrics::Metrics;
+use crate::metrics::Source;
+use respond::Respond;
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -30,7 +29,6 @@ use std::sync::Arc;
 
 /// Whether this build contains the embedded backend (PHP headers were found).
 pub const BUILT: bool = cfg!(fephp_embedded);
-
 
 /// Everything the PHP thread needs for one request, owned.
 pub struct Job {
@@ -123,7 +121,8 @@ impl Job {
 /// one): (fork generation, executor). Re-created after a fork, since threads do not
 /// survive one.
 #[cfg(fephp_embedded)]
-static EXECUTOR: Mutex<Option<(u64, Arc<executor::Executor>)>> = Mutex::new(None);
+static EXECUTOR: parking_lot::Mutex<Option<(u64, Arc<executor::Executor>)>> =
+    parking_lot::Mutex::new(None);
 
 /// Forks of this process since it started (counted in the child by an atfork
 /// handler): tells a forked child from its parent without a getpid per request.

@@ -86,7 +86,6 @@ impl Conn {
     }
 }
 
-
 /// How an exchange ended well.
 pub struct Exchanged {
     /// The connection is clean (request fully written, nothing after END_REQUEST)

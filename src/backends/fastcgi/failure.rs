@@ -162,10 +162,7 @@ impl Failure {
     /// Connecting to upstream `u` failed; the request was not sent.
     pub fn connect(e: ConnectError, s: &Settings, u: &Upstream) -> Failure {
         let f = Failure::connect_only(e, s, u);
-        Failure {
-            unsent: true,
-            ..f
-        }
+        Failure { unsent: true, ..f }
     }
 
     fn connect_only(e: ConnectError, s: &Settings, u: &Upstream) -> Failure {
@@ -281,7 +278,10 @@ mod tests {
         let f = Failure::read_timeout(std::time::Duration::from_secs(3));
         let named = f.for_group(&php.fpm_pool_group("legacy").unwrap());
         let log = named.log.unwrap();
-        assert!(log.contains("([php.fpm_pools.legacy] read_timeout)"), "{log}");
+        assert!(
+            log.contains("([php.fpm_pools.legacy] read_timeout)"),
+            "{log}"
+        );
         let f = Failure::read_timeout(std::time::Duration::from_secs(3));
         let log = f.for_group(&php.fpm_default_group()).log.unwrap();
         assert!(log.contains("([php] fpm_read_timeout)"), "{log}");

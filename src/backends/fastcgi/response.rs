@@ -3,8 +3,8 @@
 //! streamed through `body::channel()` once it grows or PHP-FPM pauses.
 
 use super::failure::Failure;
-use crate::http::Completion;
 use crate::http::body::{self, BodySender, TrySend};
+use crate::http::Completion;
 use crate::http::{Body, Response};
 
 /// Largest CGI header block accepted (nginx's default is 4-8 KiB; applications
@@ -588,7 +588,10 @@ mod tests {
             panic!()
         };
         let mut buf = [0; 16];
-        assert_eq!(stream.read(&mut buf), crate::http::body::ReadOutcome::Data(6));
+        assert_eq!(
+            stream.read(&mut buf),
+            crate::http::body::ReadOutcome::Data(6)
+        );
         assert_eq!(&buf[..6], b"first\n");
         assert!(r.responded());
     }

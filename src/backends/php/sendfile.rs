@@ -104,7 +104,8 @@ impl Sendfile {
     /// Opens the configured directories (validation checked they exist).
     pub fn new(config: &SendfileConfig) -> Result<Sendfile, String> {
         let open = |dir: &Path, what: &str| {
-            DocRoot::new(dir).map_err(|e| format!("[backend.sendfile] {what} {}: {e}", dir.display()))
+            DocRoot::new(dir)
+                .map_err(|e| format!("[backend.sendfile] {what} {}: {e}", dir.display()))
         };
         let mut roots = Vec::new();
         for dir in &config.roots {
@@ -162,7 +163,13 @@ impl Sendfile {
             } else {
                 "it is not a regular file"
             };
-            return refused(Refusal::Forbidden(why), header, &shown, script, &client.target);
+            return refused(
+                Refusal::Forbidden(why),
+                header,
+                &shown,
+                script,
+                &client.target,
+            );
         }
         // The script's own Content-Type, unless it is PHP's default (text/html,
         // which PHP sends when a script sets none): the file's extension decides.
@@ -309,15 +316,30 @@ fn refused(refusal: Refusal, header: &str, path: &str, script: &str, uri: &str) 
     let path = path.escape_debug().to_string();
     match refusal {
         Refusal::Missing => {
-            tracing::warn!(script, path, uri, "{header}: the script named a file that does not exist: 404");
+            tracing::warn!(
+                script,
+                path,
+                uri,
+                "{header}: the script named a file that does not exist: 404"
+            );
             Response::error(404, None)
         }
         Refusal::Forbidden(why) => {
-            tracing::warn!(script, path, uri, "{header}: refused the file the script named: {why}: 403");
+            tracing::warn!(
+                script,
+                path,
+                uri,
+                "{header}: refused the file the script named: {why}: 403"
+            );
             Response::error(403, None)
         }
         Refusal::Exhausted(why) => {
-            tracing::error!(script, path, uri, "{header}: cannot open the file the script named: {why}");
+            tracing::error!(
+                script,
+                path,
+                uri,
+                "{header}: cannot open the file the script named: {why}"
+            );
             Response::error(503, None)
         }
         Refusal::Failed(e) => {
@@ -416,22 +438,53 @@ mod tests {
         let root = f.dir.path().join("protected");
         let c = client(&[]);
         for (hdr, value, expect) in [
-            (X_SENDFILE, root.join("a.txt").display().to_string(), "0123456789"),
-            ("X-Sendfile", root.join("sub/b.pdf").display().to_string(), "%PDF"),
-            (X_SENDFILE, root.join("in-link").display().to_string(), "0123456789"),
-            (X_SENDFILE, format!("{}/./sub//b.pdf", root.display()), "%PDF"),
-            (X_ACCEL_REDIRECT, "/protected/a.txt".to_owned(), "0123456789"),
-            ("X-Accel-Redirect", "/protected/with%20space.txt?x=1".to_owned(), "spaced"),
+            (
+                X_SENDFILE,
+                root.join("a.txt").display().to_string(),
+                "0123456789",
+            ),
+            (
+                "X-Sendfile",
+                root.join("sub/b.pdf").display().to_string(),
+                "%PDF",
+            ),
+            (
+                X_SENDFILE,
+                root.join("in-link").display().to_string(),
+                "0123456789",
+            ),
+            (
+                X_SENDFILE,
+                format!("{}/./sub//b.pdf", root.display()),
+                "%PDF",
+            ),
+            (
+                X_ACCEL_REDIRECT,
+                "/protected/a.txt".to_owned(),
+                "0123456789",
+            ),
+            (
+                "X-Accel-Redirect",
+                "/protected/with%20space.txt?x=1".to_owned(),
+                "spaced",
+            ),
         ] {
             let r = f.sendfile.apply(php(hdr, value.as_bytes()), &c, "/s.php");
             assert_eq!(r.status, 200, "{value}");
             assert_eq!(body(&r), expect.as_bytes(), "{value}");
-            assert!(r.get_header("x-sendfile").is_none() && r.get_header("x-accel-redirect").is_none());
+            assert!(
+                r.get_header("x-sendfile").is_none() && r.get_header("x-accel-redirect").is_none()
+            );
             assert_eq!(header(&r, "set-cookie"), Some("a=1"));
         }
-        let r = f
-            .sendfile
-            .apply(php(X_SENDFILE, root.join("sub/b.pdf").to_str().unwrap().as_bytes()), &c, "/s.php");
+        let r = f.sendfile.apply(
+            php(
+                X_SENDFILE,
+                root.join("sub/b.pdf").to_str().unwrap().as_bytes(),
+            ),
+            &c,
+            "/s.php",
+        );
         assert_eq!(header(&r, "content-type"), Some("application/pdf"));
         assert_eq!(header(&r, "content-length"), Some("4"));
         assert!(header(&r, "etag").is_some() && header(&r, "last-modified").is_some());
@@ -446,20 +499,60 @@ mod tests {
         let c = client(&[]);
         let cases: Vec<(&str, Vec<u8>, u16)> = vec![
             (X_SENDFILE, secret.display().to_string().into_bytes(), 403),
-            (X_SENDFILE, format!("{}/../secret.txt", root.display()).into_bytes(), 403),
-            (X_SENDFILE, format!("{}/sub/../../secret.txt", root.display()).into_bytes(), 403),
-            (X_SENDFILE, root.join("out-link").display().to_string().into_bytes(), 403),
-            (X_SENDFILE, root.join("abs-out-link").display().to_string().into_bytes(), 403),
-            (X_SENDFILE, root.join("sub").display().to_string().into_bytes(), 403),
+            (
+                X_SENDFILE,
+                format!("{}/../secret.txt", root.display()).into_bytes(),
+                403,
+            ),
+            (
+                X_SENDFILE,
+                format!("{}/sub/../../secret.txt", root.display()).into_bytes(),
+                403,
+            ),
+            (
+                X_SENDFILE,
+                root.join("out-link").display().to_string().into_bytes(),
+                403,
+            ),
+            (
+                X_SENDFILE,
+                root.join("abs-out-link").display().to_string().into_bytes(),
+                403,
+            ),
+            (
+                X_SENDFILE,
+                root.join("sub").display().to_string().into_bytes(),
+                403,
+            ),
             (X_SENDFILE, root.display().to_string().into_bytes(), 403),
-            (X_SENDFILE, root.join("missing.txt").display().to_string().into_bytes(), 404),
-            (X_SENDFILE, format!("{}/a.txt\0.jpg", root.display()).into_bytes(), 403),
+            (
+                X_SENDFILE,
+                root.join("missing.txt").display().to_string().into_bytes(),
+                404,
+            ),
+            (
+                X_SENDFILE,
+                format!("{}/a.txt\0.jpg", root.display()).into_bytes(),
+                403,
+            ),
             (X_SENDFILE, b"protected/a.txt".to_vec(), 403),
-            (X_SENDFILE, format!("{}2/a.txt", root.display()).into_bytes(), 403),
+            (
+                X_SENDFILE,
+                format!("{}2/a.txt", root.display()).into_bytes(),
+                403,
+            ),
             (X_SENDFILE, b"\xff/a".to_vec(), 403),
             (X_ACCEL_REDIRECT, b"/protected/../secret.txt".to_vec(), 403),
-            (X_ACCEL_REDIRECT, b"/protected/%2e%2e/secret.txt".to_vec(), 403),
-            (X_ACCEL_REDIRECT, b"/protected/%2E%2E%2Fsecret.txt".to_vec(), 403),
+            (
+                X_ACCEL_REDIRECT,
+                b"/protected/%2e%2e/secret.txt".to_vec(),
+                403,
+            ),
+            (
+                X_ACCEL_REDIRECT,
+                b"/protected/%2E%2E%2Fsecret.txt".to_vec(),
+                403,
+            ),
             (X_ACCEL_REDIRECT, b"/protected/out-link".to_vec(), 403),
             (X_ACCEL_REDIRECT, b"/protected/a.txt%00.jpg".to_vec(), 403),
             (X_ACCEL_REDIRECT, b"/protected/sub/".to_vec(), 403),
@@ -486,13 +579,21 @@ mod tests {
         let f = fixture();
         let path = f.dir.path().join("protected/a.txt");
         let value = path.to_str().unwrap().as_bytes();
-        let r = f.sendfile.apply(php(X_SENDFILE, value), &client(&[("Range", "bytes=2-4")]), "/s.php");
+        let r = f.sendfile.apply(
+            php(X_SENDFILE, value),
+            &client(&[("Range", "bytes=2-4")]),
+            "/s.php",
+        );
         assert_eq!(r.status, 206);
         assert_eq!(body(&r), b"234");
         assert_eq!(header(&r, "content-range"), Some("bytes 2-4/10"));
         assert_eq!(header(&r, "content-type"), Some("text/plain"));
         let etag = header(&r, "etag").unwrap().to_owned();
-        let r = f.sendfile.apply(php(X_SENDFILE, value), &client(&[("If-None-Match", &etag)]), "/s.php");
+        let r = f.sendfile.apply(
+            php(X_SENDFILE, value),
+            &client(&[("If-None-Match", &etag)]),
+            "/s.php",
+        );
         assert_eq!(r.status, 304);
         assert!(matches!(r.body, Body::Empty));
         assert_eq!(header(&r, "set-cookie"), Some("a=1"));
@@ -522,20 +623,33 @@ mod tests {
         }
         let r = f.sendfile.apply(resp, &client(&[]), "/s.php");
         assert_eq!(body(&r), b"0123456789");
-        assert_eq!(header(&r, "content-disposition"), Some("attachment; filename=\"a.txt\""));
+        assert_eq!(
+            header(&r, "content-disposition"),
+            Some("attachment; filename=\"a.txt\"")
+        );
         assert_eq!(header(&r, "cache-control"), Some("private, max-age=60"));
         assert_eq!(header(&r, "content-length"), Some("10"));
         assert_ne!(header(&r, "etag"), Some("\"php\""));
         assert!(header(&r, "content-encoding").is_none());
         assert!(header(&r, "x-accel-redirect").is_none());
-        assert_eq!(header(&r, "content-type"), Some("text/plain"), "PHP's default is not kept");
+        assert_eq!(
+            header(&r, "content-type"),
+            Some("text/plain"),
+            "PHP's default is not kept"
+        );
         // A Content-Type the script chose is.
         let mut resp = php(X_SENDFILE, path.to_str().unwrap().as_bytes());
         resp.headers.retain(|(n, _)| n != "Content-Type");
         resp.push_header("content-type", "application/x-custom");
         let r = f.sendfile.apply(resp, &client(&[]), "/s.php");
         assert_eq!(header(&r, "content-type"), Some("application/x-custom"));
-        assert_eq!(r.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("content-type")).count(), 1);
+        assert_eq!(
+            r.headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+                .count(),
+            1
+        );
     }
 
     #[test]

@@ -32,7 +32,9 @@ impl Site {
     /// Whether `path` names the front controller itself (`/index.php`,
     /// `/index.php/more`) rather than reaching it as the fallback.
     fn is_front_controller_url(&self, path: &str, resolution: &Resolution) -> bool {
-        let (Some(fc), Resolution::Script { script_name, .. }) = (&self.front_controller, resolution) else {
+        let (Some(fc), Resolution::Script { script_name, .. }) =
+            (&self.front_controller, resolution)
+        else {
             return false;
         };
         let own = format!("/{}", fc.trim_start_matches('/'));
@@ -97,10 +99,7 @@ impl<R: Runner> Backend for Php<R> {
                 // A file the script names (X-Sendfile) replaces its body; whatever
                 // headers the script set, the response is framed truly.
                 let (head, script) = (req.is_head(), filename.display().to_string());
-                let sendfile = site
-                    .sendfile
-                    .clone()
-                    .map(|s| (s, ClientRequest::of(req)));
+                let sendfile = site.sendfile.clone().map(|s| (s, ClientRequest::of(req)));
                 let complete: Completion = Box::new(move |mut resp| {
                     if let Some((sendfile, client)) = sendfile {
                         resp = sendfile.apply(resp, &client, &script);

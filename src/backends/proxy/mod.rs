@@ -15,14 +15,14 @@ mod failure;
 mod headers;
 mod upstream;
 
-use crate::metrics::Source;
-use crate::backends::serve::{Backend, Reply, Target};
 use super::io_thread::{self, IoThread, PerProcess, Task};
-use crate::http::Completion;
+use crate::backends::serve::{Backend, Reply, Target};
 use crate::config::{ProxyConfig, UpstreamAddress};
 use crate::health::BackendHealth;
+use crate::http::Completion;
 use crate::http::Request;
 use crate::metrics::Metrics;
+use crate::metrics::Source;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

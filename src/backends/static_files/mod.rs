@@ -7,12 +7,12 @@
 
 mod validators;
 
-use crate::metrics::Source;
-use crate::backends::serve::{Backend, Reply, Target};
 use super::docroot::DocRoot;
 pub use super::docroot::PathKind;
+use crate::backends::serve::{Backend, Reply, Target};
 use crate::http::compress::AcceptEncoding;
 use crate::http::{Body, Request, Response};
+use crate::metrics::Source;
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use std::fs::{File, Metadata};
 use std::io;
@@ -121,7 +121,10 @@ impl StaticFiles {
 
     /// Opens `path` or maps the failure to a response.
     fn open_for_serving(&self, path: &str) -> Result<Opened, Response> {
-        let file = self.docroot.open_beneath(path).map_err(|e| error_for(&e, path))?;
+        let file = self
+            .docroot
+            .open_beneath(path)
+            .map_err(|e| error_for(&e, path))?;
         let meta = file.metadata().map_err(|e| error_for(&e, path))?;
         let name = path.rsplit('/').next().unwrap_or("").to_owned();
         Ok(Opened { file, meta, name })

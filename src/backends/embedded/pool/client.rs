@@ -121,7 +121,10 @@ impl Client {
                 sec = super::section(&pool.name)
             );
             job.body.close();
-            respond.complete(Response::error(503, Some("PHP is busy: too many requests wait for a runner")));
+            respond.complete(Response::error(
+                503,
+                Some("PHP is busy: too many requests wait for a runner"),
+            ));
             return;
         }
         let id = (u64::from(self.pid) << 32) | u64::from(self.seq.fetch_add(1, Relaxed));
@@ -166,7 +169,11 @@ impl Client {
                     .content_type
                     .as_ref()
                     .is_some_and(|t| t.to_bytes().starts_with(b"multipart/form-data"));
-                let what = if multipart { "an uploaded file" } else { "the request body" };
+                let what = if multipart {
+                    "an uploaded file"
+                } else {
+                    "the request body"
+                };
                 tracing::error!(
                     uri = %job.log_uri,
                     "PHP could not store {what} in its temporary directory {dir}: the request carries {}, {} ({e}). Free space there, or point [php.ini] upload_tmp_dir at a directory with room for post_max_size per worker; answered 500 without running the script",
@@ -211,7 +218,13 @@ impl Client {
         drop(parked);
         let one = 1u64.to_ne_bytes();
         // SAFETY: an 8-byte write to our eventfd.
-        unsafe { libc::write(self.unpark.as_raw_fd(), one.as_ptr() as *const libc::c_void, 8) };
+        unsafe {
+            libc::write(
+                self.unpark.as_raw_fd(),
+                one.as_ptr() as *const libc::c_void,
+                8,
+            )
+        };
     }
 
     /// Sends parked jobs while the queue socket has room.
@@ -246,7 +259,10 @@ impl Client {
             let driven = self.driven.load(Relaxed);
             let mut fds = [
                 poll_fd(self.unpark.as_raw_fd(), libc::POLLIN),
-                poll_fd(pool.submit.as_raw_fd(), if waiting { libc::POLLOUT } else { 0 }),
+                poll_fd(
+                    pool.submit.as_raw_fd(),
+                    if waiting { libc::POLLOUT } else { 0 },
+                ),
                 poll_fd(lane, libc::POLLIN),
             ];
             let n = if driven { 2 } else { 3 };
@@ -257,7 +273,13 @@ impl Client {
             if fds[0].revents != 0 {
                 let mut v = [0u8; 8];
                 // SAFETY: drains the eventfd's counter into a local.
-                unsafe { libc::read(self.unpark.as_raw_fd(), v.as_mut_ptr() as *mut libc::c_void, 8) };
+                unsafe {
+                    libc::read(
+                        self.unpark.as_raw_fd(),
+                        v.as_mut_ptr() as *mut libc::c_void,
+                        8,
+                    )
+                };
             }
             if waiting || fds[0].revents != 0 {
                 self.flush_parked(pool);
@@ -288,7 +310,13 @@ impl Client {
         // Wake the reply thread so that it stops watching the lane.
         let one = 1u64.to_ne_bytes();
         // SAFETY: an 8-byte write to our eventfd.
-        unsafe { libc::write(self.unpark.as_raw_fd(), one.as_ptr() as *const libc::c_void, 8) };
+        unsafe {
+            libc::write(
+                self.unpark.as_raw_fd(),
+                one.as_ptr() as *const libc::c_void,
+                8,
+            )
+        };
         pool.lanes[self.lane].0.as_raw_fd()
     }
 
@@ -317,7 +345,10 @@ impl Client {
                     };
                     respond.complete(resp);
                 } else if reply.flags & BUFFERED != 0 {
-                    pending.insert(reply.id, Pending::Buffering(respond, resp, reply.data.to_vec()));
+                    pending.insert(
+                        reply.id,
+                        Pending::Buffering(respond, resp, reply.data.to_vec()),
+                    );
                 } else if reply.flags & STREAMED != 0 {
                     let (tx, rx) = body::channel();
                     let ok = reply.data.is_empty()
@@ -326,7 +357,10 @@ impl Client {
                     drop(pending);
                     respond.complete(resp.with_body(Body::Stream(rx)));
                     if !ok {
-                        pool.board.slot(reply.runner as usize).abort.store(reply.id, SeqCst);
+                        pool.board
+                            .slot(reply.runner as usize)
+                            .abort
+                            .store(reply.id, SeqCst);
                     }
                 } else {
                     tracing::error!(%uri, "a PHP runner sent a reply head of an unknown form");
@@ -348,7 +382,10 @@ impl Client {
                         self.pending.lock().insert(reply.id, Pending::Streaming(tx));
                     }
                     TrySend::Gone => {
-                        pool.board.slot(reply.runner as usize).abort.store(reply.id, SeqCst);
+                        pool.board
+                            .slot(reply.runner as usize)
+                            .abort
+                            .store(reply.id, SeqCst);
                         self.pending.lock().insert(reply.id, Pending::Streaming(tx));
                     }
                     TrySend::Full(_) => {
@@ -359,7 +396,10 @@ impl Client {
                             "a client fell {} MiB behind a PHP response: the response is cut and the script told the client left",
                             body::FILE_LIMIT >> 20
                         );
-                        pool.board.slot(reply.runner as usize).abort.store(reply.id, SeqCst);
+                        pool.board
+                            .slot(reply.runner as usize)
+                            .abort
+                            .store(reply.id, SeqCst);
                         tx.fail("the client fell too far behind the response".to_owned());
                     }
                 }
@@ -374,7 +414,11 @@ impl Client {
             }
             (FAIL | ERROR, Pending::Waiting(r, _) | Pending::Buffering(r, ..)) => {
                 drop(pending);
-                let status = if reply.kind == ERROR { reply.status } else { 502 };
+                let status = if reply.kind == ERROR {
+                    reply.status
+                } else {
+                    502
+                };
                 r.complete(Response::error(status, None));
             }
             (_, state) => {

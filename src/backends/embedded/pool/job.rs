@@ -27,7 +27,12 @@ pub fn encode(job: &Job, id: u64, lane: u32, submitted_ns: u64, body: Option<&[u
         .u32(job.proto_num as u32)
         .u64(job.content_length as u64)
         .u64(job.body.len());
-    for s in [&job.method, &job.query, &job.request_uri, &job.script_filename] {
+    for s in [
+        &job.method,
+        &job.query,
+        &job.request_uri,
+        &job.script_filename,
+    ] {
         w.bytes(s.as_bytes());
     }
     for s in [&job.content_type, &job.cookie, &job.authorization] {
@@ -83,7 +88,10 @@ pub fn decode(msg: &[u8], file: Option<File>) -> io::Result<(Envelope, Job)> {
         let mut p = Pairs::with_capacity(n * 32, n.min(1024));
         for _ in 0..n {
             let (name, value) = (r.bytes()?, r.bytes()?);
-            p.push_with(|b| b.extend_from_slice(name), |b| b.extend_from_slice(value));
+            p.push_with(
+                |b| b.extend_from_slice(name),
+                |b| b.extend_from_slice(value),
+            );
         }
         Ok(p)
     };

@@ -8,7 +8,8 @@
 
 use super::board::{self, Exit, BUSY, FREE, IDLE, STARTING};
 use super::runner::{
-    self, EXIT_BROKEN, EXIT_MEMORY, EXIT_RECYCLED, EXIT_RESTARTED, EXIT_WORKER_ENDED, EXIT_WORKER_FAILED,
+    self, EXIT_BROKEN, EXIT_MEMORY, EXIT_RECYCLED, EXIT_RESTARTED, EXIT_WORKER_ENDED,
+    EXIT_WORKER_FAILED,
 };
 use super::wire;
 use super::Pool;
@@ -26,7 +27,11 @@ const FAST_FAILURE: Duration = Duration::from_secs(1);
 /// `others`: the pools started before, whose descriptors the new manager and its
 /// runners must not keep (above all their life lines, which would keep those
 /// managers alive).
-pub fn fork(pool: &'static Pool, rt: &'static Runtime, others: &[&'static Pool]) -> Result<(), String> {
+pub fn fork(
+    pool: &'static Pool,
+    rt: &'static Runtime,
+    others: &[&'static Pool],
+) -> Result<(), String> {
     let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
     if threads > 1 {
         tracing::debug!(
@@ -81,7 +86,15 @@ fn run(pool: &'static Pool, rt: &'static Runtime) -> ! {
     // host's stop and reload signals are the master's business: the manager ends
     // when the life line closes, after the I/O processes have finished.
     unsafe {
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGPIPE, libc::SIGUSR1, libc::SIGUSR2] {
+        for sig in [
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGPIPE,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+        ] {
             libc::signal(sig, libc::SIG_IGN);
         }
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
@@ -131,7 +144,13 @@ fn run(pool: &'static Pool, rt: &'static Runtime) -> ! {
         if fds[1].revents != 0 {
             let mut v = [0u8; 8];
             // SAFETY: drains the eventfd into a local.
-            unsafe { libc::read(pool.wake.as_raw_fd(), v.as_mut_ptr() as *mut libc::c_void, 8) };
+            unsafe {
+                libc::read(
+                    pool.wake.as_raw_fd(),
+                    v.as_mut_ptr() as *mut libc::c_void,
+                    8,
+                )
+            };
         }
         reap(pool, &mut runners, &mut failures, &mut not_before);
         if let Some(every) = s.watch {
@@ -232,7 +251,10 @@ fn cpu_has_room(pool: &Pool, runners: &[Runner], cores: usize) -> bool {
             continue;
         };
         // "pid (comm) S …": the state follows the last ')'.
-        match stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()) {
+        match stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+        {
             Some('R') => running += 1,
             Some('S' | 'D') => waiting += 1,
             _ => {}
@@ -244,7 +266,13 @@ fn cpu_has_room(pool: &Pool, runners: &[Runner], cores: usize) -> bool {
 fn nudge(pool: &Pool) {
     let one = 1u64.to_ne_bytes();
     // SAFETY: an 8-byte write to the pool's eventfd.
-    unsafe { libc::write(pool.wake.as_raw_fd(), one.as_ptr() as *const libc::c_void, 8) };
+    unsafe {
+        libc::write(
+            pool.wake.as_raw_fd(),
+            one.as_ptr() as *const libc::c_void,
+            8,
+        )
+    };
 }
 
 fn spawn(pool: &'static Pool, rt: &'static Runtime) -> Option<Runner> {
@@ -297,7 +325,11 @@ fn reap(pool: &Pool, runners: &mut Vec<Runner>, failures: &mut u32, not_before: 
         let slot = board.slot(r.slot);
         let state = slot.state.load(SeqCst);
         let signaled = libc::WIFSIGNALED(status);
-        let code = if signaled { 0 } else { libc::WEXITSTATUS(status) };
+        let code = if signaled {
+            0
+        } else {
+            libc::WEXITSTATUS(status)
+        };
         let reason = if r.deadline {
             Exit::Deadline
         } else if signaled || code == EXIT_BROKEN || code == EXIT_WORKER_FAILED {
@@ -347,7 +379,8 @@ fn reap(pool: &Pool, runners: &mut Vec<Runner>, failures: &mut u32, not_before: 
             && (r.started.elapsed() < FAST_FAILURE || code == EXIT_WORKER_FAILED)
         {
             *failures += 1;
-            let wait = Duration::from_millis(100 << (*failures).min(8)).min(Duration::from_secs(30));
+            let wait =
+                Duration::from_millis(100 << (*failures).min(8)).min(Duration::from_secs(30));
             tracing::error!(
                 "a PHP runner died {:.0?} after it started ({} in a row): starting the next one in {wait:.1?}",
                 r.started.elapsed(),

@@ -107,7 +107,10 @@ pub fn start(
                 // A new engine on a running pool is a reload: workers whose code
                 // changed restart (each checks what it loaded).
                 if pool.worker.is_some() {
-                    pool.board.header().code_check.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    pool.board
+                        .header()
+                        .code_check
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     pool.poke_idle();
                 }
                 Ok(pool)
@@ -139,11 +142,18 @@ pub fn restart_workers(name: Option<&str>) -> Result<Vec<String>, String> {
         let names: Vec<&str> = workers.iter().map(|p| p.name.as_str()).collect();
         return Err(format!(
             "there is no worker pool '{n}' (worker pools: {})",
-            if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
         ));
     }
     for p in &chosen {
-        p.board.header().restart.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        p.board
+            .header()
+            .restart
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         p.poke_idle();
         tracing::info!("restarting the workers of {}", section(&p.name));
     }
@@ -183,9 +193,13 @@ fn worker_script(name: &str, relative: &Path, root: &Path) -> Result<WorkerScrip
     };
     let path = std::fs::canonicalize(&joined)
         .map_err(|e| fail(format!("{} cannot be used: {e}", joined.display())))?;
-    let root = std::fs::canonicalize(root).map_err(|e| fail(format!("the document root cannot be used: {e}")))?;
+    let root = std::fs::canonicalize(root)
+        .map_err(|e| fail(format!("the document root cannot be used: {e}")))?;
     if !path.starts_with(&root) {
-        return Err(fail(format!("{} lies outside the document root", path.display())));
+        return Err(fail(format!(
+            "{} lies outside the document root",
+            path.display()
+        )));
     }
     if !path.is_file() {
         return Err(fail(format!("{} is not a file", path.display())));
@@ -203,7 +217,8 @@ fn create(
     settings: &PoolConfig,
     worker: Option<WorkerScript>,
 ) -> Result<Pool, String> {
-    let os = |what: &str, e: std::io::Error| format!("cannot start the PHP runner pool: {what}: {e}");
+    let os =
+        |what: &str, e: std::io::Error| format!("cannot start the PHP runner pool: {what}: {e}");
     let board = Board::new(settings.max_runners, lane_count()).map_err(|e| os("mmap", e))?;
     let (submit, take) = wire::pair().map_err(|e| os("socketpair", e))?;
     let mut lanes = Vec::new();
@@ -331,7 +346,13 @@ impl Pool {
     fn nudge_manager(&self) {
         let one = 1u64.to_ne_bytes();
         // SAFETY: an 8-byte write to our eventfd; a full counter (EAGAIN) is fine.
-        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr() as *const libc::c_void, 8) };
+        unsafe {
+            libc::write(
+                self.wake.as_raw_fd(),
+                one.as_ptr() as *const libc::c_void,
+                8,
+            )
+        };
     }
 }
 

@@ -102,7 +102,10 @@ fn serve(pool: &'static Pool, rt: &'static Runtime, index: usize) -> i32 {
 pub(super) fn start_serving(pool: &Pool, index: usize) {
     crate::backends::sigprof::set_blocked(false);
     // SAFETY: gettid has no preconditions.
-    pool.board.slot(index).tid.store(unsafe { libc::gettid() }, SeqCst);
+    pool.board
+        .slot(index)
+        .tid
+        .store(unsafe { libc::gettid() }, SeqCst);
 }
 
 /// Waits for the next job on the queue (a second at most) and marks this runner
@@ -455,4 +458,3 @@ impl Drop for RemoteSink {
         }
     }
 }
-

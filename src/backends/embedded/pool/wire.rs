@@ -127,7 +127,11 @@ pub fn try_recv(sock: RawFd, buf: &mut Vec<u8>) -> io::Result<Option<Option<File
     recv_with(sock, buf, libc::MSG_DONTWAIT)
 }
 
-fn recv_with(sock: RawFd, buf: &mut Vec<u8>, flags: libc::c_int) -> io::Result<Option<Option<File>>> {
+fn recv_with(
+    sock: RawFd,
+    buf: &mut Vec<u8>,
+    flags: libc::c_int,
+) -> io::Result<Option<Option<File>>> {
     buf.clear();
     buf.reserve(MAX_MESSAGE);
     let mut iov = libc::iovec {
@@ -174,10 +178,16 @@ fn recv_with(sock: RawFd, buf: &mut Vec<u8>, flags: libc::c_int) -> io::Result<O
 
 /// Sets a receive timeout on a socket (None: wait forever).
 pub fn set_recv_timeout(sock: RawFd, timeout: Option<std::time::Duration>) {
-    let tv = timeout.map_or(libc::timeval { tv_sec: 0, tv_usec: 0 }, |t| libc::timeval {
-        tv_sec: t.as_secs() as libc::time_t,
-        tv_usec: t.subsec_micros() as libc::suseconds_t,
-    });
+    let tv = timeout.map_or(
+        libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        |t| libc::timeval {
+            tv_sec: t.as_secs() as libc::time_t,
+            tv_usec: t.subsec_micros() as libc::suseconds_t,
+        },
+    );
     // SAFETY: setsockopt with a valid timeval.
     unsafe {
         libc::setsockopt(
@@ -276,7 +286,13 @@ mod tests {
     fn messages_and_descriptors_cross() {
         let (a, b) = pair().unwrap();
         let mut w = Writer::default();
-        w.u8(7).u16(300).u32(70_000).u64(1 << 40).bytes(b"abc").opt(None).opt(Some(b""));
+        w.u8(7)
+            .u16(300)
+            .u32(70_000)
+            .u64(1 << 40)
+            .bytes(b"abc")
+            .opt(None)
+            .opt(Some(b""));
         let mut f = tempfile_in_tmp();
         f.write_all(b"body bytes").unwrap();
         send(a.as_raw_fd(), &w.0, Some(f.as_raw_fd()), false).unwrap();
@@ -298,7 +314,10 @@ mod tests {
         file.read_to_string(&mut s).unwrap();
         assert_eq!(s, "body bytes");
         drop(a);
-        assert!(recv(b.as_raw_fd(), &mut buf).unwrap().is_none(), "closed end");
+        assert!(
+            recv(b.as_raw_fd(), &mut buf).unwrap().is_none(),
+            "closed end"
+        );
     }
 
     fn tempfile_in_tmp() -> File {

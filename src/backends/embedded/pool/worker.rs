@@ -6,10 +6,10 @@
 //! restart of the pool is asked.
 
 use super::board::IDLE;
+use super::leaks::{route_of, Leaks};
 use super::runner::{
     after_job, start_serving, take, Taken, EXIT_RESTARTED, EXIT_WORKER_ENDED, EXIT_WORKER_FAILED,
 };
-use super::leaks::{route_of, Leaks};
 use super::{Pool, WorkerScript};
 use crate::backends::embedded::executor;
 use crate::backends::embedded::runtime::Runtime;
@@ -21,7 +21,12 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::SystemTime;
 
-pub fn serve(pool: &'static Pool, rt: &'static Runtime, index: usize, script: &WorkerScript) -> i32 {
+pub fn serve(
+    pool: &'static Pool,
+    rt: &'static Runtime,
+    index: usize,
+    script: &WorkerScript,
+) -> i32 {
     start_serving(pool, index);
     let slot = pool.board.slot(index);
     let header = pool.board.header();
@@ -55,7 +60,9 @@ pub fn serve(pool: &'static Pool, rt: &'static Runtime, index: usize, script: &W
                 if header.restart.load(SeqCst) != restart {
                     tracing::info!(
                         "the worker script {} of {} restarts, as asked",
-                        pool.worker.as_ref().map_or(String::new(), |w| w.path.display().to_string()),
+                        pool.worker
+                            .as_ref()
+                            .map_or(String::new(), |w| w.path.display().to_string()),
                         super::section(&pool.name)
                     );
                     stop.set(Some(EXIT_RESTARTED));
