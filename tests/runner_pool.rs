@@ -21,6 +21,12 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("whoami.php", "<?php echo posix_geteuid(), ' ', posix_getegid();"),
     // Computes for a second (wall time): a runner that keeps a CPU busy.
     ("spin.php", "<?php $t = microtime(true); while (microtime(true) - $t < 1.0) {} echo 'spun';"),
+    // Holds a lock on its own file for 200 ms: one request at a time, as PHP's
+    // file sessions serialize the requests of one session.
+    (
+        "locked.php",
+        "<?php $f = fopen(__FILE__, 'r'); flock($f, LOCK_EX); usleep(200000); flock($f, LOCK_UN); echo 'locked';",
+    ),
     (
         "nested.php",
         "<?php\nfunction inner() { usleep(1200000); }\nfunction outer() { inner(); }\nouter();\necho 'done';",
@@ -495,4 +501,33 @@ fn the_pool_does_not_grow_past_the_cpus_for_computing_scripts() {
         "the pool did not use the CPUs: {most} runners"
     );
     assert!(most <= cores + 2, "{most} runners for {cores} cores");
+}
+
+/// Requests queued behind one file lock do not grow the pool either: another
+/// runner would queue behind the same lock. (Without the lock rule the pool took
+/// a runner per request here.)
+#[test]
+fn requests_queued_for_one_file_lock_do_not_grow_the_pool() {
+    let h = host(1, "min_runners = 1\nmax_runners = 16\n");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = 2 * cores + 6;
+    let locked: Vec<_> = (0..n)
+        .map(|_| {
+            let url = h.url("/locked.php");
+            std::thread::spawn(move || get(&url))
+        })
+        .collect();
+    let mut most = 0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(1200) {
+        most = most.max(h.runners().len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for l in locked {
+        assert_eq!(l.join().unwrap().text(), "locked");
+    }
+    assert!(
+        most <= cores + 2,
+        "{most} runners for {n} requests queued behind one lock on {cores} cores"
+    );
 }

@@ -238,8 +238,12 @@ fn refuse_while_no_worker_boots(pool: &Pool, failures: u32, refused: &mut u64) {
 /// (on a database, an API, a sleep) rather than running, and fewer of them run
 /// than the machine has cores. Jobs that wait while the runners wait get a new
 /// runner; jobs that wait because the runners keep the CPUs busy do not (more
-/// runners would only share the same CPUs, in more memory). Other load on the
-/// machine does not count: it is not this pool's to judge.
+/// runners would only share the same CPUs, in more memory). A runner queued for
+/// a file lock counts as running: another one would queue behind the same lock
+/// (PHP's file sessions lock for the whole request, so a client sending many
+/// requests with one session cookie would otherwise grow the pool to its
+/// maximum). Other load on the machine does not count: it is not this pool's to
+/// judge.
 fn cpu_has_room(pool: &Pool, runners: &[Runner], cores: usize) -> bool {
     let (mut running, mut waiting) = (0, 0);
     for r in runners {
@@ -256,11 +260,27 @@ fn cpu_has_room(pool: &Pool, runners: &[Runner], cores: usize) -> bool {
             .and_then(|(_, rest)| rest.chars().next())
         {
             Some('R') => running += 1,
+            Some('S') if waits_for_a_file_lock(r.pid, tid) => running += 1,
             Some('S' | 'D') => waiting += 1,
             _ => {}
         }
     }
     running < cores && (running + waiting < cores || waiting >= running)
+}
+
+/// Whether the thread sleeps in the kernel's wait for a `flock` or `fcntl` lock
+/// (its wait channel). Unreadable (another user's process): no.
+fn waits_for_a_file_lock(pid: i32, tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan")).is_ok_and(|w| {
+        matches!(
+            w.trim(),
+            "locks_lock_inode_wait"
+                | "flock_lock_inode_wait"
+                | "posix_lock_inode_wait"
+                | "do_lock_file_wait"
+                | "fcntl_setlk"
+        )
+    })
 }
 
 fn nudge(pool: &Pool) {
