@@ -27,6 +27,11 @@ Scenarios with a load of their own run once, under their shape, whatever --shape
                   pool. Optional (--scenarios symfony-page,symfony-json).
   laravel-page    The same for a Laravel 8 app (tests/apps/laravel): a Blade page
   laravel-json    and a JSON endpoint. Optional.
+  laravel-page-user  laravel-page for a returning visitor: every request sends the
+                  session and CSRF cookies one first visit got, as a browser does
+                  (laravel-page's cookie-less requests each start a session file,
+                  and Laravel's session GC then scans a directory that grows with
+                  the server's own throughput). Optional.
 """
 import argparse, http.client, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 
@@ -448,6 +453,7 @@ SCENARIOS = {
     "symfony-json": ("/api/items?n=20", SF_SERVERS),
     "laravel-page": ("/page/bench?q=fe-php", LV_SERVERS),
     "laravel-json": ("/api/items?n=20", LV_SERVERS),
+    "laravel-page-user": ("/page/bench?q=fe-php", LV_SERVERS),
 }
 # Scenarios with a load of their own: measured once, under their shape (added to
 # --shapes when it is not there), with a wrk script and extra headers.
@@ -468,6 +474,9 @@ FIXED = {
                      "note": "laravel-page: Laravel 8 (Debian) production, Blade page (web middleware: session, "
                              "CSRF cookie); -lv servers as -sf"},
     "laravel-json": {"shape": "ka16", "note": "laravel-json: /api/items?n=20 (api group), same servers"},
+    "laravel-page-user": {"shape": "ka16", "visitor": True,
+                          "note": "laravel-page-user: laravel-page with the cookies of one first visit on every "
+                                  "request (one session, as a returning browser)"},
 }
 # Who each fe-php variant is measured against.
 PEERS = {"hello": ["nginx+php-fpm", "apache+mod_php"], "json": ["nginx+php-fpm", "apache+mod_php"],
@@ -476,7 +485,7 @@ PEERS = {"hello": ["nginx+php-fpm", "apache+mod_php"], "json": ["nginx+php-fpm",
          "static-10m": ["nginx"], "mixed": ["nginx+php-fpm-deb"], "wordpress": ["nginx+php-fpm-wp"],
          "wordpress-rest": ["nginx+php-fpm-wp"], "symfony-page": ["nginx+php-fpm-sf"],
          "symfony-json": ["nginx+php-fpm-sf"], "laravel-page": ["nginx+php-fpm-lv"],
-         "laravel-json": ["nginx+php-fpm-lv"]}
+         "laravel-json": ["nginx+php-fpm-lv"], "laravel-page-user": ["nginx+php-fpm-lv"]}
 
 
 SHAPES = {
@@ -486,7 +495,8 @@ SHAPES = {
 }
 DEFAULT_SHAPES = ["ka32", "ka256", "close32", "close256"]
 # Not run unless named in --scenarios.
-OPTIONAL = {"wordpress", "wordpress-rest", "symfony-page", "symfony-json", "laravel-page", "laravel-json"}
+OPTIONAL = {"wordpress", "wordpress-rest", "symfony-page", "symfony-json", "laravel-page", "laravel-json",
+            "laravel-page-user"}
 
 
 def plan(scenarios, shapes):
@@ -517,6 +527,22 @@ def check(server, path, headers=()):
         raise RuntimeError(f"{server.name}: GET {path} answered {r.status} {r.reason}"
                            f"{' to ' + r.getheader('Location') if r.getheader('Location') else ''}: {body[:300]!r}")
     return len(body)
+
+
+def visitor_cookies(server, path):
+    """The "Cookie: ..." header a browser sends back after a first GET of `path`
+    (every servers of an app share its key and session store)."""
+    conn = http.client.HTTPConnection(server.addr, server.port, timeout=30)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        r.read()
+        pairs = [c.split(";", 1)[0].strip() for c in r.headers.get_all("Set-Cookie") or []]
+    finally:
+        conn.close()
+    if not pairs:
+        raise RuntimeError(f"{server.name}: GET {path} set no cookie")
+    return "Cookie: " + "; ".join(pairs)
 
 
 def measure(servers, names, path, rounds, seconds, connections, close, script=None, headers=(), mix=None):
@@ -628,8 +654,11 @@ def main():
                 path, names = SCENARIOS[sc]
                 names = [n for n in names if n in servers and (only is None or n in only)]
                 fixed = FIXED.get(sc, {})
+                headers = list(fixed.get("headers", ()))
+                if fixed.get("visitor") and names:
+                    headers.append(visitor_cookies(servers[names[-1]], path))
                 results[shape][sc] = measure(servers, names, path, args.rounds, args.seconds, connections, close,
-                                             fixed.get("script"), fixed.get("headers", ()), fixed.get("mix"))
+                                             fixed.get("script"), headers, fixed.get("mix"))
             report(shape, results[shape], args)
         print(f"({time.time() - started:.0f} s)")
         if args.json:
