@@ -475,27 +475,40 @@ fn a_rule_sends_its_scripts_to_a_named_pool_with_its_own_ini() {
     );
 }
 
+/// Sends `n` concurrent requests for `path` to `h`; each must answer `body`.
+/// Returns the most runners the pool had while they ran (watched for `watch`).
+fn most_runners_during(h: &Host, path: &str, n: usize, body: &str, watch: Duration) -> usize {
+    let requests: Vec<_> = (0..n)
+        .map(|_| {
+            let url = h.url(path);
+            std::thread::spawn(move || get(&url))
+        })
+        .collect();
+    let mut most = 0;
+    let t = Instant::now();
+    while t.elapsed() < watch {
+        most = most.max(h.runners().len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for r in requests {
+        assert_eq!(r.join().unwrap().text(), body);
+    }
+    most
+}
+
 /// Requests that wait because the runners keep every CPU busy do not grow the
 /// pool: more runners would only share the same CPUs, in more memory.
 #[test]
 fn the_pool_does_not_grow_past_the_cpus_for_computing_scripts() {
     let h = host(1, "min_runners = 1\nmax_runners = 16\n");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let spin: Vec<_> = (0..(2 * cores + 4))
-        .map(|_| {
-            let url = h.url("/spin.php");
-            std::thread::spawn(move || get(&url))
-        })
-        .collect();
-    let mut most = 0;
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_millis(1500) {
-        most = most.max(h.runners().len());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for s in spin {
-        assert_eq!(s.join().unwrap().text(), "spun");
-    }
+    let most = most_runners_during(
+        &h,
+        "/spin.php",
+        2 * cores + 4,
+        "spun",
+        Duration::from_millis(1500),
+    );
     assert!(
         most >= cores.min(16),
         "the pool did not use the CPUs: {most} runners"
@@ -511,21 +524,7 @@ fn requests_queued_for_one_file_lock_do_not_grow_the_pool() {
     let h = host(1, "min_runners = 1\nmax_runners = 16\n");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let n = 2 * cores + 6;
-    let locked: Vec<_> = (0..n)
-        .map(|_| {
-            let url = h.url("/locked.php");
-            std::thread::spawn(move || get(&url))
-        })
-        .collect();
-    let mut most = 0;
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_millis(1200) {
-        most = most.max(h.runners().len());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for l in locked {
-        assert_eq!(l.join().unwrap().text(), "locked");
-    }
+    let most = most_runners_during(&h, "/locked.php", n, "locked", Duration::from_millis(1200));
     assert!(
         most <= cores + 2,
         "{most} runners for {n} requests queued behind one lock on {cores} cores"
