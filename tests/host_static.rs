@@ -579,3 +579,40 @@ fn access_log_is_combined_format() {
         "{line}"
     );
 }
+
+/// Small files are served from memory for up to a second: a changed or removed
+/// file shows within that second, never later.
+#[test]
+fn a_small_file_changed_or_removed_shows_within_a_second() {
+    let h = host();
+    let file = h.dir.path().join("public/changing.txt");
+    std::fs::write(&file, b"first").unwrap();
+    assert_eq!(get(&h.url("/changing.txt")).text(), "first");
+    // Same size, so only the content (and the modification time) differs.
+    std::fs::write(&file, b"later").unwrap();
+    let changed = std::time::Instant::now();
+    loop {
+        let r = get(&h.url("/changing.txt"));
+        assert_eq!(r.status, 200);
+        if r.text() == "later" {
+            break;
+        }
+        assert_eq!(r.text(), "first");
+        assert!(
+            changed.elapsed() < std::time::Duration::from_millis(1500),
+            "the old content was still served after {:?}",
+            changed.elapsed()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::remove_file(&file).unwrap();
+    let removed = std::time::Instant::now();
+    while get(&h.url("/changing.txt")).status != 404 {
+        assert!(
+            removed.elapsed() < std::time::Duration::from_millis(1500),
+            "a removed file was still served after {:?}",
+            removed.elapsed()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -196,8 +196,8 @@ impl Sendfile {
         let answer = static_files::answer(
             &req,
             Representation {
-                file,
-                meta,
+                content: static_files::Content::File(file),
+                meta: static_files::FileMeta::of(&meta),
                 content_type,
                 cache_control: None,
                 encoding: None,

@@ -13,12 +13,15 @@ use crate::backends::serve::{Backend, Reply, Target};
 use crate::http::compress::AcceptEncoding;
 use crate::http::{Body, Request, Response};
 use crate::metrics::Source;
+use parking_lot::Mutex;
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
+use std::collections::HashMap;
 use std::fs::{File, Metadata};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 use validators::*;
 pub use validators::{parse_range, ByteRange, RangeOutcome};
 
@@ -44,17 +47,93 @@ const PATH_ESCAPE: &AsciiSet = &CONTROLS
     .add(b'{')
     .add(b'}');
 
+/// Files up to this size are kept in memory (per process) once served.
+const SMALL_FILE: u64 = 16 << 10;
+/// How long a kept file is served without looking at the disk again: as long as
+/// the document root's path cache trusts what it saw (`DocRoot::kind`).
+const SMALL_FILE_FRESH: Duration = Duration::from_secs(1);
+/// Kept files per process (16 MiB at most); past it the cache starts over.
+const SMALL_FILES: usize = 1024;
+
 /// A document root and its settings.
 #[derive(Debug)]
 pub struct StaticFiles {
     docroot: DocRoot,
     index_files: Vec<String>,
+    /// Small files served in the last second, by path: a request for one needs
+    /// no open, stat, read or close (the bytes go out from memory).
+    small: Mutex<HashMap<String, (Instant, Arc<Kept>)>>,
+}
+
+/// A small file's bytes and what the headers need of its metadata.
+#[derive(Debug)]
+struct Kept {
+    meta: FileMeta,
+    bytes: Arc<[u8]>,
+}
+
+/// What the headers need of a file's metadata.
+#[derive(Debug, Clone, Copy)]
+pub struct FileMeta {
+    pub len: u64,
+    pub modified: SystemTime,
+    /// Seconds of the modification time (ETag).
+    pub mtime: i64,
+    pub is_file: bool,
+    pub is_dir: bool,
+}
+
+impl FileMeta {
+    pub fn of(m: &Metadata) -> FileMeta {
+        FileMeta {
+            len: m.len(),
+            modified: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            mtime: m.mtime(),
+            is_file: m.is_file(),
+            is_dir: m.is_dir(),
+        }
+    }
+}
+
+/// Where a representation's bytes come from.
+pub enum Content {
+    /// The open file (hosts may sendfile it).
+    File(File),
+    /// A small file kept in memory.
+    Bytes(Arc<[u8]>),
+}
+
+impl Content {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match self {
+            Content::File(f) => f.read_exact_at(buf, offset),
+            Content::Bytes(b) => {
+                let range = usize::try_from(offset)
+                    .ok()
+                    .and_then(|o| b.get(o..o.checked_add(buf.len())?))
+                    .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+                buf.copy_from_slice(range);
+                Ok(())
+            }
+        }
+    }
+
+    /// `len` bytes from `offset` as a response body.
+    fn body(self, offset: u64, len: u64) -> Body {
+        match self {
+            Content::File(file) => Body::File { file, offset, len },
+            Content::Bytes(b) => {
+                let (o, l) = (offset as usize, len as usize);
+                Body::Bytes(b.get(o..o + l).unwrap_or_default().to_vec())
+            }
+        }
+    }
 }
 
 /// A file opened for serving, with what the headers need.
 struct Opened {
-    file: File,
-    meta: Metadata,
+    content: Content,
+    meta: FileMeta,
     /// File name used for the content type and cache policy.
     name: String,
 }
@@ -65,6 +144,7 @@ impl StaticFiles {
         Ok(StaticFiles {
             docroot: DocRoot::new(root)?,
             index_files: index_files.to_vec(),
+            small: Mutex::new(HashMap::new()),
         })
     }
 
@@ -104,7 +184,7 @@ impl StaticFiles {
             Ok(o) => o,
             Err(resp) => return resp,
         };
-        if opened.meta.is_dir() {
+        if opened.meta.is_dir {
             if !path.ends_with('/') {
                 return add_slash(path, query);
             }
@@ -113,28 +193,62 @@ impl StaticFiles {
                 None => return Response::error(403, None),
             };
         }
-        if !opened.meta.is_file() {
+        if !opened.meta.is_file {
             return Response::error(404, None);
         }
         self.respond(req, opened, path)
     }
 
-    /// Opens `path` or maps the failure to a response.
+    /// Opens `path` or maps the failure to a response. A small file served in
+    /// the last second comes from memory; one read now is kept.
     fn open_for_serving(&self, path: &str) -> Result<Opened, Response> {
+        let name = path.rsplit('/').next().unwrap_or("").to_owned();
+        if let Some((at, kept)) = self.small.lock().get(path) {
+            if at.elapsed() < SMALL_FILE_FRESH {
+                return Ok(Opened {
+                    content: Content::Bytes(kept.bytes.clone()),
+                    meta: kept.meta,
+                    name,
+                });
+            }
+        }
         let file = self
             .docroot
             .open_beneath(path)
             .map_err(|e| error_for(&e, path))?;
-        let meta = file.metadata().map_err(|e| error_for(&e, path))?;
-        let name = path.rsplit('/').next().unwrap_or("").to_owned();
-        Ok(Opened { file, meta, name })
+        let meta = FileMeta::of(&file.metadata().map_err(|e| error_for(&e, path))?);
+        if meta.is_file && meta.len <= SMALL_FILE {
+            let mut bytes = vec![0; meta.len as usize];
+            if file.read_exact_at(&mut bytes, 0).is_ok() {
+                let bytes: Arc<[u8]> = bytes.into();
+                let mut small = self.small.lock();
+                if small.len() >= SMALL_FILES {
+                    small.clear();
+                }
+                let kept = Kept {
+                    meta,
+                    bytes: bytes.clone(),
+                };
+                small.insert(path.to_owned(), (Instant::now(), Arc::new(kept)));
+                return Ok(Opened {
+                    content: Content::Bytes(bytes),
+                    meta,
+                    name,
+                });
+            }
+        }
+        Ok(Opened {
+            content: Content::File(file),
+            meta,
+            name,
+        })
     }
 
     fn open_index(&self, dir: &str) -> Option<Opened> {
         for index in &self.index_files {
             let candidate = format!("{dir}{index}");
             if let Ok(o) = self.open_for_serving(&candidate) {
-                if o.meta.is_file() {
+                if o.meta.is_file {
                     return Some(o);
                 }
             }
@@ -148,7 +262,7 @@ impl StaticFiles {
 
         // Choose the representation: the precompressed sidecar the client weighs
         // most (q-values; ties: `SIDECARS`' order).
-        let mut file = opened.file;
+        let mut content = opened.content;
         let mut meta = opened.meta;
         let mut encoding = None;
         let mut has_sidecar = false;
@@ -166,8 +280,8 @@ impl StaticFiles {
                 if let Ok(f) = self.docroot.open_beneath(sidecar) {
                     if let Ok(m) = f.metadata() {
                         if m.is_file() {
-                            file = f;
-                            meta = m;
+                            content = Content::File(f);
+                            meta = FileMeta::of(&m);
                             encoding = Some(*coding);
                         }
                     }
@@ -178,7 +292,7 @@ impl StaticFiles {
         answer(
             req,
             Representation {
-                file,
+                content,
                 meta,
                 content_type,
                 cache_control,
@@ -192,8 +306,8 @@ impl StaticFiles {
 
 /// One file as it goes out, and what the headers say about it.
 pub struct Representation<'a> {
-    pub file: File,
-    pub meta: Metadata,
+    pub content: Content,
+    pub meta: FileMeta,
     pub content_type: &'a str,
     pub cache_control: Option<&'a str>,
     /// The `Content-Encoding` of a precompressed sidecar.
@@ -208,18 +322,18 @@ pub struct Representation<'a> {
 /// static backend and `X-Sendfile` responses share it.
 pub fn answer(req: &Request<'_>, rep: Representation<'_>, path: &str) -> Response {
     let Representation {
-        file,
+        content,
         meta,
         content_type,
         cache_control,
         encoding,
         vary_encoding,
     } = rep;
-    let size = meta.len();
-    let mtime = whole_seconds(meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+    let size = meta.len;
+    let mtime = whole_seconds(meta.modified);
     let etag = match encoding {
-        Some(c) => format!("\"{:x}-{:x}-{c}\"", meta.mtime(), size),
-        None => format!("\"{:x}-{:x}\"", meta.mtime(), size),
+        Some(c) => format!("\"{:x}-{:x}-{c}\"", meta.mtime, size),
+        None => format!("\"{:x}-{:x}\"", meta.mtime, size),
     };
     let last_modified = httpdate::fmt_http_date(mtime);
 
@@ -291,14 +405,10 @@ pub fn answer(req: &Request<'_>, rep: Representation<'_>, path: &str) -> Respons
                 "Content-Range",
                 format!("bytes {}-{}/{size}", one.first, one.last),
             );
-            Body::File {
-                file,
-                offset: one.first,
-                len: one.len(),
-            }
+            content.body(one.first, one.len())
         }
         Some(many) if many.iter().map(|r| r.len()).sum::<u64>() <= MAX_MULTIPART_BYTES => {
-            match multipart(&file, many, size, content_type) {
+            match multipart(&content, many, size, content_type) {
                 Ok((boundary, bytes)) => {
                     resp.status = 206;
                     resp.push_header(
@@ -312,11 +422,7 @@ pub fn answer(req: &Request<'_>, rep: Representation<'_>, path: &str) -> Respons
         }
         _ => {
             resp.push_header("Content-Type", content_type);
-            Body::File {
-                file,
-                offset: 0,
-                len: size,
-            }
+            content.body(0, size)
         }
     };
     resp.push_header("Content-Length", body.len().unwrap_or(0).to_string());
@@ -445,7 +551,7 @@ fn is_compressible(content_type: &str) -> bool {
 
 /// Builds a multipart/byteranges body (RFC 9110 §14.6).
 fn multipart(
-    file: &File,
+    file: &Content,
     ranges: &[ByteRange],
     size: u64,
     content_type: &str,
