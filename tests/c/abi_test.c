@@ -236,22 +236,63 @@ int main(int argc, char **argv) {
     CHECK(header(resp, "Cache-Control", hv, sizeof hv) && strcmp(hv, "public, max-age=3600") == 0);
     char etag[128] = "";
     CHECK(header(resp, "ETag", etag, sizeof etag) != NULL);
-    CHECK(fephp_response_body_kind(resp) == FEPHP_BODY_KIND_FILE);
-    int fd = -1;
-    uint64_t off = 1, flen = 0;
-    CHECK(fephp_response_body_file(resp, &fd, &off, &flen) == FEPHP_RESULT_OK);
-    CHECK(fd >= 0 && off == 0 && flen > 0);
+    /* A small file comes from the engine's memory: a bytes body. */
+    CHECK(fephp_response_body_kind(resp) == FEPHP_BODY_KIND_BYTES);
     char body[8192];
     size_t total = 0, n = 0;
     do {
-        CHECK(fephp_response_body_read(resp, (uint8_t *)body + total, sizeof body - total, &n) == FEPHP_RESULT_OK);
+        CHECK(fephp_response_body_read(resp, (uint8_t *)body + total, sizeof body - total - 1, &n) == FEPHP_RESULT_OK);
         total += n;
-    } while (n > 0 && total < sizeof body);
-    CHECK(total == flen);
-    CHECK(strstr(body, "font-family") != NULL);
-    const uint8_t *bp = NULL;
-    CHECK(fephp_response_body_bytes(resp, &bp, &n) == FEPHP_RESULT_WRONG_BODY_KIND);
+    } while (n > 0 && total < sizeof body - 1);
+    body[total] = '\0';
+    CHECK(total > 0 && strstr(body, "font-family") != NULL);
+    int fd = -1;
+    uint64_t off = 1, flen = 0;
+    CHECK(fephp_response_body_file(resp, &fd, &off, &flen) == FEPHP_RESULT_WRONG_BODY_KIND);
     fephp_response_free(resp);
+
+    /* A file over 16 KiB is a file body (fd, offset, length) a host can sendfile. */
+    {
+        char dir[] = "/tmp/fephp-abi-XXXXXX";
+        CHECK(mkdtemp(dir) != NULL);
+        char path[256], big_toml[512];
+        snprintf(path, sizeof path, "%s/big.txt", dir);
+        FILE *f = fopen(path, "w");
+        CHECK(f != NULL);
+        for (int i = 0; f && i < 20000; i++)
+            fputc('a' + i % 26, f);
+        if (f)
+            fclose(f);
+        snprintf(big_toml, sizeof big_toml,
+                 "[backend]\ndefault_backend = \"static\"\n"
+                 "[backend.static_files]\nenable = true\nroot = \"%s\"\n"
+                 "[php]\nlibphp_path = \"/nonexistent/libphp.so\"\n",
+                 dir);
+        const fephp_engine *files = NULL;
+        CHECK(fephp_init(NULL, big_toml, &files) == FEPHP_RESULT_OK);
+        fephp_request big = get("/big.txt", NULL, 0);
+        fephp_response *br = NULL;
+        CHECK(files && fephp_handle_request(files, &big, &br) == FEPHP_RESULT_OK);
+        if (br) {
+            CHECK(fephp_response_body_kind(br) == FEPHP_BODY_KIND_FILE);
+            CHECK(fephp_response_body_file(br, &fd, &off, &flen) == FEPHP_RESULT_OK);
+            CHECK(fd >= 0 && off == 0 && flen == 20000);
+            static char whole[32768];
+            total = 0;
+            do {
+                CHECK(fephp_response_body_read(br, (uint8_t *)whole + total, sizeof whole - total, &n) == FEPHP_RESULT_OK);
+                total += n;
+            } while (n > 0 && total < sizeof whole);
+            CHECK(total == flen && whole[0] == 'a' && whole[19999] == 'a' + 19999 % 26);
+            const uint8_t *bp = NULL;
+            CHECK(fephp_response_body_bytes(br, &bp, &n) == FEPHP_RESULT_WRONG_BODY_KIND);
+            fephp_response_free(br);
+        }
+        if (files)
+            fephp_engine_free(files);
+        unlink(path);
+        rmdir(dir);
+    }
 
     /* Conditional request through the async path: 304, completed inline. */
     fephp_header h[1] = {{S("If-None-Match"), S(etag)}};
