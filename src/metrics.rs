@@ -304,6 +304,11 @@ impl Metrics {
         self.r().series.record(series, ns);
     }
 
+    /// Records the time since `start` in a labelled histogram.
+    pub fn observe_since(&self, series: Series, start: Instant) {
+        self.observe(series, nanos_since(start));
+    }
+
     /// The PHP thread of this process started (idle).
     pub fn php_thread_started(&self) {
         self.proc().php_idle.fetch_add(1, Relaxed);

@@ -35,8 +35,9 @@ pub enum PathKind {
 }
 
 /// How long a path's kind is remembered: as long as PHP's own stat caches at
-/// their shortest (OPcache revalidates scripts every 2 s by default).
-const KIND_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+/// their shortest (OPcache revalidates scripts every 2 s by default). The static
+/// backend keeps small files' bytes as long.
+pub const KIND_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Entries kept before the cache starts over.
 const KIND_CACHE_SIZE: usize = 4096;
 

@@ -57,8 +57,7 @@ pub async fn run(group: Arc<Group>, mut job: FcgiJob) {
         let result = attempt(&group, i, &mut job, &mut responder, &mut body_read_ahead).await;
         group.balancer.done(i);
         if result.is_ok() {
-            let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            s.metrics.observe(s.upstreams[i].duration, ns);
+            s.metrics.observe_since(s.upstreams[i].duration, started);
         }
         let Failed {
             failure,

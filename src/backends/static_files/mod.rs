@@ -7,8 +7,8 @@
 
 mod validators;
 
-use super::docroot::DocRoot;
 pub use super::docroot::PathKind;
+use super::docroot::{DocRoot, KIND_TTL};
 use crate::backends::serve::{Backend, Reply, Target};
 use crate::http::compress::AcceptEncoding;
 use crate::http::{Body, Request, Response};
@@ -21,7 +21,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 use validators::*;
 pub use validators::{parse_range, ByteRange, RangeOutcome};
 
@@ -47,11 +47,9 @@ const PATH_ESCAPE: &AsciiSet = &CONTROLS
     .add(b'{')
     .add(b'}');
 
-/// Files up to this size are kept in memory (per process) once served.
+/// Files up to this size are kept in memory (per process) once served, for as
+/// long as the document root's path cache trusts what it saw (`KIND_TTL`).
 const SMALL_FILE: u64 = 16 << 10;
-/// How long a kept file is served without looking at the disk again: as long as
-/// the document root's path cache trusts what it saw (`DocRoot::kind`).
-const SMALL_FILE_FRESH: Duration = Duration::from_secs(1);
 /// Kept files per process (16 MiB at most); past it the cache starts over.
 const SMALL_FILES: usize = 1024;
 
@@ -62,12 +60,14 @@ pub struct StaticFiles {
     index_files: Vec<String>,
     /// Small files served in the last second, by path: a request for one needs
     /// no open, stat, read or close (the bytes go out from memory).
-    small: Mutex<HashMap<String, (Instant, Arc<Kept>)>>,
+    small: Mutex<HashMap<String, Kept>>,
 }
 
-/// A small file's bytes and what the headers need of its metadata.
+/// A small file's bytes and what the headers need of its metadata, as read at
+/// `at`.
 #[derive(Debug)]
 struct Kept {
+    at: Instant,
     meta: FileMeta,
     bytes: Arc<[u8]>,
 }
@@ -203,8 +203,8 @@ impl StaticFiles {
     /// the last second comes from memory; one read now is kept.
     fn open_for_serving(&self, path: &str) -> Result<Opened, Response> {
         let name = path.rsplit('/').next().unwrap_or("").to_owned();
-        if let Some((at, kept)) = self.small.lock().get(path) {
-            if at.elapsed() < SMALL_FILE_FRESH {
+        if let Some(kept) = self.small.lock().get(path) {
+            if kept.at.elapsed() < KIND_TTL {
                 return Ok(Opened {
                     content: Content::Bytes(kept.bytes.clone()),
                     meta: kept.meta,
@@ -226,10 +226,11 @@ impl StaticFiles {
                     small.clear();
                 }
                 let kept = Kept {
+                    at: Instant::now(),
                     meta,
                     bytes: bytes.clone(),
                 };
-                small.insert(path.to_owned(), (Instant::now(), Arc::new(kept)));
+                small.insert(path.to_owned(), kept);
                 return Ok(Opened {
                     content: Content::Bytes(bytes),
                     meta,
